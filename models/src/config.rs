@@ -1,0 +1,383 @@
+//! `DecoderConfig`: the one description of a decoder the rest of the crate reads, built from a
+//! Hugging Face `config.json` (both the hub shape with top-level `rope_theta` and the
+//! transformers 5.x shape with `rope_parameters`) or from GGUF metadata (`gguf.rs`).
+//!
+//! Families differ only by toggles here: q/k norm, qkv bias, sliding window, tied embeddings,
+//! rotary style. The decoder never branches on the family name.
+
+use crate::error::{ModelError, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Model families served by the one decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 4] = [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3];
+
+    /// The `model_type` of `config.json`, and the GGUF `general.architecture` too.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|arch| arch.name() == name)
+            .ok_or_else(|| ModelError::UnknownArchitecture {
+                found: name.to_string(),
+                supported: Self::ALL.map(Self::name).join(", "),
+            })
+    }
+}
+
+/// How rotary embeddings pair up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryStyle {
+    /// Dimension `i` pairs with `i + head_dim/2` (Hugging Face checkpoints).
+    Half,
+    /// Dimension `2i` pairs with `2i+1`: llama.cpp permutes llama Q/K weights for this in GGUF.
+    Interleaved,
+}
+
+/// Frequency scaling of rotary embeddings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.x: low frequencies scaled down, high kept, a smooth ramp between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+    pub style: RotaryStyle,
+}
+
+/// Which projections of attention carry a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttentionBias {
+    pub qkv: bool,
+    pub output: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope: RopeConfig,
+    pub max_position_embeddings: usize,
+    pub attention_bias: AttentionBias,
+    /// RMS norm over each query and key head before rotary (Qwen3).
+    pub qk_norm: bool,
+    /// Sliding attention window of each layer; `None` means full attention.
+    pub sliding_window: Vec<Option<usize>>,
+    pub tie_word_embeddings: bool,
+}
+
+impl DecoderConfig {
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |message: String| Err(ModelError::config(origin, message));
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return bad(format!(
+                "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim ({}) must be even and positive",
+                self.head_dim
+            ));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return bad("vocab_size, hidden_size and num_hidden_layers must be positive".into());
+        }
+        if self.sliding_window.len() != self.num_layers {
+            return bad("one sliding-window entry per layer is required".into());
+        }
+        Ok(())
+    }
+
+    /// Number of parameters, counting tied embeddings once.
+    pub fn num_parameters(&self) -> usize {
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let attention = self.hidden_size * (q + 2 * kv) + q * self.hidden_size;
+        let mlp = 3 * self.hidden_size * self.intermediate_size;
+        let embeddings = self.vocab_size * self.hidden_size;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            embeddings
+        };
+        self.num_layers * (attention + mlp + 2 * self.hidden_size) + embeddings + head
+    }
+}
+
+/// `config.json` as written by transformers 4.x and 5.x.
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<HfRopeParameters>,
+    /// transformers 5.x: `{rope_theta, rope_type, ...}` replaces `rope_theta` + `rope_scaling`.
+    rope_parameters: Option<HfRopeParameters>,
+    #[serde(default = "default_max_position_embeddings")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: bool,
+    max_window_layers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HfRopeParameters {
+    rope_theta: Option<f64>,
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<f64>,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+
+fn default_max_position_embeddings() -> usize {
+    4096
+}
+
+impl DecoderConfig {
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        Self::from_hf_str(&text, path)
+    }
+
+    pub fn from_hf_str(text: &str, origin: &Path) -> Result<Self> {
+        let raw: HfConfig =
+            serde_json::from_str(text).map_err(|e| ModelError::config(origin, e))?;
+        let arch_name = raw
+            .model_type
+            .clone()
+            .or_else(|| raw.architectures.first().map(|a| hf_class_to_model_type(a)))
+            .ok_or_else(|| ModelError::config(origin, "neither model_type nor architectures"))?;
+        let architecture = Architecture::parse(&arch_name)?;
+        let rope = rope_from_hf(&raw, origin)?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1));
+        let sliding_window = (0..raw.num_hidden_layers)
+            .map(|layer| layer_window(architecture, &raw, layer))
+            .collect();
+        let attention_bias = match architecture {
+            Architecture::Llama | Architecture::Qwen3 => AttentionBias {
+                qkv: raw.attention_bias,
+                output: raw.attention_bias,
+            },
+            Architecture::Mistral => AttentionBias::default(),
+            // Qwen2 always has q/k/v biases and no output bias.
+            Architecture::Qwen2 => AttentionBias {
+                qkv: true,
+                output: false,
+            },
+        };
+        let config = Self {
+            architecture,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope,
+            max_position_embeddings: raw.max_position_embeddings,
+            attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
+            sliding_window,
+            tie_word_embeddings: raw.tie_word_embeddings,
+        };
+        config.validate(origin)?;
+        Ok(config)
+    }
+}
+
+/// `LlamaForCausalLM` -> `llama`, for configs that lack `model_type`.
+fn hf_class_to_model_type(class: &str) -> String {
+    class
+        .strip_suffix("ForCausalLM")
+        .unwrap_or(class)
+        .to_lowercase()
+}
+
+/// Mistral slides on every layer; Qwen2/3 only with `use_sliding_window`, from `max_window_layers` on.
+fn layer_window(architecture: Architecture, raw: &HfConfig, layer: usize) -> Option<usize> {
+    match architecture {
+        Architecture::Llama => None,
+        Architecture::Mistral => raw.sliding_window,
+        Architecture::Qwen2 | Architecture::Qwen3 => {
+            let from_layer = raw.max_window_layers.unwrap_or(0);
+            (raw.use_sliding_window && layer >= from_layer)
+                .then_some(raw.sliding_window)
+                .flatten()
+        }
+    }
+}
+
+fn rope_from_hf(raw: &HfConfig, origin: &Path) -> Result<RopeConfig> {
+    let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+    let theta = raw
+        .rope_theta
+        .or_else(|| params.and_then(|p| p.rope_theta))
+        .unwrap_or(10_000.0);
+    let scaling = match params {
+        None => RopeScaling::None,
+        Some(p) => rope_scaling(p, origin)?,
+    };
+    Ok(RopeConfig {
+        theta,
+        scaling,
+        style: RotaryStyle::Half,
+    })
+}
+
+fn rope_scaling(p: &HfRopeParameters, origin: &Path) -> Result<RopeScaling> {
+    let need = |value: Option<f64>, field: &str| {
+        value.ok_or_else(|| ModelError::config(origin, format!("rope scaling needs `{field}`")))
+    };
+    match p.rope_type.as_deref().unwrap_or("default") {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: need(p.factor, "factor")?,
+        }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: need(p.factor, "factor")?,
+            low_freq_factor: need(p.low_freq_factor, "low_freq_factor")?,
+            high_freq_factor: need(p.high_freq_factor, "high_freq_factor")?,
+            original_max_position_embeddings: need(
+                p.original_max_position_embeddings,
+                "original_max_position_embeddings",
+            )?,
+        }),
+        other => Err(ModelError::config(
+            origin,
+            format!("rope type `{other}` is not supported (supported: default, linear, llama3)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB_SHAPE: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "tie_word_embeddings": true
+    }"#;
+
+    const TRANSFORMERS5_SHAPE: &str = r#"{
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "vocab_size": 32000, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+        "sliding_window": null
+    }"#;
+
+    #[test]
+    fn reads_hub_config_with_llama3_scaling() -> Result<()> {
+        let c = DecoderConfig::from_hf_str(HUB_SHAPE, Path::new("config.json"))?;
+        assert_eq!(c.architecture, Architecture::Llama);
+        assert_eq!((c.head_dim, c.num_kv_heads), (64, 8));
+        assert_eq!(c.rope.theta, 500000.0);
+        assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+        assert!(c.tie_word_embeddings);
+        Ok(())
+    }
+
+    #[test]
+    fn reads_transformers5_rope_parameters_and_null_window() -> Result<()> {
+        let c = DecoderConfig::from_hf_str(TRANSFORMERS5_SHAPE, Path::new("config.json"))?;
+        assert_eq!(c.architecture, Architecture::Mistral);
+        assert_eq!(c.rope.theta, 1_000_000.0);
+        assert_eq!(c.rope.scaling, RopeScaling::None);
+        assert_eq!(c.sliding_window, vec![None, None]);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_architecture_lists_the_supported_ones() {
+        let text = HUB_SHAPE.replace("\"llama\"", "\"gpt_neox\"");
+        let err = DecoderConfig::from_hf_str(&text, Path::new("config.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("gpt_neox"), "{err}");
+        assert!(err.contains("llama, mistral, qwen2, qwen3"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_heads_are_refused() {
+        let text = HUB_SHAPE.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 5");
+        let err = DecoderConfig::from_hf_str(&text, Path::new("/m/config.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("/m/config.json"), "{err}");
+        assert!(err.contains("num_key_value_heads"), "{err}");
+    }
+}

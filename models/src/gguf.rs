@@ -1,0 +1,321 @@
+//! A GGUF file on its own is a servable model: the decoder config, the tokenizer and the chat
+//! template are all rebuilt from its metadata (`{arch}.*`, `tokenizer.ggml.*`,
+//! `tokenizer.chat_template`), the way llama.cpp and transformers read the same keys.
+
+use crate::chat::ChatTemplate;
+use crate::config::{
+    Architecture, AttentionBias, DecoderConfig, RopeConfig, RopeScaling, RotaryStyle,
+};
+use crate::error::{ModelError, Result};
+use crate::tokenizer::TokenizerBundle;
+use candle_core::quantized::gguf_file::{Content, Value};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// Typed access to GGUF metadata with errors that name the file and key.
+pub struct Metadata<'a> {
+    content: &'a Content,
+    path: &'a Path,
+}
+
+impl<'a> Metadata<'a> {
+    pub fn new(content: &'a Content, path: &'a Path) -> Self {
+        Self { content, path }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn missing(&self, key: &str) -> ModelError {
+        ModelError::file(self.path, format!("GGUF metadata lacks `{key}`"))
+    }
+
+    fn wrong_type(&self, key: &str, wanted: &str) -> ModelError {
+        ModelError::file(self.path, format!("GGUF metadata `{key}` is not {wanted}"))
+    }
+
+    /// Integers are stored with whatever width the writer chose.
+    pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        let n: i64 = match value {
+            Value::U8(v) => i64::from(*v),
+            Value::I8(v) => i64::from(*v),
+            Value::U16(v) => i64::from(*v),
+            Value::I16(v) => i64::from(*v),
+            Value::U32(v) => i64::from(*v),
+            Value::I32(v) => i64::from(*v),
+            Value::U64(v) => i64::try_from(*v).unwrap_or(-1),
+            Value::I64(v) => *v,
+            _ => return Err(self.wrong_type(key, "an integer")),
+        };
+        usize::try_from(n)
+            .map(Some)
+            .map_err(|_| self.wrong_type(key, "a non-negative integer"))
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    pub fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(f64::from(*v))),
+            Some(Value::F64(v)) => Ok(Some(*v)),
+            Some(_) => Err(self.wrong_type(key, "a float")),
+        }
+    }
+
+    pub fn string_opt(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key)
+            .map(|v| {
+                v.to_string()
+                    .map(String::as_str)
+                    .map_err(|_| self.wrong_type(key, "a string"))
+            })
+            .transpose()
+    }
+
+    pub fn string(&self, key: &str) -> Result<&'a str> {
+        self.string_opt(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<&'a str>> {
+        let values = self
+            .get(key)
+            .ok_or_else(|| self.missing(key))?
+            .to_vec()
+            .map_err(|_| self.wrong_type(key, "an array"))?;
+        values
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .map(String::as_str)
+                    .map_err(|_| self.wrong_type(key, "an array of strings"))
+            })
+            .collect()
+    }
+
+    fn integers(&self, key: &str) -> Result<Vec<i64>> {
+        let Some(values) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let values = values
+            .to_vec()
+            .map_err(|_| self.wrong_type(key, "an array"))?;
+        values
+            .iter()
+            .map(|v| match v {
+                Value::I32(n) => Ok(i64::from(*n)),
+                Value::U32(n) => Ok(i64::from(*n)),
+                Value::I64(n) => Ok(*n),
+                _ => Err(self.wrong_type(key, "an array of integers")),
+            })
+            .collect()
+    }
+}
+
+/// The decoder config a GGUF file describes.
+pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
+    let meta = Metadata::new(content, path);
+    let arch_name = meta.string("general.architecture")?;
+    let architecture = Architecture::parse(arch_name)?;
+    let key = |suffix: &str| format!("{arch_name}.{suffix}");
+    let hidden_size = meta.usize(&key("embedding_length"))?;
+    let num_heads = meta.usize(&key("attention.head_count"))?;
+    let num_layers = meta.usize(&key("block_count"))?;
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .map(|info| info.shape.dims()[0])
+        .ok_or_else(|| ModelError::Tensor {
+            name: "token_embd.weight".into(),
+            file: path.to_path_buf(),
+            message: "missing".into(),
+        })?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(ModelError::file(
+            path,
+            "per-frequency rope factors (`rope_freqs.weight`, Llama 3.1 long context in GGUF) are not supported yet; load the safetensors checkpoint instead",
+        ));
+    }
+    let scaling = match meta.string_opt(&key("rope.scaling.type"))? {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => RopeScaling::Linear {
+            factor: meta.f64_opt(&key("rope.scaling.factor"))?.unwrap_or(1.0),
+        },
+        Some(other) => {
+            return Err(ModelError::file(
+                path,
+                format!("rope scaling `{other}` is not supported"),
+            ))
+        }
+    };
+    // llama.cpp permutes llama Q/K weights for interleaved rotary; qwen files keep the HF layout.
+    let style = match architecture {
+        Architecture::Llama | Architecture::Mistral => RotaryStyle::Interleaved,
+        Architecture::Qwen2 | Architecture::Qwen3 => RotaryStyle::Half,
+    };
+    let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
+    let window = meta.usize_opt(&key("attention.sliding_window"))?;
+    let config = DecoderConfig {
+        architecture,
+        vocab_size,
+        hidden_size,
+        intermediate_size: meta.usize(&key("feed_forward_length"))?,
+        num_layers,
+        num_heads,
+        num_kv_heads: meta
+            .usize_opt(&key("attention.head_count_kv"))?
+            .unwrap_or(num_heads),
+        head_dim: meta
+            .usize_opt(&key("attention.key_length"))?
+            .unwrap_or(hidden_size / num_heads.max(1)),
+        rms_norm_eps: meta
+            .f64_opt(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-6),
+        rope: RopeConfig {
+            theta: meta.f64_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            scaling,
+            style,
+        },
+        max_position_embeddings: meta.usize_opt(&key("context_length"))?.unwrap_or(4096),
+        attention_bias: AttentionBias {
+            qkv: qkv_bias,
+            output: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
+        },
+        qk_norm: content
+            .tensor_infos
+            .contains_key("blk.0.attn_q_norm.weight"),
+        sliding_window: vec![window; num_layers],
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    };
+    config.validate(path)?;
+    Ok(config)
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The regex a vocabulary's merges were learned with, by `tokenizer.ggml.pre`; `None` is GPT-2's.
+fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
+            Some(LLAMA3_SPLIT)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
+        _ => None,
+    }
+}
+
+/// GGUF `token_type` values (llama.cpp's `llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Builds the tokenizer, EOS ids and chat template from GGUF metadata.
+pub fn tokenizer(content: &Content, path: &Path) -> Result<TokenizerBundle> {
+    let meta = Metadata::new(content, path);
+    let model = meta.string("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(ModelError::file(
+            path,
+            format!("GGUF tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE); put the model's tokenizer.json beside the GGUF file"),
+        ));
+    }
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let merges = meta
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| ModelError::file(path, format!("malformed merge `{m}`")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.to_string(), id as u32))
+        .collect();
+    let pre = meta.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
+    let split = pre_tokenizer_split(pre);
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(split == Some(LLAMA3_SPLIT))
+        .build()
+        .map_err(|e| ModelError::file(path, format!("GGUF vocabulary is inconsistent: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    match split {
+        Some(regex) => {
+            let split = Split::new(
+                SplitPattern::Regex(regex.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+        None => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    let token_types = meta.integers("tokenizer.ggml.token_type")?;
+    let added = |wanted: i64, special: bool| -> Vec<AddedToken> {
+        tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|(_, &kind)| kind == wanted)
+            .map(|(t, _)| AddedToken::from(t.to_string(), special).normalized(false))
+            .collect()
+    };
+    let tokenizer_error = |e: tokenizers::Error| ModelError::Tokenizer(e.to_string());
+    tokenizer
+        .add_special_tokens(added(TOKEN_TYPE_CONTROL, true))
+        .map_err(tokenizer_error)?;
+    tokenizer
+        .add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))
+        .map_err(tokenizer_error)?;
+
+    let token_text = |key: &str| -> Result<Option<(u32, String)>> {
+        Ok(meta
+            .usize_opt(key)?
+            .and_then(|id| tokens.get(id).map(|t| (id as u32, t.to_string()))))
+    };
+    let bos = token_text("tokenizer.ggml.bos_token_id")?;
+    let eos = token_text("tokenizer.ggml.eos_token_id")?;
+    let mut eos_token_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
+    eos_token_ids.extend(
+        meta.usize_opt("tokenizer.ggml.eot_token_id")?
+            .map(|id| id as u32),
+    );
+    eos_token_ids.sort_unstable();
+    eos_token_ids.dedup();
+    let chat_template = meta
+        .string_opt("tokenizer.chat_template")?
+        .map(|source| {
+            ChatTemplate::new(
+                source.to_string(),
+                bos.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+                eos.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+            )
+        })
+        .transpose()?;
+    Ok(TokenizerBundle {
+        tokenizer,
+        chat_template,
+        eos_token_ids,
+        bos_token_id: bos.map(|(id, _)| id),
+    })
+}

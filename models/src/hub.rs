@@ -1,0 +1,167 @@
+//! Fetching a model from the Hugging Face hub (hf-hub) into its cache (`HF_HOME`), honouring
+//! `HF_TOKEN`, `HF_ENDPOINT` and `HF_HUB_OFFLINE=1`. The result is a local directory in
+//! Hugging Face layout, loaded like any other.
+//!
+//! hf-hub's blocking client has no connect timeout, and a firewall that drops packets would
+//! leave a user waiting minutes: so the endpoint is probed first with a bounded connect.
+
+use crate::error::{ModelError, Result};
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// A model on the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubModel {
+    pub id: String,
+    pub revision: String,
+}
+
+/// Files a Hugging Face model directory may hold; only `config.json` is required up front.
+const OPTIONAL_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+fn hint(model: &HubModel) -> String {
+    format!(
+        "download it where the hub is reachable (e.g. `hf download {} --local-dir DIR`) and start Lantern with `--model-id DIR`, or set HF_HOME to a cache that holds it",
+        model.id
+    )
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
+}
+
+/// Downloads (or finds in the cache) what a model needs, returning the snapshot directory.
+pub fn fetch(model: &HubModel) -> Result<PathBuf> {
+    let repo = Repo::with_revision(model.id.clone(), RepoType::Model, model.revision.clone());
+    if offline() {
+        let cached = Cache::from_env().repo(repo);
+        let config = cached.get("config.json").ok_or_else(|| {
+            ModelError::Hub(format!(
+                "HF_HUB_OFFLINE is set and `{}` (revision {}) is not in the cache at {}: {}",
+                model.id,
+                model.revision,
+                Cache::from_env().path().display(),
+                hint(model)
+            ))
+        })?;
+        return config
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| ModelError::Hub("cache path has no parent".into()));
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
+    probe(&endpoint).map_err(|why| {
+        ModelError::Hub(format!(
+            "cannot reach {endpoint} to fetch `{}`: {why}; {}",
+            model.id,
+            hint(model)
+        ))
+    })?;
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+    let api = ApiBuilder::from_env()
+        .with_progress(false)
+        .with_token(token)
+        .build()
+        .map_err(|e| ModelError::Hub(e.to_string()))?;
+    let api_repo = api.repo(repo);
+    let get = |file: &str| {
+        api_repo
+            .get(file)
+            .map_err(|e| ModelError::Hub(format!("`{}`: {file}: {e}", model.id)))
+    };
+    let config = get("config.json")?;
+    for file in OPTIONAL_FILES {
+        // Absent optional files are normal (a 404); the loader reports what it then lacks.
+        let _ = api_repo.get(file);
+    }
+    match get("model.safetensors.index.json") {
+        Ok(index) => {
+            for shard in crate::load::shard_files(&index)? {
+                get(&shard)?;
+            }
+        }
+        Err(_) => {
+            get("model.safetensors")?;
+        }
+    }
+    config
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))
+}
+
+/// Connects to the endpoint's host within [`PROBE_TIMEOUT`], name resolution included.
+fn probe(endpoint: &str) -> Result<(), String> {
+    let without_scheme = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    let authority = without_scheme.split('/').next().unwrap_or(without_scheme);
+    let default_port = if endpoint.starts_with("http://") {
+        80
+    } else {
+        443
+    };
+    let address = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let (sender, receiver) = mpsc::channel();
+    // Name resolution cannot be given a timeout, so the whole probe runs on a thread we can abandon.
+    std::thread::spawn(move || {
+        let outcome = address
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {address}: {e}"))
+            .and_then(|mut addrs| {
+                addrs
+                    .next()
+                    .ok_or_else(|| format!("{address} has no address"))
+            })
+            .and_then(|addr| {
+                TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+                    .map(|_| ())
+                    .map_err(|e| format!("connection to {addr} failed: {e}"))
+            });
+        let _ = sender.send(outcome);
+    });
+    receiver
+        .recv_timeout(PROBE_TIMEOUT + Duration::from_secs(1))
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn an_unreachable_endpoint_fails_fast_with_a_hint() {
+        // A port nobody listens on: the connect is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let started = Instant::now();
+        let outcome = probe(&format!("http://127.0.0.1:{closed}"));
+        assert!(outcome.is_err());
+        assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2));
+        let message = hint(&HubModel {
+            id: "org/model".into(),
+            revision: "main".into(),
+        });
+        assert!(message.contains("--model-id DIR"), "{message}");
+    }
+}

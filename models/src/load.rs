@@ -1,0 +1,227 @@
+//! Loading a whole model (decoder, tokenizer, chat template, generation defaults) from a Hugging
+//! Face directory, a GGUF file (or a directory holding one), or a hub id.
+
+use crate::config::DecoderConfig;
+use crate::decoder::Decoder;
+use crate::error::{ModelError, Result};
+use crate::hub::{self, HubModel};
+use crate::tokenizer::{self, GenerationDefaults, TokenizerBundle};
+use crate::weights::{GgufWeights, SafetensorsWeights};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// `config.json`, safetensors weights and tokenizer files.
+    Directory(PathBuf),
+    /// One GGUF file carrying weights, tokenizer and chat template.
+    Gguf(PathBuf),
+    Hub(HubModel),
+}
+
+impl ModelSource {
+    /// A path that exists is local (a directory with a single `.gguf` and no `config.json` is a
+    /// GGUF model); anything else is taken as a hub id.
+    pub fn resolve(spec: &str, revision: Option<&str>) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Ok(Self::Gguf(path.to_path_buf()));
+        }
+        if path.is_dir() {
+            if path.join("config.json").exists() {
+                return Ok(Self::Directory(path.to_path_buf()));
+            }
+            let ggufs = gguf_files_in(path)?;
+            return match ggufs.as_slice() {
+                [one] => Ok(Self::Gguf(one.clone())),
+                [] => Err(ModelError::file(
+                    path,
+                    "holds neither config.json nor a .gguf file",
+                )),
+                _ => Err(ModelError::file(
+                    path,
+                    "holds several .gguf files: name the one to serve",
+                )),
+            };
+        }
+        if spec.starts_with('/') || spec.starts_with('.') || spec.split('/').count() > 2 {
+            return Err(ModelError::file(path, "no such file or directory"));
+        }
+        Ok(Self::Hub(HubModel {
+            id: spec.to_string(),
+            revision: revision.unwrap_or("main").to_string(),
+        }))
+    }
+}
+
+fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::file(dir, e))?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "gguf"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Whether GGUF weights are expanded to dense at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dequantize {
+    /// On CPU, when the dense weights take under half of the free memory (candle's quantized
+    /// matmul does not gain from batching on CPU); never on GPU.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: f32 on CPU (bf16 is slow there at small batch), bf16 on GPU.
+    pub dtype: Option<DType>,
+    pub dequantize: Dequantize,
+}
+
+impl LoadOptions {
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: None,
+            dequantize: Dequantize::Auto,
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(if self.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
+    }
+}
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub decoder: Decoder,
+    pub tokenizer: TokenizerBundle,
+    pub generation: GenerationDefaults,
+    /// What the model is called in responses (`/info`, OpenAI `model`).
+    pub name: String,
+}
+
+pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<LoadedModel> {
+    match source {
+        ModelSource::Directory(dir) => load_directory(dir, options, display_name(dir)),
+        ModelSource::Gguf(path) => load_gguf(path, options),
+        ModelSource::Hub(model) => {
+            let dir = hub::fetch(model)?;
+            load_directory(&dir, options, model.id.clone())
+        }
+    }
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Shard files named by a `model.safetensors.index.json`, each once, in first-use order.
+pub fn shard_files(index_path: &Path) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index_path).map_err(|e| ModelError::file(index_path, e))?;
+    let index: Index = serde_json::from_str(&text)
+        .map_err(|e| ModelError::file(index_path, format!("invalid shard index: {e}")))?;
+    let mut files: Vec<String> = Vec::new();
+    for file in index.weight_map.into_values() {
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+fn load_directory(dir: &Path, options: &LoadOptions, name: String) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    let config_text =
+        std::fs::read_to_string(&config_path).map_err(|e| ModelError::file(&config_path, e))?;
+    let config = DecoderConfig::from_hf_str(&config_text, &config_path)?;
+    let index = dir.join("model.safetensors.index.json");
+    let weight_files = if index.exists() {
+        shard_files(&index)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect()
+    } else {
+        vec![dir.join("model.safetensors")]
+    };
+    let dtype = options.dtype();
+    let weights = SafetensorsWeights::open(&weight_files, dtype, &options.device)?;
+    let decoder = Decoder::load(config, &weights, dtype, &options.device)?;
+    let (tokenizer, generation) =
+        tokenizer::load_hf_tokenizer(dir, &tokenizer::config_eos_ids(&config_text))?;
+    Ok(LoadedModel {
+        decoder,
+        tokenizer,
+        generation,
+        name,
+    })
+}
+
+fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    let mut file = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| ModelError::file(path, format!("not a valid GGUF file: {e}")))?;
+    let config = crate::gguf::decoder_config(&content, path)?;
+    // A tokenizer.json beside the file wins: it is the model's own, the metadata a rebuild.
+    let beside = path.parent().map(|dir| dir.join("tokenizer.json"));
+    let tokenizer = match beside {
+        Some(json) if json.exists() => {
+            let dir = json.parent().map(Path::to_path_buf).unwrap_or_default();
+            let mut bundle = tokenizer::load_hf_tokenizer(&dir, &[])?.0;
+            let from_metadata = crate::gguf::tokenizer(&content, path).ok();
+            if let Some(meta) = from_metadata {
+                bundle.eos_token_ids.extend(meta.eos_token_ids);
+                bundle.eos_token_ids.sort_unstable();
+                bundle.eos_token_ids.dedup();
+                bundle.chat_template = bundle.chat_template.or(meta.chat_template);
+            }
+            bundle
+        }
+        _ => crate::gguf::tokenizer(&content, path)?,
+    };
+    let dtype = options.dtype();
+    let dequantize = match options.dequantize {
+        Dequantize::On => true,
+        Dequantize::Off => false,
+        Dequantize::Auto => options.device.is_cpu() && dense_fits_in_memory(&config),
+    };
+    let weights = GgufWeights::new(path, content, file, dtype, &options.device, dequantize);
+    let decoder = Decoder::load(config, &weights, dtype, &options.device)?;
+    Ok(LoadedModel {
+        decoder,
+        tokenizer,
+        generation: GenerationDefaults::default(),
+        name: display_name(path),
+    })
+}
+
+/// Auto-dequantization rule: f32 weights must take under half of the available memory.
+fn dense_fits_in_memory(config: &DecoderConfig) -> bool {
+    let dense_bytes = config.num_parameters() * DType::F32.size_in_bytes();
+    available_memory_bytes().is_some_and(|free| dense_bytes < free / 2)
+}
+
+/// `MemAvailable` of /proc/meminfo; `None` where that file does not exist.
+pub fn available_memory_bytes() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,279 @@
+//! Where the decoder's tensors come from: safetensors files (Hugging Face layout, possibly
+//! sharded) or one GGUF file. Both answer the same questions (a dense tensor of a known shape,
+//! a linear layer), and every failure names the tensor and the file.
+
+use crate::error::{ModelError, Result};
+use crate::layers::Linear;
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A tensor's job in the decoder; each format names it its own way.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    Embedding,
+    FinalNorm,
+    LmHead,
+    AttentionNorm,
+    Query,
+    Key,
+    Value,
+    AttentionOutput,
+    QueryNorm,
+    KeyNorm,
+    MlpNorm,
+    Gate,
+    Up,
+    Down,
+}
+
+/// The two naming schemes of the formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    HuggingFace,
+    Gguf,
+}
+
+impl Naming {
+    /// Name of the weight of `role` (in `layer` for per-layer roles).
+    pub fn weight(self, role: Role, layer: usize) -> String {
+        use Role::*;
+        match self {
+            Naming::HuggingFace => {
+                let l = format!("model.layers.{layer}");
+                match role {
+                    Embedding => "model.embed_tokens.weight".into(),
+                    FinalNorm => "model.norm.weight".into(),
+                    LmHead => "lm_head.weight".into(),
+                    AttentionNorm => format!("{l}.input_layernorm.weight"),
+                    Query => format!("{l}.self_attn.q_proj.weight"),
+                    Key => format!("{l}.self_attn.k_proj.weight"),
+                    Value => format!("{l}.self_attn.v_proj.weight"),
+                    AttentionOutput => format!("{l}.self_attn.o_proj.weight"),
+                    QueryNorm => format!("{l}.self_attn.q_norm.weight"),
+                    KeyNorm => format!("{l}.self_attn.k_norm.weight"),
+                    MlpNorm => format!("{l}.post_attention_layernorm.weight"),
+                    Gate => format!("{l}.mlp.gate_proj.weight"),
+                    Up => format!("{l}.mlp.up_proj.weight"),
+                    Down => format!("{l}.mlp.down_proj.weight"),
+                }
+            }
+            Naming::Gguf => {
+                let l = format!("blk.{layer}");
+                match role {
+                    Embedding => "token_embd.weight".into(),
+                    FinalNorm => "output_norm.weight".into(),
+                    LmHead => "output.weight".into(),
+                    AttentionNorm => format!("{l}.attn_norm.weight"),
+                    Query => format!("{l}.attn_q.weight"),
+                    Key => format!("{l}.attn_k.weight"),
+                    Value => format!("{l}.attn_v.weight"),
+                    AttentionOutput => format!("{l}.attn_output.weight"),
+                    QueryNorm => format!("{l}.attn_q_norm.weight"),
+                    KeyNorm => format!("{l}.attn_k_norm.weight"),
+                    MlpNorm => format!("{l}.ffn_norm.weight"),
+                    Gate => format!("{l}.ffn_gate.weight"),
+                    Up => format!("{l}.ffn_up.weight"),
+                    Down => format!("{l}.ffn_down.weight"),
+                }
+            }
+        }
+    }
+}
+
+fn bias_name(weight_name: &str) -> String {
+    match weight_name.strip_suffix(".weight") {
+        Some(stem) => format!("{stem}.bias"),
+        None => format!("{weight_name}.bias"),
+    }
+}
+
+/// A place to read named tensors from.
+pub trait WeightSource {
+    fn naming(&self) -> Naming;
+    fn contains(&self, name: &str) -> bool;
+    /// A dense tensor in the model's dtype, checked against `shape`.
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// A linear layer with weight `(out, in)`, and a bias `(out,)` when `with_bias`.
+    fn linear(&self, name: &str, out_in: (usize, usize), with_bias: bool) -> Result<Linear>;
+}
+
+/// Hugging Face safetensors, one file or shards, memory-mapped.
+pub struct SafetensorsWeights {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// Tensor name -> index in `files`.
+    routing: HashMap<String, usize>,
+    dtype: DType,
+    device: Device,
+}
+
+impl SafetensorsWeights {
+    pub fn open(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for path in paths {
+            if !path.exists() {
+                return Err(ModelError::file(path, "weight file is missing"));
+            }
+            // SAFETY: the file is mapped read-only; like every mmap-based loader (candle,
+            // transformers) we rely on nobody truncating model files while they are served.
+            #[allow(unsafe_code)]
+            let mapped = unsafe { MmapedSafetensors::new(path) }.map_err(|e| {
+                ModelError::file(path, format!("not a valid safetensors file: {e}"))
+            })?;
+            for (name, _) in mapped.tensors() {
+                routing.insert(name, files.len());
+            }
+            files.push((path.clone(), mapped));
+        }
+        Ok(Self {
+            files,
+            routing,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let Some(&index) = self.routing.get(name) else {
+            let listed: Vec<String> = self
+                .files
+                .iter()
+                .map(|(p, _)| p.display().to_string())
+                .collect();
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                file: PathBuf::from(listed.join(", ")),
+                message: "missing".into(),
+            });
+        };
+        let (path, file) = &self.files[index];
+        let tensor_error = |message: String| ModelError::Tensor {
+            name: name.into(),
+            file: path.clone(),
+            message,
+        };
+        let tensor = file
+            .load(name, &self.device)
+            .map_err(|e| tensor_error(format!("cannot be read: {e}")))?;
+        if tensor.dims() != shape {
+            return Err(tensor_error(format!(
+                "has shape {:?}, the config implies {shape:?}",
+                tensor.dims()
+            )));
+        }
+        Ok(tensor.to_dtype(self.dtype)?)
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn naming(&self) -> Naming {
+        Naming::HuggingFace
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.routing.contains_key(name)
+    }
+
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.load(name, shape)
+    }
+
+    fn linear(&self, name: &str, (out, inp): (usize, usize), with_bias: bool) -> Result<Linear> {
+        let weight = self.load(name, &[out, inp])?;
+        let bias = with_bias
+            .then(|| self.load(&bias_name(name), &[out]))
+            .transpose()?;
+        Ok(Linear::Dense { weight, bias })
+    }
+}
+
+/// One GGUF file. Linear layers stay quantized unless `dequantize` asks to expand them.
+pub struct GgufWeights {
+    path: PathBuf,
+    content: gguf_file::Content,
+    file: Mutex<File>,
+    dtype: DType,
+    device: Device,
+    dequantize: bool,
+}
+
+impl GgufWeights {
+    pub fn new(
+        path: &Path,
+        content: gguf_file::Content,
+        file: File,
+        dtype: DType,
+        device: &Device,
+        dequantize: bool,
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            dtype,
+            device: device.clone(),
+            dequantize,
+        }
+    }
+
+    fn qtensor(&self, name: &str, shape: &[usize]) -> Result<candle_core::quantized::QTensor> {
+        let tensor_error = |message: String| ModelError::Tensor {
+            name: name.into(),
+            file: self.path.clone(),
+            message,
+        };
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| tensor_error("missing".into()))?;
+        if info.shape.dims() != shape {
+            return Err(tensor_error(format!(
+                "has shape {:?}, the metadata implies {shape:?}",
+                info.shape.dims()
+            )));
+        }
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| tensor_error("file handle poisoned by an earlier failure".into()))?;
+        self.content
+            .tensor(&mut *file, name, &self.device)
+            .map_err(|e| tensor_error(format!("cannot be read: {e}")))
+    }
+}
+
+impl WeightSource for GgufWeights {
+    fn naming(&self) -> Naming {
+        Naming::Gguf
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self
+            .qtensor(name, shape)?
+            .dequantize(&self.device)?
+            .to_dtype(self.dtype)?)
+    }
+
+    fn linear(&self, name: &str, (out, inp): (usize, usize), with_bias: bool) -> Result<Linear> {
+        let bias = with_bias
+            .then(|| self.dense(&bias_name(name), &[out]))
+            .transpose()?;
+        let qtensor = self.qtensor(name, &[out, inp])?;
+        if self.dequantize {
+            let weight = qtensor.dequantize(&self.device)?.to_dtype(self.dtype)?;
+            return Ok(Linear::Dense { weight, bias });
+        }
+        let weight = QMatMul::from_qtensor(qtensor)?;
+        Ok(Linear::Quantized { weight, bias })
+    }
+}

