@@ -106,14 +106,16 @@ pub struct DecoderConfig {
 impl DecoderConfig {
     pub fn validate(&self, origin: &Path) -> Result<()> {
         let bad = |message: String| Err(ModelError::config(origin, message));
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return bad(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head_dim ({}) must be even and positive",
                 self.head_dim

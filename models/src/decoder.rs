@@ -111,17 +111,13 @@ impl Decoder {
                 mlp,
             });
         }
-        let lm_head_name = naming.weight(Role::LmHead, 0);
-        // A checkpoint may tie the head to the embeddings by config or simply by omitting it.
-        let lm_head = if c.tie_word_embeddings || !weights.contains(&lm_head_name) {
-            weights.linear(
-                &naming.weight(Role::Embedding, 0),
-                (c.vocab_size, hidden),
-                false,
-            )?
+        let head_role = if c.tie_word_embeddings {
+            Role::Embedding
         } else {
-            weights.linear(&lm_head_name, (c.vocab_size, hidden), false)?
+            Role::LmHead
         };
+        let lm_head =
+            weights.linear(&naming.weight(head_role, 0), (c.vocab_size, hidden), false)?;
         Ok(Self {
             final_norm: norm(Role::FinalNorm, 0, hidden)?,
             rotary: Rotary::new(&c.rope, c.head_dim, device)?,

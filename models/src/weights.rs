@@ -95,7 +95,6 @@ fn bias_name(weight_name: &str) -> String {
 /// A place to read named tensors from.
 pub trait WeightSource {
     fn naming(&self) -> Naming;
-    fn contains(&self, name: &str) -> bool;
     /// A dense tensor in the model's dtype, checked against `shape`.
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// A linear layer with weight `(out, in)`, and a bias `(out,)` when `with_bias`.
@@ -175,10 +174,6 @@ impl WeightSource for SafetensorsWeights {
         Naming::HuggingFace
     }
 
-    fn contains(&self, name: &str) -> bool {
-        self.routing.contains_key(name)
-    }
-
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.load(name, shape)
     }
@@ -251,10 +246,6 @@ impl GgufWeights {
 impl WeightSource for GgufWeights {
     fn naming(&self) -> Naming {
         Naming::Gguf
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
     }
 
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {

