@@ -83,9 +83,7 @@ fn attend_one(
         )
     }
     let slots = Tensor::from_slice(seq.slots, context, query.device())?;
-    // Keys and values are expanded to one copy per query head, so every head is its own
-    // `(query_len, head_dim) x (head_dim, context)` product: the shapes reference
-    // implementations use, which keeps our rounding identical to theirs.
+    // Keys and values expanded to one copy per query head: (num_heads, context, head_dim).
     let per_query_head = |cache: &Tensor| -> Result<Tensor> {
         cache
             .index_select(&slots, 0)?
@@ -96,34 +94,29 @@ fn attend_one(
     };
     let key = per_query_head(&cache.key)?;
     let value = per_query_head(&cache.value)?;
-    let q = query
+    let queries = query
         .narrow(0, seq.query_offset, seq.query_len)?
         .transpose(0, 1)?
         .contiguous()?;
-    let scores = (q.matmul(&key.t()?)? * params.scale)?.to_dtype(DType::F32)?;
-    let mask = causal_mask(seq, params.sliding_window, query.device())?;
-    let probs =
-        candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(value.dtype())?;
-    probs.matmul(&value)?.transpose(0, 1)
-}
-
-/// `(query_len, context)` additive mask: 0 where a query may look, -inf elsewhere.
-fn causal_mask(
-    seq: &SequenceAttention<'_>,
-    sliding_window: Option<usize>,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
-    let context = seq.context_before + seq.query_len;
-    let mut mask = Vec::with_capacity(seq.query_len * context);
+    // One query row at a time, over exactly the keys it may see: a row at position `p` is then
+    // computed by the same products whether it arrives in a whole prompt, a chunk, a decode
+    // step or a recomputation after preemption, and whatever shares its batch. No mask needed.
+    let mut rows = Vec::with_capacity(seq.query_len);
     for i in 0..seq.query_len {
         let position = seq.context_before + i;
-        for key_position in 0..context {
-            let visible = key_position <= position
-                && sliding_window.is_none_or(|window| position - key_position < window);
-            mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-        }
+        let first = params
+            .sliding_window
+            .map_or(0, |window| (position + 1).saturating_sub(window));
+        let visible = position + 1 - first;
+        let q = queries.narrow(1, i, 1)?;
+        let k = key.narrow(1, first, visible)?;
+        let v = value.narrow(1, first, visible)?;
+        let scores = (q.matmul(&k.t()?)? * params.scale)?.to_dtype(DType::F32)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        rows.push(probs.matmul(&v)?);
     }
-    Tensor::from_vec(mask, (1, seq.query_len, context), device)
+    // (num_heads, query_len, head_dim) -> (query_len, num_heads, head_dim)
+    Tensor::cat(&rows, 1)?.transpose(0, 1)
 }
 
 #[cfg(test)]
@@ -198,30 +191,45 @@ mod tests {
         Ok(())
     }
 
+    /// A query sees neither later keys nor keys beyond the window: changing them changes nothing.
     #[test]
-    fn mask_is_causal_and_honours_the_window() -> Result<()> {
-        let slots = [0u32; 4];
-        let seq = SequenceAttention {
-            query_offset: 0,
-            query_len: 2,
-            context_before: 2,
-            slots: &slots,
+    fn queries_ignore_later_keys_and_keys_outside_the_window() -> Result<()> {
+        let device = Device::Cpu;
+        let slots: Vec<u32> = (0..6).collect();
+        let slot_tensor = Tensor::new(slots.as_slice(), &device)?;
+        let query = Tensor::randn(0f32, 1., (6, 4, 4), &device)?;
+        let run = |key: &Tensor, window: Option<usize>| -> Result<Vec<Vec<f32>>> {
+            let cache = LayerKvCache::zeros(shape(1, 8), DType::F32, &device)?;
+            Portable.write_kv(&cache, key, key, &slot_tensor)?;
+            let seq = SequenceAttention {
+                query_offset: 0,
+                query_len: 6,
+                context_before: 0,
+                slots: &slots,
+            };
+            let params = AttentionParams {
+                scale: 0.5,
+                sliding_window: window,
+            };
+            Portable
+                .attention(&query, &cache, &[seq], params)?
+                .flatten_from(1)?
+                .to_vec2()
         };
-        let mask = causal_mask(&seq, Some(2), &Device::Cpu)?
-            .squeeze(0)?
-            .to_vec2::<f32>()?;
-        let visible: Vec<Vec<bool>> = mask
-            .iter()
-            .map(|row| row.iter().map(|v| v.is_finite()).collect())
-            .collect();
-        // Position 2 sees 1..=2, position 3 sees 2..=3.
-        assert_eq!(
-            visible,
-            vec![
-                vec![false, true, true, false],
-                vec![false, false, true, true]
-            ]
-        );
+        let key = Tensor::randn(0f32, 1., (6, 2, 4), &device)?;
+        // Change key/value 5: rows 0..=4 must not move.
+        let changed_last = key.slice_assign(
+            &[5..6, 0..2, 0..4],
+            &Tensor::ones((1, 2, 4), DType::F32, &device)?,
+        )?;
+        assert_eq!(run(&key, None)?[..5], run(&changed_last, None)?[..5]);
+        // With a window of 2, row 5 sees keys 4 and 5 only: changing key 0..=3 must not move it.
+        let changed_first = key.slice_assign(
+            &[0..4, 0..2, 0..4],
+            &Tensor::ones((4, 2, 4), DType::F32, &device)?,
+        )?;
+        assert_eq!(run(&key, Some(2))?[5], run(&changed_first, Some(2))?[5]);
+        assert_ne!(run(&key, None)?[5], run(&changed_first, None)?[5]);
         Ok(())
     }
 }

@@ -21,10 +21,32 @@ pub enum Linear {
     },
 }
 
+/// candle's CPU matmul picks its kernel by shape: one row (a matrix-vector kernel) or
+/// `rows * out <= 256` (a small-matrix kernel) round differently from the blocked kernel that
+/// larger products use, and that kernel gives a row the same bits whatever the row count.
+/// Padding every product to at least this many rows keeps each row's output independent of
+/// how many rows share the call: the same request gives the same tokens alone or batched.
+fn min_rows(out_features: usize) -> usize {
+    (256 / out_features.max(1) + 1).max(2)
+}
+
+/// `x W^T` with `x` padded with zero rows up to [`min_rows`].
+fn batch_invariant_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    let wanted = min_rows(weight.dim(0)?);
+    if rows >= wanted {
+        return x.matmul(&weight.t()?);
+    }
+    let padding = Tensor::zeros((wanted - rows, x.dim(1)?), x.dtype(), x.device())?;
+    Tensor::cat(&[x, &padding], 0)?
+        .matmul(&weight.t()?)?
+        .narrow(0, 0, rows)
+}
+
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
-            Self::Dense { weight, bias } => (x.matmul(&weight.t()?)?, bias),
+            Self::Dense { weight, bias } => (batch_invariant_matmul(x, weight)?, bias),
             Self::Quantized { weight, bias } => {
                 // QMatMul works in f32 on CPU; keep the caller's dtype on the way out.
                 let y = weight.forward(&x.to_dtype(DType::F32)?)?;
@@ -118,6 +140,26 @@ fn scale_frequency(freq: f64, scaling: RopeScaling) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of a product equal the same rows computed inside a large batch, bit for bit, at
+    /// every row count: the property the engine's batch invariance rests on.
+    #[test]
+    fn dense_rows_do_not_depend_on_the_row_count() -> Result<()> {
+        let device = Device::Cpu;
+        for (inp, out) in [(64, 32), (64, 128), (576, 192), (37, 16), (64, 512)] {
+            let linear = Linear::Dense {
+                weight: Tensor::randn(0f32, 1., (out, inp), &device)?,
+                bias: None,
+            };
+            let x = Tensor::randn(0f32, 1., (64, inp), &device)?;
+            let full = linear.forward(&x)?.to_vec2::<f32>()?;
+            for rows in 1..=20 {
+                let part = linear.forward(&x.narrow(0, 0, rows)?)?.to_vec2::<f32>()?;
+                assert_eq!(part[..], full[..rows], "in {inp} out {out} rows {rows}");
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
