@@ -1,1 +1,21 @@
-//! The continuous-batching engine: scheduler, KV blocks, sampling. Built in the engine issue.
+//! Lantern's engine: continuous batching over a paged KV cache. Requests go in through an
+//! [`EngineHandle`]; a worker thread runs the model step after step, every running sequence
+//! advancing each step, finished ones leaving and new ones joining.
+//!
+//! This crate has no HTTP dependency: the compiler keeps the HTTP layer out.
+
+pub mod blocks;
+pub mod config;
+pub mod detokenize;
+pub mod handle;
+pub mod request;
+pub mod sampling;
+pub mod scheduler;
+pub mod stop;
+mod worker;
+
+pub use config::{CacheSize, EngineConfig, StartError};
+pub use handle::{start, EngineHandle, EventStream, SubmitError};
+pub use request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
+pub use sampling::SamplingParams;
+pub use scheduler::{Refusal, SchedulerStats};

@@ -1,0 +1,90 @@
+//! Engine settings, and how the KV cache size follows from them.
+
+use lantern_models::{Decoder, KvCache};
+
+/// How much memory the KV cache takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheSize {
+    Blocks(usize),
+    Bytes(usize),
+    /// A fraction of the memory free on the device when the engine starts (CPU: `MemAvailable`).
+    FreeMemoryFraction(f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub cache: CacheSize,
+    /// TGI's cap on tokens held by the whole batch: caps the cache at this many tokens.
+    pub max_batch_total_tokens: Option<usize>,
+    /// Prompt tokens one step may prefill; longer prompts are split into chunks of at most this.
+    pub max_batch_prefill_tokens: usize,
+    /// Sequences running at once.
+    pub max_num_seqs: usize,
+    /// Prompt plus new tokens allowed for one request.
+    pub max_total_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            cache: CacheSize::FreeMemoryFraction(0.3),
+            max_batch_total_tokens: None,
+            max_batch_prefill_tokens: 512,
+            max_num_seqs: 64,
+            max_total_tokens: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid engine setting: {0}")]
+    Setting(String),
+    #[error("{0}")]
+    Warmup(String),
+    #[error(transparent)]
+    Model(#[from] lantern_models::ModelError),
+}
+
+impl EngineConfig {
+    /// Number of KV blocks this configuration gives `decoder`.
+    pub fn num_blocks(&self, decoder: &Decoder) -> Result<usize, StartError> {
+        if self.block_size == 0 || self.max_num_seqs == 0 || self.max_batch_prefill_tokens == 0 {
+            return Err(StartError::Setting(
+                "block size, max_num_seqs and max_batch_prefill_tokens must be positive".into(),
+            ));
+        }
+        let per_block =
+            KvCache::bytes_per_block(decoder.config(), self.block_size, decoder.dtype());
+        let from_memory = |bytes: usize| bytes / per_block;
+        let mut blocks = match self.cache {
+            CacheSize::Blocks(blocks) => blocks,
+            CacheSize::Bytes(bytes) => from_memory(bytes),
+            CacheSize::FreeMemoryFraction(fraction) => {
+                if !decoder.device().is_cpu() {
+                    return Err(StartError::Setting(
+                        "sizing the KV cache from free GPU memory is not supported yet: give it a size (--kv-cache-memory)".into(),
+                    ));
+                }
+                let free = lantern_models::load::available_memory_bytes().ok_or_else(|| {
+                    StartError::Setting(
+                        "cannot read free memory (/proc/meminfo): give the KV cache a size".into(),
+                    )
+                })?;
+                from_memory((free as f64 * fraction.clamp(0.0, 1.0)) as usize)
+            }
+        };
+        if let Some(cap) = self.max_batch_total_tokens {
+            blocks = blocks.min(cap.div_ceil(self.block_size));
+        }
+        if blocks == 0 {
+            return Err(StartError::Setting(format!(
+                "the KV cache holds no block ({per_block} bytes each): give it more memory"
+            )));
+        }
+        Ok(blocks)
+    }
+}

@@ -1,0 +1,221 @@
+//! Starting the engine, and the cloneable [`EngineHandle`] the HTTP layer holds: `submit`
+//! returns a stream of events; dropping the stream cancels the request.
+
+use crate::config::{EngineConfig, StartError};
+use crate::request::{Event, GenerateRequest};
+use crate::scheduler::{Refusal, Scheduler, SchedulerConfig, SchedulerStats};
+use crate::worker::{Command, Worker};
+use lantern_models::{Decoder, KvCache, LogitsWanted, SequenceStep, TokenizerBundle};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// State shared between the handles and the engine thread.
+pub(crate) struct Shared {
+    pub healthy: AtomicBool,
+    pub stats: Mutex<SchedulerStats>,
+}
+
+/// Why a request was not accepted. Each is the client's doing except `Unavailable`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
+    UnknownToken { token: u32, vocab_size: usize },
+    #[error("max_new_tokens must be at least 1")]
+    NoNewTokens,
+    #[error("top_n_tokens must be at most 5, got {0}")]
+    TooManyAlternatives(usize),
+    #[error("the engine is not available: {0}")]
+    Unavailable(String),
+}
+
+/// The events of one request. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct EventStream {
+    receiver: UnboundedReceiver<Event>,
+}
+
+impl EventStream {
+    /// The next event; `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.receiver.recv().await
+    }
+
+    pub fn into_receiver(self) -> UnboundedReceiver<Event> {
+        self.receiver
+    }
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+    next_id: Arc<AtomicU64>,
+    limits: Arc<Scheduler>,
+    vocab_size: usize,
+}
+
+impl std::fmt::Debug for EngineHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandle")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Sizes the KV cache, warms the model up at the configured budgets and starts the engine
+/// thread. A budget the device cannot hold fails here, naming the setting to lower.
+pub fn start(
+    decoder: Decoder,
+    tokenizer: &TokenizerBundle,
+    config: &EngineConfig,
+) -> Result<EngineHandle, StartError> {
+    let num_blocks = config.num_blocks(&decoder)?;
+    let scheduler_config = SchedulerConfig {
+        block_size: config.block_size,
+        num_blocks,
+        max_num_seqs: config.max_num_seqs,
+        max_batch_prefill_tokens: config.max_batch_prefill_tokens,
+        max_total_tokens: config.max_total_tokens,
+    };
+    let cache = KvCache::new(
+        decoder.config(),
+        num_blocks,
+        config.block_size,
+        decoder.dtype(),
+        decoder.device(),
+    )?;
+    warm_up(&decoder, &cache, &scheduler_config)?;
+    let shared = Arc::new(Shared {
+        healthy: AtomicBool::new(true),
+        stats: Mutex::new(SchedulerStats {
+            total_blocks: num_blocks,
+            free_blocks: num_blocks,
+            ..Default::default()
+        }),
+    });
+    let (commands, receiver) = std::sync::mpsc::channel();
+    let vocab_size = decoder.config().vocab_size;
+    let worker = Worker::new(
+        decoder,
+        cache,
+        Arc::new(tokenizer.tokenizer.clone()),
+        tokenizer.eos_token_ids.clone(),
+        Scheduler::new(scheduler_config),
+        receiver,
+        shared.clone(),
+    );
+    std::thread::Builder::new()
+        .name("lantern-engine".into())
+        .spawn(move || worker.run())
+        .map_err(|e| StartError::Setting(format!("cannot start the engine thread: {e}")))?;
+    tracing::info!(num_blocks, block_size = config.block_size, "engine started");
+    Ok(EngineHandle {
+        commands,
+        shared,
+        next_id: Arc::new(AtomicU64::new(0)),
+        limits: Arc::new(Scheduler::new(scheduler_config)),
+        vocab_size,
+    })
+}
+
+/// One forward step as large as the budgets allow: `max_num_seqs` sequences sharing
+/// `max_batch_prefill_tokens` prompt tokens.
+fn warm_up(decoder: &Decoder, cache: &KvCache, config: &SchedulerConfig) -> Result<(), StartError> {
+    let tokens = config.max_batch_prefill_tokens;
+    if tokens > config.num_blocks * config.block_size {
+        return Err(StartError::Warmup(format!(
+            "max_batch_prefill_tokens ({tokens}) exceeds the whole KV cache ({} blocks of {} tokens): lower --max-batch-prefill-tokens or give the cache more memory",
+            config.num_blocks, config.block_size
+        )));
+    }
+    // As many sequences as the budgets and the cache allow, sharing the prefill budget.
+    let mut sequences = config.max_num_seqs.min(tokens).max(1);
+    while sequences > 1
+        && sequences * (tokens / sequences).div_ceil(config.block_size) > config.num_blocks
+    {
+        sequences -= 1;
+    }
+    let per_sequence = tokens / sequences;
+    let blocks_each = per_sequence.div_ceil(config.block_size);
+    let steps: Vec<SequenceStep> = (0..sequences)
+        .map(|i| SequenceStep {
+            tokens: vec![0; per_sequence],
+            context_before: 0,
+            block_table: ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect(),
+            logits: LogitsWanted::Last,
+        })
+        .collect();
+    let started = Instant::now();
+    decoder.forward(&steps, cache).map_err(|e| {
+        StartError::Warmup(format!(
+            "warm-up at max_batch_prefill_tokens={} and max_num_seqs={} failed ({e}): lower them",
+            config.max_batch_prefill_tokens, config.max_num_seqs
+        ))
+    })?;
+    tracing::info!(
+        sequences,
+        per_sequence,
+        seconds = started.elapsed().as_secs_f64(),
+        "warm-up step done"
+    );
+    Ok(())
+}
+
+impl EngineHandle {
+    /// Queues a request. Errors come back at once for requests that could never run.
+    pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        if !self.is_healthy() {
+            return Err(SubmitError::Unavailable("the engine is unhealthy".into()));
+        }
+        if request.max_new_tokens == 0 {
+            return Err(SubmitError::NoNewTokens);
+        }
+        if request.sampling.top_n_tokens > 5 {
+            return Err(SubmitError::TooManyAlternatives(
+                request.sampling.top_n_tokens,
+            ));
+        }
+        if let Some(&token) = request
+            .prompt
+            .iter()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            return Err(SubmitError::UnknownToken {
+                token,
+                vocab_size: self.vocab_size,
+            });
+        }
+        self.limits
+            .check(request.prompt.len(), request.max_new_tokens)?;
+        let (events, receiver) = unbounded_channel();
+        let command = Command::Submit {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            request,
+            events,
+            submitted_at: Instant::now(),
+        };
+        self.commands
+            .send(command)
+            .map_err(|_| SubmitError::Unavailable("the engine thread has stopped".into()))?;
+        Ok(EventStream { receiver })
+    }
+
+    /// False after a failed step or panic: the HTTP layer's `/ping` reports it.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Blocks and sequences, as of the last step.
+    pub fn stats(&self) -> SchedulerStats {
+        self.shared.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    pub fn limits(&self) -> &SchedulerConfig {
+        self.limits.config()
+    }
+}

@@ -1,0 +1,85 @@
+//! What goes into the engine (a [`GenerateRequest`]) and what comes out (a stream of
+//! [`Event`]s: tokens, then one end).
+
+use crate::sampling::SamplingParams;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop sequences, matched on text; excluded from the output.
+    pub stop: Vec<String>,
+    /// Keep generating past EOS tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    pub fn greedy(prompt: Vec<u32>, max_new_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_new_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// The model produced an end-of-sequence token.
+    EosToken,
+    /// A stop sequence matched.
+    StopSequence,
+}
+
+impl FinishReason {
+    /// TGI's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Length => "length",
+            Self::EosToken => "eos_token",
+            Self::StopSequence => "stop_sequence",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// New text; may be empty (a partial character, text held back by a stop sequence, a special token).
+    pub text: String,
+    /// Log-probability under the model's distribution (before sampling settings).
+    pub logprob: f32,
+    /// The most likely alternatives, when asked for.
+    pub top: Vec<(u32, f32)>,
+    /// An EOS or other special token: its text is not part of the output.
+    pub special: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub finish_reason: FinishReason,
+    /// Text not yet sent with a token (held back, then released at the end).
+    pub trailing_text: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Submission to first scheduling.
+    pub queue_time: Duration,
+    /// Submission to first token.
+    pub time_to_first_token: Duration,
+    pub total_time: Duration,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Token(TokenEvent),
+    End(Completion),
+    /// The engine failed while running this request; nothing more will come.
+    Failed(String),
+}

@@ -1,0 +1,372 @@
+//! The engine thread: owns the decoder and the KV cache, runs one scheduler step after another,
+//! samples, detokenizes and sends each request its events. Model steps block, so this is an OS
+//! thread; the async world talks to it through channels only.
+//!
+//! A failed or panicking step fails every request in flight with an error event, clears the
+//! scheduler and marks the engine unhealthy: nobody is left waiting.
+
+use crate::detokenize::IncrementalDecoder;
+use crate::handle::Shared;
+use crate::request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
+use crate::sampling::{log_softmax, top_n, Sampler};
+use crate::scheduler::{Plan, Scheduler, SequenceId};
+use crate::stop::{StopMatcher, StopOutcome};
+use candle_core::{DType, Tensor};
+use lantern_models::{Decoder, KvCache, LogitsWanted};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub(crate) enum Command {
+    Submit {
+        id: SequenceId,
+        request: GenerateRequest,
+        events: UnboundedSender<Event>,
+        submitted_at: Instant,
+    },
+}
+
+/// Output-side state of one request.
+struct Active {
+    events: UnboundedSender<Event>,
+    sampler: Sampler,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    max_new_tokens: usize,
+    ignore_eos: bool,
+    detokenizer: IncrementalDecoder,
+    stop: StopMatcher,
+    submitted_at: Instant,
+    scheduled_at: Option<Instant>,
+    first_token_at: Option<Instant>,
+}
+
+pub(crate) struct Worker {
+    pub decoder: Decoder,
+    pub cache: KvCache,
+    pub tokenizer: Arc<Tokenizer>,
+    pub eos_token_ids: Vec<u32>,
+    pub scheduler: Scheduler,
+    pub commands: Receiver<Command>,
+    pub shared: Arc<Shared>,
+    active: HashMap<SequenceId, Active>,
+}
+
+/// One chosen token with what the client may want to know about it.
+struct Choice {
+    token: u32,
+    logprob: f32,
+    top: Vec<(u32, f32)>,
+}
+
+impl Worker {
+    pub fn new(
+        decoder: Decoder,
+        cache: KvCache,
+        tokenizer: Arc<Tokenizer>,
+        eos_token_ids: Vec<u32>,
+        scheduler: Scheduler,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            decoder,
+            cache,
+            tokenizer,
+            eos_token_ids,
+            scheduler,
+            commands,
+            shared,
+            active: HashMap::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        while self.receive_commands() {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(format!("model step failed: {error}")),
+                Err(panic) => Some(format!("engine panicked: {}", panic_message(&panic))),
+            };
+            if let Some(message) = failure {
+                self.fail_everything(&message);
+            }
+            self.publish_stats();
+        }
+        tracing::info!("engine stopped: every handle was dropped");
+    }
+
+    /// Takes new commands, blocking while there is nothing to do. False once every handle is gone.
+    fn receive_commands(&mut self) -> bool {
+        if self.scheduler.is_idle() {
+            match self.commands.recv() {
+                Ok(command) => self.accept(command),
+                Err(_) => return false,
+            }
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => self.accept(command),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return !self.scheduler.is_idle(),
+            }
+        }
+    }
+
+    fn accept(&mut self, command: Command) {
+        let Command::Submit {
+            id,
+            request,
+            events,
+            submitted_at,
+        } = command;
+        if !self.shared.healthy.load(Ordering::Acquire) {
+            let _ = events.send(Event::Failed("the engine is unhealthy".into()));
+            return;
+        }
+        if let Err(refusal) = self
+            .scheduler
+            .add(id, request.prompt.clone(), request.max_new_tokens)
+        {
+            let _ = events.send(Event::Failed(refusal.to_string()));
+            return;
+        }
+        self.active.insert(
+            id,
+            Active {
+                events,
+                sampler: Sampler::new(request.sampling),
+                prompt: request.prompt,
+                generated: Vec::new(),
+                max_new_tokens: request.max_new_tokens,
+                ignore_eos: request.ignore_eos,
+                detokenizer: IncrementalDecoder::new(),
+                stop: StopMatcher::new(request.stop),
+                submitted_at,
+                scheduled_at: None,
+                first_token_at: None,
+            },
+        );
+    }
+
+    fn step(&mut self) -> Result<(), lantern_models::ModelError> {
+        // A closed channel means the client left: free its blocks before planning.
+        let gone: Vec<SequenceId> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.events.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.scheduler.remove(id);
+            self.active.remove(&id);
+        }
+        let plan = self.scheduler.schedule();
+        if plan.steps.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        for scheduled in &plan.steps {
+            if let Some(active) = self.active.get_mut(&scheduled.id) {
+                active.scheduled_at.get_or_insert(now);
+            }
+        }
+        let steps: Vec<_> = plan.steps.iter().map(|s| s.step.clone()).collect();
+        let logits = self.decoder.forward(&steps, &self.cache)?;
+        self.scheduler.complete(&plan);
+        let sampled: Vec<SequenceId> = sampled_ids(&plan);
+        let choices = self.choose(&sampled, &logits)?;
+        for (id, choice) in sampled.into_iter().zip(choices) {
+            self.deliver(id, choice);
+        }
+        Ok(())
+    }
+
+    /// Picks the next token of every sampled row: one batched argmax when all rows are plain
+    /// greedy without alternatives, else row by row.
+    fn choose(
+        &mut self,
+        ids: &[SequenceId],
+        logits: &Tensor,
+    ) -> Result<Vec<Choice>, lantern_models::ModelError> {
+        if ids.is_empty() {
+            return Ok(Vec::new()); // a step of prefill chunks only
+        }
+        let plain = ids.iter().all(|id| {
+            self.active.get(id).is_none_or(|a| {
+                let p = a.sampler.params();
+                p.is_greedy() && !p.has_penalties() && p.top_n_tokens == 0
+            })
+        });
+        if plain {
+            let tokens = logits.argmax(1)?.to_vec1::<u32>()?;
+            let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
+            let index = Tensor::new(tokens.as_slice(), logits.device())?.unsqueeze(1)?;
+            let chosen = log_probs
+                .gather(&index, 1)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            return Ok(tokens
+                .into_iter()
+                .zip(chosen)
+                .map(|(token, logprob)| Choice {
+                    token,
+                    logprob,
+                    top: Vec::new(),
+                })
+                .collect());
+        }
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .map(|(id, mut row)| {
+                let log_probs = log_softmax(&row);
+                let Some(active) = self.active.get_mut(id) else {
+                    return Choice {
+                        token: 0,
+                        logprob: 0.0,
+                        top: Vec::new(),
+                    };
+                };
+                let context: Vec<u32> = active
+                    .prompt
+                    .iter()
+                    .chain(&active.generated)
+                    .copied()
+                    .collect();
+                active
+                    .sampler
+                    .apply_penalties(&mut row, &context, &active.generated);
+                let token = active.sampler.choose(&row);
+                Choice {
+                    token,
+                    logprob: log_probs
+                        .get(token as usize)
+                        .copied()
+                        .unwrap_or(f32::NEG_INFINITY),
+                    top: top_n(&log_probs, active.sampler.params().top_n_tokens.min(5)),
+                }
+            })
+            .collect())
+    }
+
+    /// Sends a sampled token to its request and decides whether the request ends here.
+    fn deliver(&mut self, id: SequenceId, choice: Choice) {
+        let Some(active) = self.active.get_mut(&id) else {
+            return;
+        };
+        active.first_token_at.get_or_insert_with(Instant::now);
+        let is_eos = !active.ignore_eos && self.eos_token_ids.contains(&choice.token);
+        let mut finish = None;
+        let text = if is_eos {
+            finish = Some(FinishReason::EosToken);
+            String::new()
+        } else {
+            active.generated.push(choice.token);
+            let delta = active.detokenizer.step(&self.tokenizer, &active.generated);
+            match active.stop.push(&delta) {
+                StopOutcome::Continue(text) => text,
+                StopOutcome::Stop(text) => {
+                    finish = Some(FinishReason::StopSequence);
+                    text
+                }
+            }
+        };
+        if finish.is_none() && active.generated.len() >= active.max_new_tokens {
+            finish = Some(FinishReason::Length);
+        }
+        let event = Event::Token(TokenEvent {
+            id: choice.token,
+            text,
+            logprob: choice.logprob,
+            top: choice.top,
+            special: is_eos,
+        });
+        let delivered = active.events.send(event).is_ok();
+        match finish {
+            Some(reason) => self.finish(id, reason),
+            None if delivered => self.scheduler.push_token(id, choice.token),
+            None => {
+                self.scheduler.remove(id);
+                self.active.remove(&id);
+            }
+        }
+    }
+
+    fn finish(&mut self, id: SequenceId, mut reason: FinishReason) {
+        self.scheduler.remove(id);
+        let Some(mut active) = self.active.remove(&id) else {
+            return;
+        };
+        let mut trailing = String::new();
+        if reason != FinishReason::StopSequence {
+            // Text held back for a partial character or a possible stop sequence.
+            let rest = active
+                .detokenizer
+                .finish(&self.tokenizer, &active.generated);
+            match active.stop.push(&rest) {
+                StopOutcome::Stop(text) => {
+                    trailing = text;
+                    reason = FinishReason::StopSequence;
+                }
+                StopOutcome::Continue(text) => trailing = text + &active.stop.flush(),
+            }
+        }
+        let now = Instant::now();
+        let completion = Completion {
+            finish_reason: reason,
+            trailing_text: trailing,
+            prompt_tokens: active.prompt.len(),
+            generated_tokens: active.generated.len()
+                + usize::from(reason == FinishReason::EosToken),
+            queue_time: active.scheduled_at.unwrap_or(now) - active.submitted_at,
+            time_to_first_token: active.first_token_at.unwrap_or(now) - active.submitted_at,
+            total_time: now - active.submitted_at,
+            seed: active.sampler.seed(),
+        };
+        let _ = active.events.send(Event::End(completion));
+    }
+
+    fn fail_everything(&mut self, message: &str) {
+        tracing::error!(
+            error = message,
+            requests = self.active.len(),
+            "engine step failed; engine marked unhealthy"
+        );
+        self.shared.healthy.store(false, Ordering::Release);
+        for (_, active) in self.active.drain() {
+            let _ = active.events.send(Event::Failed(message.to_string()));
+        }
+        let config = *self.scheduler.config();
+        self.scheduler = Scheduler::new(config);
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            *stats = self.scheduler.stats();
+        }
+    }
+}
+
+fn sampled_ids(plan: &Plan) -> Vec<SequenceId> {
+    plan.steps
+        .iter()
+        .filter(|s| s.step.logits == LogitsWanted::Last)
+        .map(|s| s.id)
+        .collect()
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

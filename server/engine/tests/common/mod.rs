@@ -1,0 +1,85 @@
+//! Engines over the tiny dummy model, and a helper that runs a request to its end.
+
+#![allow(dead_code)]
+
+use lantern_engine::{
+    start, CacheSize, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest,
+};
+use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
+use lantern_models::{load, Architecture, LoadOptions, ModelSource, TokenizerBundle};
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub struct TestEngine {
+    pub handle: EngineHandle,
+    pub tokenizer: TokenizerBundle,
+    _dir: tempfile::TempDir,
+}
+
+pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
+    EngineConfig {
+        block_size: 16,
+        cache: CacheSize::Blocks(blocks),
+        max_batch_total_tokens: None,
+        max_batch_prefill_tokens: prefill,
+        max_num_seqs: 64,
+        max_total_tokens: 512,
+    }
+}
+
+pub fn tiny_engine(config: &EngineConfig) -> TestResult<TestEngine> {
+    let dir = tempfile::tempdir()?;
+    let spec = DummySpec {
+        architecture: Architecture::Llama,
+        size: DummySize::Tiny,
+        seed: 5,
+    };
+    write_dummy_model(spec, dir.path())?;
+    let model = load(
+        &ModelSource::Directory(dir.path().into()),
+        &LoadOptions::cpu(),
+    )?;
+    let handle = start(model.decoder, &model.tokenizer, config)?;
+    Ok(TestEngine {
+        handle,
+        tokenizer: model.tokenizer,
+        _dir: dir,
+    })
+}
+
+/// What one request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub tokens: Vec<u32>,
+    /// Compared bit for bit: any difference in the logits shows here before it flips a token.
+    pub logprobs: Vec<f32>,
+    pub text: String,
+    pub finish: FinishReason,
+}
+
+pub async fn run(handle: &EngineHandle, request: GenerateRequest) -> TestResult<Outcome> {
+    let mut stream = handle.submit(request)?;
+    let mut tokens = Vec::new();
+    let mut logprobs = Vec::new();
+    let mut text = String::new();
+    while let Some(event) = stream.recv().await {
+        match event {
+            Event::Token(token) => {
+                tokens.push(token.id);
+                logprobs.push(token.logprob);
+                text.push_str(&token.text);
+            }
+            Event::End(end) => {
+                text.push_str(&end.trailing_text);
+                return Ok(Outcome {
+                    tokens,
+                    logprobs,
+                    text,
+                    finish: end.finish_reason,
+                });
+            }
+            Event::Failed(message) => return Err(message.into()),
+        }
+    }
+    Err("stream ended without an end event".into())
+}
