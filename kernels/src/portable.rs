@@ -83,24 +83,22 @@ fn attend_one(
         )
     }
     let slots = Tensor::from_slice(seq.slots, context, query.device())?;
-    // Keys and values expanded to one copy per query head: (num_heads, context, head_dim).
-    let per_query_head = |cache: &Tensor| -> Result<Tensor> {
-        cache
-            .index_select(&slots, 0)?
-            .transpose(0, 1)?
-            .unsqueeze(1)?
-            .broadcast_as((num_kv_heads, group, context, head_dim))?
-            .reshape((num_heads, context, head_dim))
+    // (kv_heads, context, head_dim): the sequence's keys and values, gathered once per call.
+    let gather = |cache: &Tensor| -> Result<Tensor> {
+        cache.index_select(&slots, 0)?.transpose(0, 1)?.contiguous()
     };
-    let key = per_query_head(&cache.key)?;
-    let value = per_query_head(&cache.value)?;
+    let key = gather(&cache.key)?;
+    let value = gather(&cache.value)?;
+    // (kv_heads, query_len, group, head_dim): query heads that share a KV head side by side.
     let queries = query
         .narrow(0, seq.query_offset, seq.query_len)?
+        .reshape((seq.query_len, num_kv_heads, group, head_dim))?
         .transpose(0, 1)?
         .contiguous()?;
-    // One query row at a time, over exactly the keys it may see: a row at position `p` is then
-    // computed by the same products whether it arrives in a whole prompt, a chunk, a decode
-    // step or a recomputation after preemption, and whatever shares its batch. No mask needed.
+    // One query position at a time, over exactly the keys it may see: a row at position `p`
+    // is then computed by the same products (`group x head_dim` by `head_dim x visible` per KV
+    // head) whether it arrives in a whole prompt, a chunk, a decode step or a recomputation
+    // after preemption, and whatever shares its batch. No mask is needed.
     let mut rows = Vec::with_capacity(seq.query_len);
     for i in 0..seq.query_len {
         let position = seq.context_before + i;
@@ -108,15 +106,14 @@ fn attend_one(
             .sliding_window
             .map_or(0, |window| (position + 1).saturating_sub(window));
         let visible = position + 1 - first;
-        let q = queries.narrow(1, i, 1)?;
+        let q = queries.narrow(1, i, 1)?.squeeze(1)?; // (kv_heads, group, head_dim)
         let k = key.narrow(1, first, visible)?;
         let v = value.narrow(1, first, visible)?;
         let scores = (q.matmul(&k.t()?)? * params.scale)?.to_dtype(DType::F32)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        rows.push(probs.matmul(&v)?);
+        rows.push(probs.matmul(&v)?.reshape((1, num_heads, head_dim))?);
     }
-    // (num_heads, query_len, head_dim) -> (query_len, num_heads, head_dim)
-    Tensor::cat(&rows, 1)?.transpose(0, 1)
+    Tensor::cat(&rows, 0)
 }
 
 #[cfg(test)]

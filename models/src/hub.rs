@@ -2,13 +2,12 @@
 //! `HF_TOKEN`, `HF_ENDPOINT` and `HF_HUB_OFFLINE=1`. The result is a local directory in
 //! Hugging Face layout, loaded like any other.
 //!
-//! hf-hub's blocking client has no connect timeout, and a firewall that drops packets would
-//! leave a user waiting minutes: so the endpoint is probed first with a bounded connect.
+//! hf-hub's blocking client has no timeout, and a firewall that drops packets (or a proxy that
+//! never answers) would leave a user waiting: so the endpoint is probed first, bounded.
 
 use crate::error::{ModelError, Result};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -63,7 +62,7 @@ pub fn fetch(model: &HubModel) -> Result<PathBuf> {
             .ok_or_else(|| ModelError::Hub("cache path has no parent".into()));
     }
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
-    probe(&endpoint).map_err(|why| {
+    probe(&endpoint, model).map_err(|why| {
         ModelError::Hub(format!(
             "cannot reach {endpoint} to fetch `{}`: {why}; {}",
             model.id,
@@ -103,38 +102,28 @@ pub fn fetch(model: &HubModel) -> Result<PathBuf> {
         .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))
 }
 
-/// Connects to the endpoint's host within [`PROBE_TIMEOUT`], name resolution included.
-fn probe(endpoint: &str) -> Result<(), String> {
-    let without_scheme = endpoint
-        .split_once("://")
-        .map_or(endpoint, |(_, rest)| rest);
-    let authority = without_scheme.split('/').next().unwrap_or(without_scheme);
-    let default_port = if endpoint.starts_with("http://") {
-        80
-    } else {
-        443
-    };
-    let address = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:{default_port}")
-    };
+/// Asks the hub for the model's `config.json` headers within [`PROBE_TIMEOUT`], name
+/// resolution included: a hub that is unreachable, or that accepts connections and never
+/// answers, fails here instead of hanging the download (hf-hub's client has no timeout).
+fn probe(endpoint: &str, model: &HubModel) -> Result<(), String> {
+    let url = format!(
+        "{}/{}/resolve/{}/config.json",
+        endpoint.trim_end_matches('/'),
+        model.id,
+        model.revision
+    );
     let (sender, receiver) = mpsc::channel();
-    // Name resolution cannot be given a timeout, so the whole probe runs on a thread we can abandon.
+    // Name resolution cannot be given a timeout, so the probe runs on a thread we can abandon.
     std::thread::spawn(move || {
-        let outcome = address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))
-            .and_then(|mut addrs| {
-                addrs
-                    .next()
-                    .ok_or_else(|| format!("{address} has no address"))
-            })
-            .and_then(|addr| {
-                TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-                    .map(|_| ())
-                    .map_err(|e| format!("connection to {addr} failed: {e}"))
-            });
+        let agent = ureq::AgentBuilder::new()
+            .timeout(PROBE_TIMEOUT)
+            .redirects(0)
+            .build();
+        let outcome = match agent.head(&url).call() {
+            // Any HTTP answer (even 401/404) means the hub is there; hf-hub reports the details.
+            Ok(_) | Err(ureq::Error::Status(..)) => Ok(()),
+            Err(ureq::Error::Transport(error)) => Err(error.to_string()),
+        };
         let _ = sender.send(outcome);
     });
     receiver
@@ -149,19 +138,21 @@ mod tests {
 
     #[test]
     fn an_unreachable_endpoint_fails_fast_with_a_hint() {
+        // A silent server (accepts, never answers) is covered by the end-to-end tests.
         // A port nobody listens on: the connect is refused at once.
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or(9);
         let started = Instant::now();
-        let outcome = probe(&format!("http://127.0.0.1:{closed}"));
-        assert!(outcome.is_err());
-        assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2));
-        let message = hint(&HubModel {
+        let model = HubModel {
             id: "org/model".into(),
             revision: "main".into(),
-        });
+        };
+        let outcome = probe(&format!("http://127.0.0.1:{closed}"), &model);
+        assert!(outcome.is_err());
+        assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2));
+        let message = hint(&model);
         assert!(message.contains("--model-id DIR"), "{message}");
     }
 }

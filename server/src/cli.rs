@@ -19,6 +19,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve a model over HTTP: the SageMaker contract (/ping, /invocations) and the TGI,
+    /// OpenAI and Bedrock APIs. Every option is also an environment variable.
+    Serve(Box<crate::config::ServeArgs>),
     /// Write a complete Hugging Face model directory with seeded random weights and a real
     /// tokenizer: for tests and for load-testing a deployment without downloading weights.
     DummyModel(DummyModelArgs),
@@ -57,6 +60,10 @@ enum SizeArg {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::serve::run(*args)),
             Command::DummyModel(args) => {
                 let spec = DummySpec {
                     architecture: match args.arch {

@@ -1,11 +1,16 @@
-//! `lantern`: the command line. `serve` arrives with the HTTP layer; `dummy-model` writes a
-//! seeded model directory for tests and load tests.
+//! `lantern`: `serve` runs the server; `dummy-model` writes a seeded model directory for tests
+//! and load tests.
 
 mod cli;
+mod config;
+mod http;
+mod metrics;
+mod serve;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    lantern_models::pin_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

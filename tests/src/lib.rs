@@ -1,6 +1,11 @@
-//! Shared helpers of the end-to-end tests, which run the real `lantern` binary.
+//! Shared helpers of the end-to-end tests, which run the real `lantern` binary and talk to it
+//! over HTTP on 127.0.0.1 only.
 
-use std::path::PathBuf;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// `target/<profile>/lantern`, built by `cargo test --workspace` (the `lantern` package has
 /// integration tests, so cargo builds its binary before any test runs).
@@ -19,4 +24,203 @@ pub fn lantern_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// Writes the tiny dummy model of `arch` with `seed` into `out` using the binary.
+pub fn dummy_model(arch: &str, seed: u64, out: &Path) {
+    let status = Command::new(lantern_binary())
+        .args([
+            "dummy-model",
+            "--arch",
+            arch,
+            "--size",
+            "tiny",
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
+        .arg(out)
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "lantern dummy-model failed"
+    );
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A running `lantern serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `lantern <args>` with `envs` on 127.0.0.1 at `port`, and waits until `/ping` says 200.
+    pub fn start(args: &[&str], envs: &[(&str, &str)], port: u16) -> Server {
+        let server = Self::spawn(args, envs, port);
+        server.wait_ready(Duration::from_secs(120));
+        server
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)], port: u16) -> Server {
+        let mut command = Command::new(lantern_binary());
+        command
+            .args(args)
+            .env("LANTERN_HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for name in [
+            "HF_MODEL_ID",
+            "MODEL_ID",
+            "SAGEMAKER_BIND_TO_PORT",
+            "MAX_CONCURRENT_REQUESTS",
+            "SAGEMAKER_BATCH",
+        ] {
+            command.env_remove(name);
+        }
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start lantern: {e}"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut log) = log.lock() {
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                }
+            });
+        }
+        Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(response) = ureq::get(&format!("{}/ping", self.base)).call() {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready in time; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The exit status, waiting up to `limit` for the process to end.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// POSTs a JSON body; returns status, headers of interest and the body text.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, String) {
+        self.post_raw(path, "application/json", &body.to_string(), &[])
+            .into()
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request =
+            ureq::post(&format!("{}{path}", self.base)).set("Content-Type", content_type);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        Reply::from(request.send_string(body))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(ureq::get(&format!("{}{path}", self.base)).call())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, whatever its status.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub custom_attributes: Option<String>,
+}
+
+impl From<Result<ureq::Response, ureq::Error>> for Reply {
+    fn from(result: Result<ureq::Response, ureq::Error>) -> Self {
+        let response = match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("transport error: {e}"),
+        };
+        let status = response.status();
+        let custom_attributes = response
+            .header("x-amzn-sagemaker-custom-attributes")
+            .map(str::to_string);
+        let mut body = String::new();
+        let _ = response.into_reader().read_to_string(&mut body);
+        Reply {
+            status,
+            body,
+            custom_attributes,
+        }
+    }
+}
+
+impl From<Reply> for (u16, String) {
+    fn from(reply: Reply) -> Self {
+        (reply.status, reply.body)
+    }
+}
+
+pub fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The `data:` payloads of an SSE body.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_string())
+        .collect()
 }

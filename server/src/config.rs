@@ -1,0 +1,273 @@
+//! `lantern serve` settings: one clap struct, every field also an environment variable (TGI's
+//! names where TGI has one, so a TGI deployment's settings carry over), validated once.
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use lantern_engine::{CacheSize, EngineConfig};
+use lantern_models::{Dequantize, ModelSource};
+use std::path::Path;
+
+/// Served when no model is named and `/opt/ml/model` holds none.
+pub const DEFAULT_MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+/// SageMaker's model artifact directory.
+pub const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model: a local directory (Hugging Face layout), a .gguf file, or a hub id. Unset: TGI's
+    /// MODEL_ID, then /opt/ml/model when it holds a model (SageMaker), then SmolLM2-135M-Instruct.
+    #[arg(long, env = "HF_MODEL_ID")]
+    pub model_id: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long, env = "REVISION")]
+    pub revision: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "LANTERN_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Port to listen on; SAGEMAKER_BIND_TO_PORT (multi-container endpoints) wins over it.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Weights dtype. Unset: float32 on CPU (bfloat16 is slow there), bfloat16 on GPU.
+    #[arg(long, env = "DTYPE", value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Expand GGUF weights to dense at load. auto: on CPU when they take under half the free memory.
+    #[arg(long, env = "LANTERN_DEQUANTIZE", value_enum, default_value = "auto")]
+    pub dequantize: DequantizeArg,
+    /// Longest prompt accepted, in tokens (TGI's legacy MAX_INPUT_LENGTH also works).
+    #[arg(long, env = "MAX_INPUT_TOKENS")]
+    pub max_input_tokens: Option<usize>,
+    /// Prompt plus new tokens allowed per request.
+    #[arg(long, env = "MAX_TOTAL_TOKENS", default_value_t = 4096)]
+    pub max_total_tokens: usize,
+    /// Prompt tokens one engine step may prefill: higher raises throughput and the latency other requests see.
+    #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS", default_value_t = 512)]
+    pub max_batch_prefill_tokens: usize,
+    /// Tokens the whole batch may hold in the KV cache (caps the cache).
+    #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
+    pub max_batch_total_tokens: Option<usize>,
+    /// Sequences decoded together each step.
+    #[arg(long, env = "LANTERN_MAX_NUM_SEQS", default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Requests in flight before new ones get 429.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
+    pub max_concurrent_requests: usize,
+    /// Stop sequences a request may give.
+    #[arg(long, env = "MAX_STOP_SEQUENCES", default_value_t = 4)]
+    pub max_stop_sequences: usize,
+    /// max_new_tokens when a request gives none (capped by what fits in max_total_tokens).
+    #[arg(long, env = "LANTERN_DEFAULT_MAX_NEW_TOKENS", default_value_t = 256)]
+    pub default_max_new_tokens: usize,
+    /// KV cache size in bytes (suffixes K, M, G, Ki, Mi, Gi). Unset: 30% of free memory on CPU.
+    #[arg(long, env = "LANTERN_KV_CACHE_MEMORY", value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<usize>,
+    /// Tokens per KV-cache block.
+    #[arg(long, env = "LANTERN_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// Largest request body accepted (SageMaker's real-time limit is 6 MB).
+    #[arg(long, env = "LANTERN_MAX_PAYLOAD_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_payload_bytes: usize,
+    /// GPUs SageMaker gives the container; Lantern uses one until tensor parallelism exists.
+    #[arg(long, env = "SM_NUM_GPUS")]
+    pub num_gpus: Option<usize>,
+    /// Seconds to let requests in flight finish after SIGTERM.
+    #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    #[value(alias = "f32")]
+    Float32,
+    #[value(alias = "bf16")]
+    Bfloat16,
+    #[value(alias = "f16")]
+    Float16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DequantizeArg {
+    Auto,
+    On,
+    Off,
+}
+
+/// `2G`, `512Mi`, `1000000`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown size unit `{other}`")),
+    };
+    Ok(number * scale)
+}
+
+/// Settings after resolution and validation.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub model: ModelSource,
+    pub host: String,
+    pub port: u16,
+    pub dtype: Option<candle_core::DType>,
+    pub dequantize: Dequantize,
+    pub max_input_tokens: usize,
+    pub max_total_tokens: usize,
+    pub max_concurrent_requests: usize,
+    pub max_stop_sequences: usize,
+    pub default_max_new_tokens: usize,
+    pub max_payload_bytes: usize,
+    pub shutdown_grace_seconds: u64,
+    pub engine: EngineConfig,
+    pub sagemaker_batch: Option<SagemakerBatch>,
+}
+
+/// SageMaker Batch Transform settings, reported by `/execution-parameters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagemakerBatch {
+    pub max_concurrent_transforms: usize,
+    pub batch_strategy: String,
+    pub max_payload_in_mb: usize,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_number(name: &str) -> anyhow::Result<Option<usize>> {
+    env(name)
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .with_context(|| format!("{name}=`{v}` is not a number"))
+        })
+        .transpose()
+}
+
+impl ServeArgs {
+    pub fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let model_spec = self
+            .model_id
+            .clone()
+            .or_else(|| env("MODEL_ID"))
+            .or_else(|| {
+                holds_model(Path::new(SAGEMAKER_MODEL_DIR)).then(|| SAGEMAKER_MODEL_DIR.to_string())
+            })
+            .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        let revision = self.revision.clone().or_else(|| env("HF_MODEL_REVISION"));
+        let model = ModelSource::resolve(&model_spec, revision.as_deref())?;
+        let port = match env_number("SAGEMAKER_BIND_TO_PORT")? {
+            Some(port) => u16::try_from(port).context("SAGEMAKER_BIND_TO_PORT is not a port")?,
+            None => self.port,
+        };
+        let max_input_tokens = match (self.max_input_tokens, env_number("MAX_INPUT_LENGTH")?) {
+            (Some(tokens), _) | (None, Some(tokens)) => tokens,
+            (None, None) => self.max_total_tokens.saturating_sub(1),
+        };
+        if max_input_tokens == 0 || max_input_tokens >= self.max_total_tokens {
+            bail!(
+                "max_input_tokens ({max_input_tokens}) must be positive and below max_total_tokens ({}): lower MAX_INPUT_TOKENS or raise MAX_TOTAL_TOKENS",
+                self.max_total_tokens
+            );
+        }
+        if let Some(total) = self.max_batch_total_tokens {
+            if total < self.max_total_tokens {
+                bail!("max_batch_total_tokens ({total}) must be at least max_total_tokens ({}): one request must fit", self.max_total_tokens);
+            }
+        }
+        if self.max_concurrent_requests == 0 || self.max_num_seqs == 0 || self.block_size == 0 {
+            bail!("max_concurrent_requests, max_num_seqs and block_size must be positive");
+        }
+        if let Some(gpus) = self.num_gpus.filter(|&g| g > 1) {
+            tracing::warn!(
+                gpus,
+                "SM_NUM_GPUS > 1: Lantern uses one GPU until tensor parallelism exists"
+            );
+        }
+        let sagemaker_batch = env("SAGEMAKER_BATCH")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            .then(|| -> anyhow::Result<SagemakerBatch> {
+                Ok(SagemakerBatch {
+                    max_concurrent_transforms: env_number("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS")?
+                        .unwrap_or(self.max_concurrent_requests),
+                    batch_strategy: env("SAGEMAKER_BATCH_STRATEGY")
+                        .unwrap_or_else(|| "MULTI_RECORD".into()),
+                    max_payload_in_mb: env_number("SAGEMAKER_MAX_PAYLOAD_IN_MB")?.unwrap_or(6),
+                })
+            })
+            .transpose()?;
+        let max_payload_bytes = sagemaker_batch
+            .as_ref()
+            .map_or(self.max_payload_bytes, |b| {
+                b.max_payload_in_mb * 1024 * 1024
+            });
+        Ok(ServerConfig {
+            model,
+            host: self.host,
+            port,
+            dtype: self.dtype.map(|d| match d {
+                DtypeArg::Float32 => candle_core::DType::F32,
+                DtypeArg::Bfloat16 => candle_core::DType::BF16,
+                DtypeArg::Float16 => candle_core::DType::F16,
+            }),
+            dequantize: match self.dequantize {
+                DequantizeArg::Auto => Dequantize::Auto,
+                DequantizeArg::On => Dequantize::On,
+                DequantizeArg::Off => Dequantize::Off,
+            },
+            max_input_tokens,
+            max_total_tokens: self.max_total_tokens,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_stop_sequences: self.max_stop_sequences,
+            default_max_new_tokens: self.default_max_new_tokens,
+            max_payload_bytes,
+            shutdown_grace_seconds: self.shutdown_grace_seconds,
+            engine: EngineConfig {
+                block_size: self.block_size,
+                cache: self
+                    .kv_cache_memory
+                    .map_or(CacheSize::FreeMemoryFraction(0.3), CacheSize::Bytes),
+                max_batch_total_tokens: self.max_batch_total_tokens,
+                max_batch_prefill_tokens: self.max_batch_prefill_tokens,
+                max_num_seqs: self.max_num_seqs,
+                max_total_tokens: self.max_total_tokens,
+            },
+            sagemaker_batch,
+        })
+    }
+}
+
+fn holds_model(dir: &Path) -> bool {
+    dir.join("config.json").exists()
+        || std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+            })
+            .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Bedrock's Anthropic Messages body (`{"anthropic_version", "messages", "max_tokens", ...}`)
+//! on `/invocations`: response `{"content": [{"type": "text", ...}], "stop_reason", "usage"}`,
+//! streamed as Anthropic's `message_start` ... `message_stop` events.
+
+use super::error::ApiError;
+use super::generate::{complete, prepare, submit, Params};
+use super::openai::Content;
+use super::sse::{respond, StreamFormat};
+use super::state::AppState;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lantern_engine::{Completion, FinishReason, TokenEvent};
+use lantern_models::ChatMessage;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesRequest {
+    pub anthropic_version: String,
+    pub messages: Vec<super::openai::Message>,
+    pub system: Option<Content>,
+    pub max_tokens: usize,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub stop_sequences: Vec<String>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+fn stop_reason(c: &Completion, stops: &[String]) -> (&'static str, Value) {
+    match c.finish_reason {
+        FinishReason::Length => ("max_tokens", Value::Null),
+        FinishReason::EosToken => ("end_turn", Value::Null),
+        // The engine does not say which stop matched; with one stop sequence it is that one.
+        FinishReason::StopSequence => (
+            "stop_sequence",
+            stops
+                .first()
+                .filter(|_| stops.len() == 1)
+                .map_or(Value::Null, |s| json!(s)),
+        ),
+    }
+}
+
+pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
+    tracing::debug!(anthropic_version = %request.anthropic_version, "bedrock messages request");
+    let model = state.model()?;
+    let template = model
+        .tokenizer
+        .chat_template
+        .as_ref()
+        .ok_or_else(|| ApiError::validation("this model has no chat template", "messages"))?;
+    let mut messages = Vec::new();
+    if let Some(system) = &request.system {
+        messages.push(ChatMessage::new("system", &system.text()?));
+    }
+    for m in &request.messages {
+        messages.push(ChatMessage::new(&m.role, &m.content.text()?));
+    }
+    let prompt = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::validation(e.to_string(), "messages"))?;
+    let params = Params {
+        max_new_tokens: Some(request.max_tokens),
+        temperature: Some(request.temperature.unwrap_or(1.0)),
+        top_p: request.top_p,
+        top_k: request.top_k,
+        stop: request.stop_sequences.clone(),
+        templated: true,
+        ..Params::default()
+    };
+    let prepared = prepare(state, &prompt, params)?;
+    let id = format!(
+        "msg_{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    if request.stream {
+        let events = submit(state, &prepared)?;
+        let format = MessagesStream {
+            id,
+            model: model.name.clone(),
+            input_tokens: prepared.prompt_tokens.len(),
+            stops: request.stop_sequences,
+        };
+        return Ok(respond(state, events, format, prepared.permit));
+    }
+    let generated = complete(state, prepared).await?;
+    let c = &generated.completion;
+    let (reason, stop) = stop_reason(c, &request.stop_sequences);
+    Ok(Json(json!({
+        "id": id, "type": "message", "role": "assistant", "model": model.name,
+        "content": [{"type": "text", "text": generated.text}],
+        "stop_reason": reason, "stop_sequence": stop,
+        "usage": {"input_tokens": c.prompt_tokens, "output_tokens": c.generated_tokens},
+    }))
+    .into_response())
+}
+
+struct MessagesStream {
+    id: String,
+    model: String,
+    input_tokens: usize,
+    stops: Vec<String>,
+}
+
+fn named(name: &str, data: Value) -> SseEvent {
+    SseEvent::default().event(name).data(data.to_string())
+}
+
+impl StreamFormat for MessagesStream {
+    fn start(&mut self) -> Vec<SseEvent> {
+        vec![
+            named(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}}),
+            ),
+            named(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+        ]
+    }
+
+    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+        if token.text.is_empty() {
+            return Vec::new();
+        }
+        vec![named(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token.text}}),
+        )]
+    }
+
+    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        if !completion.trailing_text.is_empty() {
+            events.push(named("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": completion.trailing_text}})));
+        }
+        let (reason, stop) = stop_reason(completion, &self.stops);
+        events.push(named(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(named("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": stop}, "usage": {"output_tokens": completion.generated_tokens}})));
+        events.push(named("message_stop", json!({"type": "message_stop"})));
+        events
+    }
+
+    fn error(&mut self, message: &str) -> Vec<SseEvent> {
+        vec![named(
+            "error",
+            json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+        )]
+    }
+}

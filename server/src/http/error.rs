@@ -1,0 +1,114 @@
+//! The one place errors become HTTP responses. Each variant has a stable `error_type`; the
+//! body takes the shape of the API the client speaks: TGI's `{"error", "error_type"}` or
+//! OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lantern_engine::SubmitError;
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The client sent something invalid; `param` names the field when there is one.
+    #[error("{message}")]
+    Validation {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported content type `{0}`: send application/json (or application/jsonlines for batch transform)")]
+    UnsupportedMediaType(String),
+    #[error("too many requests in flight ({0}); retry later")]
+    Overloaded(usize),
+    #[error("the model is still loading")]
+    NotReady,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+/// Which API's error shape to answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Tgi,
+    OpenAi,
+}
+
+impl ApiError {
+    pub fn validation(message: impl Into<String>, param: &str) -> Self {
+        Self::Validation {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Validation { .. } => "validation",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Overloaded(_) => "overloaded",
+            Self::NotReady => "not_ready",
+            Self::Unavailable(_) => "unavailable",
+            Self::Generation(_) => "generation",
+        }
+    }
+
+    fn status(&self, flavor: Flavor) -> StatusCode {
+        match self {
+            // TGI answers validation errors with 422; OpenAI clients expect 400.
+            Self::Validation { .. } if flavor == Flavor::Tgi => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn into_response_as(self, flavor: Flavor) -> Response {
+        let status = self.status(flavor);
+        let body = match flavor {
+            Flavor::Tgi => json!({"error": self.to_string(), "error_type": self.error_type()}),
+            Flavor::OpenAi => {
+                let param = match &self {
+                    Self::Validation { param, .. } => param.clone(),
+                    _ => None,
+                };
+                let kind = if status.is_client_error() {
+                    "invalid_request_error"
+                } else {
+                    "server_error"
+                };
+                json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": self.error_type()}})
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Unavailable(message) => Self::Unavailable(message),
+            SubmitError::Refused(_) | SubmitError::UnknownToken { .. } => {
+                Self::validation(error.to_string(), "inputs")
+            }
+            SubmitError::NoNewTokens => Self::validation(error.to_string(), "max_new_tokens"),
+            SubmitError::TooManyAlternatives(_) => {
+                Self::validation(error.to_string(), "top_n_tokens")
+            }
+        }
+    }
+}
+
+/// An error answered in TGI's shape (the default outside `/v1`).
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_response_as(Flavor::Tgi)
+    }
+}

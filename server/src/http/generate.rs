@@ -1,0 +1,232 @@
+//! The generation service every wire schema shares: validated parameters in, tokens out, either
+//! collected into one result or streamed. Schemas only translate to and from these types.
+
+use super::error::ApiError;
+use super::state::{AppState, ServingModel};
+use lantern_engine::{Completion, Event, EventStream, GenerateRequest, SamplingParams, TokenEvent};
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Generation settings as the schemas express them, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pub max_new_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    /// TGI's `do_sample`: `Some(false)` forces greedy.
+    pub do_sample: Option<bool>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub top_n_tokens: Option<usize>,
+    /// Keep only the last this many prompt tokens.
+    pub truncate: Option<usize>,
+    pub ignore_eos: bool,
+    /// The prompt came out of a chat template, which already wrote any BOS token.
+    pub templated: bool,
+}
+
+/// A request ready for the engine.
+pub struct Prepared {
+    pub model: Arc<ServingModel>,
+    pub prompt_tokens: Vec<u32>,
+    pub request: GenerateRequest,
+    /// Held until the response is complete.
+    pub permit: OwnedSemaphorePermit,
+}
+
+fn check_range(
+    value: Option<f32>,
+    name: &str,
+    valid: impl Fn(f32) -> bool,
+    rule: &str,
+) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !v.is_finite() || !valid(v) => Err(ApiError::validation(
+            format!("`{name}` must be {rule}, got {v}"),
+            name,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Validates `params`, tokenizes `prompt` and takes an in-flight slot.
+pub fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<Prepared, ApiError> {
+    let model = state.model()?;
+    let config = &state.config;
+    check_range(params.temperature, "temperature", |t| t >= 0.0, ">= 0")?;
+    check_range(params.top_p, "top_p", |p| p > 0.0 && p <= 1.0, "in (0, 1]")?;
+    check_range(
+        params.typical_p,
+        "typical_p",
+        |p| p > 0.0 && p <= 1.0,
+        "in (0, 1]",
+    )?;
+    check_range(
+        params.min_p,
+        "min_p",
+        |p| (0.0..=1.0).contains(&p),
+        "in [0, 1]",
+    )?;
+    check_range(
+        params.repetition_penalty,
+        "repetition_penalty",
+        |p| p > 0.0,
+        "> 0",
+    )?;
+    check_range(
+        params.frequency_penalty,
+        "frequency_penalty",
+        |p| (-2.0..=2.0).contains(&p),
+        "in [-2, 2]",
+    )?;
+    check_range(
+        params.presence_penalty,
+        "presence_penalty",
+        |p| (-2.0..=2.0).contains(&p),
+        "in [-2, 2]",
+    )?;
+    if params.top_k == Some(0) {
+        return Err(ApiError::validation("`top_k` must be positive", "top_k"));
+    }
+    if params.stop.len() > config.max_stop_sequences {
+        return Err(ApiError::validation(
+            format!(
+                "{} stop sequences given, at most {} allowed (MAX_STOP_SEQUENCES)",
+                params.stop.len(),
+                config.max_stop_sequences
+            ),
+            "stop",
+        ));
+    }
+    if params.max_new_tokens == Some(0) {
+        return Err(ApiError::validation(
+            "`max_new_tokens` must be at least 1",
+            "max_new_tokens",
+        ));
+    }
+    let top_n_tokens = params.top_n_tokens.unwrap_or(0);
+    if top_n_tokens > 5 {
+        return Err(ApiError::validation(
+            format!("`top_n_tokens` must be at most 5, got {top_n_tokens}"),
+            "top_n_tokens",
+        ));
+    }
+    let encoding = model
+        .tokenizer
+        .tokenizer
+        .encode(prompt, !params.templated)
+        .map_err(|e| {
+            ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
+        })?;
+    let mut prompt_tokens = encoding.get_ids().to_vec();
+    if let Some(keep) = params
+        .truncate
+        .filter(|&k| k > 0 && k < prompt_tokens.len())
+    {
+        prompt_tokens.drain(..prompt_tokens.len() - keep);
+    }
+    if prompt_tokens.is_empty() {
+        return Err(ApiError::validation("the prompt is empty", "inputs"));
+    }
+    if prompt_tokens.len() > config.max_input_tokens {
+        return Err(ApiError::validation(
+            format!(
+                "the prompt has {} tokens, more than max_input_tokens ({}); shorten it or set `truncate`",
+                prompt_tokens.len(),
+                config.max_input_tokens
+            ),
+            "inputs",
+        ));
+    }
+    let room = config.max_total_tokens - prompt_tokens.len();
+    let max_new_tokens = match params.max_new_tokens {
+        Some(n) if n > room => {
+            return Err(ApiError::validation(
+                format!(
+                    "prompt ({} tokens) + max_new_tokens ({n}) exceeds max_total_tokens ({})",
+                    prompt_tokens.len(),
+                    config.max_total_tokens
+                ),
+                "max_new_tokens",
+            ))
+        }
+        Some(n) => n,
+        None => config.default_max_new_tokens.min(room),
+    };
+    let greedy = params.do_sample == Some(false) || params.temperature.is_some_and(|t| t == 0.0);
+    let sampling = SamplingParams {
+        temperature: if greedy {
+            0.0
+        } else {
+            params.temperature.unwrap_or(1.0)
+        },
+        top_k: params.top_k,
+        top_p: params.top_p,
+        typical_p: params.typical_p,
+        min_p: params.min_p,
+        repetition_penalty: params.repetition_penalty,
+        frequency_penalty: params.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: params.presence_penalty.unwrap_or(0.0),
+        seed: params.seed,
+        top_n_tokens,
+    };
+    let permit = state.admit()?;
+    Ok(Prepared {
+        request: GenerateRequest {
+            prompt: prompt_tokens.clone(),
+            max_new_tokens,
+            sampling,
+            stop: params.stop,
+            ignore_eos: params.ignore_eos,
+        },
+        prompt_tokens,
+        model,
+        permit,
+    })
+}
+
+/// A finished generation.
+pub struct Generated {
+    pub text: String,
+    pub tokens: Vec<TokenEvent>,
+    pub completion: Completion,
+}
+
+pub fn submit(state: &AppState, prepared: &Prepared) -> Result<EventStream, ApiError> {
+    state.metrics.requests_started.inc();
+    Ok(prepared.model.engine.submit(prepared.request.clone())?)
+}
+
+/// Runs a request to its end and collects it.
+pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated, ApiError> {
+    let mut stream = submit(state, &prepared)?;
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    while let Some(event) = stream.recv().await {
+        match event {
+            Event::Token(token) => {
+                text.push_str(&token.text);
+                tokens.push(token);
+            }
+            Event::End(completion) => {
+                text.push_str(&completion.trailing_text);
+                state.metrics.observe(&completion);
+                return Ok(Generated {
+                    text,
+                    tokens,
+                    completion,
+                });
+            }
+            Event::Failed(message) => return Err(ApiError::Generation(message)),
+        }
+    }
+    Err(ApiError::Generation(
+        "the engine dropped the request".into(),
+    ))
+}

@@ -1,0 +1,73 @@
+//! The HTTP layer: it validates, submits to the engine and shapes events into each API's
+//! responses. One module per wire schema.
+
+mod bedrock;
+pub mod body;
+pub mod error;
+mod generate;
+mod openai;
+mod sagemaker;
+mod sse;
+pub mod state;
+mod tgi;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+pub use state::{AppState, ServingModel};
+
+pub fn router(state: AppState) -> Router {
+    // Our own limit check answers 413 in our shape; axum's limit sits just above it.
+    let limit = state.config.max_payload_bytes;
+    Router::new()
+        .route("/ping", get(sagemaker::ping).post(sagemaker::ping))
+        .route("/invocations", post(sagemaker::invocations))
+        .route(
+            "/execution-parameters",
+            get(sagemaker::execution_parameters),
+        )
+        .route("/generate", post(tgi::generate))
+        .route("/generate_stream", post(tgi::generate_stream))
+        .route("/info", get(tgi::info))
+        .route("/tokenize", post(tgi::tokenize))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route_layer(from_fn_with_state(state.clone(), count_requests))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// `lantern_requests_total{route, status}`; routes only, so unknown paths add no labels.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(String::new, |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// TGI's liveness: 200 while the engine is healthy, 503 otherwise.
+async fn health(State(state): State<AppState>) -> StatusCode {
+    if state.is_healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    let stats = state.model().ok().map(|m| m.engine.stats());
+    state.metrics.render(stats)
+}

@@ -1,0 +1,452 @@
+//! OpenAI's chat completions, completions and models, on `/v1/*` and through `/invocations`.
+//! `temperature: 0` means greedy, as OpenAI clients expect; `n` > 1 is refused.
+
+use super::body::{bytes, parse};
+use super::error::{ApiError, Flavor};
+use super::generate::{complete, prepare, submit, Params};
+use super::sse::{json_event, respond, StreamFormat};
+use super::state::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lantern_engine::{Completion, FinishReason, TokenEvent};
+use lantern_models::ChatMessage;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `"stop"` as a string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string, or a list of parts of which the text ones are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: String,
+}
+
+impl Content {
+    pub fn text(&self) -> Result<String, ApiError> {
+        match self {
+            Self::Text(text) => Ok(text.clone()),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|p| match p.kind.as_str() {
+                    "text" => Ok(p.text.as_str()),
+                    other => Err(ApiError::validation(
+                        format!("content part type `{other}` is not supported (text only)"),
+                        "messages",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|texts| texts.concat()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Fields shared by chat and text completions.
+#[derive(Debug, Deserialize)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub n: Option<usize>,
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub seed: Option<u64>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<usize>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: PromptField,
+    /// Number of alternatives to report per token (legacy completions API).
+    pub logprobs: Option<usize>,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+impl Common {
+    fn to_params(
+        &self,
+        default_temperature: Option<f64>,
+        top_n: usize,
+    ) -> Result<Params, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::validation(
+                "`n` other than 1 is not supported: send several requests",
+                "n",
+            ));
+        }
+        Ok(Params {
+            max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: Some(
+                self.temperature
+                    .unwrap_or(default_temperature.unwrap_or(1.0) as f32),
+            ),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(s)) => s.clone(),
+            },
+            top_n_tokens: Some(top_n),
+            ignore_eos: self.ignore_eos,
+            ..Params::default()
+        })
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::EosToken | FinishReason::StopSequence => "stop",
+    }
+}
+
+fn usage(c: &Completion) -> Value {
+    json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.generated_tokens, "total_tokens": c.prompt_tokens + c.generated_tokens})
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn response_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{nanos:x}")
+}
+
+fn chat_logprobs(tokens: &[TokenEvent], model: &super::state::ServingModel) -> Value {
+    let text = |id: u32| {
+        model
+            .tokenizer
+            .tokenizer
+            .decode(&[id], false)
+            .unwrap_or_default()
+    };
+    json!({"content": tokens.iter().filter(|t| !t.special).map(|t| json!({
+        "token": text(t.id),
+        "logprob": t.logprob,
+        "bytes": text(t.id).into_bytes(),
+        "top_logprobs": t.top.iter().map(|(id, lp)| json!({"token": text(*id), "logprob": lp, "bytes": text(*id).into_bytes()})).collect::<Vec<_>>(),
+    })).collect::<Vec<_>>()})
+}
+
+pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, ApiError> {
+    let model = state.model()?;
+    let template = model.tokenizer.chat_template.as_ref().ok_or_else(|| {
+        ApiError::validation(
+            "this model has no chat template: use /v1/completions",
+            "messages",
+        )
+    })?;
+    if request.messages.is_empty() {
+        return Err(ApiError::validation(
+            "`messages` must not be empty",
+            "messages",
+        ));
+    }
+    let messages = request
+        .messages
+        .iter()
+        .map(|m| Ok(ChatMessage::new(&m.role, &m.content.text()?)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let prompt = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::validation(e.to_string(), "messages"))?;
+    let top_n = if request.logprobs {
+        request.top_logprobs.unwrap_or(0)
+    } else {
+        0
+    };
+    let mut params = request
+        .common
+        .to_params(model.generation.temperature, top_n)?;
+    params.templated = true;
+    let prepared = prepare(state, &prompt, params)?;
+    let name = request
+        .common
+        .model
+        .clone()
+        .unwrap_or_else(|| model.name.clone());
+    let id = response_id("chatcmpl");
+    if request.common.stream {
+        let events = submit(state, &prepared)?;
+        let include_usage = request
+            .common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let format = ChatStream {
+            id,
+            model: name,
+            created: now(),
+            include_usage,
+            started: false,
+        };
+        return Ok(respond(state, events, format, prepared.permit));
+    }
+    let generated = complete(state, prepared).await?;
+    let c = &generated.completion;
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now(),
+        "model": name,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": generated.text},
+            "logprobs": if request.logprobs { chat_logprobs(&generated.tokens, &model) } else { Value::Null },
+            "finish_reason": finish_reason(c.finish_reason),
+        }],
+        "usage": usage(c),
+    }))
+    .into_response())
+}
+
+struct ChatStream {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+}
+
+impl ChatStream {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
+        json_event(&json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        }))
+    }
+}
+
+impl StreamFormat for ChatStream {
+    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+        if token.text.is_empty() && self.started {
+            return Vec::new();
+        }
+        let delta = if self.started {
+            json!({"content": token.text})
+        } else {
+            json!({"role": "assistant", "content": token.text})
+        };
+        self.started = true;
+        vec![self.chunk(delta, None)]
+    }
+
+    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+        let mut events = vec![self.chunk(
+            json!({"content": completion.trailing_text}),
+            Some(finish_reason(completion.finish_reason)),
+        )];
+        if self.include_usage {
+            events.push(json_event(&json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage(completion),
+            })));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        events
+    }
+
+    fn error(&mut self, message: &str) -> Vec<SseEvent> {
+        vec![json_event(
+            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
+        )]
+    }
+}
+
+pub async fn run_completion(
+    state: &AppState,
+    request: CompletionRequest,
+) -> Result<Response, ApiError> {
+    let model = state.model()?;
+    let prompt = match request.prompt {
+        PromptField::One(p) => p,
+        PromptField::Many(mut many) if many.len() == 1 => many.remove(0),
+        PromptField::Many(_) => {
+            return Err(ApiError::validation(
+                "a list of several prompts is not supported: send one per request",
+                "prompt",
+            ))
+        }
+    };
+    let mut params = request
+        .common
+        .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
+    params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
+    let prepared = prepare(state, &prompt, params)?;
+    let name = request
+        .common
+        .model
+        .clone()
+        .unwrap_or_else(|| model.name.clone());
+    let id = response_id("cmpl");
+    if request.common.stream {
+        let events = submit(state, &prepared)?;
+        let include_usage = request
+            .common
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let format = CompletionStream {
+            id,
+            model: name,
+            created: now(),
+            include_usage,
+        };
+        return Ok(respond(state, events, format, prepared.permit));
+    }
+    let generated = complete(state, prepared).await?;
+    let c = &generated.completion;
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": now(), "model": name,
+        "choices": [{"index": 0, "text": generated.text, "logprobs": null, "finish_reason": finish_reason(c.finish_reason)}],
+        "usage": usage(c),
+    }))
+    .into_response())
+}
+
+struct CompletionStream {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl CompletionStream {
+    fn chunk(&self, text: &str, finish: Option<&str>) -> SseEvent {
+        json_event(&json!({
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+        }))
+    }
+}
+
+impl StreamFormat for CompletionStream {
+    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+        if token.text.is_empty() {
+            return Vec::new();
+        }
+        vec![self.chunk(&token.text, None)]
+    }
+
+    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+        let mut events = vec![self.chunk(
+            &completion.trailing_text,
+            Some(finish_reason(completion.finish_reason)),
+        )];
+        if self.include_usage {
+            events.push(json_event(&json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": usage(completion)})));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        events
+    }
+
+    fn error(&mut self, message: &str) -> Vec<SseEvent> {
+        vec![json_event(
+            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
+        )]
+    }
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let outcome = async {
+        let request: ChatRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+        run_chat(&state, request).await
+    };
+    outcome
+        .await
+        .unwrap_or_else(|e| e.into_response_as(Flavor::OpenAi))
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let outcome = async {
+        let request: CompletionRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+        run_completion(&state, request).await
+    };
+    outcome
+        .await
+        .unwrap_or_else(|e| e.into_response_as(Flavor::OpenAi))
+}
+
+pub async fn models(State(state): State<AppState>) -> Response {
+    match state.model() {
+        Ok(model) => Json(json!({"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "lantern"}]})).into_response(),
+        Err(e) => e.into_response_as(Flavor::OpenAi),
+    }
+}

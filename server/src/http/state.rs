@@ -1,0 +1,62 @@
+//! What handlers share: the settings, the model once it is loaded, the in-flight limit and the
+//! metrics. Handlers never lock the engine; they only send to its channel.
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use lantern_engine::EngineHandle;
+use lantern_models::{GenerationDefaults, TokenizerBundle};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::ApiError;
+
+/// The loaded model as the HTTP layer sees it.
+pub struct ServingModel {
+    pub engine: EngineHandle,
+    pub tokenizer: TokenizerBundle,
+    pub generation: GenerationDefaults,
+    pub name: String,
+    /// Weights dtype, as `/info` reports it.
+    pub dtype: String,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+    model: Arc<OnceLock<Arc<ServingModel>>>,
+    permits: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig, metrics: Metrics) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            config: Arc::new(config),
+            metrics: Arc::new(metrics),
+            model: Arc::new(OnceLock::new()),
+        }
+    }
+
+    pub fn set_model(&self, model: ServingModel) {
+        let _ = self.model.set(Arc::new(model));
+    }
+
+    /// The model, or 503 while it loads.
+    pub fn model(&self) -> Result<Arc<ServingModel>, ApiError> {
+        self.model.get().cloned().ok_or(ApiError::NotReady)
+    }
+
+    /// Healthy: loaded and the engine has not failed. What `/ping` reports.
+    pub fn is_healthy(&self) -> bool {
+        self.model.get().is_some_and(|m| m.engine.is_healthy())
+    }
+
+    /// A slot for one request, or 429 when `max_concurrent_requests` are in flight.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded(self.config.max_concurrent_requests))
+    }
+}

@@ -1,0 +1,293 @@
+//! TGI's API (`/generate`, `/generate_stream`, `/info`, `/tokenize`) and the Hugging Face
+//! `{"inputs", "parameters"}` schema of SageMaker's `/invocations` (response
+//! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
+
+use super::body::{bytes, parse};
+use super::error::ApiError;
+use super::generate::{complete, prepare, submit, Generated, Params};
+use super::sse::{json_event, respond, StreamFormat};
+use super::state::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lantern_engine::{Completion, TokenEvent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Deserialize)]
+pub struct TgiRequest {
+    pub inputs: String,
+    #[serde(default)]
+    pub parameters: TgiParameters,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TgiParameters {
+    pub max_new_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub do_sample: Option<bool>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub details: bool,
+    #[serde(default)]
+    pub decoder_input_details: bool,
+    pub top_n_tokens: Option<usize>,
+    pub return_full_text: Option<bool>,
+    pub truncate: Option<usize>,
+    #[serde(default)]
+    pub ignore_eos: bool,
+    pub best_of: Option<usize>,
+}
+
+impl TgiParameters {
+    fn to_params(&self) -> Result<Params, ApiError> {
+        if self.best_of.is_some_and(|b| b > 1) {
+            return Err(ApiError::validation(
+                "`best_of` > 1 is not supported",
+                "best_of",
+            ));
+        }
+        Ok(Params {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            // TGI samples only when asked to (do_sample, or a sampling setting given).
+            do_sample: Some(self.do_sample.unwrap_or(
+                self.temperature.is_some_and(|t| t > 0.0)
+                    || self.top_k.is_some()
+                    || self.top_p.is_some()
+                    || self.typical_p.is_some(),
+            )),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            typical_p: self.typical_p,
+            repetition_penalty: self.repetition_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            top_n_tokens: self.top_n_tokens,
+            truncate: self.truncate,
+            ignore_eos: self.ignore_eos,
+            ..Params::default()
+        })
+    }
+}
+
+fn token_json(token: &TokenEvent) -> Value {
+    json!({"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special})
+}
+
+fn top_tokens_json(token: &TokenEvent, model: &super::state::ServingModel) -> Value {
+    Value::Array(
+        token
+            .top
+            .iter()
+            .map(|(id, logprob)| {
+                let text = model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default();
+                json!({"id": id, "text": text, "logprob": logprob, "special": model.tokenizer.eos_token_ids.contains(id)})
+            })
+            .collect(),
+    )
+}
+
+fn details_json(
+    generated: &Generated,
+    prompt_tokens: &[u32],
+    parameters: &TgiParameters,
+    model: &super::state::ServingModel,
+) -> Value {
+    let c = &generated.completion;
+    let prefill: Vec<Value> = if parameters.decoder_input_details {
+        prompt_tokens
+            .iter()
+            .map(|id| json!({"id": id, "text": model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default(), "logprob": null}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut details = json!({
+        "finish_reason": c.finish_reason.as_str(),
+        "generated_tokens": c.generated_tokens,
+        "seed": parameters.seed.map(|_| c.seed),
+        "prefill": prefill,
+        "tokens": generated.tokens.iter().map(token_json).collect::<Vec<_>>(),
+    });
+    if parameters.top_n_tokens.is_some_and(|n| n > 0) {
+        details["top_tokens"] = Value::Array(
+            generated
+                .tokens
+                .iter()
+                .map(|t| top_tokens_json(t, model))
+                .collect(),
+        );
+    }
+    details
+}
+
+/// Runs a TGI request; `toolkit_shape` wraps the answer in a list, as SageMaker's HF containers do.
+pub async fn run(
+    state: &AppState,
+    request: TgiRequest,
+    toolkit_shape: bool,
+) -> Result<Response, ApiError> {
+    let parameters = request.parameters;
+    let prepared = prepare(state, &request.inputs, parameters.to_params()?)?;
+    let full_text = parameters.return_full_text.unwrap_or(false);
+    if request.stream {
+        let events = submit(state, &prepared)?;
+        let format = TgiStream {
+            pending: None,
+            text: if full_text {
+                request.inputs.clone()
+            } else {
+                String::new()
+            },
+            index: 0,
+            details: parameters.details,
+            seed: parameters.seed,
+        };
+        return Ok(respond(state, events, format, prepared.permit));
+    }
+    let prompt_tokens = prepared.prompt_tokens.clone();
+    let model = prepared.model.clone();
+    let generated = complete(state, prepared).await?;
+    let text = if full_text {
+        format!("{}{}", request.inputs, generated.text)
+    } else {
+        generated.text.clone()
+    };
+    let mut body = json!({"generated_text": text});
+    if parameters.details || parameters.decoder_input_details {
+        body["details"] = details_json(&generated, &prompt_tokens, &parameters, &model);
+    }
+    Ok(if toolkit_shape {
+        Json(json!([body]))
+    } else {
+        Json(body)
+    }
+    .into_response())
+}
+
+/// TGI's stream: one event per token; the last one also carries `generated_text` and `details`,
+/// so each token waits for the next before it is sent.
+struct TgiStream {
+    pending: Option<TokenEvent>,
+    text: String,
+    index: usize,
+    details: bool,
+    seed: Option<u64>,
+}
+
+impl TgiStream {
+    fn event(&mut self, token: &TokenEvent, last: Option<&Completion>) -> SseEvent {
+        self.index += 1;
+        let mut body = json!({"index": self.index, "token": token_json(token), "generated_text": null, "details": null});
+        if let Some(c) = last {
+            body["generated_text"] = json!(self.text);
+            if self.details {
+                body["details"] = json!({"finish_reason": c.finish_reason.as_str(), "generated_tokens": c.generated_tokens, "seed": self.seed.map(|_| c.seed)});
+            }
+        }
+        json_event(&body)
+    }
+}
+
+impl StreamFormat for TgiStream {
+    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+        self.text.push_str(&token.text);
+        match self.pending.replace(token.clone()) {
+            Some(previous) => vec![self.event(&previous, None)],
+            None => Vec::new(),
+        }
+    }
+
+    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+        self.text.push_str(&completion.trailing_text);
+        let mut last = self.pending.take().unwrap_or(TokenEvent {
+            id: 0,
+            text: String::new(),
+            logprob: 0.0,
+            top: Vec::new(),
+            special: true,
+        });
+        last.text.push_str(&completion.trailing_text);
+        vec![self.event(&last, Some(completion))]
+    }
+
+    fn error(&mut self, message: &str) -> Vec<SseEvent> {
+        vec![json_event(
+            &json!({"error": message, "error_type": "generation"}),
+        )]
+    }
+}
+
+pub async fn generate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: TgiRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    run(&state, request, false).await
+}
+
+pub async fn generate_stream(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut request: TgiRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    request.stream = true;
+    run(&state, request, false).await
+}
+
+pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let model = state.model()?;
+    let c = &state.config;
+    Ok(Json(json!({
+        "model_id": model.name,
+        "model_dtype": model.dtype,
+        "model_device_type": if cfg!(feature = "cuda") { "cuda" } else { "cpu" },
+        "max_concurrent_requests": c.max_concurrent_requests,
+        "max_stop_sequences": c.max_stop_sequences,
+        "max_input_tokens": c.max_input_tokens,
+        "max_total_tokens": c.max_total_tokens,
+        "max_batch_prefill_tokens": c.engine.max_batch_prefill_tokens,
+        "max_batch_total_tokens": c.engine.max_batch_total_tokens,
+        "router": "lantern",
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub inputs: String,
+}
+
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let request: TokenizeRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    let model = state.model()?;
+    let encoding = model
+        .tokenizer
+        .tokenizer
+        .encode(request.inputs.as_str(), true)
+        .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?;
+    let tokens: Vec<Value> = encoding
+        .get_ids()
+        .iter()
+        .zip(encoding.get_offsets())
+        .map(|(id, (start, stop))| json!({"id": id, "text": request.inputs.get(*start..*stop).unwrap_or_default(), "start": start, "stop": stop}))
+        .collect();
+    Ok(Json(Value::Array(tokens)))
+}

@@ -1,0 +1,147 @@
+//! Prometheus metrics, named `lantern_*`, durations in seconds, counters ending in `_total`.
+
+use lantern_engine::{Completion, SchedulerStats};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_started: IntCounter,
+    pub requests: IntCounterVec,
+    pub generated_tokens: IntCounter,
+    pub time_to_first_token: Histogram,
+    pub queue_time: Histogram,
+    pub request_duration: Histogram,
+    pub inter_token_latency: Histogram,
+    kv_blocks_used: IntGauge,
+    kv_blocks_total: IntGauge,
+    running: IntGauge,
+    waiting: IntGauge,
+    preemptions: IntGauge,
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let latency = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
+        let requests_started = IntCounter::new(
+            "lantern_requests_started_total",
+            "Generation requests submitted to the engine",
+        )?;
+        registry.register(Box::new(requests_started.clone()))?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "lantern_requests_total",
+                "Finished HTTP requests by route and status",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let generated_tokens =
+            IntCounter::new("lantern_generated_tokens_total", "Tokens generated")?;
+        registry.register(Box::new(generated_tokens.clone()))?;
+        Ok(Self {
+            time_to_first_token: histogram(
+                &registry,
+                "lantern_time_to_first_token_seconds",
+                "Submission to first token",
+                latency.clone(),
+            )?,
+            queue_time: histogram(
+                &registry,
+                "lantern_queue_time_seconds",
+                "Submission to first scheduling",
+                latency.clone(),
+            )?,
+            request_duration: histogram(
+                &registry,
+                "lantern_request_duration_seconds",
+                "Submission to last token",
+                latency,
+            )?,
+            inter_token_latency: histogram(
+                &registry,
+                "lantern_inter_token_latency_seconds",
+                "Mean time between tokens of a request",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            )?,
+            kv_blocks_used: gauge(
+                &registry,
+                "lantern_kv_cache_blocks_used",
+                "KV-cache blocks in use",
+            )?,
+            kv_blocks_total: gauge(
+                &registry,
+                "lantern_kv_cache_blocks_total",
+                "KV-cache blocks in all",
+            )?,
+            running: gauge(
+                &registry,
+                "lantern_running_sequences",
+                "Sequences being decoded",
+            )?,
+            waiting: gauge(&registry, "lantern_waiting_sequences", "Sequences queued")?,
+            preemptions: gauge(
+                &registry,
+                "lantern_preemptions",
+                "Sequences preempted since start",
+            )?,
+            requests_started,
+            requests,
+            generated_tokens,
+            registry,
+        })
+    }
+
+    pub fn observe(&self, completion: &Completion) {
+        self.generated_tokens
+            .inc_by(completion.generated_tokens as u64);
+        self.time_to_first_token
+            .observe(completion.time_to_first_token.as_secs_f64());
+        self.queue_time.observe(completion.queue_time.as_secs_f64());
+        self.request_duration
+            .observe(completion.total_time.as_secs_f64());
+        if completion.generated_tokens > 1 {
+            let decoding = completion
+                .total_time
+                .saturating_sub(completion.time_to_first_token);
+            self.inter_token_latency
+                .observe(decoding.as_secs_f64() / (completion.generated_tokens - 1) as f64);
+        }
+    }
+
+    /// The text exposition, with the engine's gauges as of now.
+    pub fn render(&self, engine: Option<SchedulerStats>) -> String {
+        if let Some(stats) = engine {
+            self.kv_blocks_used.set(stats.used_blocks as i64);
+            self.kv_blocks_total.set(stats.total_blocks as i64);
+            self.running.set(stats.running as i64);
+            self.waiting.set(stats.waiting as i64);
+            self.preemptions.set(stats.preemptions as i64);
+        }
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,89 @@
+//! `lantern serve`: bind first (SageMaker wants connections accepted within 250 ms of start),
+//! load the model in the background while `/ping` answers 503, then serve until SIGTERM and
+//! let requests in flight finish.
+
+use crate::config::{ServeArgs, ServerConfig};
+use crate::http::{router, AppState, ServingModel};
+use crate::metrics::Metrics;
+use anyhow::Context;
+use lantern_models::{load, LoadOptions};
+use std::time::Duration;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, model = ?config.model, max_total_tokens = config.max_total_tokens, max_input_tokens = config.max_input_tokens, engine = ?config.engine, "listening; loading the model");
+    let state = AppState::new(config.clone(), Metrics::new()?);
+    let (failed, mut failure) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader_state = state.clone();
+    tokio::task::spawn_blocking(move || match load_model(&config) {
+        Ok(model) => {
+            tracing::info!(model = %model.name, "model loaded; serving");
+            loader_state.set_model(model);
+        }
+        Err(error) => {
+            let _ = failed.send(error);
+        }
+    });
+    let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    tokio::select! {
+        served = server => served.context("server error"),
+        Ok(error) = &mut failure => Err(error.context("the model could not be served")),
+    }
+    .map(|()| tracing::info!(grace_seconds = grace.as_secs(), "stopped"))
+}
+
+fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
+    let options = LoadOptions {
+        device: device()?,
+        dtype: config.dtype,
+        dequantize: config.dequantize,
+    };
+    let model = load(&config.model, &options)?;
+    let dtype = format!("{:?}", model.decoder.dtype()).to_lowercase();
+    let engine = lantern_engine::start(model.decoder, &model.tokenizer, &config.engine)?;
+    Ok(ServingModel {
+        engine,
+        tokenizer: model.tokenizer,
+        generation: model.generation,
+        name: model.name,
+        dtype,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn device() -> anyhow::Result<candle_core::Device> {
+    Ok(candle_core::Device::cuda_if_available(0)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device() -> anyhow::Result<candle_core::Device> {
+    Ok(candle_core::Device::Cpu)
+}
+
+/// SIGTERM (SageMaker, ECS, Kubernetes, docker stop) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
