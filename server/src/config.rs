@@ -69,9 +69,13 @@ pub struct ServeArgs {
     /// GPUs SageMaker gives the container; Lantern uses one until tensor parallelism exists.
     #[arg(long, env = "SM_NUM_GPUS")]
     pub num_gpus: Option<usize>,
-    /// Seconds to let requests in flight finish after SIGTERM.
-    #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    /// Seconds to let requests in flight finish after SIGTERM (SageMaker and ECS kill 30 s after it).
+    #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds after which a request returns what it has (finish reason `time_limit`);
+    /// SageMaker cuts real-time invocations at 60 s. Default 55, or 600 with SAGEMAKER_BATCH=true.
+    #[arg(long, env = "LANTERN_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +133,7 @@ pub struct ServerConfig {
     pub default_max_new_tokens: usize,
     pub max_payload_bytes: usize,
     pub shutdown_grace_seconds: u64,
+    pub request_timeout: std::time::Duration,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
 }
@@ -233,6 +238,10 @@ impl ServeArgs {
             default_max_new_tokens: self.default_max_new_tokens,
             max_payload_bytes,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
+            request_timeout: std::time::Duration::from_secs(
+                self.request_timeout
+                    .unwrap_or(if sagemaker_batch.is_some() { 600 } else { 55 }),
+            ),
             engine: EngineConfig {
                 block_size: self.block_size,
                 cache: self

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod default_model;
 mod http;
 mod metrics;
 mod serve;
@@ -11,13 +12,17 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     lantern_models::pin_thread_count();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // LOG_FORMAT=json: one JSON object per line, which CloudWatch parses.
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let command = cli::Cli::parse();
     match command.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub struct Metrics {
     pub requests_started: IntCounter,
     pub requests: IntCounterVec,
     pub generated_tokens: IntCounter,
+    pub prompt_tokens: IntCounter,
     pub time_to_first_token: Histogram,
     pub queue_time: Histogram,
     pub request_duration: Histogram,
@@ -61,7 +62,11 @@ impl Metrics {
         let generated_tokens =
             IntCounter::new("lantern_generated_tokens_total", "Tokens generated")?;
         registry.register(Box::new(generated_tokens.clone()))?;
+        let prompt_tokens =
+            IntCounter::new("lantern_prompt_tokens_total", "Prompt tokens submitted")?;
+        registry.register(Box::new(prompt_tokens.clone()))?;
         Ok(Self {
+            prompt_tokens,
             time_to_first_token: histogram(
                 &registry,
                 "lantern_time_to_first_token_seconds",

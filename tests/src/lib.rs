@@ -131,6 +131,23 @@ impl Server {
         }
     }
 
+    /// Sends SIGTERM, as SageMaker, ECS and Kubernetes do to stop a container.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The value of an unlabelled metric in `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics").body;
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }

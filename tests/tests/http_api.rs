@@ -283,3 +283,125 @@ fn info_metrics_and_execution_parameters() {
     assert_eq!(params["BatchStrategy"], "MULTI_RECORD");
     assert_eq!(params["MaxPayloadInMB"], 6);
 }
+
+#[test]
+fn sixty_four_concurrent_requests_equal_the_same_requests_one_at_a_time() {
+    let s = server();
+    let request = |i: usize| {
+        json!({"inputs": format!("Request number {i} asks about {}", "paris ".repeat(i % 7)),
+        "parameters": {"max_new_tokens": 8 + i % 9, "ignore_eos": true}})
+    };
+    let alone: Vec<String> = (0..64)
+        .map(|i| s.post("/generate", &request(i)).1)
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..64)
+            .map(|i| scope.spawn(move || s.post("/generate", &request(i)).1))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!(json(a)["generated_text"].is_string(), "{a}");
+        assert_eq!(a, t, "request {i}");
+    }
+}
+
+#[test]
+fn a_client_leaving_mid_stream_frees_its_kv_blocks() {
+    use std::io::Read;
+    let s = server();
+    let idle = wait_for_metric(s, "lantern_kv_cache_blocks_used", |v| v == 0.0);
+    assert_eq!(idle, Some(0.0));
+    let long = json!({"inputs": "a long story", "parameters": {"max_new_tokens": 400, "ignore_eos": true}});
+    let response =
+        ureq::post(&format!("{}/generate_stream", s.base)).send_string(&long.to_string());
+    let mut reader = response
+        .map(|r| r.into_reader())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut first = [0u8; 64];
+    let _ = reader.read(&mut first);
+    assert!(wait_for_metric(s, "lantern_kv_cache_blocks_used", |v| v > 0.0).is_some());
+    drop(reader);
+    assert_eq!(
+        wait_for_metric(s, "lantern_kv_cache_blocks_used", |v| v == 0.0),
+        Some(0.0)
+    );
+}
+
+fn wait_for_metric(s: &Server, name: &str, good: impl Fn(f64) -> bool) -> Option<f64> {
+    for _ in 0..200 {
+        if let Some(v) = s.metric(name).filter(|v| good(*v)) {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    None
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let s = server();
+    let _ = s.post(
+        "/generate",
+        &json!({"inputs": "count me", "parameters": {"max_new_tokens": 2}}),
+    );
+    let text = s.get("/metrics").body;
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        // name{labels} value
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+        let name = series.split('{').next().unwrap_or_default();
+        assert!(
+            name.starts_with("lantern_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        samples += 1;
+    }
+    assert!(samples > 20);
+    assert!(
+        text.contains("lantern_requests_total{route=\"/generate\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("lantern_time_to_first_token_seconds_bucket"));
+}
+
+#[test]
+fn timing_headers_and_custom_attributes_carry_the_counts() {
+    let reply = server().post_raw(
+        "/invocations",
+        "application/json",
+        r#"{"inputs": "time me", "parameters": {"max_new_tokens": 3, "ignore_eos": true}}"#,
+        &[(
+            "X-Amzn-SageMaker-Custom-Attributes",
+            "c000b4f9-df62-4c85-a0bf-7c525f9104a4",
+        )],
+    );
+    assert_eq!(reply.status, 200);
+    let echoed = reply.custom_attributes.unwrap_or_default();
+    assert!(
+        echoed.starts_with("c000b4f9-df62-4c85-a0bf-7c525f9104a4,"),
+        "{echoed}"
+    );
+    assert!(echoed.contains("generated-tokens=3"), "{echoed}");
+    assert!(echoed.contains("prompt-tokens="), "{echoed}");
+}

@@ -35,6 +35,8 @@ pub enum FinishReason {
     EosToken,
     /// A stop sequence matched.
     StopSequence,
+    /// Cut by the serving layer's deadline (the engine itself never sets this).
+    TimeLimit,
 }
 
 impl FinishReason {
@@ -44,6 +46,7 @@ impl FinishReason {
             Self::Length => "length",
             Self::EosToken => "eos_token",
             Self::StopSequence => "stop_sequence",
+            Self::TimeLimit => "time_limit",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! streamed as Anthropic's `message_start` ... `message_stop` events.
 
 use super::error::ApiError;
-use super::generate::{complete, prepare, submit, Params};
+use super::generate::{complete, prepare, submit, timing_headers, Params};
 use super::openai::Content;
 use super::sse::{respond, StreamFormat};
 use super::state::AppState;
@@ -32,7 +32,7 @@ pub struct MessagesRequest {
 
 fn stop_reason(c: &Completion, stops: &[String]) -> (&'static str, Value) {
     match c.finish_reason {
-        FinishReason::Length => ("max_tokens", Value::Null),
+        FinishReason::Length | FinishReason::TimeLimit => ("max_tokens", Value::Null),
         FinishReason::EosToken => ("end_turn", Value::Null),
         // The engine does not say which stop matched; with one stop sequence it is that one.
         FinishReason::StopSequence => (
@@ -87,18 +87,19 @@ pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response,
             input_tokens: prepared.prompt_tokens.len(),
             stops: request.stop_sequences,
         };
-        return Ok(respond(state, events, format, prepared.permit));
+        return Ok(respond(state, prepared, events, format));
     }
     let generated = complete(state, prepared).await?;
     let c = &generated.completion;
     let (reason, stop) = stop_reason(c, &request.stop_sequences);
-    Ok(Json(json!({
+    let response = Json(json!({
         "id": id, "type": "message", "role": "assistant", "model": model.name,
         "content": [{"type": "text", "text": generated.text}],
         "stop_reason": reason, "stop_sequence": stop,
         "usage": {"input_tokens": c.prompt_tokens, "output_tokens": c.generated_tokens},
     }))
-    .into_response())
+    .into_response();
+    Ok(timing_headers(response, c))
 }
 
 struct MessagesStream {

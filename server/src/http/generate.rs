@@ -3,8 +3,13 @@
 
 use super::error::ApiError;
 use super::state::{AppState, ServingModel};
-use lantern_engine::{Completion, Event, EventStream, GenerateRequest, SamplingParams, TokenEvent};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use lantern_engine::{
+    Completion, Event, EventStream, FinishReason, GenerateRequest, SamplingParams, TokenEvent,
+};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Generation settings as the schemas express them, before validation.
@@ -200,21 +205,65 @@ pub struct Generated {
 
 pub fn submit(state: &AppState, prepared: &Prepared) -> Result<EventStream, ApiError> {
     state.metrics.requests_started.inc();
+    state
+        .metrics
+        .prompt_tokens
+        .inc_by(prepared.prompt_tokens.len() as u64);
     Ok(prepared.model.engine.submit(prepared.request.clone())?)
 }
 
-/// Runs a request to its end and collects it.
+/// The completion of a request cut by the deadline: what it has so far, honestly labelled.
+pub fn cut_by_deadline(
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    started: Instant,
+    seed: Option<u64>,
+) -> Completion {
+    let elapsed = started.elapsed();
+    Completion {
+        finish_reason: FinishReason::TimeLimit,
+        trailing_text: String::new(),
+        prompt_tokens,
+        generated_tokens,
+        queue_time: Duration::ZERO,
+        time_to_first_token: elapsed,
+        total_time: elapsed,
+        seed: seed.unwrap_or_default(),
+    }
+}
+
+/// Runs a request to its end, or to `--request-timeout`, and collects it.
 pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated, ApiError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
     let mut stream = submit(state, &prepared)?;
     let mut tokens = Vec::new();
     let mut text = String::new();
-    while let Some(event) = stream.recv().await {
+    loop {
+        let event = match tokio::time::timeout_at(deadline, stream.recv()).await {
+            Ok(event) => event,
+            Err(_) => {
+                // Dropping the stream cancels the sequence in the engine.
+                let completion = cut_by_deadline(
+                    prepared.prompt_tokens.len(),
+                    tokens.len(),
+                    started,
+                    prepared.request.sampling.seed,
+                );
+                state.metrics.observe(&completion);
+                return Ok(Generated {
+                    text,
+                    tokens,
+                    completion,
+                });
+            }
+        };
         match event {
-            Event::Token(token) => {
+            Some(Event::Token(token)) => {
                 text.push_str(&token.text);
                 tokens.push(token);
             }
-            Event::End(completion) => {
+            Some(Event::End(completion)) => {
                 text.push_str(&completion.trailing_text);
                 state.metrics.observe(&completion);
                 return Ok(Generated {
@@ -223,10 +272,35 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
                     completion,
                 });
             }
-            Event::Failed(message) => return Err(ApiError::Generation(message)),
+            Some(Event::Failed(message)) => return Err(ApiError::Generation(message)),
+            None => {
+                return Err(ApiError::Generation(
+                    "the engine dropped the request".into(),
+                ))
+            }
         }
     }
-    Err(ApiError::Generation(
-        "the engine dropped the request".into(),
-    ))
+}
+
+/// TGI's per-request timing headers, on non-streamed responses.
+pub fn timing_headers(mut response: Response, completion: &Completion) -> Response {
+    let ms = |d: Duration| (d.as_millis() as u64).to_string();
+    let decode = completion.total_time.saturating_sub(completion.queue_time);
+    let per_token = decode / (completion.generated_tokens.max(1) as u32);
+    let values = [
+        ("x-queue-time", ms(completion.queue_time)),
+        ("x-inference-time", ms(decode)),
+        ("x-time-per-token", ms(per_token)),
+        ("x-prompt-tokens", completion.prompt_tokens.to_string()),
+        (
+            "x-generated-tokens",
+            completion.generated_tokens.to_string(),
+        ),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }

@@ -43,18 +43,43 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `lantern_requests_total{route, status}`; routes only, so unknown paths add no labels.
+/// Counts `lantern_requests_total{route, status}` (routes only, so unknown paths add no
+/// labels) and logs each request once when its response starts, with its timings and token
+/// counts; prompts are never logged.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(String::new, |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let status = response.status();
     state
         .metrics
         .requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
+    if route != "/ping" && route != "/metrics" {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        tracing::info!(
+            request_id = id,
+            route,
+            status = status.as_u16(),
+            seconds = started.elapsed().as_secs_f64(),
+            prompt_tokens = header("x-prompt-tokens"),
+            generated_tokens = header("x-generated-tokens"),
+            queue_ms = header("x-queue-time"),
+            "request"
+        );
+    }
     response
 }
 

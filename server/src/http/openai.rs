@@ -3,7 +3,7 @@
 
 use super::body::{bytes, parse};
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, prepare, submit, Params};
+use super::generate::{complete, prepare, submit, timing_headers, Params};
 use super::sse::{json_event, respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -161,7 +161,7 @@ impl Common {
 
 fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
-        FinishReason::Length => "length",
+        FinishReason::Length | FinishReason::TimeLimit => "length",
         FinishReason::EosToken | FinishReason::StopSequence => "stop",
     }
 }
@@ -251,11 +251,11 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
             include_usage,
             started: false,
         };
-        return Ok(respond(state, events, format, prepared.permit));
+        return Ok(respond(state, prepared, events, format));
     }
     let generated = complete(state, prepared).await?;
     let c = &generated.completion;
-    Ok(Json(json!({
+    let response = Json(json!({
         "id": id,
         "object": "chat.completion",
         "created": now(),
@@ -268,7 +268,8 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         }],
         "usage": usage(c),
     }))
-    .into_response())
+    .into_response();
+    Ok(timing_headers(response, c))
 }
 
 struct ChatStream {
@@ -363,16 +364,17 @@ pub async fn run_completion(
             created: now(),
             include_usage,
         };
-        return Ok(respond(state, events, format, prepared.permit));
+        return Ok(respond(state, prepared, events, format));
     }
     let generated = complete(state, prepared).await?;
     let c = &generated.completion;
-    Ok(Json(json!({
+    let response = Json(json!({
         "id": id, "object": "text_completion", "created": now(), "model": name,
         "choices": [{"index": 0, "text": generated.text, "logprobs": null, "finish_reason": finish_reason(c.finish_reason)}],
         "usage": usage(c),
     }))
-    .into_response())
+    .into_response();
+    Ok(timing_headers(response, c))
 }
 
 struct CompletionStream {

@@ -109,8 +109,19 @@ pub async fn invocations(
     };
     let mut response = outcome.await.unwrap_or_else(IntoResponse::into_response);
     if let Some(attributes) = attributes {
-        // SageMaker relays this header to the caller: echo theirs, plus what we measured.
-        let echoed = format!("{attributes},lantern-status={}", response.status().as_u16());
+        // SageMaker relays this header to the caller (and drops others): echo theirs, plus
+        // the request's token counts and timings.
+        let mut echoed = attributes;
+        for name in [
+            "x-prompt-tokens",
+            "x-generated-tokens",
+            "x-queue-time",
+            "x-inference-time",
+        ] {
+            if let Some(value) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
+                echoed.push_str(&format!(",{}={value}", name.trim_start_matches("x-")));
+            }
+        }
         if let Ok(value) = HeaderValue::from_str(&echoed) {
             response.headers_mut().insert(CUSTOM_ATTRIBUTES, value);
         }

@@ -3,12 +3,13 @@
 //! dropped, the forwarding task's send fails, it drops the engine stream, and the engine
 //! cancels the sequence at its next step.
 
+use super::generate::{cut_by_deadline, Prepared};
 use super::state::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lantern_engine::{Completion, Event, EventStream, TokenEvent};
 use std::convert::Infallible;
-use tokio::sync::OwnedSemaphorePermit;
+use std::time::{Duration, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// How one API spells a stream.
@@ -27,15 +28,28 @@ pub fn json_event(value: &serde_json::Value) -> SseEvent {
     SseEvent::default().data(value.to_string())
 }
 
-/// Streams `events` to the client through `format`, holding `permit` until the end.
+/// Streams `events` to the client through `format`, holding the request's in-flight slot until
+/// the end; cut at `--request-timeout` (with a final event saying so) and at shutdown.
 pub fn respond(
     state: &AppState,
+    prepared: Prepared,
     mut events: EventStream,
     mut format: impl StreamFormat,
-    permit: OwnedSemaphorePermit,
 ) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let metrics = state.metrics.clone();
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
+    let mut shutdown = state.shutdown.clone();
+    // Streams still running this long after SIGTERM are cut, so the process exits in time.
+    let cut_after_shutdown =
+        Duration::from_secs(state.config.shutdown_grace_seconds.saturating_sub(1));
+    let Prepared {
+        permit,
+        prompt_tokens,
+        request,
+        ..
+    } = prepared;
     tokio::spawn(async move {
         let _permit = permit;
         let send_all = |batch: Vec<SseEvent>| {
@@ -52,9 +66,32 @@ pub fn respond(
         if !send_all(format.start()).await {
             return;
         }
-        while let Some(event) = events.recv().await {
+        let mut generated = 0;
+        let shutting_down = async {
+            let _ = shutdown.wait_for(|&down| down).await;
+            tokio::time::sleep(cut_after_shutdown).await;
+        };
+        tokio::pin!(shutting_down);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = tokio::time::sleep_until(deadline) => {
+                    let completion = cut_by_deadline(prompt_tokens.len(), generated, started, request.sampling.seed);
+                    metrics.observe(&completion);
+                    let _ = send_all(format.end(&completion)).await;
+                    return;
+                }
+                () = &mut shutting_down => {
+                    let _ = send_all(format.error("the server is shutting down")).await;
+                    return;
+                }
+            };
+            let Some(event) = event else { return };
             let (batch, last) = match event {
-                Event::Token(token) => (format.token(&token), false),
+                Event::Token(token) => {
+                    generated += 1;
+                    (format.token(&token), false)
+                }
                 Event::End(completion) => {
                     metrics.observe(&completion);
                     (format.end(&completion), true)

@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use lantern_engine::EngineHandle;
 use lantern_models::{GenerationDefaults, TokenizerBundle};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 
@@ -26,11 +26,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     model: Arc<OnceLock<Arc<ServingModel>>>,
     permits: Arc<Semaphore>,
+    /// Turns true on SIGTERM: streams still running near the grace deadline are cut.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {
-    pub fn new(config: ServerConfig, metrics: Metrics) -> Self {
+    pub fn new(config: ServerConfig, metrics: Metrics, shutdown: watch::Receiver<bool>) -> Self {
         Self {
+            shutdown,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             config: Arc::new(config),
             metrics: Arc::new(metrics),

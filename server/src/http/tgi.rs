@@ -4,7 +4,7 @@
 
 use super::body::{bytes, parse};
 use super::error::ApiError;
-use super::generate::{complete, prepare, submit, Generated, Params};
+use super::generate::{complete, prepare, submit, timing_headers, Generated, Params};
 use super::sse::{json_event, respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -157,7 +157,7 @@ pub async fn run(
             details: parameters.details,
             seed: parameters.seed,
         };
-        return Ok(respond(state, events, format, prepared.permit));
+        return Ok(respond(state, prepared, events, format));
     }
     let prompt_tokens = prepared.prompt_tokens.clone();
     let model = prepared.model.clone();
@@ -171,12 +171,13 @@ pub async fn run(
     if parameters.details || parameters.decoder_input_details {
         body["details"] = details_json(&generated, &prompt_tokens, &parameters, &model);
     }
-    Ok(if toolkit_shape {
+    let response = if toolkit_shape {
         Json(json!([body]))
     } else {
         Json(body)
     }
-    .into_response())
+    .into_response();
+    Ok(timing_headers(response, &generated.completion))
 }
 
 /// TGI's stream: one event per token; the last one also carries `generated_text` and `details`,

@@ -1,0 +1,177 @@
+//! The server under stress and at its end: ping stays fast while saturated, SIGTERM lets the
+//! request in flight finish and exits 0, and thousands of random or mutated bodies never get
+//! a 5xx or bring it down.
+
+use lantern_tests::{dummy_model, free_port, json, Server};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn tiny_server(arch: &str, extra: &[&str], envs: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    dummy_model(arch, 6, dir.path());
+    let model = dir.path().to_string_lossy().into_owned();
+    let mut args = vec![
+        "serve",
+        "--model-id",
+        model.as_str(),
+        "--kv-cache-memory",
+        "32Mi",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args, envs, free_port());
+    (dir, server)
+}
+
+#[test]
+fn ping_answers_fast_while_the_engine_is_saturated_and_overload_gets_429() {
+    let (_dir, s) = tiny_server(
+        "llama",
+        &["--max-total-tokens", "1024", "--max-input-tokens", "256"],
+        &[("MAX_CONCURRENT_REQUESTS", "8")],
+    );
+    let busy =
+        json!({"inputs": "keep busy", "parameters": {"max_new_tokens": 600, "ignore_eos": true}});
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| s.post("/generate", &busy).0))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut worst = Duration::ZERO;
+        for _ in 0..20 {
+            let started = Instant::now();
+            assert_eq!(s.get("/ping").status, 200);
+            worst = worst.max(started.elapsed());
+        }
+        assert!(
+            worst < Duration::from_millis(100),
+            "slowest /ping took {worst:?}"
+        );
+        let (status, body) = s.post(
+            "/generate",
+            &json!({"inputs": "one more", "parameters": {"max_new_tokens": 2}}),
+        );
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            json(&body)["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("retry"),
+            "{body}"
+        );
+        for worker in workers {
+            assert_eq!(worker.join().unwrap_or_default(), 200);
+        }
+    });
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let (_dir, mut s) = tiny_server("qwen2", &[], &[]);
+    let request = json!({"inputs": "finish me", "parameters": {"max_new_tokens": 300, "ignore_eos": true, "details": true}});
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| s.post("/generate", &request));
+        std::thread::sleep(Duration::from_millis(300));
+        s.terminate();
+        let (status, body) = in_flight.join().unwrap_or_default();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(json(&body)["details"]["generated_tokens"], 300);
+    });
+    let exit = s.wait_exit(Duration::from_secs(30));
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "exit status {exit:?}; log:\n{}",
+        s.log()
+    );
+}
+
+#[test]
+fn random_and_mutated_bodies_never_get_a_5xx() {
+    let (_dir, s) = tiny_server(
+        "mistral",
+        &["--max-total-tokens", "64", "--max-input-tokens", "48"],
+        &[],
+    );
+    let seeds = [
+        r#"{"inputs": "What is machine learning?", "parameters": {"max_new_tokens": 4}}"#,
+        r#"{"inputs": "hi", "parameters": {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 3, "stop": ["x"], "details": true, "max_new_tokens": 3}}"#,
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}"#,
+        r#"{"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}"#,
+        r#"{"prompt": "hello", "max_tokens": 3, "logprobs": 2}"#,
+    ];
+    let mut rng: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let fragments = [
+        "null",
+        "-1",
+        "1e309",
+        "\"\"",
+        "[]",
+        "{}",
+        "true",
+        "99999999999999999999",
+        "\"\\ud800\"",
+        "0.5",
+        "\"é🙂\"",
+        ",",
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    for round in 0..2000 {
+        let seed = seeds[(next() % seeds.len() as u64) as usize]
+            .as_bytes()
+            .to_vec();
+        let mut body = seed.clone();
+        for _ in 0..=(next() % 3) {
+            let at = (next() % (body.len() as u64 + 1)) as usize;
+            match next() % 4 {
+                0 => {
+                    body.truncate(at);
+                }
+                1 => {
+                    let f = fragments[(next() % fragments.len() as u64) as usize];
+                    body.splice(at..at, f.bytes());
+                }
+                2 if at < body.len() => {
+                    body[at] = (next() % 256) as u8;
+                }
+                _ => {
+                    let end = (at + (next() % 8) as usize).min(body.len());
+                    body.drain(at..end);
+                }
+            }
+        }
+        let path = if round % 2 == 0 {
+            "/invocations"
+        } else {
+            "/generate"
+        };
+        let reply = s.post_raw(
+            path,
+            "application/json",
+            &String::from_utf8_lossy(&body),
+            &[],
+        );
+        assert!(
+            reply.status < 500,
+            "{path} answered {} to {:?}: {}",
+            reply.status,
+            String::from_utf8_lossy(&body),
+            reply.body
+        );
+        *statuses.entry(reply.status).or_insert(0) += 1;
+    }
+    assert!(statuses.len() > 1, "{statuses:?}");
+    assert_eq!(s.get("/ping").status, 200);
+    assert_eq!(
+        s.post(
+            "/generate",
+            &json!({"inputs": "still fine?", "parameters": {"max_new_tokens": 2}})
+        )
+        .0,
+        200
+    );
+}
