@@ -175,3 +175,36 @@ fn random_and_mutated_bodies_never_get_a_5xx() {
         200
     );
 }
+
+#[test]
+fn a_request_past_the_deadline_returns_what_it_has() {
+    let (_dir, s) = tiny_server(
+        "qwen3",
+        &[
+            "--request-timeout",
+            "1",
+            "--max-total-tokens",
+            "60000",
+            "--max-input-tokens",
+            "100",
+        ],
+        &[],
+    );
+    let started = Instant::now();
+    let (status, body) = s.post("/generate", &json!({"inputs": "go on", "parameters": {"max_new_tokens": 50000, "ignore_eos": true, "details": true}}));
+    assert_eq!(status, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(body["details"]["finish_reason"], "time_limit");
+    assert!(body["details"]["generated_tokens"]
+        .as_u64()
+        .is_some_and(|n| n > 0 && n < 50000));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The stream is cut the same way, with a final event that says so.
+    let (status, stream) = s.post("/generate_stream", &json!({"inputs": "go on", "parameters": {"max_new_tokens": 50000, "ignore_eos": true, "details": true}}));
+    assert_eq!(status, 200);
+    let last = lantern_tests::sse_data(&stream)
+        .last()
+        .map(|d| json(d))
+        .unwrap_or_default();
+    assert_eq!(last["details"]["finish_reason"], "time_limit");
+}

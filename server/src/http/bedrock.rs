@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ChatMessage;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct MessagesRequest {
     pub anthropic_version: String,
     pub messages: Vec<super::openai::Message>,

@@ -6,6 +6,7 @@ pub mod body;
 pub mod error;
 mod generate;
 mod openai;
+mod openapi;
 mod sagemaker;
 mod sse;
 pub mod state;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

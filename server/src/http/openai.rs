@@ -14,12 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ChatMessage;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `"stop"` as a string or a list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -27,14 +28,14 @@ pub enum Stop {
 }
 
 /// Message content: a string, or a list of parts of which the text ones are used.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -61,20 +62,20 @@ impl Content {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Message {
     pub role: String,
     pub content: Content,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Fields shared by chat and text completions.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct Common {
     pub model: Option<String>,
     pub max_tokens: Option<usize>,
@@ -96,7 +97,7 @@ pub struct Common {
     pub ignore_eos: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default)]
@@ -106,14 +107,14 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct CompletionRequest {
     pub prompt: PromptField,
     /// Number of alternatives to report per token (legacy completions API).

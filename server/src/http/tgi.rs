@@ -14,10 +14,11 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lantern_engine::{Completion, TokenEvent};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct TgiRequest {
     pub inputs: String,
     #[serde(default)]
@@ -26,7 +27,7 @@ pub struct TgiRequest {
     pub stream: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct TgiParameters {
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f32>,
@@ -268,7 +269,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct TokenizeRequest {
     pub inputs: String,
 }

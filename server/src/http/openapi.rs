@@ -1,0 +1,115 @@
+//! `GET /openapi.json`: the API described from the very types the handlers deserialize
+//! (schemars derives their JSON schemas), so the document cannot drift from the code.
+
+use super::bedrock::MessagesRequest;
+use super::openai::{ChatRequest, CompletionRequest};
+use super::tgi::{TgiRequest, TokenizeRequest};
+use axum::Json;
+use schemars::generate::SchemaSettings;
+use serde_json::{json, Map, Value};
+
+/// Every route: path, method, summary, and the request body type's schema when it has one.
+fn routes(
+    schema: &mut impl FnMut(&str) -> Value,
+) -> Vec<(&'static str, &'static str, &'static str, Option<Value>)> {
+    let invocations =
+        json!({"oneOf": [schema("tgi"), schema("chat"), schema("completion"), schema("messages")]});
+    vec![
+        ("/ping", "get", "SageMaker health check: 200 once the model serves, else 503", None),
+        ("/invocations", "post", "SageMaker inference: TGI, OpenAI chat, OpenAI completion or Bedrock Messages body; application/jsonlines for Batch Transform", Some(invocations)),
+        ("/execution-parameters", "get", "SageMaker Batch Transform parameters", None),
+        ("/generate", "post", "TGI generate", Some(schema("tgi"))),
+        ("/generate_stream", "post", "TGI generate, streamed as Server-Sent Events", Some(schema("tgi"))),
+        ("/info", "get", "TGI model and limits", None),
+        ("/health", "get", "Liveness: 200 while the engine is healthy", None),
+        ("/tokenize", "post", "TGI tokenize", Some(schema("tokenize"))),
+        ("/metrics", "get", "Prometheus metrics (text format)", None),
+        ("/v1/chat/completions", "post", "OpenAI chat completions (stream with \"stream\": true)", Some(schema("chat"))),
+        ("/v1/completions", "post", "OpenAI completions", Some(schema("completion"))),
+        ("/v1/models", "get", "OpenAI model list", None),
+        ("/openapi.json", "get", "This document", None),
+    ]
+}
+
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let schemas = [
+        ("tgi", generator.subschema_for::<TgiRequest>()),
+        ("tokenize", generator.subschema_for::<TokenizeRequest>()),
+        ("chat", generator.subschema_for::<ChatRequest>()),
+        ("completion", generator.subschema_for::<CompletionRequest>()),
+        ("messages", generator.subschema_for::<MessagesRequest>()),
+    ];
+    let mut schema = |name: &str| -> Value {
+        schemas
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(Value::Null, |(_, s)| s.as_value().clone())
+    };
+    let error = json!({"description": "Error: TGI shape {\"error\", \"error_type\"}; on /v1, OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"});
+    let mut paths = Map::new();
+    for (path, method, summary, body) in routes(&mut schema) {
+        let mut operation = json!({
+            "summary": summary,
+            "responses": {
+                "200": {"description": "Success"},
+                "413": error, "415": error, "422": error, "400": error, "429": error, "503": error,
+            },
+        });
+        if let Some(body) = body {
+            operation["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": body}}});
+        }
+        paths.insert(path.to_string(), json!({ method: operation }));
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Lantern", "version": env!("CARGO_PKG_VERSION"), "description": "LLM inference server: SageMaker, TGI, OpenAI and Bedrock APIs"},
+        "paths": paths,
+        "components": {"schemas": generator.take_definitions(true)},
+    })
+}
+
+pub async fn openapi_json() -> Json<Value> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described_and_request_schemas_resolve() {
+        let doc = document();
+        for route in [
+            "/ping",
+            "/invocations",
+            "/generate",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/tokenize",
+        ] {
+            assert!(doc["paths"][route].is_object(), "{route} missing");
+        }
+        let schemas = doc["components"]["schemas"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for name in [
+            "TgiRequest",
+            "TgiParameters",
+            "ChatRequest",
+            "MessagesRequest",
+            "CompletionRequest",
+        ] {
+            assert!(
+                schemas.contains_key(name),
+                "{name} missing from {:?}",
+                schemas.keys().collect::<Vec<_>>()
+            );
+        }
+        // Fields come from the handler types themselves.
+        let tgi_params = &schemas["TgiParameters"]["properties"];
+        assert!(tgi_params["max_new_tokens"].is_object() && tgi_params["ignore_eos"].is_object());
+    }
+}
