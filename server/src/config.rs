@@ -9,7 +9,8 @@ use std::path::Path;
 
 /// Served when no model is named and `/opt/ml/model` holds none.
 pub const DEFAULT_MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
-/// SageMaker's model artifact directory.
+/// SageMaker's model artifact directory (`SM_MODEL_DIR` overrides it, as in SageMaker's own
+/// containers; tests use that to stand in for it).
 pub const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
 
 #[derive(Debug, Clone, Args)]
@@ -167,7 +168,9 @@ impl ServeArgs {
             .clone()
             .or_else(|| env("MODEL_ID"))
             .or_else(|| {
-                holds_model(Path::new(SAGEMAKER_MODEL_DIR)).then(|| SAGEMAKER_MODEL_DIR.to_string())
+                let artifacts =
+                    env("SM_MODEL_DIR").unwrap_or_else(|| SAGEMAKER_MODEL_DIR.to_string());
+                holds_model(Path::new(&artifacts)).then_some(artifacts)
             })
             .unwrap_or_else(|| DEFAULT_MODEL.to_string());
         let revision = self.revision.clone().or_else(|| env("HF_MODEL_REVISION"));

@@ -73,7 +73,17 @@ impl Server {
 
     /// Starts without waiting.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)], port: u16) -> Server {
-        let mut command = Command::new(lantern_binary());
+        Self::spawn_program(&lantern_binary(), args, envs, port)
+    }
+
+    /// Starts `program` (the binary, or a script that runs it) without waiting.
+    pub fn spawn_program(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        port: u16,
+    ) -> Server {
+        let mut command = Command::new(program);
         command
             .args(args)
             .env("LANTERN_HOST", "127.0.0.1")
@@ -112,6 +122,12 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             log,
         }
+    }
+
+    /// The same process, reached at another port (SAGEMAKER_BIND_TO_PORT moves it).
+    pub fn at(mut server: Server, port: u16) -> Server {
+        server.base = format!("http://127.0.0.1:{port}");
+        server
     }
 
     pub fn wait_ready(&self, limit: Duration) {

@@ -1,0 +1,66 @@
+"""Offline checks of the deployment files (run by .ci/run): every request the SageMaker
+scripts and the ECS definitions would send is validated against botocore's own service
+models; the stream parser is checked on a payload split mid-line.
+
+    python docker/validate.py
+"""
+
+import json
+import os
+import sys
+
+import botocore.session
+from botocore.validate import ParamValidator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "sagemaker"))
+
+import deploy  # noqa: E402
+import invoke  # noqa: E402
+import lambda_handler  # noqa: E402
+
+
+def check(service, operation, params):
+    model = botocore.session.get_session().get_service_model(service).operation_model(operation)
+    report = ParamValidator().validate(params, model.input_shape)
+    if report.has_errors():
+        raise SystemExit(f"{service}.{operation}: {report.generate_report()}")
+    print(f"ok {service}.{operation}")
+
+
+def load(*parts):
+    with open(os.path.join(HERE, *parts)) as f:
+        return json.load(f)
+
+
+def main():
+    for source in (["--hf-model-id", "HuggingFaceTB/SmolLM2-135M-Instruct"], ["--model-data", "s3://bucket/model.tar.gz"]):
+        args = deploy.parse_args(["--image", "123456789012.dkr.ecr.us-east-1.amazonaws.com/lantern:0.1.0",
+                                  "--role", "arn:aws:iam::123456789012:role/SageMakerRole", *source])
+        for call in deploy.requests(args):
+            check(*call)
+    for body in invoke.BODIES.values():
+        check("sagemaker-runtime", "InvokeEndpoint", invoke.invoke_params("lantern", body))
+    check("sagemaker-runtime", "InvokeEndpointWithResponseStream", invoke.invoke_params("lantern", invoke.BODIES["tgi"], stream=True))
+    lambda_request = lambda_handler.build_request({"body": json.dumps({"prompt": "hi"})}, "lantern")
+    check("sagemaker-runtime", "InvokeEndpoint", lambda_request)
+    assert lambda_handler.build_request({"body": "{}"}, "lantern") is None
+    check("ecs", "RegisterTaskDefinition", load("ecs", "task-definition.json"))
+    check("ecs", "CreateService", load("ecs", "service.json"))
+    check("elbv2", "CreateTargetGroup", load("ecs", "target-group.json"))
+    # A stream split at arbitrary byte boundaries still yields the text.
+    sse = (b'data: {"index":1,"token":{"id":5,"text":"Hel","special":false}}\n\n'
+           b'data: {"index":2,"token":{"id":6,"text":"lo","special":false}}\n\n'
+           b'data: {"index":3,"token":{"id":2,"text":"","special":true},"generated_text":"Hello"}\n\n')
+    parts = [sse[i:i + 7] for i in range(0, len(sse), 7)]
+    assert invoke.text_from_stream(parts) == "Hello", invoke.text_from_stream(parts)
+    print("ok stream parsing")
+    with open(os.path.join(HERE, "grafana", "lantern.json")) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert exprs and all("lantern_" in e for e in exprs)
+    print("ok grafana dashboard")
+
+
+if __name__ == "__main__":
+    main()
