@@ -1,8 +1,7 @@
 //! `lantern dummy-model` writes the same bytes for the same seed, other bytes for another.
 
-use lantern_tests::lantern_binary;
+use lantern_tests::dummy_model;
 use std::path::Path;
-use std::process::Command;
 
 const FILES: [&str; 5] = [
     "config.json",
@@ -11,26 +10,6 @@ const FILES: [&str; 5] = [
     "tokenizer_config.json",
     "generation_config.json",
 ];
-
-fn dummy_model(arch: &str, seed: u64, out: &Path) {
-    let status = Command::new(lantern_binary())
-        .args([
-            "dummy-model",
-            "--arch",
-            arch,
-            "--size",
-            "tiny",
-            "--seed",
-            &seed.to_string(),
-            "--out",
-        ])
-        .arg(out)
-        .status();
-    assert!(
-        status.is_ok_and(|s| s.success()),
-        "lantern dummy-model failed"
-    );
-}
 
 fn read(dir: &Path, file: &str) -> Vec<u8> {
     std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))

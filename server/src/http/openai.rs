@@ -124,6 +124,24 @@ pub struct CompletionRequest {
 }
 
 impl Common {
+    fn model_name(&self, served: &str) -> String {
+        self.model.clone().unwrap_or_else(|| served.to_string())
+    }
+
+    /// What every streamed chunk repeats, for a response of `object` type.
+    fn stream_header(&self, id: String, served: &str, object: &'static str) -> StreamHeader {
+        StreamHeader {
+            id,
+            model: self.model_name(served),
+            created: now(),
+            object,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        }
+    }
+
     fn to_params(
         &self,
         default_temperature: Option<f64>,
@@ -232,24 +250,14 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         .to_params(model.generation.temperature, top_n)?;
     params.templated = true;
     let prepared = prepare(state, &prompt, params)?;
-    let name = request
-        .common
-        .model
-        .clone()
-        .unwrap_or_else(|| model.name.clone());
+    let name = request.common.model_name(&model.name);
     let id = response_id("chatcmpl");
     if request.common.stream {
         let events = submit(state, &prepared)?;
-        let include_usage = request
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
         let format = ChatStream {
-            id,
-            model: name,
-            created: now(),
-            include_usage,
+            header: request
+                .common
+                .stream_header(id, &model.name, "chat.completion.chunk"),
             started: false,
         };
         return Ok(respond(state, prepared, events, format));
@@ -273,21 +281,46 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
     Ok(timing_headers(response, c))
 }
 
-struct ChatStream {
+/// What every chunk of an OpenAI stream repeats, and how such a stream ends.
+struct StreamHeader {
     id: String,
     model: String,
     created: u64,
+    object: &'static str,
     include_usage: bool,
-    started: bool,
 }
 
-impl ChatStream {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> SseEvent {
+impl StreamHeader {
+    fn chunk(&self, choice: Value) -> SseEvent {
         json_event(&json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "id": self.id, "object": self.object, "created": self.created, "model": self.model,
+            "choices": [choice],
         }))
     }
+
+    /// The last chunk, then usage when asked for (`stream_options.include_usage`), then `[DONE]`.
+    fn closing(&self, last_choice: Value, completion: &Completion) -> Vec<SseEvent> {
+        let mut events = vec![self.chunk(last_choice)];
+        if self.include_usage {
+            events.push(json_event(&json!({
+                "id": self.id, "object": self.object, "created": self.created, "model": self.model,
+                "choices": [], "usage": usage(completion),
+            })));
+        }
+        events.push(SseEvent::default().data("[DONE]"));
+        events
+    }
+
+    fn error(&self, message: &str) -> Vec<SseEvent> {
+        vec![json_event(
+            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
+        )]
+    }
+}
+
+struct ChatStream {
+    header: StreamHeader,
+    started: bool,
 }
 
 impl StreamFormat for ChatStream {
@@ -301,28 +334,19 @@ impl StreamFormat for ChatStream {
             json!({"role": "assistant", "content": token.text})
         };
         self.started = true;
-        vec![self.chunk(delta, None)]
+        vec![self
+            .header
+            .chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}))]
     }
 
     fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk(
-            json!({"content": completion.trailing_text}),
-            Some(finish_reason(completion.finish_reason)),
-        )];
-        if self.include_usage {
-            events.push(json_event(&json!({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [], "usage": usage(completion),
-            })));
-        }
-        events.push(SseEvent::default().data("[DONE]"));
-        events
+        let last = json!({"index": 0, "delta": {"content": completion.trailing_text}, "logprobs": null,
+                          "finish_reason": finish_reason(completion.finish_reason)});
+        self.header.closing(last, completion)
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        vec![json_event(
-            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
-        )]
+        self.header.error(message)
     }
 }
 
@@ -346,24 +370,14 @@ pub async fn run_completion(
         .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
     let prepared = prepare(state, &prompt, params)?;
-    let name = request
-        .common
-        .model
-        .clone()
-        .unwrap_or_else(|| model.name.clone());
+    let name = request.common.model_name(&model.name);
     let id = response_id("cmpl");
     if request.common.stream {
         let events = submit(state, &prepared)?;
-        let include_usage = request
-            .common
-            .stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage);
         let format = CompletionStream {
-            id,
-            model: name,
-            created: now(),
-            include_usage,
+            header: request
+                .common
+                .stream_header(id, &model.name, "text_completion"),
         };
         return Ok(respond(state, prepared, events, format));
     }
@@ -379,19 +393,7 @@ pub async fn run_completion(
 }
 
 struct CompletionStream {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-}
-
-impl CompletionStream {
-    fn chunk(&self, text: &str, finish: Option<&str>) -> SseEvent {
-        json_event(&json!({
-            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
-        }))
-    }
+    header: StreamHeader,
 }
 
 impl StreamFormat for CompletionStream {
@@ -399,25 +401,19 @@ impl StreamFormat for CompletionStream {
         if token.text.is_empty() {
             return Vec::new();
         }
-        vec![self.chunk(&token.text, None)]
+        vec![self.header.chunk(
+            json!({"index": 0, "text": token.text, "logprobs": null, "finish_reason": null}),
+        )]
     }
 
     fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk(
-            &completion.trailing_text,
-            Some(finish_reason(completion.finish_reason)),
-        )];
-        if self.include_usage {
-            events.push(json_event(&json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": usage(completion)})));
-        }
-        events.push(SseEvent::default().data("[DONE]"));
-        events
+        let last = json!({"index": 0, "text": completion.trailing_text, "logprobs": null,
+                          "finish_reason": finish_reason(completion.finish_reason)});
+        self.header.closing(last, completion)
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        vec![json_event(
-            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
-        )]
+        self.header.error(message)
     }
 }
 
