@@ -34,7 +34,8 @@ if [ ! -e "$stub_dir/libcuda.so" ]; then
     gcc -E -P -I "$CUDA_ROOT/include" "$CUDA_ROOT/include/cuda.h" \
         | grep -oE 'CUresult +cu[A-Za-z0-9_]+ *\(' | grep -oE 'cu[A-Za-z0-9_]+' | sort -u \
         | awk '{printf "int %s(void) { return 999; }\n", $1}' > "$stub_dir/libcuda_stub.c"
-    gcc -shared -fPIC -o "$stub_dir/libcuda.so" "$stub_dir/libcuda_stub.c"
+    # SONAME libcuda.so.1: the binary then asks for the name the NVIDIA driver installs.
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub_dir/libcuda.so" "$stub_dir/libcuda_stub.c"
     ln -sf libcuda.so "$stub_dir/libcuda.so.1"
 fi
 export LIBRARY_PATH="$stub_dir:$CUDA_ROOT/lib:${LIBRARY_PATH:-}"

@@ -405,3 +405,62 @@ fn timing_headers_and_custom_attributes_carry_the_counts() {
     assert!(echoed.contains("generated-tokens=3"), "{echoed}");
     assert!(echoed.contains("prompt-tokens="), "{echoed}");
 }
+
+#[test]
+fn remaining_routes_and_options() {
+    let s = server();
+    // /ping answers POST too (SageMaker may use either).
+    assert_eq!(s.post_raw("/ping", "application/json", "", &[]).status, 200);
+    // /tokenize returns ids with their offsets.
+    let tokens = json(&s.post("/tokenize", &json!({"inputs": "Hello world"})).1);
+    let pieces: String = tokens
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["text"].as_str())
+        .collect();
+    // Byte-level offsets leave out a token's leading space, as the tokenizer reports them.
+    assert_eq!(pieces, "Helloworld");
+    // OpenAI completions stream, ending in [DONE].
+    let (status, stream) = s.post(
+        "/v1/completions",
+        &json!({"prompt": "Once", "max_tokens": 4, "temperature": 0, "stream": true}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(sse_data(&stream).last().map(String::as_str), Some("[DONE]"));
+    // Chat logprobs with alternatives.
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2, "ignore_eos": true});
+    let body = json(&s.post("/v1/chat/completions", &chat).1);
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(content.len(), 3, "{body}");
+    assert_eq!(content[0]["top_logprobs"].as_array().map(Vec::len), Some(2));
+    // TGI: alternatives, prompt details, full text.
+    let tgi = json!({"inputs": "Say", "parameters": {"max_new_tokens": 2, "details": true, "decoder_input_details": true,
+        "top_n_tokens": 3, "return_full_text": true, "ignore_eos": true}});
+    let body = json(&s.post("/generate", &tgi).1);
+    assert!(
+        body["generated_text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Say"),
+        "{body}"
+    );
+    assert!(!body["details"]["prefill"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .is_empty());
+    assert_eq!(
+        body["details"]["top_tokens"][0].as_array().map(Vec::len),
+        Some(3)
+    );
+    // Seeded sampling: the same seed gives the same text.
+    let sampled = json!({"inputs": "Pick", "parameters": {"max_new_tokens": 8, "do_sample": true, "temperature": 1.0, "seed": 42, "details": true}});
+    let first = json(&s.post("/generate", &sampled).1);
+    let second = json(&s.post("/generate", &sampled).1);
+    assert_eq!(first["generated_text"], second["generated_text"]);
+    assert_eq!(first["details"]["seed"], 42);
+}
