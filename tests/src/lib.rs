@@ -48,6 +48,29 @@ pub fn dummy_model(arch: &str, seed: u64, out: &Path) {
     );
 }
 
+/// `lantern serve` on a fresh tiny dummy model of `arch`, with a 32 MiB KV cache, `extra`
+/// arguments and `envs`; the directory lives as long as the returned guard.
+pub fn tiny_server(
+    arch: &str,
+    seed: u64,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    dummy_model(arch, seed, dir.path());
+    let model = dir.path().to_string_lossy().into_owned();
+    let mut args = vec![
+        "serve",
+        "--model-id",
+        model.as_str(),
+        "--kv-cache-memory",
+        "32Mi",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args, envs, free_port());
+    (dir, server)
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,30 +2,15 @@
 //! request in flight finish and exits 0, and thousands of random or mutated bodies never get
 //! a 5xx or bring it down.
 
-use lantern_tests::{dummy_model, free_port, json, Server};
+use lantern_tests::{json, tiny_server};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn tiny_server(arch: &str, extra: &[&str], envs: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    dummy_model(arch, 6, dir.path());
-    let model = dir.path().to_string_lossy().into_owned();
-    let mut args = vec![
-        "serve",
-        "--model-id",
-        model.as_str(),
-        "--kv-cache-memory",
-        "32Mi",
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args, envs, free_port());
-    (dir, server)
-}
 
 #[test]
 fn ping_answers_fast_while_the_engine_is_saturated_and_overload_gets_429() {
     let (_dir, s) = tiny_server(
         "llama",
+        6,
         &["--max-total-tokens", "1024", "--max-input-tokens", "256"],
         &[("MAX_CONCURRENT_REQUESTS", "8")],
     );
@@ -66,7 +51,7 @@ fn ping_answers_fast_while_the_engine_is_saturated_and_overload_gets_429() {
 
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let (_dir, mut s) = tiny_server("qwen2", &[], &[]);
+    let (_dir, mut s) = tiny_server("qwen2", 6, &[], &[]);
     let request = json!({"inputs": "finish me", "parameters": {"max_new_tokens": 300, "ignore_eos": true, "details": true}});
     std::thread::scope(|scope| {
         let in_flight = scope.spawn(|| s.post("/generate", &request));
@@ -88,6 +73,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 fn random_and_mutated_bodies_never_get_a_5xx() {
     let (_dir, s) = tiny_server(
         "mistral",
+        6,
         &["--max-total-tokens", "64", "--max-input-tokens", "48"],
         &[],
     );
@@ -180,6 +166,7 @@ fn random_and_mutated_bodies_never_get_a_5xx() {
 fn a_request_past_the_deadline_returns_what_it_has() {
     let (_dir, s) = tiny_server(
         "qwen3",
+        6,
         &[
             "--request-timeout",
             "1",

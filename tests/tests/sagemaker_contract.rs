@@ -1,7 +1,7 @@
 //! Playing SageMaker without Docker: the server configured only through SageMaker's and TGI's
 //! environment variables; overload answered with 429; `/ping` 503 while the model loads.
 
-use lantern_tests::{dummy_model, free_port, json, Server};
+use lantern_tests::{dummy_model, free_port, json, tiny_server, Server};
 use serde_json::json;
 use std::io::Read;
 use std::time::Duration;
@@ -40,21 +40,11 @@ fn environment_only_configuration_serves_the_seed_payload() {
 
 #[test]
 fn requests_beyond_max_concurrent_get_429() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    dummy_model("mistral", 4, dir.path());
-    let model = dir.path().to_string_lossy().into_owned();
-    let server = Server::start(
-        &[
-            "serve",
-            "--model-id",
-            &model,
-            "--kv-cache-memory",
-            "32Mi",
-            "--max-total-tokens",
-            "2048",
-        ],
+    let (_dir, server) = tiny_server(
+        "mistral",
+        4,
+        &["--max-total-tokens", "2048"],
         &[("MAX_CONCURRENT_REQUESTS", "1")],
-        free_port(),
     );
     // Hold the only slot with a long stream, read slowly.
     let long =
