@@ -19,6 +19,7 @@ pub struct Metrics {
     kv_blocks_used: IntGauge,
     kv_blocks_total: IntGauge,
     running: IntGauge,
+    batch_size: IntGauge,
     waiting: IntGauge,
     preemptions: IntGauge,
 }
@@ -107,6 +108,11 @@ impl Metrics {
                 "Sequences being decoded",
             )?,
             waiting: gauge(&registry, "lantern_waiting_sequences", "Sequences queued")?,
+            batch_size: gauge(
+                &registry,
+                "lantern_batch_size",
+                "Sequences in the last engine step",
+            )?,
             preemptions: gauge(
                 &registry,
                 "lantern_preemptions",
@@ -142,6 +148,7 @@ impl Metrics {
             self.kv_blocks_used.set(stats.used_blocks as i64);
             self.kv_blocks_total.set(stats.total_blocks as i64);
             self.running.set(stats.running as i64);
+            self.batch_size.set(stats.last_batch_size as i64);
             self.waiting.set(stats.waiting as i64);
             self.preemptions.set(stats.preemptions as i64);
         }

@@ -383,6 +383,7 @@ fn metrics_parse_as_prometheus_text() {
         "{text}"
     );
     assert!(text.contains("lantern_time_to_first_token_seconds_bucket"));
+    assert!(text.contains("lantern_batch_size "));
 }
 
 #[test]

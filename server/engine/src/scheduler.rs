@@ -320,6 +320,7 @@ impl Scheduler {
             free_blocks: self.allocator.free(),
             total_blocks: self.allocator.total(),
             preemptions: self.preemptions,
+            last_batch_size: 0,
         }
     }
 
@@ -339,6 +340,8 @@ pub struct SchedulerStats {
     pub free_blocks: usize,
     pub total_blocks: usize,
     pub preemptions: u64,
+    /// Sequences in the last step that ran (filled in by the engine thread).
+    pub last_batch_size: usize,
 }
 
 #[cfg(test)]

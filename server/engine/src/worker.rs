@@ -9,7 +9,7 @@ use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
 use crate::request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
 use crate::sampling::{log_softmax, top_n, Sampler};
-use crate::scheduler::{Plan, Scheduler, SequenceId};
+use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId};
 use crate::stop::{StopMatcher, StopOutcome};
 use candle_core::{DType, Tensor};
 use lantern_models::{Decoder, KvCache, LogitsWanted};
@@ -54,6 +54,7 @@ pub(crate) struct Worker {
     pub commands: Receiver<Command>,
     pub shared: Arc<Shared>,
     active: HashMap<SequenceId, Active>,
+    last_batch_size: usize,
 }
 
 /// One chosen token with what the client may want to know about it.
@@ -82,6 +83,7 @@ impl Worker {
             commands,
             shared,
             active: HashMap::new(),
+            last_batch_size: 0,
         }
     }
 
@@ -176,6 +178,7 @@ impl Worker {
                 active.scheduled_at.get_or_insert(now);
             }
         }
+        self.last_batch_size = plan.steps.len();
         let steps: Vec<_> = plan.steps.iter().map(|s| s.step.clone()).collect();
         let logits = self.decoder.forward(&steps, &self.cache)?;
         self.scheduler.complete(&plan);
@@ -350,7 +353,10 @@ impl Worker {
 
     fn publish_stats(&self) {
         if let Ok(mut stats) = self.shared.stats.lock() {
-            *stats = self.scheduler.stats();
+            *stats = SchedulerStats {
+                last_batch_size: self.last_batch_size,
+                ..self.scheduler.stats()
+            };
         }
     }
 }

@@ -46,8 +46,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Counts `lantern_requests_total{route, status}` (routes only, so unknown paths add no
-/// labels) and logs each request once when its response starts, with its timings and token
-/// counts; prompts are never logged.
+/// labels) and logs each non-streamed request once, with its timings and token counts;
+/// prompts are never logged.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -63,7 +63,12 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
-    if route != "/ping" && route != "/metrics" {
+    // Streams log themselves when they end (sse.rs), with their token counts.
+    let streaming = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if route != "/ping" && route != "/metrics" && !streaming {
         let header = |name: &str| {
             response
                 .headers()

@@ -94,9 +94,21 @@ pub fn respond(
                 }
                 Event::End(completion) => {
                     metrics.observe(&completion);
+                    tracing::info!(
+                        prompt_tokens = completion.prompt_tokens,
+                        generated_tokens = completion.generated_tokens,
+                        finish_reason = completion.finish_reason.as_str(),
+                        queue_ms = completion.queue_time.as_millis() as u64,
+                        time_to_first_token_ms = completion.time_to_first_token.as_millis() as u64,
+                        seconds = completion.total_time.as_secs_f64(),
+                        "stream finished"
+                    );
                     (format.end(&completion), true)
                 }
-                Event::Failed(message) => (format.error(&message), true),
+                Event::Failed(message) => {
+                    tracing::warn!(error = message, "stream failed");
+                    (format.error(&message), true)
+                }
             };
             if !send_all(batch).await || last {
                 return;
