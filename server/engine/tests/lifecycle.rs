@@ -150,6 +150,9 @@ async fn text_deltas_never_split_a_character() -> TestResult {
 #[test]
 fn a_budget_the_cache_cannot_hold_fails_at_start_naming_the_setting() {
     // 4 blocks of 16 tokens cannot take a 512-token prefill step.
-    let error = tiny_engine(&config(4, 512)).err().map(|e| e.to_string()).unwrap_or_default();
+    let error = tiny_engine(&config(4, 512))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(error.contains("--max-batch-prefill-tokens"), "{error}");
 }
