@@ -57,24 +57,15 @@ async fn invoke_one(state: &AppState, raw: &[u8]) -> Response {
     let Some(schema) = schema_of(&value) else {
         return ApiError::validation("the body has none of `inputs` (TGI), `messages` (OpenAI chat, or Bedrock with `anthropic_version`) or `prompt` (OpenAI completion)", "body").into_response();
     };
-    let outcome = match schema {
-        Schema::Tgi => match parse(raw) {
-            Ok(request) => tgi::run(state, request, true).await,
-            Err(e) => Err(e),
-        },
-        Schema::Bedrock => match parse(raw) {
-            Ok(request) => bedrock::run(state, request).await,
-            Err(e) => Err(e),
-        },
-        Schema::OpenAiChat => match parse(raw) {
-            Ok(request) => openai::run_chat(state, request).await,
-            Err(e) => Err(e),
-        },
-        Schema::OpenAiCompletion => match parse(raw) {
-            Ok(request) => openai::run_completion(state, request).await,
-            Err(e) => Err(e),
-        },
-    };
+    let outcome = async {
+        match schema {
+            Schema::Tgi => tgi::run(state, parse(raw)?, true).await,
+            Schema::Bedrock => bedrock::run(state, parse(raw)?).await,
+            Schema::OpenAiChat => openai::run_chat(state, parse(raw)?).await,
+            Schema::OpenAiCompletion => openai::run_completion(state, parse(raw)?).await,
+        }
+    }
+    .await;
     let flavor = match schema {
         Schema::OpenAiChat | Schema::OpenAiCompletion => Flavor::OpenAi,
         Schema::Tgi | Schema::Bedrock => Flavor::Tgi,
