@@ -1,21 +1,26 @@
-//! Paged attention and KV-cache writes behind one interface, [`PagedAttention`].
+//! Lantern's compute layer.
 //!
-//! The KV cache of one layer is a pool of fixed-size blocks: `key` and `value` each hold
-//! `num_blocks * block_size` slots of `(num_kv_heads, head_dim)`. A sequence owns a list of
-//! blocks (its block table); the token at position `p` lives in slot
-//! `block_table[p / block_size] * block_size + p % block_size`.
+//! - [`cpu`]: the CPU kernels: packed batch-invariant dense products with fused epilogues,
+//!   fused paged attention over block tables, RMS norm and rotary embeddings; AVX-512, AVX2+FMA
+//!   and a scalar reference, chosen at run time. Numerics contract: `NUMERICS.md`.
+//! - [`PagedAttention`] and [`Portable`]: paged attention with candle tensor ops, which runs on
+//!   every device candle supports (CUDA included). It is the reference the CPU kernels are
+//!   checked against and the path for devices without kernels of their own.
 //!
-//! [`Portable`] implements both operations with candle tensor ops, so it runs on every device
-//! candle supports (CUDA included). It is the reference that faster device kernels are checked
-//! against: a CUDA implementation goes beside it under the `cuda` feature, behind the same trait.
+//! Each implementation owns its cache layout. The portable one keeps a layer's keys and values
+//! as `(num_blocks * block_size, num_kv_heads, head_dim)` tensors (slot-major, what
+//! FlashAttention's paged mode reads): the token at position `p` of a sequence lives in slot
+//! `block_table[p / block_size] * block_size + p % block_size`. The CPU one keeps
+//! `[block][kv_head][slot][head_dim]` (see [`cpu::KvBlocks`]).
 
+pub mod cpu;
 mod portable;
 
 pub use portable::Portable;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-/// The K/V block pool of one layer.
+/// The K/V block pool of one layer, for the portable implementation.
 #[derive(Debug, Clone)]
 pub struct LayerKvCache {
     /// `(num_blocks * block_size, num_kv_heads, head_dim)`.
@@ -60,7 +65,7 @@ impl LayerKvCache {
     }
 }
 
-/// Where one sequence's queries sit in the flat batch and what it may attend to.
+/// Where one sequence's queries sit in the flat batch and which blocks hold its context.
 #[derive(Debug, Clone)]
 pub struct SequenceAttention<'a> {
     /// Index of the sequence's first query row in the flat batch.
@@ -69,8 +74,8 @@ pub struct SequenceAttention<'a> {
     pub query_len: usize,
     /// Tokens already in the cache before this step; query `i` is at position `context_before + i`.
     pub context_before: usize,
-    /// Cache slot of every position `0..context_before + query_len`, in position order.
-    pub slots: &'a [u32],
+    /// Cache blocks of the sequence in position order, covering `context_before + query_len`.
+    pub block_table: &'a [u32],
 }
 
 /// Attention options shared by every sequence of a call.
@@ -81,29 +86,25 @@ pub struct AttentionParams {
     pub sliding_window: Option<usize>,
 }
 
-/// The two cache operations a decoder layer needs. Implementations must agree with [`Portable`].
+/// Paged attention over tensors. Implementations must agree with [`Portable`].
 pub trait PagedAttention: Send + Sync + std::fmt::Debug {
-    /// Writes rows of `key`/`value` (`(n, num_kv_heads, head_dim)`) into the slots `slot_mapping` (`n` u32 ids).
-    fn write_kv(
-        &self,
-        cache: &LayerKvCache,
-        key: &Tensor,
-        value: &Tensor,
-        slot_mapping: &Tensor,
-    ) -> Result<()>;
-
-    /// Causal attention of `query` (`(n, num_heads, head_dim)`, the flat batch) over the
-    /// cached keys and values of each sequence. Returns `(n, num_heads, head_dim)`.
-    fn attention(
+    /// Writes this step's `key`/`value` rows (`(n, num_kv_heads, head_dim)`, the flat batch)
+    /// into each sequence's blocks, then runs causal attention of `query`
+    /// (`(n, num_heads, head_dim)`) over every sequence's cached context. Returns
+    /// `(n, num_heads, head_dim)`.
+    fn write_and_attend(
         &self,
         query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
         cache: &LayerKvCache,
         sequences: &[SequenceAttention<'_>],
         params: AttentionParams,
     ) -> Result<Tensor>;
 }
 
-/// The best implementation for `device`. Today that is [`Portable`] everywhere.
+/// The tensor implementation for `device`. Today that is [`Portable`] everywhere; the CPU
+/// forward pass calls [`cpu`] directly instead of going through tensors.
 pub fn for_device(_device: &Device) -> Box<dyn PagedAttention> {
     Box::new(Portable)
 }

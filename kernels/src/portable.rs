@@ -12,8 +12,9 @@ use candle_core::{bail, DType, Result, Tensor};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Portable;
 
-impl PagedAttention for Portable {
-    fn write_kv(
+impl Portable {
+    /// Writes rows of `key`/`value` (`(n, num_kv_heads, head_dim)`) into the slots `slot_mapping` (`n` u32 ids).
+    pub fn write_kv(
         &self,
         cache: &LayerKvCache,
         key: &Tensor,
@@ -38,17 +39,46 @@ impl PagedAttention for Portable {
         cache.value.scatter_set(&indexes, &value.contiguous()?, 0)?;
         Ok(())
     }
+}
 
-    fn attention(
+/// Slot of every position `0..context` of a sequence.
+fn slots_of(
+    block_table: &[u32],
+    block_size: usize,
+    context: usize,
+    num_slots: usize,
+) -> Result<Vec<u32>> {
+    (0..context)
+        .map(|p| {
+            let Some(&block) = block_table.get(p / block_size) else {
+                bail!(
+                    "block table of {} blocks cannot hold {context} tokens",
+                    block_table.len()
+                )
+            };
+            let slot = block as usize * block_size + p % block_size;
+            if slot >= num_slots {
+                bail!("block {block} is outside the cache")
+            }
+            Ok(slot as u32)
+        })
+        .collect()
+}
+
+impl PagedAttention for Portable {
+    fn write_and_attend(
         &self,
         query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
         cache: &LayerKvCache,
         sequences: &[SequenceAttention<'_>],
         params: AttentionParams,
     ) -> Result<Tensor> {
         let (rows, _, _) = query.dims3()?;
+        let mut slots = Vec::with_capacity(sequences.len());
+        let mut new_slots = Vec::with_capacity(rows);
         let mut next_row = 0;
-        let mut outputs = Vec::with_capacity(sequences.len());
         for seq in sequences {
             if seq.query_offset != next_row {
                 bail!(
@@ -57,11 +87,26 @@ impl PagedAttention for Portable {
                 )
             }
             next_row += seq.query_len;
-            outputs.push(attend_one(query, cache, seq, params)?);
+            let context = seq.context_before + seq.query_len;
+            let s = slots_of(
+                seq.block_table,
+                cache.block_size,
+                context,
+                cache.num_slots(),
+            )?;
+            new_slots.extend_from_slice(&s[seq.context_before..]);
+            slots.push(s);
         }
         if next_row != rows {
             bail!("sequences cover {next_row} query rows of {rows}")
         }
+        let slot_mapping = Tensor::from_vec(new_slots, rows, query.device())?;
+        self.write_kv(cache, key, value, &slot_mapping)?;
+        let outputs = sequences
+            .iter()
+            .zip(&slots)
+            .map(|(seq, slots)| attend_one(query, cache, seq, slots, params))
+            .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&outputs, 0)
     }
 }
@@ -70,19 +115,14 @@ fn attend_one(
     query: &Tensor,
     cache: &LayerKvCache,
     seq: &SequenceAttention<'_>,
+    slots: &[u32],
     params: AttentionParams,
 ) -> Result<Tensor> {
     let (_, num_heads, head_dim) = query.dims3()?;
     let num_kv_heads = cache.key.dim(1)?;
     let group = num_heads / num_kv_heads;
     let context = seq.context_before + seq.query_len;
-    if seq.slots.len() != context {
-        bail!(
-            "sequence has {} slots for a context of {context} tokens",
-            seq.slots.len()
-        )
-    }
-    let slots = Tensor::from_slice(seq.slots, context, query.device())?;
+    let slots = Tensor::from_slice(slots, context, query.device())?;
     // (kv_heads, context, head_dim): the sequence's keys and values, gathered once per call.
     let gather = |cache: &Tensor| -> Result<Tensor> {
         cache.index_select(&slots, 0)?.transpose(0, 1)?.contiguous()
@@ -168,18 +208,31 @@ mod tests {
         };
         let run = |block_size: usize, block_table: &[u32]| -> Result<Tensor> {
             let cache = LayerKvCache::zeros(shape(8, block_size), DType::F32, &device)?;
-            let slots: Vec<u32> = (0..context)
+            // The first 3 tokens were cached by earlier steps; this step brings 2.
+            let earlier: Vec<u32> = (0..3)
                 .map(|p| block_table[p / block_size] * block_size as u32 + (p % block_size) as u32)
                 .collect();
-            let slot_tensor = Tensor::new(slots.as_slice(), &device)?;
-            Portable.write_kv(&cache, &key, &value, &slot_tensor)?;
+            let earlier = Tensor::new(earlier.as_slice(), &device)?;
+            Portable.write_kv(
+                &cache,
+                &key.narrow(0, 0, 3)?,
+                &value.narrow(0, 0, 3)?,
+                &earlier,
+            )?;
             let seq = SequenceAttention {
                 query_offset: 0,
                 query_len: 2,
                 context_before: 3,
-                slots: &slots,
+                block_table,
             };
-            Portable.attention(&query, &cache, &[seq], params)
+            Portable.write_and_attend(
+                &query,
+                &key.narrow(0, 3, 2)?,
+                &value.narrow(0, 3, 2)?,
+                &cache,
+                &[seq],
+                params,
+            )
         };
         let contiguous = run(8, &[0])?;
         let shuffled = run(2, &[6, 1, 4])?;
@@ -192,24 +245,21 @@ mod tests {
     #[test]
     fn queries_ignore_later_keys_and_keys_outside_the_window() -> Result<()> {
         let device = Device::Cpu;
-        let slots: Vec<u32> = (0..6).collect();
-        let slot_tensor = Tensor::new(slots.as_slice(), &device)?;
         let query = Tensor::randn(0f32, 1., (6, 4, 4), &device)?;
         let run = |key: &Tensor, window: Option<usize>| -> Result<Vec<Vec<f32>>> {
             let cache = LayerKvCache::zeros(shape(1, 8), DType::F32, &device)?;
-            Portable.write_kv(&cache, key, key, &slot_tensor)?;
             let seq = SequenceAttention {
                 query_offset: 0,
                 query_len: 6,
                 context_before: 0,
-                slots: &slots,
+                block_table: &[0],
             };
             let params = AttentionParams {
                 scale: 0.5,
                 sliding_window: window,
             };
             Portable
-                .attention(&query, &cache, &[seq], params)?
+                .write_and_attend(&query, key, key, &cache, &[seq], params)?
                 .flatten_from(1)?
                 .to_vec2()
         };

@@ -7,7 +7,9 @@
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
+use lantern_kernels::cpu::{KvBlocks, KvBlocksShape};
 use lantern_kernels::{KvCacheShape, LayerKvCache};
+use std::sync::Mutex;
 
 /// Which positions of a sequence need logits this step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,52 +35,115 @@ pub struct SequenceStep {
 }
 
 /// The paged KV cache of a whole model: one block pool per layer, all with the same block ids.
+/// Each kernel path keeps its own layout (see `lantern_kernels`); [`crate::Decoder::new_cache`]
+/// makes the one its forward pass reads.
 #[derive(Debug)]
 pub struct KvCache {
-    pub layers: Vec<LayerKvCache>,
     pub shape: KvCacheShape,
+    pub(crate) storage: CacheStorage,
+}
+
+#[derive(Debug)]
+pub(crate) enum CacheStorage {
+    /// Slot-major tensors, for the portable path (any device).
+    Tensors(Vec<LayerKvCache>),
+    /// `[block][kv_head][slot][head_dim]` f32 pools, for the CPU kernels. The lock is taken
+    /// once per layer per step by the forward pass, never contended.
+    Cpu(Vec<Mutex<KvBlocks>>),
 }
 
 impl KvCache {
-    pub fn new(
+    pub(crate) fn tensors(
         config: &DecoderConfig,
-        num_blocks: usize,
-        block_size: usize,
+        shape: KvCacheShape,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let shape = KvCacheShape {
-            num_blocks,
-            block_size,
-            num_kv_heads: config.num_kv_heads,
-            head_dim: config.head_dim,
-        };
         let layers = (0..config.num_layers)
             .map(|_| LayerKvCache::zeros(shape, dtype, device))
             .collect::<candle_core::Result<_>>()?;
-        Ok(Self { layers, shape })
+        Ok(Self {
+            shape,
+            storage: CacheStorage::Tensors(layers),
+        })
     }
 
-    /// Bytes one block takes across all layers.
-    pub fn bytes_per_block(config: &DecoderConfig, block_size: usize, dtype: DType) -> usize {
-        let shape = KvCacheShape {
-            num_blocks: 1,
-            block_size,
-            num_kv_heads: config.num_kv_heads,
-            head_dim: config.head_dim,
+    pub(crate) fn cpu(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
+        let blocks_shape = KvBlocksShape {
+            num_blocks: shape.num_blocks,
+            block_size: shape.block_size,
+            num_kv_heads: shape.num_kv_heads,
+            head_dim: shape.head_dim,
         };
-        config.num_layers * shape.bytes_per_block(dtype)
+        let layers = (0..config.num_layers)
+            .map(|_| KvBlocks::new(blocks_shape).map(Mutex::new))
+            .collect::<std::result::Result<_, String>>()
+            .map_err(ModelError::Batch)?;
+        Ok(Self {
+            shape,
+            storage: CacheStorage::Cpu(layers),
+        })
     }
 }
 
-/// The flattened, validated form of a batch, with its index tensors built once per call.
+/// Checks every step against the model and the cache; returns the rows whose logits are
+/// wanted, in order.
+pub(crate) fn logit_rows(
+    steps: &[SequenceStep],
+    config: &DecoderConfig,
+    shape: &KvCacheShape,
+) -> Result<Vec<u32>> {
+    let block_size = shape.block_size;
+    let mut offset = 0;
+    let mut logit_rows = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let context = step.context_before + step.tokens.len();
+        if step.tokens.is_empty() {
+            return Err(ModelError::Batch(format!("sequence {index} has no tokens")));
+        }
+        if let Some(bad) = step
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= config.vocab_size)
+        {
+            return Err(ModelError::Batch(format!(
+                "sequence {index}: token id {bad} is outside the vocabulary of {}",
+                config.vocab_size
+            )));
+        }
+        if step.block_table.len() * block_size < context {
+            return Err(ModelError::Batch(format!(
+                "sequence {index}: {} blocks of {block_size} cannot hold {context} tokens",
+                step.block_table.len()
+            )));
+        }
+        if let Some(bad) = step
+            .block_table
+            .iter()
+            .find(|&&b| b as usize >= shape.num_blocks)
+        {
+            return Err(ModelError::Batch(format!(
+                "sequence {index}: block {bad} is outside the cache of {} blocks",
+                shape.num_blocks
+            )));
+        }
+        match step.logits {
+            LogitsWanted::None => {}
+            LogitsWanted::Last => logit_rows.push((offset + step.tokens.len() - 1) as u32),
+            LogitsWanted::All => {
+                logit_rows.extend((offset..offset + step.tokens.len()).map(|r| r as u32))
+            }
+        }
+        offset += step.tokens.len();
+    }
+    Ok(logit_rows)
+}
+
+/// The portable path's view of a batch: index tensors built once per call.
 pub(crate) struct FlatBatch {
     pub token_ids: Tensor,
     /// Position of every token as f32, for rotary embeddings.
     pub positions: Tensor,
-    pub slot_mapping: Tensor,
-    /// Per sequence: query offset and length in the batch, context before, slots of all positions.
-    pub sequences: Vec<(usize, usize, usize, Vec<u32>)>,
     /// Rows of the batch whose logits are returned, in order.
     pub logit_rows: Vec<u32>,
 }
@@ -87,70 +152,22 @@ impl FlatBatch {
     pub fn new(
         steps: &[SequenceStep],
         config: &DecoderConfig,
-        cache: &KvCache,
+        shape: &KvCacheShape,
         device: &Device,
     ) -> Result<Self> {
-        let block_size = cache.shape.block_size;
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        let mut slot_mapping = Vec::new();
-        let mut sequences = Vec::with_capacity(steps.len());
-        let mut logit_rows = Vec::new();
-        for (index, step) in steps.iter().enumerate() {
-            let context = step.context_before + step.tokens.len();
-            if step.tokens.is_empty() {
-                return Err(ModelError::Batch(format!("sequence {index} has no tokens")));
-            }
-            if let Some(bad) = step
-                .tokens
-                .iter()
-                .find(|&&t| t as usize >= config.vocab_size)
-            {
-                return Err(ModelError::Batch(format!(
-                    "sequence {index}: token id {bad} is outside the vocabulary of {}",
-                    config.vocab_size
-                )));
-            }
-            if step.block_table.len() * block_size < context {
-                return Err(ModelError::Batch(format!(
-                    "sequence {index}: {} blocks of {block_size} cannot hold {context} tokens",
-                    step.block_table.len()
-                )));
-            }
-            if let Some(bad) = step
-                .block_table
-                .iter()
-                .find(|&&b| b as usize >= cache.shape.num_blocks)
-            {
-                return Err(ModelError::Batch(format!(
-                    "sequence {index}: block {bad} is outside the cache of {} blocks",
-                    cache.shape.num_blocks
-                )));
-            }
-            let slots: Vec<u32> = (0..context)
-                .map(|p| {
-                    step.block_table[p / block_size] * block_size as u32 + (p % block_size) as u32
-                })
-                .collect();
-            let offset = tokens.len();
-            match step.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => logit_rows.push((offset + step.tokens.len() - 1) as u32),
-                LogitsWanted::All => {
-                    logit_rows.extend((offset..offset + step.tokens.len()).map(|r| r as u32))
-                }
-            }
-            tokens.extend_from_slice(&step.tokens);
-            positions.extend((step.context_before..context).map(|p| p as f32));
-            slot_mapping.extend_from_slice(&slots[step.context_before..]);
-            sequences.push((offset, step.tokens.len(), step.context_before, slots));
-        }
+        let logit_rows = logit_rows(steps, config, shape)?;
+        let tokens: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let positions: Vec<f32> = steps
+            .iter()
+            .flat_map(|s| (s.context_before..s.context_before + s.tokens.len()).map(|p| p as f32))
+            .collect();
         let n = tokens.len();
         Ok(Self {
             token_ids: Tensor::from_vec(tokens, n, device)?,
             positions: Tensor::from_vec(positions, n, device)?,
-            slot_mapping: Tensor::from_vec(slot_mapping, n, device)?,
-            sequences,
             logit_rows,
         })
     }

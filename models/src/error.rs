@@ -30,6 +30,9 @@ pub enum ModelError {
     #[error("chat template: {0}")]
     ChatTemplate(String),
 
+    #[error("kernels: {0}")]
+    Kernels(String),
+
     #[error("invalid batch: {0}")]
     Batch(String),
 

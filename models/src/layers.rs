@@ -80,15 +80,20 @@ pub struct Rotary {
     style: RotaryStyle,
 }
 
+/// Inverse frequencies of one head's rotary embedding (`head_dim / 2`), with scaling applied.
+/// In f32, as transformers and candle compute them: f64 would round differently.
+pub fn inverse_frequencies(config: &RopeConfig, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (config.theta as f32).powf((2 * i) as f32 / head_dim as f32);
+            scale_frequency(f64::from(freq), config.scaling) as f32
+        })
+        .collect()
+}
+
 impl Rotary {
     pub fn new(config: &RopeConfig, head_dim: usize, device: &Device) -> Result<Self> {
-        // In f32, as transformers and candle compute it: f64 would round differently.
-        let inv_freq: Vec<f32> = (0..head_dim / 2)
-            .map(|i| {
-                let freq = 1.0 / (config.theta as f32).powf((2 * i) as f32 / head_dim as f32);
-                scale_frequency(f64::from(freq), config.scaling) as f32
-            })
-            .collect();
+        let inv_freq = inverse_frequencies(config, head_dim);
         Ok(Self {
             inv_freq: Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?,
             style: config.style,

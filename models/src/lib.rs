@@ -17,7 +17,7 @@ pub mod weights;
 pub use batch::{KvCache, LogitsWanted, SequenceStep};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, DecoderConfig};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, KernelPath};
 pub use error::{ModelError, Result};
 pub use load::{load, Dequantize, LoadOptions, LoadedModel, ModelSource};
 pub use tokenizer::{GenerationDefaults, TokenizerBundle};

@@ -2,7 +2,7 @@
 //! Face directory, a GGUF file (or a directory holding one), or a hub id.
 
 use crate::config::DecoderConfig;
-use crate::decoder::Decoder;
+use crate::decoder::{Decoder, KernelPath};
 use crate::error::{ModelError, Result};
 use crate::hub::{self, HubModel};
 use crate::tokenizer::{self, GenerationDefaults, TokenizerBundle};
@@ -79,9 +79,11 @@ pub enum Dequantize {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// `None`: f32 on CPU (bf16 is slow there at small batch), bf16 on GPU.
+    /// `None`: bf16 on GPU; on CPU, bf16 for bf16 checkpoints served by the CPU kernels (their
+    /// arithmetic is f32, so bf16 storage is exact and halves the bytes read), else f32.
     pub dtype: Option<DType>,
     pub dequantize: Dequantize,
+    pub kernels: KernelPath,
 }
 
 impl LoadOptions {
@@ -90,15 +92,53 @@ impl LoadOptions {
             device: Device::Cpu,
             dtype: None,
             dequantize: Dequantize::Auto,
+            kernels: KernelPath::Auto,
         }
     }
 
-    fn dtype(&self) -> DType {
-        self.dtype.unwrap_or(if self.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        })
+    /// The dtype weights are loaded in; `checkpoint` is the dtype the files store, when known.
+    fn dtype(&self, path: KernelPath, checkpoint: Option<DType>) -> DType {
+        if let Some(dtype) = self.dtype {
+            return dtype;
+        }
+        if !self.device.is_cpu() {
+            return DType::BF16;
+        }
+        match (path, checkpoint) {
+            (KernelPath::Cpu, Some(DType::BF16)) => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    /// The execution for weights that are dense (`true`) or kept quantized.
+    fn kernel_path(&self, dense: bool) -> Result<KernelPath> {
+        match self.kernels {
+            KernelPath::Portable => Ok(KernelPath::Portable),
+            KernelPath::Auto if self.device.is_cpu() && dense => Ok(KernelPath::Cpu),
+            KernelPath::Auto => Ok(KernelPath::Portable),
+            KernelPath::Cpu if !self.device.is_cpu() => Err(ModelError::Kernels(
+                "--kernels cpu needs the CPU device".into(),
+            )),
+            KernelPath::Cpu if !dense => Err(ModelError::Kernels(
+                "--kernels cpu needs dense weights: this GGUF file stays quantized (--dequantize off); dequantize it or use --kernels portable".into(),
+            )),
+            KernelPath::Cpu => Ok(KernelPath::Cpu),
+        }
+    }
+}
+
+/// The dtype a Hugging Face `config.json` says the checkpoint is stored in.
+fn checkpoint_dtype(config_text: &str) -> Option<DType> {
+    let value: serde_json::Value = serde_json::from_str(config_text).ok()?;
+    let name = value
+        .get("torch_dtype")
+        .or_else(|| value.get("dtype"))?
+        .as_str()?;
+    match name {
+        "bfloat16" => Some(DType::BF16),
+        "float16" => Some(DType::F16),
+        "float32" => Some(DType::F32),
+        _ => None,
     }
 }
 
@@ -161,9 +201,10 @@ fn load_directory(dir: &Path, options: &LoadOptions, name: String) -> Result<Loa
     } else {
         vec![dir.join("model.safetensors")]
     };
-    let dtype = options.dtype();
+    let path = options.kernel_path(true)?;
+    let dtype = options.dtype(path, checkpoint_dtype(&config_text));
     let weights = SafetensorsWeights::open(&weight_files, dtype, &options.device)?;
-    let decoder = Decoder::load(config, &weights, dtype, &options.device)?;
+    let decoder = Decoder::load(config, &weights, dtype, &options.device, path)?;
     let (tokenizer, generation) =
         tokenizer::load_hf_tokenizer(dir, &tokenizer::config_eos_ids(&config_text))?;
     Ok(LoadedModel {
@@ -196,14 +237,15 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         }
         _ => crate::gguf::tokenizer(&content, path)?,
     };
-    let dtype = options.dtype();
     let dequantize = match options.dequantize {
         Dequantize::On => true,
         Dequantize::Off => false,
         Dequantize::Auto => options.device.is_cpu() && dense_fits_in_memory(&config),
     };
+    let kernels = options.kernel_path(dequantize)?;
+    let dtype = options.dtype(kernels, None);
     let weights = GgufWeights::new(path, content, file, dtype, &options.device, dequantize);
-    let decoder = Decoder::load(config, &weights, dtype, &options.device)?;
+    let decoder = Decoder::load(config, &weights, dtype, &options.device, kernels)?;
     Ok(LoadedModel {
         decoder,
         tokenizer,

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, mistral, qwen2, qwen3};
 use common::scenarios::{chunked_prefill, mixed_batch, prefill_then_decode, split_batch};
-use common::{assert_close, load_goldens, tiny_model, to_u32, TestResult};
-use lantern_models::Architecture;
+use common::{assert_close, load_goldens, tiny_model_on, to_u32, TestResult, KERNEL_PATHS};
+use lantern_models::{Architecture, KernelPath};
 use std::path::Path;
 
 const TOLERANCE: f32 = 1e-4;
@@ -82,7 +82,14 @@ impl Reference {
 }
 
 fn matches_candle(arch: Architecture) -> TestResult {
-    let (dir, model) = tiny_model(arch)?;
+    for kernels in KERNEL_PATHS {
+        matches_candle_on(arch, kernels)?;
+    }
+    Ok(())
+}
+
+fn matches_candle_on(arch: Architecture, kernels: KernelPath) -> TestResult {
+    let (dir, model) = tiny_model_on(arch, kernels)?;
     let decoder = &model.decoder;
     let mut reference = Reference::load(arch, dir.path())?;
     // The token sequences of the goldens are a convenient seeded source of prompts.
@@ -109,7 +116,12 @@ fn matches_candle(arch: Architecture) -> TestResult {
     let expected_long_last = reference.forward(&long, 0)?;
 
     for block_size in [1, 16] {
-        let what = |case: &str| format!("{} {case}, block size {block_size}", arch.name());
+        let what = |case: &str| {
+            format!(
+                "{} {case}, block size {block_size}, {kernels:?} kernels",
+                arch.name()
+            )
+        };
         let decoded = prefill_then_decode(decoder, &decode_tokens, DECODE_PROMPT, block_size)?;
         assert_close(
             &what("prefill + 16 decode steps"),

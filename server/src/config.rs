@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lantern_engine::{CacheSize, EngineConfig};
-use lantern_models::{Dequantize, ModelSource};
+use lantern_models::{Dequantize, KernelPath, ModelSource};
 use std::path::Path;
 
 /// Served when no model is named and `/opt/ml/model` holds none.
@@ -28,12 +28,17 @@ pub struct ServeArgs {
     /// Port to listen on; SAGEMAKER_BIND_TO_PORT (multi-container endpoints) wins over it.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Weights dtype. Unset: float32 on CPU (bfloat16 is slow there), bfloat16 on GPU.
+    /// Weights dtype. Unset: bfloat16 on GPU; on CPU bfloat16 for bfloat16 checkpoints served by
+    /// the CPU kernels (f32 arithmetic, half the bytes), else float32.
     #[arg(long, env = "DTYPE", value_enum)]
     pub dtype: Option<DtypeArg>,
     /// Expand GGUF weights to dense at load. auto: on CPU when they take under half the free memory.
     #[arg(long, env = "LANTERN_DEQUANTIZE", value_enum, default_value = "auto")]
     pub dequantize: DequantizeArg,
+    /// What runs the forward pass. auto: the CPU kernels on CPU with dense weights, else the
+    /// portable candle path; portable forces the reference path (debugging, comparison).
+    #[arg(long, env = "LANTERN_KERNELS", value_enum, default_value = "auto")]
+    pub kernels: KernelsArg,
     /// Longest prompt accepted, in tokens (TGI's legacy MAX_INPUT_LENGTH also works).
     #[arg(long, env = "MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<usize>,
@@ -90,6 +95,13 @@ pub enum DtypeArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelsArg {
+    Auto,
+    Cpu,
+    Portable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DequantizeArg {
     Auto,
     On,
@@ -127,6 +139,7 @@ pub struct ServerConfig {
     pub port: u16,
     pub dtype: Option<candle_core::DType>,
     pub dequantize: Dequantize,
+    pub kernels: KernelPath,
     pub max_input_tokens: usize,
     pub max_total_tokens: usize,
     pub max_concurrent_requests: usize,
@@ -233,6 +246,11 @@ impl ServeArgs {
                 DequantizeArg::Auto => Dequantize::Auto,
                 DequantizeArg::On => Dequantize::On,
                 DequantizeArg::Off => Dequantize::Off,
+            },
+            kernels: match self.kernels {
+                KernelsArg::Auto => KernelPath::Auto,
+                KernelsArg::Cpu => KernelPath::Cpu,
+                KernelsArg::Portable => KernelPath::Portable,
             },
             max_input_tokens,
             max_total_tokens: self.max_total_tokens,

@@ -56,6 +56,7 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         device: device()?,
         dtype: config.dtype,
         dequantize: config.dequantize,
+        kernels: config.kernels,
     };
     let model = match load(&config.model, &options) {
         Err(ModelError::Hub(reason)) if config.model == default_model_source() => {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use lantern_engine::{start, CacheSize, EngineConfig, Event, GenerateRequest};
-use lantern_models::{load, Dequantize, LoadOptions, ModelSource};
+use lantern_models::{load, Dequantize, KernelPath, LoadOptions, ModelSource};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ struct Args {
     /// GGUF weights expanded to f32 (the CPU default when they fit).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     dequantize: bool,
+    /// auto (CPU kernels when possible), cpu or portable.
+    #[arg(long, default_value = "auto")]
+    kernels: String,
 }
 
 struct Run {
@@ -53,6 +56,8 @@ async fn run() -> anyhow::Result<()> {
         } else {
             Dequantize::Off
         },
+        kernels: KernelPath::parse(&args.kernels)
+            .ok_or_else(|| anyhow::anyhow!("--kernels is auto, cpu or portable"))?,
         ..LoadOptions::cpu()
     };
     let model = load(&source, &options).with_context(|| format!("loading {}", args.model))?;

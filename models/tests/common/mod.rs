@@ -7,8 +7,8 @@
 use candle_core::{DType, Device, Tensor};
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{
-    load, Architecture, Decoder, KvCache, LoadOptions, LoadedModel, LogitsWanted, ModelSource,
-    SequenceStep,
+    load, Architecture, Decoder, KernelPath, KvCache, LoadOptions, LoadedModel, LogitsWanted,
+    ModelSource, SequenceStep,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -22,6 +22,17 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 
 /// Writes the tiny dummy model of `arch` into a fresh directory and loads it in f32 on CPU.
 pub fn tiny_model(arch: Architecture) -> TestResult<(tempfile::TempDir, LoadedModel)> {
+    tiny_model_on(arch, KernelPath::Auto)
+}
+
+/// Both executions of the decoder, for suites that must pass on each.
+pub const KERNEL_PATHS: [KernelPath; 2] = [KernelPath::Cpu, KernelPath::Portable];
+
+/// [`tiny_model`] run by the given kernels.
+pub fn tiny_model_on(
+    arch: Architecture,
+    kernels: KernelPath,
+) -> TestResult<(tempfile::TempDir, LoadedModel)> {
     let dir = tempfile::tempdir()?;
     let spec = DummySpec {
         architecture: arch,
@@ -31,6 +42,7 @@ pub fn tiny_model(arch: Architecture) -> TestResult<(tempfile::TempDir, LoadedMo
     write_dummy_model(spec, dir.path())?;
     let options = LoadOptions {
         dtype: Some(DType::F32),
+        kernels,
         ..LoadOptions::cpu()
     };
     let model = load(&ModelSource::Directory(dir.path().to_path_buf()), &options)?;
@@ -47,13 +59,7 @@ pub struct Paged {
 
 impl Paged {
     pub fn new(decoder: &Decoder, num_blocks: usize, block_size: usize) -> TestResult<Self> {
-        let cache = KvCache::new(
-            decoder.config(),
-            num_blocks,
-            block_size,
-            decoder.dtype(),
-            decoder.device(),
-        )?;
+        let cache = decoder.new_cache(num_blocks, block_size)?;
         let mut free: Vec<u32> = (0..num_blocks as u32).collect();
         free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
             block_size as u64,

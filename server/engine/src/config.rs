@@ -1,6 +1,6 @@
 //! Engine settings, and how the KV cache size follows from them.
 
-use lantern_models::{Decoder, KvCache};
+use lantern_models::Decoder;
 
 /// How much memory the KV cache takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,8 +57,7 @@ impl EngineConfig {
                 "block size, max_num_seqs and max_batch_prefill_tokens must be positive".into(),
             ));
         }
-        let per_block =
-            KvCache::bytes_per_block(decoder.config(), self.block_size, decoder.dtype());
+        let per_block = decoder.kv_cache_bytes_per_block(self.block_size);
         let from_memory = |bytes: usize| bytes / per_block;
         let mut blocks = match self.cache {
             CacheSize::Blocks(blocks) => blocks,

@@ -82,13 +82,7 @@ pub fn start(
         max_batch_prefill_tokens: config.max_batch_prefill_tokens,
         max_total_tokens: config.max_total_tokens,
     };
-    let cache = KvCache::new(
-        decoder.config(),
-        num_blocks,
-        config.block_size,
-        decoder.dtype(),
-        decoder.device(),
-    )?;
+    let cache = decoder.new_cache(num_blocks, config.block_size)?;
     warm_up(&decoder, &cache, &scheduler_config)?;
     let shared = Arc::new(Shared {
         healthy: AtomicBool::new(true),

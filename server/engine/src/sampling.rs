@@ -224,10 +224,10 @@ fn keep_typical(candidates: &mut Vec<(u32, f32)>, probs: &mut Vec<f32>, mass: f3
     *probs = kept.iter().map(|&i| probs[i]).collect();
 }
 
-/// Log-softmax of a row, for log-probabilities.
+/// Log-softmax of a row, for log-probabilities: `l - logsumexp(row)`, with the kernels'
+/// log-sum-exp (the greedy fast path computes a token's log-probability the same way).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let log_sum = lantern_kernels::cpu::CpuKernels::active().logsumexp(logits);
     logits.iter().map(|l| l - log_sum).collect()
 }
 

@@ -12,7 +12,9 @@ use crate::sampling::{log_softmax, top_n, Sampler};
 use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId};
 use crate::stop::{StopMatcher, StopOutcome};
 use candle_core::{DType, Tensor};
+use lantern_kernels::cpu::CpuKernels;
 use lantern_models::{Decoder, KvCache, LogitsWanted};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -207,23 +209,25 @@ impl Worker {
             })
         });
         if plain {
-            let tokens = logits.argmax(1)?.to_vec1::<u32>()?;
-            let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
-            let index = Tensor::new(tokens.as_slice(), logits.device())?.unsqueeze(1)?;
-            let chosen = log_probs
-                .gather(&index, 1)?
-                .squeeze(1)?
+            // One pass per row: the argmax, and its log-probability from the same
+            // log-sum-exp the full log-softmax below uses (so the bits agree).
+            let vocab = logits.dim(1)?;
+            let flat = logits
                 .to_dtype(DType::F32)?
+                .flatten_all()?
                 .to_vec1::<f32>()?;
-            return Ok(tokens
-                .into_iter()
-                .zip(chosen)
-                .map(|(token, logprob)| Choice {
+            let kernels = CpuKernels::active();
+            let choose = |row: &[f32]| {
+                let token = kernels.argmax(row);
+                Choice {
                     token,
-                    logprob,
+                    logprob: row[token as usize] - kernels.logsumexp(row),
                     top: Vec::new(),
-                })
-                .collect());
+                }
+            };
+            return Ok(lantern_kernels::cpu::install(|| {
+                flat.par_chunks(vocab.max(1)).map(choose).collect()
+            }));
         }
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Ok(ids

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{config, run, tiny_engine, Outcome, TestResult};
+use common::{config, run, tiny_engine_on, Outcome, TestResult};
 use lantern_engine::{EngineConfig, GenerateRequest, SamplingParams};
+use lantern_models::KernelPath;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -21,8 +22,12 @@ fn random_requests(count: usize, seed: u64) -> Vec<GenerateRequest> {
         .collect()
 }
 
-async fn alone(config: &EngineConfig, requests: &[GenerateRequest]) -> TestResult<Vec<Outcome>> {
-    let engine = tiny_engine(config)?;
+async fn alone(
+    config: &EngineConfig,
+    kernels: KernelPath,
+    requests: &[GenerateRequest],
+) -> TestResult<Vec<Outcome>> {
+    let engine = tiny_engine_on(config, kernels)?;
     let mut outcomes = Vec::new();
     for request in requests {
         outcomes.push(run(&engine.handle, request.clone()).await?);
@@ -30,17 +35,18 @@ async fn alone(config: &EngineConfig, requests: &[GenerateRequest]) -> TestResul
     Ok(outcomes)
 }
 
-/// Submits every request at a random moment (0-30 ms apart) and gathers the outcomes.
+/// Submits every request at a random moment (0 to `spread_ms` apart) and gathers the outcomes.
 async fn together(
     config: &EngineConfig,
+    kernels: KernelPath,
     requests: &[GenerateRequest],
-    seed: u64,
+    (seed, spread_ms): (u64, u64),
 ) -> TestResult<(Vec<Outcome>, u64)> {
-    let engine = tiny_engine(config)?;
+    let engine = tiny_engine_on(config, kernels)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tasks = Vec::new();
     for request in requests {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..30))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=spread_ms))).await;
         let handle = engine.handle.clone();
         let request = request.clone();
         tasks.push(tokio::spawn(async move { run(&handle, request).await }));
@@ -59,30 +65,48 @@ fn assert_same(alone: &[Outcome], together: &[Outcome], what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking() -> TestResult {
+async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking_cpu_kernels() -> TestResult
+{
+    greedy_invariance(KernelPath::Cpu).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking_portable() -> TestResult {
+    greedy_invariance(KernelPath::Portable).await
+}
+
+async fn greedy_invariance(kernels: KernelPath) -> TestResult {
     let requests = random_requests(32, 1);
     let roomy = config(1024, 512);
-    let reference = alone(&roomy, &requests).await?;
+    let reference = alone(&roomy, kernels, &requests).await?;
     assert!(reference.iter().all(|o| !o.tokens.is_empty()));
 
-    let (batched, _) = together(&roomy, &requests, 2).await?;
+    let (batched, _) = together(&roomy, kernels, &requests, (2, 30)).await?;
     assert_same(&reference, &batched, "batched");
 
-    // 40 blocks of 16 tokens: the largest request (364 tokens) fits alone, 32 do not.
-    let (tight, preemptions) = together(&config(40, 512), &requests, 3).await?;
+    // 40 blocks of 16 tokens: the largest request (364 tokens) fits alone, 32 do not. Sent in
+    // a burst, or a fast engine finishes requests before the cache fills.
+    let (tight, preemptions) = together(&config(40, 512), kernels, &requests, (3, 0)).await?;
     assert!(
         preemptions > 0,
         "the small cache should have forced preemptions"
     );
     assert_same(&reference, &tight, "preempted");
 
-    let (chunked, _) = together(&config(1024, 7), &requests, 4).await?;
+    let (chunked, _) = together(&config(1024, 7), kernels, &requests, (4, 30)).await?;
     assert_same(&reference, &chunked, "prefill chunks of 7");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() -> TestResult {
+    for kernels in [KernelPath::Cpu, KernelPath::Portable] {
+        seeded_sampling(kernels).await?;
+    }
+    Ok(())
+}
+
+async fn seeded_sampling(kernels: KernelPath) -> TestResult {
     let sampled = |request: GenerateRequest, seed: u64| GenerateRequest {
         sampling: SamplingParams {
             temperature: 0.9,
@@ -99,11 +123,11 @@ async fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() -> TestResult 
         .map(|(i, r)| sampled(r, 100 + i as u64))
         .collect();
     let roomy = config(1024, 512);
-    let reference = alone(&roomy, &requests[..1]).await?;
-    let (batched, _) = together(&roomy, &requests, 5).await?;
+    let reference = alone(&roomy, kernels, &requests[..1]).await?;
+    let (batched, _) = together(&roomy, kernels, &requests, (5, 30)).await?;
     assert_eq!(reference[0], batched[0]);
     // Sampling really happens: another seed gives other tokens.
-    let other = alone(&roomy, &[sampled(requests[0].clone(), 7)]).await?;
+    let other = alone(&roomy, kernels, &[sampled(requests[0].clone(), 7)]).await?;
     assert_ne!(reference[0].tokens, other[0].tokens);
     Ok(())
 }

@@ -6,7 +6,7 @@ use lantern_engine::{
     start, CacheSize, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest,
 };
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
-use lantern_models::{load, Architecture, LoadOptions, ModelSource, TokenizerBundle};
+use lantern_models::{load, Architecture, KernelPath, LoadOptions, ModelSource, TokenizerBundle};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -28,6 +28,11 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
 }
 
 pub fn tiny_engine(config: &EngineConfig) -> TestResult<TestEngine> {
+    tiny_engine_on(config, KernelPath::Auto)
+}
+
+/// [`tiny_engine`] with its forward pass run by the given kernels.
+pub fn tiny_engine_on(config: &EngineConfig, kernels: KernelPath) -> TestResult<TestEngine> {
     let dir = tempfile::tempdir()?;
     let spec = DummySpec {
         architecture: Architecture::Llama,
@@ -37,7 +42,10 @@ pub fn tiny_engine(config: &EngineConfig) -> TestResult<TestEngine> {
     write_dummy_model(spec, dir.path())?;
     let model = load(
         &ModelSource::Directory(dir.path().into()),
-        &LoadOptions::cpu(),
+        &LoadOptions {
+            kernels,
+            ..LoadOptions::cpu()
+        },
     )?;
     let handle = start(model.decoder, &model.tokenizer, config)?;
     Ok(TestEngine {

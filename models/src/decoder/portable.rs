@@ -1,14 +1,23 @@
-//! The one decoder: Llama, Mistral, Qwen2 and Qwen3 are this code with different toggles in
-//! [`DecoderConfig`]. One [`Decoder::forward`] call runs a flat batch of tokens from many
-//! sequences over a paged KV cache and returns logits only for the rows that asked for them.
+//! The portable execution of the decoder: candle tensor ops and the portable paged attention,
+//! on any device candle supports. It is the reference the CPU kernels are checked against.
 
-use crate::batch::{FlatBatch, KvCache, SequenceStep};
+use crate::batch::{FlatBatch, SequenceStep};
 use crate::config::DecoderConfig;
 use crate::error::Result;
 use crate::layers::{Linear, RmsNorm, Rotary};
 use crate::weights::{Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
-use lantern_kernels::{AttentionParams, PagedAttention, SequenceAttention};
+use lantern_kernels::{
+    AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention,
+};
+
+/// What one layer's attention needs from the step.
+struct Step<'a> {
+    config: &'a DecoderConfig,
+    batch: &'a FlatBatch,
+    sequences: &'a [SequenceAttention<'a>],
+    cache: &'a LayerKvCache,
+}
 
 #[derive(Debug)]
 struct Attention {
@@ -38,28 +47,24 @@ struct Layer {
 }
 
 #[derive(Debug)]
-pub struct Decoder {
-    config: DecoderConfig,
+pub(crate) struct PortableModel {
     embedding: Tensor,
     layers: Vec<Layer>,
     final_norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
     kernels: Box<dyn PagedAttention>,
-    dtype: DType,
-    device: Device,
 }
 
-impl Decoder {
-    /// Builds the decoder from `weights`, checking every tensor's shape against `config`.
+impl PortableModel {
+    /// Builds the model from `weights`, checking every tensor's shape against `config`.
     pub fn load(
-        config: DecoderConfig,
+        config: &DecoderConfig,
         weights: &dyn WeightSource,
-        dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         let naming = weights.naming();
-        let c = &config;
+        let c = config;
         let norm = |role: Role, layer: usize, size: usize| -> Result<RmsNorm> {
             Ok(RmsNorm {
                 weight: weights.dense(&naming.weight(role, layer), &[size])?,
@@ -125,34 +130,42 @@ impl Decoder {
             embedding,
             layers,
             lm_head,
-            dtype,
-            device: device.clone(),
-            config,
         })
     }
 
-    pub fn config(&self) -> &DecoderConfig {
-        &self.config
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// Runs every sequence's new tokens through the model, writing their keys and values into
-    /// `cache`. Returns f32 logits `(rows, vocab)`: for each sequence in order, the rows its
-    /// [`crate::LogitsWanted`] asks for.
-    pub fn forward(&self, steps: &[SequenceStep], cache: &KvCache) -> Result<Tensor> {
-        let batch = FlatBatch::new(steps, &self.config, cache, &self.device)?;
+    /// See [`crate::Decoder::forward`].
+    pub fn forward(
+        &self,
+        config: &DecoderConfig,
+        steps: &[SequenceStep],
+        shape: &KvCacheShape,
+        cache: &[LayerKvCache],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let batch = FlatBatch::new(steps, config, shape, device)?;
+        let sequences: Vec<SequenceAttention<'_>> = steps
+            .iter()
+            .scan(0, |offset, step| {
+                let seq = SequenceAttention {
+                    query_offset: *offset,
+                    query_len: step.tokens.len(),
+                    context_before: step.context_before,
+                    block_table: &step.block_table,
+                };
+                *offset += step.tokens.len();
+                Some(seq)
+            })
+            .collect();
         let mut hidden = self.embedding.index_select(&batch.token_ids, 0)?;
-        for (layer, layer_cache) in self.layers.iter().zip(&cache.layers) {
+        for (layer, layer_cache) in self.layers.iter().zip(cache) {
             let attention_in = layer.attention_norm.forward(&hidden)?;
-            let attention_out =
-                self.attention(&layer.attention, &attention_in, &batch, layer_cache)?;
+            let step = Step {
+                config,
+                batch: &batch,
+                sequences: &sequences,
+                cache: layer_cache,
+            };
+            let attention_out = self.attention(&layer.attention, &attention_in, &step)?;
             hidden = (hidden + attention_out)?;
             let mlp_in = layer.mlp_norm.forward(&hidden)?;
             let mlp = &layer.mlp;
@@ -160,23 +173,17 @@ impl Decoder {
                 (candle_nn::ops::silu(&mlp.gate.forward(&mlp_in)?)? * mlp.up.forward(&mlp_in)?)?;
             hidden = (hidden + mlp.down.forward(&activated)?)?;
         }
-        let vocab = self.config.vocab_size;
+        let vocab = config.vocab_size;
         if batch.logit_rows.is_empty() {
-            return Ok(Tensor::zeros((0, vocab), DType::F32, &self.device)?);
+            return Ok(Tensor::zeros((0, vocab), DType::F32, device)?);
         }
-        let rows = Tensor::new(batch.logit_rows.as_slice(), &self.device)?;
+        let rows = Tensor::new(batch.logit_rows.as_slice(), device)?;
         let last = self.final_norm.forward(&hidden.index_select(&rows, 0)?)?;
         Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
     }
 
-    fn attention(
-        &self,
-        attention: &Attention,
-        x: &Tensor,
-        batch: &FlatBatch,
-        cache: &lantern_kernels::LayerKvCache,
-    ) -> Result<Tensor> {
-        let c = &self.config;
+    fn attention(&self, attention: &Attention, x: &Tensor, step: &Step<'_>) -> Result<Tensor> {
+        let c = step.config;
         let n = x.dim(0)?;
         let heads = |t: Tensor, count: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
             let t = t.reshape((n, count, c.head_dim))?;
@@ -184,7 +191,7 @@ impl Decoder {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            Ok(self.rotary.apply(&t, &batch.positions)?)
+            Ok(self.rotary.apply(&t, &step.batch.positions)?)
         };
         let query = heads(
             attention.query.forward(x)?,
@@ -200,23 +207,18 @@ impl Decoder {
             .value
             .forward(x)?
             .reshape((n, c.num_kv_heads, c.head_dim))?;
-        self.kernels
-            .write_kv(cache, &key, &value, &batch.slot_mapping)?;
-        let sequences: Vec<SequenceAttention<'_>> = batch
-            .sequences
-            .iter()
-            .map(|(offset, len, before, slots)| SequenceAttention {
-                query_offset: *offset,
-                query_len: *len,
-                context_before: *before,
-                slots,
-            })
-            .collect();
         let params = AttentionParams {
             scale: 1.0 / (c.head_dim as f64).sqrt(),
             sliding_window: attention.sliding_window,
         };
-        let out = self.kernels.attention(&query, cache, &sequences, params)?;
+        let out = self.kernels.write_and_attend(
+            &query,
+            &key,
+            &value,
+            step.cache,
+            step.sequences,
+            params,
+        )?;
         Ok(attention
             .output
             .forward(&out.reshape((n, c.num_heads * c.head_dim))?)?)

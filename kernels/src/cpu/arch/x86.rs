@@ -1,0 +1,143 @@
+//! AVX2+FMA and AVX-512 instances of the generic kernels.
+#![allow(unsafe_code)]
+
+/// One ISA's module: `#[target_feature]` instances of every generic kernel, each behind a safe
+/// wrapper that only [`table`] hands out, after checking the CPU.
+macro_rules! isa_kernels {
+    ($module:ident, $isa:expr, $features:literal) => {
+        pub mod $module {
+            use crate::cpu::arch::{attention_tables, tile_table, Kernels};
+            use crate::cpu::generic::{self as g, Bf16, Weight};
+            use crate::cpu::isa::Isa;
+
+            #[target_feature(enable = $features)]
+            fn tile_in<W: Weight, const MR: usize, const P: usize>(
+                x: &[f32],
+                k: usize,
+                panels: &[W],
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                g::tile::<W, MR, P>(x, k, panels, out, stride)
+            }
+
+            fn tile<W: Weight, const MR: usize, const P: usize>(
+                x: &[f32],
+                k: usize,
+                panels: &[W],
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                // SAFETY: only `table()` hands this out, after checking the CPU has the features.
+                unsafe { tile_in::<W, MR, P>(x, k, panels, out, stride) }
+            }
+
+            #[target_feature(enable = $features)]
+            fn silu_mul_in(gate: &mut [f32], up: &[f32]) {
+                g::silu_mul(gate, up)
+            }
+
+            #[target_feature(enable = $features)]
+            fn scores_in<const G: usize, const KEYS: usize>(
+                q: &[f32],
+                d: usize,
+                k: &[f32],
+                scale: f32,
+                out: &mut [f32],
+                s: usize,
+            ) {
+                g::scores::<G, KEYS>(q, d, k, scale, out, s)
+            }
+
+            fn scores<const G: usize, const KEYS: usize>(
+                q: &[f32],
+                d: usize,
+                k: &[f32],
+                scale: f32,
+                out: &mut [f32],
+                s: usize,
+            ) {
+                // SAFETY: only `table()` hands this out, after checking the CPU has the features.
+                unsafe { scores_in::<G, KEYS>(q, d, k, scale, out, s) }
+            }
+
+            #[target_feature(enable = $features)]
+            fn exp_and_sum_in(scores: &mut [f32], max: f32) -> f32 {
+                g::exp_and_sum(scores, max)
+            }
+
+            #[target_feature(enable = $features)]
+            fn accumulate_in<const G: usize>(
+                p: &[f32],
+                s: usize,
+                d: usize,
+                v: &[f32],
+                out: &mut [f32],
+            ) {
+                g::accumulate::<G>(p, s, d, v, out)
+            }
+
+            fn accumulate<const G: usize>(
+                p: &[f32],
+                s: usize,
+                d: usize,
+                v: &[f32],
+                out: &mut [f32],
+            ) {
+                // SAFETY: only `table()` hands this out, after checking the CPU has the features.
+                unsafe { accumulate_in::<G>(p, s, d, v, out) }
+            }
+
+            #[target_feature(enable = $features)]
+            fn sum_squares_in(x: &[f32]) -> f32 {
+                g::sum_squares(x)
+            }
+
+            #[target_feature(enable = $features)]
+            fn sum_exp_in(x: &[f32], max: f32) -> f32 {
+                g::sum_exp(x, max)
+            }
+
+            #[target_feature(enable = $features)]
+            fn scale_by_weight_in(x: &[f32], inv: f32, w: &[f32], out: &mut [f32]) {
+                g::scale_by_weight(x, inv, w, out)
+            }
+
+            /// This ISA's kernels, or `None` on a CPU without it.
+            pub fn table() -> Option<Kernels> {
+                if !$isa.is_supported() {
+                    return None;
+                }
+                let (scores, accumulate) = attention_tables!(scores, accumulate);
+                // SAFETY (every closure below): the check above passed, so the CPU executes
+                // the `#[target_feature]` functions they call.
+                Some(Kernels {
+                    isa: $isa,
+                    tile_f32: tile_table!(tile, f32),
+                    tile_bf16: tile_table!(tile, Bf16),
+                    silu_mul: |gate, up| unsafe { silu_mul_in(gate, up) },
+                    scores,
+                    exp_and_sum: |s, max| unsafe { exp_and_sum_in(s, max) },
+                    accumulate,
+                    sum_squares: |x| unsafe { sum_squares_in(x) },
+                    sum_exp: |x, max| unsafe { sum_exp_in(x, max) },
+                    scale_by_weight: |x, inv, w, out| unsafe { scale_by_weight_in(x, inv, w, out) },
+                })
+            }
+        }
+    };
+}
+
+isa_kernels!(avx2, Isa::Avx2, "avx2,fma");
+isa_kernels!(avx512, Isa::Avx512, "avx512f,avx2,fma");
+
+/// Asks the CPU to start loading `data` into the caches (every 64-byte line); no effect on
+/// results. Attention reads K/V runs of a few KB scattered over the block pool: the hardware
+/// prefetchers stop at page boundaries, so the kernel asks for the next runs ahead of time.
+pub fn prefetch(data: &[f32]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for line in data.chunks(16) {
+        // SAFETY: prefetching never faults or writes; the pointer comes from a live slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>()) };
+    }
+}

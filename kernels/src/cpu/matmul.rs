@@ -1,0 +1,585 @@
+//! The packed, batch-invariant dense product `y = x W^T (+ bias)`, with fused epilogues.
+//!
+//! Weights are packed once at load into panels of [`PANEL`] output columns, `[N/16][K][16]`
+//! (the tail panel zero-padded), so a thread streams contiguous memory. A call splits the
+//! panels between threads; each thread runs the microkernel over its panels for every row tile,
+//! writing raw FMA chains into a panel-major scratch (`[panel][row][16]`), applies bias and
+//! activation in place, and a last pass writes the row-major output (stored, or added to a
+//! residual). See the crate's numerics contract: every row's bits are independent of the row
+//! count, the tile shapes, the thread count and the ISA.
+
+use super::arch::{Kernels, TileTable, MAX_ROWS, PANEL_GROUPS};
+use super::generic::{Bf16, Weight, PANEL};
+use rayon::prelude::*;
+
+/// How the weights of a packed matrix are stored. Arithmetic is f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    F32,
+    /// Half the bytes; bitwise the same results as f32 weights holding the same bf16 values.
+    Bf16,
+}
+
+#[derive(Debug, Clone)]
+enum PanelData {
+    F32(Vec<f32>),
+    Bf16(Vec<Bf16>),
+}
+
+/// What the epilogue does with each output row's chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    None,
+    /// Panels alternate gate, up, gate, up...; output `silu(gate) * up`, half the columns.
+    SwiGlu,
+}
+
+/// A weight matrix `(n, k)` packed for [`super::CpuKernels::matmul`].
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    n: usize,
+    k: usize,
+    data: PanelData,
+    bias: Option<Vec<f32>>,
+    activation: Activation,
+}
+
+/// What the product does with its output buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `out = x W^T + b`.
+    Store,
+    /// `out += x W^T + b` (a residual connection folded into the product).
+    Accumulate,
+}
+
+fn pack_panels<W: Weight>(n: usize, k: usize, value: impl Fn(usize, usize) -> W) -> Vec<W> {
+    let panels = n.div_ceil(PANEL);
+    let mut data = vec![W::ZERO; panels * k * PANEL];
+    for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+        for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (c, slot) in row.iter_mut().enumerate() {
+                let col = p * PANEL + c;
+                if col < n {
+                    *slot = value(col, kk);
+                }
+            }
+        }
+    }
+    data
+}
+
+impl PackedMatrix {
+    /// Packs the row-major `(n, k)` matrix `rows` (`rows[i * k + j]` = `W[i][j]`).
+    /// With [`WeightFormat::Bf16`] each value is rounded to bf16 (exact for bf16 checkpoints).
+    pub fn pack(rows: &[f32], n: usize, k: usize, format: WeightFormat) -> Self {
+        assert_eq!(rows.len(), n * k, "a ({n}, {k}) matrix needs n * k values");
+        let data = match format {
+            WeightFormat::F32 => PanelData::F32(pack_panels(n, k, |i, j| rows[i * k + j])),
+            WeightFormat::Bf16 => {
+                PanelData::Bf16(pack_panels(n, k, |i, j| Bf16::from_f32(rows[i * k + j])))
+            }
+        };
+        Self {
+            n,
+            k,
+            data,
+            bias: None,
+            activation: Activation::None,
+        }
+    }
+
+    /// Adds a bias of `n` values, applied after each chain.
+    pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
+        assert_eq!(bias.len(), self.n, "bias length");
+        self.bias = Some(bias);
+        self
+    }
+
+    /// Gate and up projections (each `(n, k)`) as one product whose output is
+    /// `silu(x gate^T) * (x up^T)`: `n` columns from one pass over both weights.
+    pub fn gate_up(gate: PackedMatrix, up: PackedMatrix) -> Self {
+        assert_eq!((gate.n, gate.k), (up.n, up.k), "gate and up shapes");
+        assert!(gate.bias.is_none() && up.bias.is_none(), "gate/up bias");
+        fn interleave<W: Weight>(gate: &[W], up: &[W], panel_len: usize) -> Vec<W> {
+            let mut data = Vec::with_capacity(gate.len() * 2);
+            for (g, u) in gate.chunks_exact(panel_len).zip(up.chunks_exact(panel_len)) {
+                data.extend_from_slice(g);
+                data.extend_from_slice(u);
+            }
+            data
+        }
+        let panel_len = gate.k * PANEL;
+        let data = match (&gate.data, &up.data) {
+            (PanelData::F32(g), PanelData::F32(u)) => PanelData::F32(interleave(g, u, panel_len)),
+            (PanelData::Bf16(g), PanelData::Bf16(u)) => {
+                PanelData::Bf16(interleave(g, u, panel_len))
+            }
+            _ => panic!("gate and up must have the same weight format"),
+        };
+        Self {
+            n: gate.n,
+            k: gate.k,
+            data,
+            bias: None,
+            activation: Activation::SwiGlu,
+        }
+    }
+
+    /// Output columns of a product.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        match self.data {
+            PanelData::F32(_) => WeightFormat::F32,
+            PanelData::Bf16(_) => WeightFormat::Bf16,
+        }
+    }
+
+    /// Bytes of packed weights.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.data {
+            PanelData::F32(d) => d.len() * 4,
+            PanelData::Bf16(d) => d.len() * 2,
+        }
+    }
+
+    /// Number of stored panels (twice the output panels for gate/up).
+    fn panels(&self) -> usize {
+        let per = self.n.div_ceil(PANEL);
+        match self.activation {
+            Activation::None => per,
+            Activation::SwiGlu => 2 * per,
+        }
+    }
+
+    /// Row `i` of `W` widened to f32: an embedding lookup in a head tied to the embeddings.
+    pub fn row(&self, i: usize, out: &mut [f32]) {
+        assert!(self.activation == Activation::None && i < self.n && out.len() == self.k);
+        let (p, c) = (i / PANEL, i % PANEL);
+        let base = p * self.k * PANEL + c;
+        match &self.data {
+            PanelData::F32(d) => {
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = d[base + kk * PANEL];
+                }
+            }
+            PanelData::Bf16(d) => {
+                for (kk, o) in out.iter_mut().enumerate() {
+                    *o = d[base + kk * PANEL].to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// Row tile and panel group the microkernel uses for `rows` rows on these kernels.
+/// Performance only: every choice computes the same chains.
+fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
+    use super::isa::Isa;
+    if rows == 1 {
+        return (1, 2); // 1 x 4 panels: enough independent chains to stream the weights
+    }
+    match kernels.isa {
+        Isa::Avx512 => (8, 1), // 8 x 2 panels: 16 zmm accumulators
+        Isa::Avx2 => (6, 0),   // 6 x 1 panel: 12 ymm accumulators
+        Isa::Scalar => (4, 0),
+    }
+}
+
+/// Rows per block: a block of `x` stays in L2 while the thread's panels stream past it.
+const ROW_BLOCK: usize = 64;
+/// Below this many multiply-adds a product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 16;
+
+fn run_panels<W: Weight>(
+    table: &TileTable<W>,
+    shape: (usize, usize),
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    panels: &[W],
+    scratch: &mut [f32],
+) {
+    let stride = rows * PANEL;
+    let count = scratch.len() / stride;
+    let (max_rows, max_group) = shape;
+    for r_block in (0..rows).step_by(ROW_BLOCK) {
+        let block_end = (r_block + ROW_BLOCK).min(rows);
+        let mut p = 0;
+        while p < count {
+            let group = (0..=max_group)
+                .rev()
+                .find(|&g| PANEL_GROUPS[g] <= count - p)
+                .unwrap_or(0);
+            let width = PANEL_GROUPS[group];
+            let w = &panels[p * k * PANEL..(p + width) * k * PANEL];
+            let mut r = r_block;
+            while r < block_end {
+                let mr = max_rows.min(block_end - r).min(MAX_ROWS);
+                let out = &mut scratch[p * stride + r * PANEL..];
+                table[mr - 1][group](&x[r * k..(r + mr) * k], k, w, out, stride);
+                r += mr;
+            }
+            p += width;
+        }
+    }
+}
+
+impl super::CpuKernels {
+    /// `out (rows x w.out_features()) = x (rows x k) W^T + bias`, or `+=` with
+    /// [`Output::Accumulate`]; gate/up matrices apply SwiGLU. `scratch` is reused between calls
+    /// (grown when too small, never shrunk).
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        rows: usize,
+        w: &PackedMatrix,
+        out: &mut [f32],
+        output: Output,
+        scratch: &mut Vec<f32>,
+    ) {
+        let (k, n) = (w.k, w.n);
+        assert_eq!(x.len(), rows * k, "x must be rows x k");
+        assert_eq!(out.len(), rows * n, "out must be rows x n");
+        if rows == 0 {
+            return;
+        }
+        let panels = w.panels();
+        let stride = rows * PANEL;
+        let needed = panels * stride;
+        if scratch.len() < needed {
+            scratch.resize(needed, 0.0);
+        }
+        let scratch = &mut scratch[..needed];
+        let threads = rayon::current_num_threads();
+        let chunks = if rows * panels * PANEL * k < PARALLEL_MIN_MACS {
+            1
+        } else {
+            threads
+        };
+        // Even panel counts per chunk keep gate/up pairs together.
+        let per_chunk = panels
+            .div_ceil(chunks)
+            .next_multiple_of(2)
+            .min(panels.max(1));
+        let per_chunk = if w.activation == Activation::SwiGlu {
+            per_chunk.next_multiple_of(2)
+        } else {
+            per_chunk
+        };
+        let kernels = self.kernels;
+        let shape = tile_shape(kernels, rows);
+        let work = |(chunk_index, chunk): (usize, &mut [f32])| {
+            let first = chunk_index * per_chunk;
+            let count = chunk.len() / stride;
+            let range = first * k * PANEL..(first + count) * k * PANEL;
+            match &w.data {
+                PanelData::F32(d) => {
+                    run_panels(&kernels.tile_f32, shape, x, rows, k, &d[range], chunk)
+                }
+                PanelData::Bf16(d) => {
+                    run_panels(&kernels.tile_bf16, shape, x, rows, k, &d[range], chunk)
+                }
+            }
+            epilogue_in_place(kernels, w, first, chunk, stride);
+        };
+        if chunks == 1 || per_chunk >= panels {
+            work((0, scratch));
+        } else {
+            scratch
+                .par_chunks_mut(per_chunk * stride)
+                .enumerate()
+                .for_each(work);
+        }
+        write_rows(w, scratch, rows, out, output);
+    }
+}
+
+impl super::CpuKernels {
+    /// Multiply-adds per second of this ISA's largest microkernel on data that stays in L1,
+    /// on the calling thread: the compute roof the benchmarks compare against.
+    pub fn microkernel_peak_flops(&self, seconds: f64) -> f64 {
+        let (rows, group) = tile_shape(self.kernels, MAX_ROWS);
+        let (k, panels) = (128, PANEL_GROUPS[group]);
+        let x = vec![0.5f32; rows * k];
+        let w = vec![0.25f32; panels * k * PANEL];
+        let mut out = vec![0f32; panels * rows * PANEL];
+        let tile = self.kernels.tile_f32[rows - 1][group];
+        let started = std::time::Instant::now();
+        let mut calls = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            for _ in 0..1000 {
+                tile(&x, k, &w, &mut out, rows * PANEL);
+            }
+            calls += 1000;
+            std::hint::black_box(&mut out);
+        }
+        let flops = 2.0 * (calls as f64) * (rows * k * panels * PANEL) as f64;
+        flops / started.elapsed().as_secs_f64()
+    }
+}
+
+/// Bias and activation on a thread's panels, still in panel-major order.
+fn epilogue_in_place(
+    kernels: &Kernels,
+    w: &PackedMatrix,
+    first_panel: usize,
+    chunk: &mut [f32],
+    stride: usize,
+) {
+    if let Some(bias) = &w.bias {
+        for (p, panel) in chunk.chunks_exact_mut(stride).enumerate() {
+            let col0 = (first_panel + p) * PANEL;
+            let width = PANEL.min(w.n - col0);
+            for row in panel.chunks_exact_mut(PANEL) {
+                for (v, b) in row[..width].iter_mut().zip(&bias[col0..col0 + width]) {
+                    *v += b;
+                }
+            }
+        }
+    }
+    if w.activation == Activation::SwiGlu {
+        for pair in chunk.chunks_exact_mut(2 * stride) {
+            let (gate, up) = pair.split_at_mut(stride);
+            (kernels.silu_mul)(gate, up);
+        }
+    }
+}
+
+/// Panel-major scratch to row-major `out`.
+fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], output: Output) {
+    let stride = rows * PANEL;
+    let n = w.n;
+    // Output panel j lives at stored panel j (plain) or 2j (gate/up: the gate's slot).
+    let step = match w.activation {
+        Activation::None => 1,
+        Activation::SwiGlu => 2,
+    };
+    let write_row = |(r, dst): (usize, &mut [f32])| {
+        for (j, cols) in dst.chunks_mut(PANEL).enumerate() {
+            let src = &scratch[j * step * stride + r * PANEL..][..cols.len()];
+            match output {
+                Output::Store => cols.copy_from_slice(src),
+                Output::Accumulate => {
+                    for (d, s) in cols.iter_mut().zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    };
+    if rows * n >= 1 << 16 && rows > 1 {
+        out.par_chunks_mut(n).enumerate().for_each(write_row);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(write_row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::generic::exp;
+    use crate::cpu::{CpuKernels, Isa};
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// The contract written as the plainest loop: one FMA chain per element from +0.0.
+    fn reference(x: &[f32], rows: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let mut acc = 0f32;
+                for kk in 0..k {
+                    acc = x[r * k + kk].mul_add(w[c * k + kk], acc);
+                }
+                y[r * n + c] = acc;
+            }
+        }
+        y
+    }
+
+    fn run(kernels: CpuKernels, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+        let mut out = vec![f32::NAN; rows * w.out_features()];
+        kernels.matmul(x, rows, w, &mut out, Output::Store, &mut Vec::new());
+        out
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+            Ok(pool) => pool,
+            Err(e) => panic!("thread pool: {e}"),
+        }
+    }
+
+    fn every_isa() -> Vec<CpuKernels> {
+        for isa in Isa::ALL {
+            if !isa.is_supported() {
+                eprintln!(
+                    "SKIPPED: {} kernels (this CPU lacks {})",
+                    isa.name(),
+                    isa.name()
+                );
+            }
+        }
+        Isa::supported()
+            .into_iter()
+            .filter_map(CpuKernels::for_isa)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// Every ISA, every tile path, equals the plain FMA chain bit for bit over odd shapes.
+        #[test]
+        fn every_isa_equals_the_reference_chain(
+            k in prop::sample::select(vec![1usize, 3, 17, 576, 1537]),
+            n in prop::sample::select(vec![1usize, 5, 33, 191, 960]),
+            rows in 1usize..=70,
+            seed in 0u64..1000,
+        ) {
+            let x = random(rows * k, seed);
+            let w = random(n * k, seed + 1);
+            let expected = reference(&x, rows, &w, n, k);
+            let packed = PackedMatrix::pack(&w, n, k, WeightFormat::F32);
+            for kernels in every_isa() {
+                let got = pool(2).install(|| run(kernels, &x, rows, &packed));
+                prop_assert!(
+                    got.iter().map(|v| v.to_bits()).eq(expected.iter().map(|v| v.to_bits())),
+                    "{:?} k {k} n {n} rows {rows}", kernels.isa()
+                );
+            }
+        }
+
+        /// Each row of an M-row call equals that row computed alone, at 1, 2 and 3 threads.
+        #[test]
+        fn rows_do_not_depend_on_batch_mates_or_threads(
+            k in prop::sample::select(vec![17usize, 576, 1537]),
+            n in prop::sample::select(vec![33usize, 191, 960]),
+            rows in 2usize..=70,
+            seed in 0u64..1000,
+        ) {
+            let x = random(rows * k, seed);
+            let packed = PackedMatrix::pack(&random(n * k, seed + 1), n, k, WeightFormat::F32);
+            let kernels = CpuKernels::active();
+            let alone: Vec<f32> = (0..rows)
+                .flat_map(|r| pool(1).install(|| run(kernels, &x[r * k..(r + 1) * k], 1, &packed)))
+                .collect();
+            for threads in 1..=3 {
+                let batched = pool(threads).install(|| run(kernels, &x, rows, &packed));
+                prop_assert!(
+                    batched.iter().map(|v| v.to_bits()).eq(alone.iter().map(|v| v.to_bits())),
+                    "threads {threads} k {k} n {n} rows {rows}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_weights_equal_f32_weights_holding_the_same_values() {
+        let (rows, n, k) = (9, 70, 96);
+        let x = random(rows * k, 3);
+        let w: Vec<f32> = random(n * k, 4)
+            .into_iter()
+            .map(|v| Bf16::from_f32(v).to_f32())
+            .collect();
+        let as_f32 = PackedMatrix::pack(&w, n, k, WeightFormat::F32);
+        let as_bf16 = PackedMatrix::pack(&w, n, k, WeightFormat::Bf16);
+        assert_eq!(as_bf16.weight_bytes() * 2, as_f32.weight_bytes());
+        for kernels in every_isa() {
+            assert_eq!(
+                run(kernels, &x, rows, &as_f32),
+                run(kernels, &x, rows, &as_bf16)
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(Bf16::from_f32(1.0).0, 0x3f80);
+        // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+        assert_eq!(Bf16::from_f32(1.0 + 1.0 / 256.0).0, 0x3f80);
+        assert_eq!(Bf16::from_f32(1.0 + 3.0 / 256.0).0, 0x3f82);
+        assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
+    }
+
+    /// Bias after the chain, then the residual: `out = residual + (chain + bias)`; gate/up
+    /// apply `silu(gate) * up` to the two chains (with the gate's bias-free chains).
+    #[test]
+    fn epilogues_apply_after_the_chain() {
+        let (rows, n, k) = (5, 37, 40);
+        let x = random(rows * k, 5);
+        let w = random(n * k, 6);
+        let bias = random(n, 7);
+        let residual = random(rows * n, 8);
+        let chains = reference(&x, rows, &w, n, k);
+        let packed = PackedMatrix::pack(&w, n, k, WeightFormat::F32).with_bias(bias.clone());
+        let up_w = random(n * k, 9);
+        let up_chains = reference(&x, rows, &up_w, n, k);
+        let gate_up = PackedMatrix::gate_up(
+            PackedMatrix::pack(&w, n, k, WeightFormat::F32),
+            PackedMatrix::pack(&up_w, n, k, WeightFormat::F32),
+        );
+        for kernels in every_isa() {
+            let mut out = residual.clone();
+            kernels.matmul(
+                &x,
+                rows,
+                &packed,
+                &mut out,
+                Output::Accumulate,
+                &mut Vec::new(),
+            );
+            for i in 0..rows * n {
+                assert_eq!(out[i], residual[i] + (chains[i] + bias[i % n]));
+            }
+            let swiglu = run(kernels, &x, rows, &gate_up);
+            for i in 0..rows * n {
+                let g = chains[i];
+                assert_eq!(
+                    swiglu[i],
+                    g / (1.0 + exp(-g)) * up_chains[i],
+                    "{:?}",
+                    kernels.isa()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_of_the_packed_matrix_read_back() {
+        let (n, k) = (21, 13);
+        let w = random(n * k, 10);
+        let packed = PackedMatrix::pack(&w, n, k, WeightFormat::F32);
+        let mut row = vec![0f32; k];
+        for i in 0..n {
+            packed.row(i, &mut row);
+            assert_eq!(row, w[i * k..(i + 1) * k]);
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let want = f64::from(x).exp();
+            let rel = ((f64::from(exp(x)) - want) / want).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+    }
+}

@@ -1,0 +1,489 @@
+//! The decoder executed by the CPU kernels of `lantern_kernels::cpu`: the same layers and
+//! toggles as the portable path, with weights packed once at load and every step running on
+//! reused buffers inside the kernels' thread pool.
+//!
+//! Per layer: RMS norm; Q, K and V as one product (with its bias); one pass per row doing the
+//! optional q/k norm, rotary from a shared cos/sin table and the K/V cache write; fused paged
+//! attention; o_proj adding into the residual; RMS norm; gate and up as one product with SiLU·mul
+//! in its epilogue; down_proj adding into the residual. The final norm and the head run only for
+//! the rows whose logits are wanted.
+
+use crate::batch::{logit_rows, KvCache, SequenceStep};
+use crate::config::{DecoderConfig, RotaryStyle};
+use crate::error::{ModelError, Result};
+use crate::layers::{inverse_frequencies, Linear};
+use crate::weights::{Role, WeightSource};
+use candle_core::{DType, Device, Tensor};
+use lantern_kernels::cpu::{
+    self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, Output, PackedMatrix,
+    RotaryPairing, RotaryTable, SequenceRows, WeightFormat,
+};
+use std::sync::Mutex;
+
+#[derive(Debug)]
+struct CpuLayer {
+    attention_norm: Vec<f32>,
+    qkv: PackedMatrix,
+    query_norm: Option<Vec<f32>>,
+    key_norm: Option<Vec<f32>>,
+    output: PackedMatrix,
+    mlp_norm: Vec<f32>,
+    gate_up: PackedMatrix,
+    down: PackedMatrix,
+    sliding_window: Option<usize>,
+}
+
+/// Where token embeddings are read from.
+#[derive(Debug)]
+enum Embedding {
+    /// Row-major `(vocab, hidden)`.
+    Table(Vec<f32>),
+    /// The rows of the packed head (tied embeddings): no second copy of the matrix.
+    TiedToHead,
+}
+
+/// The phases of a step, for [`crate::Decoder::record_phases`].
+pub const PHASES: [&str; 9] = [
+    "embed",
+    "norms",
+    "qkv",
+    "rotary+cache",
+    "attention",
+    "o_proj",
+    "gate_up",
+    "down",
+    "head",
+];
+
+/// Time spent per phase while recording is on.
+#[derive(Debug, Default, Clone)]
+pub struct PhaseTimes {
+    pub totals: [std::time::Duration; PHASES.len()],
+    pub steps: u64,
+}
+
+/// Marks phase boundaries when recording; a no-op otherwise.
+struct Stopwatch<'a> {
+    times: Option<&'a mut PhaseTimes>,
+    last: std::time::Instant,
+}
+
+impl Stopwatch<'_> {
+    fn lap(&mut self, phase: usize) {
+        if let Some(times) = self.times.as_deref_mut() {
+            let now = std::time::Instant::now();
+            times.totals[phase] += now - self.last;
+            self.last = now;
+        }
+    }
+}
+
+/// What every layer of one step reads.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    config: &'a DecoderConfig,
+    steps: &'a [SequenceStep],
+    rotary: &'a RotaryTable,
+}
+
+/// Buffers a step reuses; they grow to the largest batch seen and stay.
+#[derive(Debug, Default)]
+struct Workspace {
+    phases: Option<PhaseTimes>,
+    hidden: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    query: Vec<f32>,
+    attention: Vec<f32>,
+    activated: Vec<f32>,
+    scratch: Vec<f32>,
+    attention_scratch: AttentionScratch,
+    positions: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CpuModel {
+    kernels: CpuKernels,
+    embedding: Embedding,
+    layers: Vec<CpuLayer>,
+    final_norm: Vec<f32>,
+    lm_head: PackedMatrix,
+    rotary: Mutex<RotaryTable>,
+    workspace: Mutex<Workspace>,
+}
+
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The weight format of packed matrices for a model loaded in `dtype`: bf16 stays bf16 (exact,
+/// half the bytes); anything else is widened to f32.
+pub(crate) fn weight_format(dtype: DType) -> WeightFormat {
+    match dtype {
+        DType::BF16 => WeightFormat::Bf16,
+        _ => WeightFormat::F32,
+    }
+}
+
+impl CpuModel {
+    pub fn load(config: &DecoderConfig, weights: &dyn WeightSource, dtype: DType) -> Result<Self> {
+        let naming = weights.naming();
+        let c = config;
+        let format = weight_format(dtype);
+        let vector = |role: Role, layer: usize, size: usize| -> Result<Vec<f32>> {
+            to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)
+        };
+        // A dense (out, in) weight and its bias, as row-major f32.
+        let dense = |role: Role, layer: usize, out_in: (usize, usize), bias: bool| {
+            let name = naming.weight(role, layer);
+            match weights.linear(&name, out_in, bias)? {
+                Linear::Dense { weight, bias } => Ok((
+                    to_f32_vec(&weight)?,
+                    bias.as_ref().map(to_f32_vec).transpose()?,
+                )),
+                Linear::Quantized { .. } => Err(ModelError::Kernels(format!(
+                    "{name} is quantized: the CPU kernels need dense weights (dequantize the GGUF file or use --kernels portable)"
+                ))),
+            }
+        };
+        let pack = |(w, bias): (Vec<f32>, Option<Vec<f32>>), n: usize, k: usize| {
+            let packed = PackedMatrix::pack(&w, n, k, format);
+            match bias {
+                Some(b) => packed.with_bias(b),
+                None => packed,
+            }
+        };
+        let (hidden, q_size, kv_size) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let qkv_bias = c.attention_bias.qkv;
+            let (q, qb) = dense(Role::Query, l, (q_size, hidden), qkv_bias)?;
+            let (k, kb) = dense(Role::Key, l, (kv_size, hidden), qkv_bias)?;
+            let (v, vb) = dense(Role::Value, l, (kv_size, hidden), qkv_bias)?;
+            let qkv_bias = match (qb, kb, vb) {
+                (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
+                _ => None,
+            };
+            let qkv = pack(([q, k, v].concat(), qkv_bias), q_size + 2 * kv_size, hidden);
+            let output = dense(
+                Role::AttentionOutput,
+                l,
+                (hidden, q_size),
+                c.attention_bias.output,
+            )?;
+            let gate = dense(Role::Gate, l, (c.intermediate_size, hidden), false)?;
+            let up = dense(Role::Up, l, (c.intermediate_size, hidden), false)?;
+            let down = dense(Role::Down, l, (hidden, c.intermediate_size), false)?;
+            layers.push(CpuLayer {
+                attention_norm: vector(Role::AttentionNorm, l, hidden)?,
+                qkv,
+                query_norm: c
+                    .qk_norm
+                    .then(|| vector(Role::QueryNorm, l, c.head_dim))
+                    .transpose()?,
+                key_norm: c
+                    .qk_norm
+                    .then(|| vector(Role::KeyNorm, l, c.head_dim))
+                    .transpose()?,
+                output: pack(output, hidden, q_size),
+                mlp_norm: vector(Role::MlpNorm, l, hidden)?,
+                gate_up: PackedMatrix::gate_up(
+                    pack(gate, c.intermediate_size, hidden),
+                    pack(up, c.intermediate_size, hidden),
+                ),
+                down: pack(down, hidden, c.intermediate_size),
+                sliding_window: c.sliding_window[l],
+            });
+        }
+        let embedding_name = naming.weight(Role::Embedding, 0);
+        let (embedding, lm_head) = if c.tie_word_embeddings {
+            let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
+            let head = PackedMatrix::pack(&table, c.vocab_size, hidden, format);
+            (Embedding::TiedToHead, head)
+        } else {
+            let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
+            let head = pack(
+                dense(Role::LmHead, 0, (c.vocab_size, hidden), false)?,
+                c.vocab_size,
+                hidden,
+            );
+            (Embedding::Table(table), head)
+        };
+        let pairing = match c.rope.style {
+            RotaryStyle::Half => RotaryPairing::Half,
+            RotaryStyle::Interleaved => RotaryPairing::Interleaved,
+        };
+        Ok(Self {
+            kernels: CpuKernels::active(),
+            embedding,
+            layers,
+            final_norm: vector(Role::FinalNorm, 0, hidden)?,
+            lm_head,
+            rotary: Mutex::new(RotaryTable::new(
+                inverse_frequencies(&c.rope, c.head_dim),
+                pairing,
+            )),
+            workspace: Mutex::new(Workspace::default()),
+        })
+    }
+
+    /// Starts (`true`, from zero) or stops recording time per phase.
+    pub fn record_phases(&self, on: bool) {
+        if let Ok(mut ws) = self.workspace.lock() {
+            ws.phases = on.then(PhaseTimes::default);
+        }
+    }
+
+    pub fn phase_times(&self) -> Option<PhaseTimes> {
+        self.workspace.lock().ok()?.phases.clone()
+    }
+
+    pub fn isa(&self) -> lantern_kernels::cpu::Isa {
+        self.kernels.isa()
+    }
+
+    /// Bytes of weights held (packed matrices, norms, embedding table).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.output.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
+            .sum();
+        let table = match &self.embedding {
+            Embedding::Table(t) => t.len() * 4,
+            Embedding::TiedToHead => 0,
+        };
+        layers + table + self.lm_head.weight_bytes()
+    }
+
+    /// See [`crate::Decoder::forward`].
+    pub fn forward(
+        &self,
+        config: &DecoderConfig,
+        steps: &[SequenceStep],
+        cache: &KvCache,
+        layers: &[Mutex<KvBlocks>],
+    ) -> Result<Tensor> {
+        let logit_rows = logit_rows(steps, config, &cache.shape)?;
+        let poisoned =
+            || ModelError::Batch("an earlier step failed while holding the workspace".into());
+        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
+        let mut rotary = self.rotary.lock().map_err(|_| poisoned())?;
+        let ws = &mut *ws;
+        ws.positions.clear();
+        for step in steps {
+            ws.positions
+                .extend(step.context_before..step.context_before + step.tokens.len());
+        }
+        if let Some(&max) = ws.positions.iter().max() {
+            rotary.cover(max);
+        }
+        let mut phases = ws.phases.take();
+        let logits = cpu::install(|| -> Result<Vec<f32>> {
+            let mut clock = Stopwatch {
+                times: phases.as_mut(),
+                last: std::time::Instant::now(),
+            };
+            self.embed(config, steps, ws);
+            clock.lap(0);
+            for (layer, blocks) in self.layers.iter().zip(layers) {
+                let mut blocks = blocks.lock().map_err(|_| poisoned())?;
+                let step = Step {
+                    config,
+                    steps,
+                    rotary: &rotary,
+                };
+                self.layer(&step, layer, &mut blocks, ws, &mut clock)?;
+            }
+            let logits = self.logits(config, &logit_rows, ws);
+            clock.lap(8);
+            Ok(logits)
+        });
+        if let Some(p) = phases.as_mut() {
+            p.steps += 1;
+        }
+        ws.phases = phases;
+        let logits = logits?;
+        let rows = logit_rows.len();
+        Ok(Tensor::from_vec(
+            logits,
+            (rows, config.vocab_size),
+            &Device::Cpu,
+        )?)
+    }
+
+    fn embed(&self, config: &DecoderConfig, steps: &[SequenceStep], ws: &mut Workspace) {
+        let hidden = config.hidden_size;
+        let rows = ws.positions.len();
+        ws.hidden.resize(rows * hidden, 0.0);
+        let tokens = steps.iter().flat_map(|s| s.tokens.iter());
+        for (row, &token) in ws.hidden.chunks_exact_mut(hidden).zip(tokens) {
+            let token = token as usize;
+            match &self.embedding {
+                Embedding::Table(table) => {
+                    row.copy_from_slice(&table[token * hidden..(token + 1) * hidden])
+                }
+                Embedding::TiedToHead => self.lm_head.row(token, row),
+            }
+        }
+    }
+
+    fn layer(
+        &self,
+        step: &Step<'_>,
+        layer: &CpuLayer,
+        blocks: &mut KvBlocks,
+        ws: &mut Workspace,
+        clock: &mut Stopwatch<'_>,
+    ) -> Result<()> {
+        let Step {
+            config: c,
+            steps,
+            rotary,
+        } = *step;
+        let k = &self.kernels;
+        let rows = ws.positions.len();
+        let (hidden, d) = (c.hidden_size, c.head_dim);
+        let (q_size, kv_size) = (c.num_heads * d, c.num_kv_heads * d);
+        let eps = c.rms_norm_eps as f32;
+        let qkv_width = q_size + 2 * kv_size;
+        ws.normed.resize(rows * hidden, 0.0);
+        ws.qkv.resize(rows * qkv_width, 0.0);
+        ws.query.resize(rows * q_size, 0.0);
+        ws.attention.resize(rows * q_size, 0.0);
+        ws.activated.resize(rows * c.intermediate_size, 0.0);
+
+        k.rms_norm(&ws.hidden, &layer.attention_norm, eps, &mut ws.normed);
+        clock.lap(1);
+        k.matmul(
+            &ws.normed,
+            rows,
+            &layer.qkv,
+            &mut ws.qkv,
+            Output::Store,
+            &mut ws.scratch,
+        );
+        clock.lap(2);
+        // One pass per row: q/k norm, rotary, cache write; queries gathered for attention.
+        let mut row = 0;
+        for step in steps {
+            for i in 0..step.tokens.len() {
+                let position = step.context_before + i;
+                let qkv = &mut ws.qkv[row * qkv_width..(row + 1) * qkv_width];
+                let (q, kv) = qkv.split_at_mut(q_size);
+                let (key, value) = kv.split_at_mut(kv_size);
+                if let Some(norm) = &layer.query_norm {
+                    k.rms_norm_in_place(q, norm, eps);
+                }
+                if let Some(norm) = &layer.key_norm {
+                    k.rms_norm_in_place(key, norm, eps);
+                }
+                rotary.rotate(q, position);
+                rotary.rotate(key, position);
+                blocks
+                    .write(&step.block_table, position, key, value)
+                    .map_err(ModelError::Batch)?;
+                ws.query[row * q_size..(row + 1) * q_size].copy_from_slice(q);
+                row += 1;
+            }
+        }
+        clock.lap(3);
+        let sequences: Vec<SequenceRows<'_>> = steps
+            .iter()
+            .scan(0, |offset, step| {
+                let seq = SequenceRows {
+                    query_offset: *offset,
+                    query_len: step.tokens.len(),
+                    context_before: step.context_before,
+                    block_table: &step.block_table,
+                };
+                *offset += step.tokens.len();
+                Some(seq)
+            })
+            .collect();
+        let shape = AttentionShape {
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: d,
+            scale: (1.0 / (d as f64).sqrt()) as f32,
+            sliding_window: layer.sliding_window,
+        };
+        k.paged_attention(
+            blocks,
+            &ws.query,
+            &sequences,
+            shape,
+            &mut ws.attention,
+            &mut ws.attention_scratch,
+        )
+        .map_err(ModelError::Batch)?;
+        clock.lap(4);
+        k.matmul(
+            &ws.attention,
+            rows,
+            &layer.output,
+            &mut ws.hidden,
+            Output::Accumulate,
+            &mut ws.scratch,
+        );
+        clock.lap(5);
+        k.rms_norm(&ws.hidden, &layer.mlp_norm, eps, &mut ws.normed);
+        clock.lap(1);
+        k.matmul(
+            &ws.normed,
+            rows,
+            &layer.gate_up,
+            &mut ws.activated,
+            Output::Store,
+            &mut ws.scratch,
+        );
+        clock.lap(6);
+        k.matmul(
+            &ws.activated,
+            rows,
+            &layer.down,
+            &mut ws.hidden,
+            Output::Accumulate,
+            &mut ws.scratch,
+        );
+        clock.lap(7);
+        Ok(())
+    }
+
+    /// Final norm and head over the wanted rows only.
+    fn logits(&self, c: &DecoderConfig, logit_rows: &[u32], ws: &mut Workspace) -> Vec<f32> {
+        let hidden = c.hidden_size;
+        let rows = logit_rows.len();
+        ws.query.resize(rows * hidden, 0.0);
+        for (dst, &r) in ws.query.chunks_exact_mut(hidden).zip(logit_rows) {
+            let r = r as usize;
+            dst.copy_from_slice(&ws.hidden[r * hidden..(r + 1) * hidden]);
+        }
+        ws.normed.resize(rows * hidden, 0.0);
+        self.kernels.rms_norm(
+            &ws.query[..rows * hidden],
+            &self.final_norm,
+            c.rms_norm_eps as f32,
+            &mut ws.normed[..rows * hidden],
+        );
+        let mut logits = vec![0f32; rows * c.vocab_size];
+        self.kernels.matmul(
+            &ws.normed[..rows * hidden],
+            rows,
+            &self.lm_head,
+            &mut logits,
+            Output::Store,
+            &mut ws.scratch,
+        );
+        logits
+    }
+}

@@ -1,0 +1,193 @@
+//! The one decoder: Llama, Mistral, Qwen2 and Qwen3 are this code with different toggles in
+//! [`DecoderConfig`]. One [`Decoder::forward`] call runs a flat batch of tokens from many
+//! sequences over a paged KV cache and returns logits only for the rows that asked for them.
+//!
+//! Two executions of the same layers: the CPU kernels (`cpu.rs`: packed weights, fused
+//! attention, the default on CPU) and the portable candle path (`portable.rs`: any device, the
+//! reference, and the path for GGUF weights kept quantized until the quantized kernels land).
+
+mod cpu;
+mod portable;
+
+use crate::batch::{CacheStorage, KvCache, SequenceStep};
+use crate::config::DecoderConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::WeightSource;
+use candle_core::{DType, Device, Tensor};
+use cpu::CpuModel;
+use lantern_kernels::KvCacheShape;
+use portable::PortableModel;
+
+/// Which execution runs the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelPath {
+    /// The CPU kernels on CPU when the weights are dense; the portable path otherwise.
+    #[default]
+    Auto,
+    /// The CPU kernels (CPU device, dense weights).
+    Cpu,
+    /// candle tensor ops: any device, any weights; the reference.
+    Portable,
+}
+
+impl KernelPath {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auto" => Some(Self::Auto),
+            "cpu" => Some(Self::Cpu),
+            "portable" => Some(Self::Portable),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Execution {
+    Portable(PortableModel),
+    Cpu(Box<CpuModel>),
+}
+
+#[derive(Debug)]
+pub struct Decoder {
+    config: DecoderConfig,
+    execution: Execution,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the decoder from `weights`, checking every tensor's shape against `config`.
+    /// `path` must not be [`KernelPath::Auto`]: the loader resolves it (it knows whether the
+    /// weights are dense).
+    pub fn load(
+        config: DecoderConfig,
+        weights: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+        path: KernelPath,
+    ) -> Result<Self> {
+        let execution = match path {
+            KernelPath::Cpu if device.is_cpu() => {
+                Execution::Cpu(Box::new(CpuModel::load(&config, weights, dtype)?))
+            }
+            KernelPath::Cpu => {
+                return Err(ModelError::Kernels(
+                    "the CPU kernels run on the CPU device only: use --kernels portable".into(),
+                ))
+            }
+            KernelPath::Auto | KernelPath::Portable => {
+                Execution::Portable(PortableModel::load(&config, weights, device)?)
+            }
+        };
+        let decoder = Self {
+            config,
+            execution,
+            dtype,
+            device: device.clone(),
+        };
+        tracing::info!(kernels = decoder.kernels_name(), "decoder loaded");
+        Ok(decoder)
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The dtype weights were loaded in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// What runs the forward pass: `cpu-avx512`, `cpu-avx2`, `cpu-scalar` or `portable`.
+    pub fn kernels_name(&self) -> String {
+        match &self.execution {
+            Execution::Portable(_) => "portable".into(),
+            Execution::Cpu(model) => format!("cpu-{}", model.isa().name()),
+        }
+    }
+
+    /// Dtype of the KV cache entries.
+    fn cache_dtype(&self) -> DType {
+        match self.execution {
+            Execution::Portable(_) => self.dtype,
+            Execution::Cpu(_) => DType::F32,
+        }
+    }
+
+    fn cache_shape(&self, num_blocks: usize, block_size: usize) -> KvCacheShape {
+        KvCacheShape {
+            num_blocks,
+            block_size,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Starts (from zero) or stops recording time per phase of the CPU forward pass (a no-op
+    /// on the portable path). For benchmarks; costs two clock reads per phase.
+    pub fn record_phases(&self, on: bool) {
+        if let Execution::Cpu(model) = &self.execution {
+            model.record_phases(on);
+        }
+    }
+
+    /// Time per phase since recording started: `(phase, total)` pairs and the step count.
+    pub fn phase_times(&self) -> Option<(Vec<(&'static str, std::time::Duration)>, u64)> {
+        let Execution::Cpu(model) = &self.execution else {
+            return None;
+        };
+        let times = model.phase_times()?;
+        Some((
+            cpu::PHASES.iter().copied().zip(times.totals).collect(),
+            times.steps,
+        ))
+    }
+
+    /// Bytes of weights the CPU kernels read per step (`None` on the portable path).
+    pub fn weight_bytes(&self) -> Option<usize> {
+        match &self.execution {
+            Execution::Portable(_) => None,
+            Execution::Cpu(model) => Some(model.weight_bytes()),
+        }
+    }
+
+    /// Bytes one block takes across all layers.
+    pub fn kv_cache_bytes_per_block(&self, block_size: usize) -> usize {
+        self.config.num_layers
+            * self
+                .cache_shape(1, block_size)
+                .bytes_per_block(self.cache_dtype())
+    }
+
+    /// A zeroed KV cache in the layout this decoder's forward pass reads.
+    pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        let shape = self.cache_shape(num_blocks, block_size);
+        match self.execution {
+            Execution::Portable(_) => {
+                KvCache::tensors(&self.config, shape, self.cache_dtype(), &self.device)
+            }
+            Execution::Cpu(_) => KvCache::cpu(&self.config, shape),
+        }
+    }
+
+    /// Runs every sequence's new tokens through the model, writing their keys and values into
+    /// `cache`. Returns f32 logits `(rows, vocab)`: for each sequence in order, the rows its
+    /// [`crate::LogitsWanted`] asks for.
+    pub fn forward(&self, steps: &[SequenceStep], cache: &KvCache) -> Result<Tensor> {
+        match (&self.execution, &cache.storage) {
+            (Execution::Portable(model), CacheStorage::Tensors(layers)) => {
+                model.forward(&self.config, steps, &cache.shape, layers, &self.device)
+            }
+            (Execution::Cpu(model), CacheStorage::Cpu(layers)) => {
+                model.forward(&self.config, steps, cache, layers)
+            }
+            _ => Err(ModelError::Batch(
+                "the KV cache was made for another kernel path: use Decoder::new_cache".into(),
+            )),
+        }
+    }
+}
