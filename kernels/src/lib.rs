@@ -66,7 +66,7 @@ impl LayerKvCache {
 }
 
 /// Where one sequence's queries sit in the flat batch and which blocks hold its context.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct SequenceAttention<'a> {
     /// Index of the sequence's first query row in the flat batch.
     pub query_offset: usize,

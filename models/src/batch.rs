@@ -8,7 +8,7 @@ use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{KvBlocks, KvBlocksShape};
-use lantern_kernels::{KvCacheShape, LayerKvCache};
+use lantern_kernels::{KvCacheShape, LayerKvCache, SequenceAttention};
 use std::sync::Mutex;
 
 /// Which positions of a sequence need logits this step.
@@ -137,6 +137,23 @@ pub(crate) fn logit_rows(
         offset += step.tokens.len();
     }
     Ok(logit_rows)
+}
+
+/// Each step's rows in the flat batch and its block table, for attention.
+pub(crate) fn attention_views(steps: &[SequenceStep]) -> Vec<SequenceAttention<'_>> {
+    steps
+        .iter()
+        .scan(0, |offset, step| {
+            let seq = SequenceAttention {
+                query_offset: *offset,
+                query_len: step.tokens.len(),
+                context_before: step.context_before,
+                block_table: &step.block_table,
+            };
+            *offset += step.tokens.len();
+            Some(seq)
+        })
+        .collect()
 }
 
 /// The portable path's view of a batch: index tensors built once per call.

@@ -267,3 +267,46 @@ pub fn available_memory_bytes() -> Option<usize> {
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(kernels: KernelPath) -> LoadOptions {
+        LoadOptions {
+            kernels,
+            ..LoadOptions::cpu()
+        }
+    }
+
+    #[test]
+    fn auto_picks_the_cpu_kernels_for_dense_weights_only() {
+        let auto = options(KernelPath::Auto);
+        assert_eq!(auto.kernel_path(true).ok(), Some(KernelPath::Cpu));
+        assert_eq!(auto.kernel_path(false).ok(), Some(KernelPath::Portable));
+        let portable = options(KernelPath::Portable);
+        assert_eq!(portable.kernel_path(true).ok(), Some(KernelPath::Portable));
+    }
+
+    #[test]
+    fn cpu_kernels_on_quantized_weights_are_refused_with_the_way_out() {
+        let error = options(KernelPath::Cpu).kernel_path(false).err();
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("--kernels portable"), "{message}");
+    }
+
+    #[test]
+    fn bf16_checkpoints_stay_bf16_on_the_cpu_kernels_only() {
+        let auto = options(KernelPath::Auto);
+        let bf16 = checkpoint_dtype(r#"{"torch_dtype": "bfloat16"}"#);
+        assert_eq!(bf16, Some(DType::BF16));
+        assert_eq!(auto.dtype(KernelPath::Cpu, bf16), DType::BF16);
+        assert_eq!(auto.dtype(KernelPath::Portable, bf16), DType::F32);
+        assert_eq!(auto.dtype(KernelPath::Cpu, Some(DType::F16)), DType::F32);
+        let explicit = LoadOptions {
+            dtype: Some(DType::F32),
+            ..auto
+        };
+        assert_eq!(explicit.dtype(KernelPath::Cpu, bf16), DType::F32);
+    }
+}

@@ -224,6 +224,15 @@ impl Server {
         Reply::from(request.send_string(body))
     }
 
+    /// [`Self::post_raw`], with `None` when the connection failed instead of answering.
+    pub fn try_post_raw(&self, path: &str, content_type: &str, body: &str) -> Option<Reply> {
+        let request = ureq::post(&format!("{}{path}", self.base)).set("Content-Type", content_type);
+        match request.send_string(body) {
+            Err(ureq::Error::Transport(_)) => None,
+            other => Some(Reply::from(other)),
+        }
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         Reply::from(ureq::get(&format!("{}{path}", self.base)).call())
     }

@@ -11,11 +11,13 @@ fn ping_answers_fast_while_the_engine_is_saturated_and_overload_gets_429() {
     let (_dir, s) = tiny_server(
         "llama",
         6,
-        &["--max-total-tokens", "1024", "--max-input-tokens", "256"],
+        &["--max-total-tokens", "4096", "--max-input-tokens", "256"],
         &[("MAX_CONCURRENT_REQUESTS", "8")],
     );
+    // Long enough that the 8 requests are still running after the pings below, even on the
+    // CPU kernels (a few seconds).
     let busy =
-        json!({"inputs": "keep busy", "parameters": {"max_new_tokens": 600, "ignore_eos": true}});
+        json!({"inputs": "keep busy", "parameters": {"max_new_tokens": 4000, "ignore_eos": true}});
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..8)
             .map(|_| scope.spawn(|| s.post("/generate", &busy).0))

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use lantern_kernels::cpu::{
-    self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, KvBlocksShape, SequenceRows,
+    self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, KvBlocksShape,
 };
 use lantern_kernels::{
     AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
@@ -77,10 +77,10 @@ fn measure(
     }
     let n = batch * rows;
     let query: Vec<f32> = (0..n * HEADS * D).map(value).collect();
-    let sequences: Vec<SequenceRows<'_>> = tables
+    let sequences: Vec<SequenceAttention<'_>> = tables
         .iter()
         .enumerate()
-        .map(|(s, table)| SequenceRows {
+        .map(|(s, table)| SequenceAttention {
             query_offset: s * rows,
             query_len: rows,
             context_before: context - rows,
@@ -141,21 +141,12 @@ fn measure(
     )?;
     let q = Tensor::from_vec(query.clone(), (n, HEADS, D), &device)?;
     let k = Tensor::from_vec(kv_row.repeat(n), (n, KV_HEADS, D), &device)?;
-    let portable_sequences: Vec<SequenceAttention<'_>> = sequences
-        .iter()
-        .map(|s| SequenceAttention {
-            query_offset: s.query_offset,
-            query_len: s.query_len,
-            context_before: s.context_before,
-            block_table: s.block_table,
-        })
-        .collect();
     let params = AttentionParams {
         scale: 0.125,
         sliding_window: None,
     };
     let portable = time(args.seconds, || {
-        Portable.write_and_attend(&q, &k, &k, &cache, &portable_sequences, params)?;
+        Portable.write_and_attend(&q, &k, &k, &cache, &sequences, params)?;
         Ok(())
     })?;
     Ok((fused, Some(portable)))

@@ -51,6 +51,8 @@ struct Args {
     steps: usize,
     #[arg(long, default_value = "cpu")]
     kernels: String,
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,9 +67,9 @@ fn main() -> anyhow::Result<()> {
     let model = load(&ModelSource::resolve(&args.model, None)?, &options)?;
     let decoder = &model.decoder;
     let vocab = decoder.config().vocab_size as u32;
-    let block_size = 16;
+    let block_size = args.block_size;
     println!(
-        "model {} ({}), kernels {}, context {} + {} steps",
+        "model {} ({}), kernels {}, block size {block_size}, context {} + {} steps",
         args.model,
         decoder.config().architecture.name(),
         decoder.kernels_name(),

@@ -13,6 +13,7 @@
 use super::arch::{prefetch, MAX_GROUP};
 use super::generic::LANES;
 use super::CpuKernels;
+use crate::SequenceAttention;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -31,18 +32,6 @@ pub struct KvBlocks {
     shape: KvBlocksShape,
     key: Vec<f32>,
     value: Vec<f32>,
-}
-
-/// Where one sequence's rows sit in the flat batch and which blocks hold its context.
-#[derive(Debug, Clone, Copy)]
-pub struct SequenceRows<'a> {
-    /// First query row of the sequence in the batch.
-    pub query_offset: usize,
-    pub query_len: usize,
-    /// Tokens already cached; query `i` is at position `context_before + i`.
-    pub context_before: usize,
-    /// Blocks of the sequence in position order, covering `context_before + query_len` tokens.
-    pub block_table: &'a [u32],
 }
 
 /// Head counts and options shared by every row of a call.
@@ -160,7 +149,7 @@ impl CpuKernels {
         &self,
         cache: &KvBlocks,
         query: &[f32],
-        sequences: &[SequenceRows<'_>],
+        sequences: &[SequenceAttention<'_>],
         shape: AttentionShape,
         out: &mut [f32],
         scratch: &mut AttentionScratch,
@@ -224,7 +213,7 @@ impl CpuKernels {
             let table = sequences[seq as usize].block_table;
             self.attend_row(cache, q, head, table, position as usize, shape, out);
         };
-        if needed >= 4 * item && rayon::current_num_threads() > 1 {
+        if needed >= 2 * item && rayon::current_num_threads() > 1 {
             head_major.par_chunks_mut(item).enumerate().for_each(attend);
         } else {
             head_major.chunks_mut(item).enumerate().for_each(attend);
@@ -422,7 +411,7 @@ mod tests {
         let mut offset = 0;
         for ((s, &(from, to)), table) in seqs.iter().zip(ranges).zip(&tables) {
             query.extend_from_slice(&s.query[from * width..to * width]);
-            rows.push(SequenceRows {
+            rows.push(SequenceAttention {
                 query_offset: offset,
                 query_len: to - from,
                 context_before: from,
@@ -666,7 +655,7 @@ mod tests {
         let mut out = vec![0f32; 64];
         let q = vec![0f32; 64];
         let outside = [99u32, 100];
-        let rows = [SequenceRows {
+        let rows = [SequenceAttention {
             query_offset: 0,
             query_len: 1,
             context_before: 4,
@@ -677,7 +666,7 @@ mod tests {
             .paged_attention(&blocks, &q, &rows, h.shape(), &mut out, &mut scratch)
             .is_err());
         let short = [0u32];
-        let rows = [SequenceRows {
+        let rows = [SequenceAttention {
             query_offset: 0,
             query_len: 1,
             context_before: 4,

@@ -195,6 +195,10 @@ fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
 
 /// Rows per block: a block of `x` stays in L2 while the thread's panels stream past it.
 const ROW_BLOCK: usize = 64;
+/// Chunks of panels per thread: a thread that starts late (woken from sleep) takes fewer.
+const CHUNKS_PER_THREAD: usize = 4;
+/// Panels of the widest microkernel call: smaller chunks would cut it.
+const MIN_PANELS_PER_CHUNK: usize = 4;
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
@@ -262,18 +266,14 @@ impl super::CpuKernels {
         let chunks = if rows * panels * PANEL * k < PARALLEL_MIN_MACS {
             1
         } else {
-            threads
+            threads * CHUNKS_PER_THREAD
         };
-        // Even panel counts per chunk keep gate/up pairs together.
+        // Even panel counts per chunk keep gate/up pairs together (their panel count is even).
         let per_chunk = panels
             .div_ceil(chunks)
+            .max(MIN_PANELS_PER_CHUNK)
             .next_multiple_of(2)
             .min(panels.max(1));
-        let per_chunk = if w.activation == Activation::SwiGlu {
-            per_chunk.next_multiple_of(2)
-        } else {
-            per_chunk
-        };
         let kernels = self.kernels;
         let shape = tile_shape(kernels, rows);
         let work = |(chunk_index, chunk): (usize, &mut [f32])| {

@@ -19,7 +19,7 @@ mod generic;
 pub mod isa;
 pub mod matmul;
 
-pub use attention::{AttentionScratch, AttentionShape, KvBlocks, KvBlocksShape, SequenceRows};
+pub use attention::{AttentionScratch, AttentionShape, KvBlocks, KvBlocksShape};
 pub use elementwise::{RotaryPairing, RotaryTable};
 pub use generic::Bf16;
 pub use isa::Isa;

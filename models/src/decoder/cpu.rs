@@ -8,7 +8,7 @@
 //! in its epilogue; down_proj adding into the residual. The final norm and the head run only for
 //! the rows whose logits are wanted.
 
-use crate::batch::{logit_rows, KvCache, SequenceStep};
+use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
 use crate::config::{DecoderConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{inverse_frequencies, Linear};
@@ -16,8 +16,9 @@ use crate::weights::{Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
     self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, Output, PackedMatrix,
-    RotaryPairing, RotaryTable, SequenceRows, WeightFormat,
+    RotaryPairing, RotaryTable, WeightFormat,
 };
+use lantern_kernels::SequenceAttention;
 use std::sync::Mutex;
 
 #[derive(Debug)]
@@ -83,6 +84,8 @@ impl Stopwatch<'_> {
 struct Step<'a> {
     config: &'a DecoderConfig,
     steps: &'a [SequenceStep],
+    /// Each sequence's rows and block table, for attention.
+    sequences: &'a [SequenceAttention<'a>],
     rotary: &'a RotaryTable,
 }
 
@@ -287,6 +290,7 @@ impl CpuModel {
         if let Some(&max) = ws.positions.iter().max() {
             rotary.cover(max);
         }
+        let sequences = attention_views(steps);
         let mut phases = ws.phases.take();
         let logits = cpu::install(|| -> Result<Vec<f32>> {
             let mut clock = Stopwatch {
@@ -300,6 +304,7 @@ impl CpuModel {
                 let step = Step {
                     config,
                     steps,
+                    sequences: &sequences,
                     rotary: &rotary,
                 };
                 self.layer(&step, layer, &mut blocks, ws, &mut clock)?;
@@ -348,6 +353,7 @@ impl CpuModel {
         let Step {
             config: c,
             steps,
+            sequences,
             rotary,
         } = *step;
         let k = &self.kernels;
@@ -397,19 +403,6 @@ impl CpuModel {
             }
         }
         clock.lap(3);
-        let sequences: Vec<SequenceRows<'_>> = steps
-            .iter()
-            .scan(0, |offset, step| {
-                let seq = SequenceRows {
-                    query_offset: *offset,
-                    query_len: step.tokens.len(),
-                    context_before: step.context_before,
-                    block_table: &step.block_table,
-                };
-                *offset += step.tokens.len();
-                Some(seq)
-            })
-            .collect();
         let shape = AttentionShape {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
@@ -420,7 +413,7 @@ impl CpuModel {
         k.paged_attention(
             blocks,
             &ws.query,
-            &sequences,
+            sequences,
             shape,
             &mut ws.attention,
             &mut ws.attention_scratch,

@@ -1,7 +1,7 @@
 //! The portable execution of the decoder: candle tensor ops and the portable paged attention,
 //! on any device candle supports. It is the reference the CPU kernels are checked against.
 
-use crate::batch::{FlatBatch, SequenceStep};
+use crate::batch::{attention_views, FlatBatch, SequenceStep};
 use crate::config::DecoderConfig;
 use crate::error::Result;
 use crate::layers::{Linear, RmsNorm, Rotary};
@@ -143,19 +143,7 @@ impl PortableModel {
         device: &Device,
     ) -> Result<Tensor> {
         let batch = FlatBatch::new(steps, config, shape, device)?;
-        let sequences: Vec<SequenceAttention<'_>> = steps
-            .iter()
-            .scan(0, |offset, step| {
-                let seq = SequenceAttention {
-                    query_offset: *offset,
-                    query_len: step.tokens.len(),
-                    context_before: step.context_before,
-                    block_table: &step.block_table,
-                };
-                *offset += step.tokens.len();
-                Some(seq)
-            })
-            .collect();
+        let sequences = attention_views(steps);
         let mut hidden = self.embedding.index_select(&batch.token_ids, 0)?;
         for (layer, layer_cache) in self.layers.iter().zip(cache) {
             let attention_in = layer.attention_norm.forward(&hidden)?;
