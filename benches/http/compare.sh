@@ -42,12 +42,16 @@ check_tokens lantern
 python3 benches/http/load.py --url "http://127.0.0.1:$PORT" --name lantern --concurrency "$LEVELS"
 kill $pid; wait $pid 2>/dev/null || true
 
-# llama.cpp, tuned for this 2-core machine: 2 threads, 32 parallel slots with 320 tokens of
-# context each, batch and micro-batch 512, flash attention on, continuous batching (default).
-"$LLAMA" -m "$GGUF" --host 127.0.0.1 --port $PORT -t 2 -tb 2 -np 32 -c 10240 -b 512 -ub 512 \
-    -fa on >target/compare-llama.log 2>&1 &
-pid=$!
-wait_ready "http://127.0.0.1:$PORT/health"
-check_tokens llama.cpp
-python3 benches/http/load.py --url "http://127.0.0.1:$PORT" --name llama.cpp --concurrency "$LEVELS"
-kill $pid; wait $pid 2>/dev/null || true
+# llama.cpp, tuned for this 2-core machine: 2 threads, batch and micro-batch 512, continuous
+# batching (its default), and per level the slot count that serves it best: 1 slot for a
+# single stream, as many slots as clients otherwise, with 320 tokens of context each.
+# FLASH_ATTN (on/off, default on) picks -fa.
+for c in ${LEVELS//,/ }; do
+    "$LLAMA" -m "$GGUF" --host 127.0.0.1 --port $PORT -t 2 -tb 2 -np "$c" -c $((c * 320 > 2048 ? c * 320 : 2048)) \
+        -b 512 -ub 512 -fa "${FLASH_ATTN:-on}" >target/compare-llama.log 2>&1 &
+    pid=$!
+    wait_ready "http://127.0.0.1:$PORT/health"
+    check_tokens "llama.cpp -np $c"
+    python3 benches/http/load.py --url "http://127.0.0.1:$PORT" --name "llama.cpp -np $c" --concurrency "$c"
+    kill $pid; wait $pid 2>/dev/null || true
+done

@@ -6,7 +6,7 @@ use crate::decoder::{Decoder, KernelPath};
 use crate::error::{ModelError, Result};
 use crate::hub::{self, HubModel};
 use crate::tokenizer::{self, GenerationDefaults, TokenizerBundle};
-use crate::weights::{GgufWeights, SafetensorsWeights};
+use crate::weights::{GgufWeights, Naming, Role, SafetensorsWeights};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -96,7 +96,8 @@ impl LoadOptions {
         }
     }
 
-    /// The dtype weights are loaded in; `checkpoint` is the dtype the files store, when known.
+    /// The dtype weights are loaded in; `checkpoint` is the dtype the files store (the
+    /// embedding's), when known.
     fn dtype(&self, path: KernelPath, checkpoint: Option<DType>) -> DType {
         if let Some(dtype) = self.dtype {
             return dtype;
@@ -124,21 +125,6 @@ impl LoadOptions {
             )),
             KernelPath::Cpu => Ok(KernelPath::Cpu),
         }
-    }
-}
-
-/// The dtype a Hugging Face `config.json` says the checkpoint is stored in.
-fn checkpoint_dtype(config_text: &str) -> Option<DType> {
-    let value: serde_json::Value = serde_json::from_str(config_text).ok()?;
-    let name = value
-        .get("torch_dtype")
-        .or_else(|| value.get("dtype"))?
-        .as_str()?;
-    match name {
-        "bfloat16" => Some(DType::BF16),
-        "float16" => Some(DType::F16),
-        "float32" => Some(DType::F32),
-        _ => None,
     }
 }
 
@@ -202,8 +188,11 @@ fn load_directory(dir: &Path, options: &LoadOptions, name: String) -> Result<Loa
         vec![dir.join("model.safetensors")]
     };
     let path = options.kernel_path(true)?;
-    let dtype = options.dtype(path, checkpoint_dtype(&config_text));
-    let weights = SafetensorsWeights::open(&weight_files, dtype, &options.device)?;
+    let weights = SafetensorsWeights::open(&weight_files, DType::F32, &options.device)?;
+    // What the files store decides, not what config.json claims.
+    let embedding = Naming::HuggingFace.weight(Role::Embedding, 0);
+    let dtype = options.dtype(path, weights.stored_dtype(&embedding));
+    let weights = weights.with_dtype(dtype);
     let decoder = Decoder::load(config, &weights, dtype, &options.device, path)?;
     let (tokenizer, generation) =
         tokenizer::load_hf_tokenizer(dir, &tokenizer::config_eos_ids(&config_text))?;
@@ -298,8 +287,7 @@ mod tests {
     #[test]
     fn bf16_checkpoints_stay_bf16_on_the_cpu_kernels_only() {
         let auto = options(KernelPath::Auto);
-        let bf16 = checkpoint_dtype(r#"{"torch_dtype": "bfloat16"}"#);
-        assert_eq!(bf16, Some(DType::BF16));
+        let bf16 = Some(DType::BF16);
         assert_eq!(auto.dtype(KernelPath::Cpu, bf16), DType::BF16);
         assert_eq!(auto.dtype(KernelPath::Portable, bf16), DType::F32);
         assert_eq!(auto.dtype(KernelPath::Cpu, Some(DType::F16)), DType::F32);

@@ -137,6 +137,23 @@ impl SafetensorsWeights {
         })
     }
 
+    /// The dtype `name` is stored in, if the files hold it.
+    pub fn stored_dtype(&self, name: &str) -> Option<DType> {
+        let (_, file) = &self.files[*self.routing.get(name)?];
+        let view = file.get(name).ok()?;
+        match view.dtype() {
+            safetensors::Dtype::BF16 => Some(DType::BF16),
+            safetensors::Dtype::F16 => Some(DType::F16),
+            safetensors::Dtype::F32 => Some(DType::F32),
+            _ => None,
+        }
+    }
+
+    /// The same files, read in `dtype`.
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        Self { dtype, ..self }
+    }
+
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let Some(&index) = self.routing.get(name) else {
             let listed: Vec<String> = self

@@ -30,6 +30,9 @@ struct Args {
     /// auto (CPU kernels when possible), cpu or portable.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// Weights dtype: f32 or bf16 (unset: the loader's default).
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 struct Run {
@@ -56,6 +59,12 @@ async fn run() -> anyhow::Result<()> {
         } else {
             Dequantize::Off
         },
+        dtype: match args.dtype.as_deref() {
+            None => None,
+            Some("f32") => Some(candle_core::DType::F32),
+            Some("bf16") => Some(candle_core::DType::BF16),
+            Some(other) => anyhow::bail!("--dtype {other}: f32 or bf16"),
+        },
         kernels: KernelPath::parse(&args.kernels)
             .ok_or_else(|| anyhow::anyhow!("--kernels is auto, cpu or portable"))?,
         ..LoadOptions::cpu()
@@ -76,6 +85,8 @@ async fn run() -> anyhow::Result<()> {
         max_batch_prefill_tokens: 512,
         ..EngineConfig::default()
     };
+    let kernels_name = model.decoder.kernels_name();
+    let dtype = model.decoder.dtype();
     let engine = start(model.decoder, &model.tokenizer, &config)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut runs = Vec::new();
@@ -128,7 +139,10 @@ async fn run() -> anyhow::Result<()> {
         args.prompt_tokens,
         args.new_tokens
     );
-    println!("f32 matmul peak measured here: {peak:.1} GFLOP/s");
+    println!(
+        "kernels {}, weights {:?}; f32 matmul peak measured here (candle): {peak:.1} GFLOP/s",
+        kernels_name, dtype
+    );
     println!(
         "| concurrency | tokens/s | x vs 1 | TTFT p50 (ms) | TTFT max (ms) | % of matmul peak |"
     );

@@ -49,7 +49,6 @@ pub struct AttentionShape {
 #[derive(Debug, Default)]
 pub struct AttentionScratch {
     rows: Vec<(u32, u32)>,
-    head_major: Vec<f32>,
 }
 
 /// K/V runs (a block's slots of one head) requested ahead of the one being read.
@@ -198,31 +197,23 @@ impl CpuKernels {
                 scratch.rows.len()
             ));
         }
+        // Item `i` is (row i / kv_heads, KV head i % kv_heads): its `group` query heads are
+        // one contiguous run of the output, and neighbouring items read neighbouring heads of
+        // the same blocks.
         let group = heads / kv_heads;
         let item = group * d;
-        let needed = kv_heads * rows * item;
-        if scratch.head_major.len() < needed {
-            scratch.head_major.resize(needed, 0.0);
-        }
-        let head_major = &mut scratch.head_major[..needed];
         let row_info = &scratch.rows;
         let attend = |(i, out): (usize, &mut [f32])| {
-            let (head, row) = (i / rows, i % rows);
+            let (row, head) = (i / kv_heads, i % kv_heads);
             let (seq, position) = row_info[row];
             let q = &query[(row * heads + head * group) * d..][..item];
             let table = sequences[seq as usize].block_table;
             self.attend_row(cache, q, head, table, position as usize, shape, out);
         };
-        if needed >= 2 * item && rayon::current_num_threads() > 1 {
-            head_major.par_chunks_mut(item).enumerate().for_each(attend);
+        if out.len() >= 2 * item && rayon::current_num_threads() > 1 {
+            out.par_chunks_mut(item).enumerate().for_each(attend);
         } else {
-            head_major.chunks_mut(item).enumerate().for_each(attend);
-        }
-        // (kv_head, row, group, d) -> (row, kv_head * group, d)
-        for (row, out_row) in out.chunks_exact_mut(heads * d).enumerate() {
-            for (head, dst) in out_row.chunks_exact_mut(item).enumerate() {
-                dst.copy_from_slice(&head_major[(head * rows + row) * item..][..item]);
-            }
+            out.chunks_mut(item).enumerate().for_each(attend);
         }
         Ok(())
     }
