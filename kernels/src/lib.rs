@@ -11,7 +11,7 @@
 //! as `(num_blocks * block_size, num_kv_heads, head_dim)` tensors (slot-major, what
 //! FlashAttention's paged mode reads): the token at position `p` of a sequence lives in slot
 //! `block_table[p / block_size] * block_size + p % block_size`. The CPU one keeps
-//! `[block][kv_head][slot][head_dim]` (see [`cpu::KvBlocks`]).
+//! `[kv_head][block][slot][head_dim]` (see [`cpu::KvBlocks`]).
 
 pub mod cpu;
 mod portable;

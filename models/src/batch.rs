@@ -47,7 +47,7 @@ pub struct KvCache {
 pub(crate) enum CacheStorage {
     /// Slot-major tensors, for the portable path (any device).
     Tensors(Vec<LayerKvCache>),
-    /// `[block][kv_head][slot][head_dim]` f32 pools, for the CPU kernels. The lock is taken
+    /// `[kv_head][block][slot][head_dim]` f32 pools, for the CPU kernels. The lock is taken
     /// once per layer per step by the forward pass, never contended.
     Cpu(Vec<Mutex<KvBlocks>>),
 }

@@ -35,11 +35,21 @@ const KV_HEADS: usize = 3;
 const D: usize = 64;
 const BLOCK: usize = 16;
 
-fn time(seconds: f64, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn time(seconds: f64, f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    time_each(seconds, || {}, f)
+}
+
+/// Best seconds per call of `f`, running the untimed `setup` before each call.
+fn time_each(
+    seconds: f64,
+    mut setup: impl FnMut(),
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     f()?;
     let mut best = f64::MAX;
     let started = Instant::now();
     while started.elapsed().as_secs_f64() < seconds || best == f64::MAX {
+        setup();
         let t = Instant::now();
         f()?;
         best = best.min(t.elapsed().as_secs_f64());
@@ -98,6 +108,7 @@ fn measure(
     let mut out = vec![0f32; query.len()];
     let mut scratch = AttentionScratch::default();
     let mut evict = vec![0u8; if args.cold { 64 << 20 } else { 0 }];
+    // With --cold the caches are evicted before every call, outside the timed part.
     let mut evict_caches = move || {
         evict
             .iter_mut()
@@ -105,26 +116,21 @@ fn measure(
             .for_each(|b| *b = b.wrapping_add(1));
         std::hint::black_box(&evict);
     };
-    // With --cold every timed call starts by evicting; that time is measured alone and taken off.
-    let eviction = if args.cold {
-        time(args.seconds, || {
-            evict_caches();
-            Ok(())
-        })?
-    } else {
-        0.0
-    };
-    let fused = -eviction
-        + cpu::install(|| {
-            time(args.seconds, || {
+    let fused = cpu::install(|| {
+        time_each(
+            args.seconds,
+            || {
                 if args.cold {
                     evict_caches();
                 }
+            },
+            || {
                 kernels
                     .paged_attention(&blocks, &query, &sequences, shape, &mut out, &mut scratch)
                     .map_err(anyhow::Error::msg)
-            })
-        })?;
+            },
+        )
+    })?;
     if args.skip_portable {
         return Ok((fused, None));
     }
