@@ -71,11 +71,13 @@ impl KvBlocks {
             .and_then(|v| v.checked_mul(shape.head_dim))
             .ok_or_else(|| format!("KV cache shape {shape:?} overflows"))?;
         let zeros = |what: &str| -> Result<Vec<f32>, String> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(len)
+            // Ask first, so that an impossible size is an error rather than an abort; then
+            // take zeroed memory the OS hands out lazily (a cache of many GB costs nothing
+            // until its blocks are written, as with candle's zeroed tensors).
+            Vec::<f32>::new()
+                .try_reserve_exact(len)
                 .map_err(|e| format!("cannot allocate the {what} cache ({len} floats): {e}"))?;
-            v.resize(len, 0.0);
-            Ok(v)
+            Ok(vec![0.0; len])
         };
         Ok(Self {
             shape,
