@@ -7,7 +7,7 @@
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use lantern_kernels::cpu::{KvBlocks, KvBlocksShape};
+use lantern_kernels::cpu::KvBlocks;
 use lantern_kernels::{KvCacheShape, LayerKvCache, SequenceAttention};
 use std::sync::Mutex;
 
@@ -69,14 +69,8 @@ impl KvCache {
     }
 
     pub(crate) fn cpu(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
-        let blocks_shape = KvBlocksShape {
-            num_blocks: shape.num_blocks,
-            block_size: shape.block_size,
-            num_kv_heads: shape.num_kv_heads,
-            head_dim: shape.head_dim,
-        };
         let layers = (0..config.num_layers)
-            .map(|_| KvBlocks::new(blocks_shape).map(Mutex::new))
+            .map(|_| KvBlocks::new(shape).map(Mutex::new))
             .collect::<std::result::Result<_, String>>()
             .map_err(ModelError::Batch)?;
         Ok(Self {

@@ -6,9 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use lantern_kernels::cpu::{
-    self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, KvBlocksShape,
-};
+use lantern_kernels::cpu::{self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks};
 use lantern_kernels::{
     AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
 };
@@ -71,7 +69,7 @@ fn measure(
         .collect();
     let value = |i: usize| ((i % 89) as f32 - 44.0) / 89.0;
     let kv_row: Vec<f32> = (0..KV_HEADS * D).map(value).collect();
-    let mut blocks = KvBlocks::new(KvBlocksShape {
+    let mut blocks = KvBlocks::new(KvCacheShape {
         num_blocks,
         block_size: BLOCK,
         num_kv_heads: KV_HEADS,

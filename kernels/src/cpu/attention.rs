@@ -1,12 +1,9 @@
 //! Fused paged attention on CPU: prefill, chunked prefill and decode of a whole flat batch in
 //! one call, reading keys and values through each sequence's block table.
 //!
-//! Cache layout (owned by this implementation): `[kv_head][block][slot][head_dim]`, so the keys
-//! of one head in one block are one contiguous run, and a sequence whose blocks have
-//! consecutive ids reads one long run per head (measured: 24 -> 16 ms of attention per decode
-//! step at 32 sequences, against `[block][kv_head][slot][head_dim]`).
+//! The cache layout is this implementation's own ([`KvBlocks`]).
 //!
-//! Work items are (KV head, query row): a row's `group` query heads share every key and value
+//! Work items are (query row, KV head): a row's `group` query heads share every key and value
 //! load. Keys are walked in position order from the window start; scores go to a per-thread
 //! scratch, then a max, `e^(s - max)` with a fixed-lane sum, and `Σ p·v` in key order, divided
 //! by the sum. A row's result therefore depends only on its query, its position and the keys it
@@ -14,27 +11,11 @@
 
 use super::arch::{prefetch, MAX_GROUP};
 use super::generic::LANES;
+use super::kv_blocks::KvBlocks;
 use super::CpuKernels;
 use crate::SequenceAttention;
 use rayon::prelude::*;
 use std::cell::RefCell;
-
-/// Shape of one layer's block pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvBlocksShape {
-    pub num_blocks: usize,
-    pub block_size: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// One layer's K/V block pool in the CPU layout.
-#[derive(Debug)]
-pub struct KvBlocks {
-    shape: KvBlocksShape,
-    key: Vec<f32>,
-    value: Vec<f32>,
-}
 
 /// Head counts and options shared by every row of a call.
 #[derive(Debug, Clone, Copy)]
@@ -59,90 +40,6 @@ const PREFETCH_RUNS: usize = 6;
 thread_local! {
     /// Scores of the row a thread is working on (`group x visible keys`), reused across calls.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-impl KvBlocks {
-    /// A zeroed pool; fails instead of aborting when the memory can't be had.
-    pub fn new(shape: KvBlocksShape) -> Result<Self, String> {
-        let len = shape
-            .num_blocks
-            .checked_mul(shape.block_size)
-            .and_then(|v| v.checked_mul(shape.num_kv_heads))
-            .and_then(|v| v.checked_mul(shape.head_dim))
-            .ok_or_else(|| format!("KV cache shape {shape:?} overflows"))?;
-        let zeros = |what: &str| -> Result<Vec<f32>, String> {
-            // Ask first, so that an impossible size is an error rather than an abort; then
-            // take zeroed memory the OS hands out lazily (a cache of many GB costs nothing
-            // until its blocks are written, as with candle's zeroed tensors).
-            Vec::<f32>::new()
-                .try_reserve_exact(len)
-                .map_err(|e| format!("cannot allocate the {what} cache ({len} floats): {e}"))?;
-            Ok(vec![0.0; len])
-        };
-        Ok(Self {
-            shape,
-            key: zeros("key")?,
-            value: zeros("value")?,
-        })
-    }
-
-    pub fn shape(&self) -> KvBlocksShape {
-        self.shape
-    }
-
-    fn offset(&self, block: usize, head: usize, slot: usize) -> usize {
-        let s = &self.shape;
-        ((head * s.num_blocks + block) * s.block_size + slot) * s.head_dim
-    }
-
-    fn block_of(&self, block_table: &[u32], position: usize) -> Result<usize, String> {
-        let block = *block_table
-            .get(position / self.shape.block_size)
-            .ok_or_else(|| format!("no block for position {position}"))?
-            as usize;
-        if block >= self.shape.num_blocks {
-            return Err(format!(
-                "block {block} is outside the cache of {} blocks",
-                self.shape.num_blocks
-            ));
-        }
-        Ok(block)
-    }
-
-    /// Stores one token's keys and values (`num_kv_heads * head_dim` each) at `position`.
-    pub fn write(
-        &mut self,
-        block_table: &[u32],
-        position: usize,
-        key: &[f32],
-        value: &[f32],
-    ) -> Result<(), String> {
-        let (heads, d) = (self.shape.num_kv_heads, self.shape.head_dim);
-        if key.len() != heads * d || value.len() != heads * d {
-            return Err(format!("a token's K/V must have {heads} x {d} values"));
-        }
-        let block = self.block_of(block_table, position)?;
-        let slot = position % self.shape.block_size;
-        for h in 0..heads {
-            let at = self.offset(block, h, slot);
-            self.key[at..at + d].copy_from_slice(&key[h * d..(h + 1) * d]);
-            self.value[at..at + d].copy_from_slice(&value[h * d..(h + 1) * d]);
-        }
-        Ok(())
-    }
-
-    /// The cached key and value of `head` at `position`.
-    pub fn read(
-        &self,
-        block_table: &[u32],
-        position: usize,
-        head: usize,
-    ) -> Option<(&[f32], &[f32])> {
-        let block = self.block_of(block_table, position).ok()?;
-        let at = self.offset(block, head, position % self.shape.block_size);
-        let d = self.shape.head_dim;
-        Some((&self.key[at..at + d], &self.value[at..at + d]))
-    }
 }
 
 impl CpuKernels {
@@ -365,7 +262,7 @@ mod tests {
         let needed: usize = seqs.iter().map(|s| s.context.div_ceil(block_size)).sum();
         let mut free: Vec<u32> = (0..needed as u32 + 3).collect();
         free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-        let mut blocks = match KvBlocks::new(KvBlocksShape {
+        let mut blocks = match KvBlocks::new(KvCacheShape {
             num_blocks: free.len(),
             block_size,
             num_kv_heads: h.kv_heads,

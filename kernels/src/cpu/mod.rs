@@ -17,12 +17,14 @@ pub mod attention;
 pub mod elementwise;
 mod generic;
 pub mod isa;
+mod kv_blocks;
 pub mod matmul;
 
-pub use attention::{AttentionScratch, AttentionShape, KvBlocks, KvBlocksShape};
+pub use attention::{AttentionScratch, AttentionShape};
 pub use elementwise::{RotaryPairing, RotaryTable};
 pub use generic::Bf16;
 pub use isa::Isa;
+pub use kv_blocks::KvBlocks;
 pub use matmul::{Output, PackedMatrix, WeightFormat};
 
 use arch::Kernels;
