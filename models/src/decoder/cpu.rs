@@ -84,6 +84,8 @@ impl Stopwatch<'_> {
 struct Step<'a> {
     config: &'a DecoderConfig,
     steps: &'a [SequenceStep],
+    /// Tokens in the flat batch.
+    rows: usize,
     /// Each sequence's rows and block table, for attention.
     sequences: &'a [SequenceAttention<'a>],
     rotary: &'a RotaryTable,
@@ -101,7 +103,6 @@ struct Workspace {
     activated: Vec<f32>,
     scratch: Vec<f32>,
     attention_scratch: AttentionScratch,
-    positions: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -121,7 +122,7 @@ fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
 
 /// The weight format of packed matrices for a model loaded in `dtype`: bf16 stays bf16 (exact,
 /// half the bytes); anything else is widened to f32.
-pub(crate) fn weight_format(dtype: DType) -> WeightFormat {
+fn weight_format(dtype: DType) -> WeightFormat {
     match dtype {
         DType::BF16 => WeightFormat::Bf16,
         _ => WeightFormat::F32,
@@ -203,12 +204,11 @@ impl CpuModel {
             });
         }
         let embedding_name = naming.weight(Role::Embedding, 0);
+        let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
         let (embedding, lm_head) = if c.tie_word_embeddings {
-            let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
             let head = PackedMatrix::pack(&table, c.vocab_size, hidden, format);
             (Embedding::TiedToHead, head)
         } else {
-            let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
             let head = pack(
                 dense(Role::LmHead, 0, (c.vocab_size, hidden), false)?,
                 c.vocab_size,
@@ -282,13 +282,13 @@ impl CpuModel {
         let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
         let mut rotary = self.rotary.lock().map_err(|_| poisoned())?;
         let ws = &mut *ws;
-        ws.positions.clear();
-        for step in steps {
-            ws.positions
-                .extend(step.context_before..step.context_before + step.tokens.len());
-        }
-        if let Some(&max) = ws.positions.iter().max() {
-            rotary.cover(max);
+        let rows = steps.iter().map(|s| s.tokens.len()).sum();
+        let last_position = steps
+            .iter()
+            .map(|s| s.context_before + s.tokens.len())
+            .max();
+        if let Some(end) = last_position {
+            rotary.cover(end.saturating_sub(1));
         }
         let sequences = attention_views(steps);
         let mut phases = ws.phases.take();
@@ -297,13 +297,14 @@ impl CpuModel {
                 times: phases.as_mut(),
                 last: std::time::Instant::now(),
             };
-            self.embed(config, steps, ws);
+            self.embed(config, steps, rows, ws);
             clock.lap(0);
             for (layer, blocks) in self.layers.iter().zip(layers) {
                 let mut blocks = blocks.lock().map_err(|_| poisoned())?;
                 let step = Step {
                     config,
                     steps,
+                    rows,
                     sequences: &sequences,
                     rotary: &rotary,
                 };
@@ -326,9 +327,14 @@ impl CpuModel {
         )?)
     }
 
-    fn embed(&self, config: &DecoderConfig, steps: &[SequenceStep], ws: &mut Workspace) {
+    fn embed(
+        &self,
+        config: &DecoderConfig,
+        steps: &[SequenceStep],
+        rows: usize,
+        ws: &mut Workspace,
+    ) {
         let hidden = config.hidden_size;
-        let rows = ws.positions.len();
         ws.hidden.resize(rows * hidden, 0.0);
         let tokens = steps.iter().flat_map(|s| s.tokens.iter());
         for (row, &token) in ws.hidden.chunks_exact_mut(hidden).zip(tokens) {
@@ -353,11 +359,11 @@ impl CpuModel {
         let Step {
             config: c,
             steps,
+            rows,
             sequences,
             rotary,
         } = *step;
         let k = &self.kernels;
-        let rows = ws.positions.len();
         let (hidden, d) = (c.hidden_size, c.head_dim);
         let (q_size, kv_size) = (c.num_heads * d, c.num_kv_heads * d);
         let eps = c.rms_norm_eps as f32;
