@@ -91,16 +91,10 @@ impl CpuKernels {
         max + (self.kernels.sum_exp)(row, max).ln()
     }
 
-    /// Index of the largest value; the lowest index wins ties (and NaNs are never chosen
-    /// over a number).
-    pub fn argmax(&self, row: &[f32]) -> u32 {
-        let mut best = 0;
-        for (i, &v) in row.iter().enumerate() {
-            if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
-                best = i;
-            }
-        }
-        best as u32
+    /// `1 / sqrt(mean(row^2) + eps)`.
+    fn inverse_rms(&self, row: &[f32], eps: f32) -> f32 {
+        let mean = (self.kernels.sum_squares)(row) / row.len() as f32;
+        1.0 / (mean + eps).sqrt()
     }
 
     /// RMS norm of each `weight.len()`-wide row of `x` into `out`:
@@ -108,8 +102,7 @@ impl CpuKernels {
     pub fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         let dim = weight.len();
         for (row, dst) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-            let mean = (self.kernels.sum_squares)(row) / dim as f32;
-            let inv = 1.0 / (mean + eps).sqrt();
+            let inv = self.inverse_rms(row, eps);
             (self.kernels.scale_by_weight)(row, inv, weight, dst);
         }
     }
@@ -118,8 +111,7 @@ impl CpuKernels {
     pub fn rms_norm_in_place(&self, x: &mut [f32], weight: &[f32], eps: f32) {
         let dim = weight.len();
         for row in x.chunks_exact_mut(dim) {
-            let mean = (self.kernels.sum_squares)(row) / dim as f32;
-            let inv = 1.0 / (mean + eps).sqrt();
+            let inv = self.inverse_rms(row, eps);
             for (v, w) in row.iter_mut().zip(weight) {
                 *v = *v * inv * w;
             }
@@ -165,13 +157,6 @@ mod tests {
             CpuKernels::scalar().logsumexp(&[f32::NEG_INFINITY; 3]),
             f32::NEG_INFINITY
         );
-    }
-
-    #[test]
-    fn argmax_takes_the_first_of_equal_maxima() {
-        let k = CpuKernels::scalar();
-        assert_eq!(k.argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
-        assert_eq!(k.argmax(&[f32::NAN, 1.0, 0.5]), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
 use crate::request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
-use crate::sampling::{log_softmax, top_n, Sampler};
+use crate::sampling::{argmax, log_softmax, top_n, Sampler};
 use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId};
 use crate::stop::{StopMatcher, StopOutcome};
 use candle_core::{DType, Tensor};
@@ -218,7 +218,7 @@ impl Worker {
                 .to_vec1::<f32>()?;
             let kernels = CpuKernels::active();
             let choose = |row: &[f32]| {
-                let token = kernels.argmax(row);
+                let token = argmax(row);
                 Choice {
                     token,
                     logprob: row[token as usize] - kernels.logsumexp(row),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, run, tiny_engine_on, Outcome, TestResult};
+use common::{collect, config, run, tiny_engine_on, Outcome, TestResult};
 use lantern_engine::{EngineConfig, GenerateRequest, SamplingParams};
 use lantern_models::KernelPath;
 use rand::{Rng, SeedableRng};
@@ -35,7 +35,8 @@ async fn alone(
     Ok(outcomes)
 }
 
-/// Submits every request at a random moment (0 to `spread_ms` apart) and gathers the outcomes.
+/// Submits every request at a random moment (0 to `spread_ms` apart; with 0, all at once,
+/// before the engine can finish any) and gathers the outcomes.
 async fn together(
     config: &EngineConfig,
     kernels: KernelPath,
@@ -46,10 +47,11 @@ async fn together(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut tasks = Vec::new();
     for request in requests {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=spread_ms))).await;
-        let handle = engine.handle.clone();
-        let request = request.clone();
-        tasks.push(tokio::spawn(async move { run(&handle, request).await }));
+        if spread_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..=spread_ms))).await;
+        }
+        let stream = engine.handle.submit(request.clone())?;
+        tasks.push(tokio::spawn(collect(stream)));
     }
     let mut outcomes = Vec::new();
     for task in tasks {

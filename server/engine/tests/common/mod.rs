@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use lantern_engine::{
-    start, CacheSize, EngineConfig, EngineHandle, Event, FinishReason, GenerateRequest,
+    start, CacheSize, EngineConfig, EngineHandle, Event, EventStream, FinishReason, GenerateRequest,
 };
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{load, Architecture, KernelPath, LoadOptions, ModelSource, TokenizerBundle};
@@ -66,7 +66,11 @@ pub struct Outcome {
 }
 
 pub async fn run(handle: &EngineHandle, request: GenerateRequest) -> TestResult<Outcome> {
-    let mut stream = handle.submit(request)?;
+    collect(handle.submit(request)?).await
+}
+
+/// Reads a submitted request's events to its end.
+pub async fn collect(mut stream: EventStream) -> TestResult<Outcome> {
     let mut tokens = Vec::new();
     let mut logprobs = Vec::new();
     let mut text = String::new();
