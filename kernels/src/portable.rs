@@ -42,7 +42,7 @@ impl Portable {
 }
 
 /// Slot of every position `0..context` of a sequence.
-fn slots_of(
+pub(crate) fn slots_of(
     block_table: &[u32],
     block_size: usize,
     context: usize,
@@ -209,9 +209,7 @@ mod tests {
         let run = |block_size: usize, block_table: &[u32]| -> Result<Tensor> {
             let cache = LayerKvCache::zeros(shape(8, block_size), DType::F32, &device)?;
             // The first 3 tokens were cached by earlier steps; this step brings 2.
-            let earlier: Vec<u32> = (0..3)
-                .map(|p| block_table[p / block_size] * block_size as u32 + (p % block_size) as u32)
-                .collect();
+            let earlier = slots_of(block_table, block_size, 3, cache.num_slots())?;
             let earlier = Tensor::new(earlier.as_slice(), &device)?;
             Portable.write_kv(
                 &cache,

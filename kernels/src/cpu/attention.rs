@@ -205,6 +205,7 @@ impl CpuKernels {
 mod tests {
     use super::*;
     use crate::cpu::Isa;
+    use crate::portable::slots_of;
     use crate::{
         AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
     };
@@ -357,9 +358,7 @@ mod tests {
             let table: Vec<u32> = (first_block..first_block + count).collect();
             first_block += count;
             // Earlier steps cached positions before `from`.
-            let earlier: Vec<u32> = (0..from as u32)
-                .map(|p| table[p as usize / block_size] * block_size as u32 + p % block_size as u32)
-                .collect();
+            let earlier = slots_of(&table, block_size, from, cache.num_slots())?;
             if from > 0 {
                 let t = |data: &[f32]| {
                     Tensor::from_slice(&data[..from * kv], (from, h.kv_heads, h.d), &device)
