@@ -25,6 +25,10 @@ enum Command {
     /// Write a complete Hugging Face model directory with seeded random weights and a real
     /// tokenizer: for tests and for load-testing a deployment without downloading weights.
     DummyModel(DummyModelArgs),
+    /// Load-test a TGI-, OpenAI- or SageMaker-compatible endpoint (this server or another):
+    /// TTFT, inter-token and end-to-end latency percentiles and throughput per concurrency or
+    /// request rate, as a table, JSON and an HTML report with SVG charts.
+    Benchmark(Box<crate::benchmark::BenchmarkArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +68,7 @@ impl Cli {
                 .enable_all()
                 .build()?
                 .block_on(crate::serve::run(*args)),
+            Command::Benchmark(args) => crate::benchmark::run(*args),
             Command::DummyModel(args) => {
                 let spec = DummySpec {
                     architecture: match args.arch {

@@ -1,6 +1,7 @@
 //! `lantern`: `serve` runs the server; `dummy-model` writes a seeded model directory for tests
-//! and load tests.
+//! and load tests; `benchmark` load-tests a server.
 
+mod benchmark;
 mod cli;
 mod config;
 mod default_model;
