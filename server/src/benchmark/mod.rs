@@ -21,7 +21,7 @@ mod workload;
 
 use anyhow::{bail, Context};
 use api::{Api, Generation};
-use client::{Client, Target};
+use client::{Client, Connections, Target};
 use load::LevelPlan;
 use report::LevelReport;
 use stats::{LevelRun, LoadShape, Slos};
@@ -29,6 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use workload::{Dataset, WorkloadSpec};
+
+/// Most distinct prompts a run makes; runs with more requests send them again in order.
+const DISTINCT_PROMPTS: usize = 2000;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchmarkArgs {
@@ -67,7 +70,8 @@ pub struct BenchmarkArgs {
     /// With `--request-rate`: most requests in flight at once.
     #[arg(long)]
     max_concurrency: Option<usize>,
-    /// Requests per level (default 100 unless `--duration` is given).
+    /// Requests per level (default 100 unless `--duration` is given). Up to 2000 distinct
+    /// prompts are made; more requests reuse them in order.
     #[arg(long)]
     requests: Option<usize>,
     /// Seconds per level: no new request after this.
@@ -114,6 +118,9 @@ pub struct BenchmarkArgs {
     /// SLO on a request's mean inter-token latency for goodput, in ms.
     #[arg(long)]
     slo_itl_ms: Option<f64>,
+    /// `per-request`: a new connection for every request; `keep-alive`: reuse idle ones.
+    #[arg(long, value_enum, default_value = "per-request")]
+    connections: Connections,
     /// Seconds before a request counts as a timeout.
     #[arg(long, default_value_t = 600.0)]
     request_timeout: f64,
@@ -133,10 +140,13 @@ pub struct BenchmarkArgs {
 }
 
 pub fn run(args: BenchmarkArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run_async(args))
+        .build()?;
+    let result = runtime.block_on(run_async(args));
+    // A prompt builder interrupted mid-count finishes its one request, then sees the cancel.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
@@ -162,7 +172,7 @@ async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
         if target.generation.model.is_empty() {
             target.generation.model = probe::model_name(&target).await;
         }
-        clients.push(Client::new(target, timeout)?);
+        clients.push(Client::new(target, timeout, args.connections)?);
     }
 
     let spec = WorkloadSpec {
@@ -174,16 +184,24 @@ async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
         prompts_file: args.prompts.clone(),
         seed: args.seed,
     };
-    let job_count = requests.unwrap_or(500).max(args.warmup);
-    let jobs = Arc::new(probe::build_workload(&clients[0], spec, job_count).await?);
-
     let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: ending the level in flight and writing what was measured");
+            eprintln!("interrupted: stopping, and writing what was measured");
             let _ = cancel_sender.send(true);
         }
     });
+    // Every prompt is made (and its length counted by the server) before the first request;
+    // longer runs cycle through them.
+    let job_count = requests
+        .unwrap_or(DISTINCT_PROMPTS)
+        .clamp(args.warmup.max(1), DISTINCT_PROMPTS);
+    eprintln!("making {job_count} prompts");
+    let mut interrupted = cancel.clone();
+    let jobs = tokio::select! {
+        jobs = probe::build_workload(&clients[0], spec, job_count, cancel.clone()) => Arc::new(jobs?),
+        _ = interrupted.wait_for(|c| *c) => bail!("interrupted before the first level"),
+    };
 
     for client in &clients {
         warm_up(client, &jobs, args.warmup, cancel.clone()).await?;

@@ -13,8 +13,7 @@ type NamedStats = Vec<(&'static str, Option<f64>)>;
 /// One line of a chart.
 struct Series {
     name: String,
-    /// Picks the colour: one per server (or per server and level in the CDF).
-    color: usize,
+    color: RGBColor,
     /// Dashed for the compared server, so the two stay apart in greyscale too.
     dashed: bool,
     points: Vec<(f64, f64)>,
@@ -26,6 +25,7 @@ struct Chart {
     y_desc: String,
     /// Marks each point (load charts; the CDF has too many points).
     markers: bool,
+    legend: SeriesLabelPosition,
     series: Vec<Series>,
 }
 
@@ -63,7 +63,7 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
                 };
                 series.push(Series {
                     name,
-                    color: index * 3 + which,
+                    color: shade(index, which),
                     dashed: index > 0,
                     points,
                 });
@@ -74,6 +74,7 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
             x_desc: load_axis.into(),
             y_desc: y_desc.into(),
             markers: true,
+            legend: SeriesLabelPosition::UpperLeft,
             series,
         }
     };
@@ -92,6 +93,7 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
         x_desc: "end-to-end latency (ms)".into(),
         y_desc: "fraction of requests".into(),
         markers: false,
+        legend: SeriesLabelPosition::LowerRight,
         series: Vec::new(),
     };
     for (index, level) in levels.iter().enumerate() {
@@ -109,7 +111,7 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
             .unwrap_or(0);
         cdf.series.push(Series {
             name: format!("{} {}", level.summary.server, level.load_label()),
-            color: index,
+            color: LEVEL_COLORS[levels_seen(levels, index) % LEVEL_COLORS.len()],
             dashed: server_index > 0,
             points,
         });
@@ -120,6 +122,38 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
         ("itl", draw(&itl)?),
         ("latency_cdf", draw(&cdf)?),
     ])
+}
+
+/// Load charts: a hue per server (blue, orange, green), darkest for p50, lightest for p99.
+fn shade(server: usize, stat: usize) -> RGBColor {
+    const SHADES: [[RGBColor; 3]; 3] = [
+        [RGBColor(16, 60, 140), RGBColor(60, 120, 200), RGBColor(130, 170, 230)],
+        [RGBColor(180, 70, 0), RGBColor(230, 120, 20), RGBColor(250, 175, 100)],
+        [RGBColor(20, 110, 40), RGBColor(60, 160, 80), RGBColor(140, 205, 150)],
+    ];
+    SHADES[server % SHADES.len()][stat.min(2)]
+}
+
+/// The CDF: a colour per load level, shared by the servers (the compared one dashed).
+const LEVEL_COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// Which load level `levels[index]` is, counting levels in run order (servers share one).
+fn levels_seen(levels: &[LevelReport], index: usize) -> usize {
+    let mut loads: Vec<String> = Vec::new();
+    for level in &levels[..=index] {
+        let load = level.load_label();
+        if !loads.contains(&load) {
+            loads.push(load);
+        }
+    }
+    loads.len() - 1
 }
 
 fn server_names(levels: &[LevelReport]) -> Vec<String> {
@@ -179,7 +213,7 @@ fn draw(chart: &Chart) -> anyhow::Result<String> {
             .draw()
             .map_err(|e| failed(&e))?;
         for series in &chart.series {
-            let color = Palette99::pick(series.color).to_rgba();
+            let color = series.color;
             let style = color.stroke_width(2);
             let legend_style = style;
             if series.dashed {
@@ -206,7 +240,7 @@ fn draw(chart: &Chart) -> anyhow::Result<String> {
             }
         }
         plot.configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(chart.legend.clone())
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()

@@ -63,6 +63,8 @@ struct ServerTokenizer {
     spelling: Option<Spelling>,
     /// No spelling answered: counting is off for the rest of the run.
     unavailable: bool,
+    /// Ctrl-C: stop asking (the runtime is going away).
+    cancel: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ServerTokenizer {
@@ -84,7 +86,7 @@ impl ServerTokenizer {
 
 impl TokenCount for ServerTokenizer {
     fn count(&mut self, text: &str) -> Option<usize> {
-        if self.unavailable {
+        if self.unavailable || *self.cancel.borrow() {
             return None;
         }
         let candidates = match self.spelling {
@@ -110,6 +112,7 @@ pub async fn build_workload(
     client: &Client,
     spec: WorkloadSpec,
     count: usize,
+    cancel: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<Job>> {
     let target = client.target();
     let mut tokenizer = ServerTokenizer {
@@ -121,6 +124,7 @@ pub async fn build_workload(
         runtime: tokio::runtime::Handle::current(),
         spelling: None,
         unavailable: false,
+        cancel,
     };
     tokio::task::spawn_blocking(move || workload::build(&spec, count, &mut tokenizer)).await?
 }
