@@ -127,9 +127,21 @@ pub fn charts(levels: &[LevelReport]) -> anyhow::Result<Vec<(&'static str, Strin
 /// Load charts: a hue per server (blue, orange, green), darkest for p50, lightest for p99.
 fn shade(server: usize, stat: usize) -> RGBColor {
     const SHADES: [[RGBColor; 3]; 3] = [
-        [RGBColor(16, 60, 140), RGBColor(60, 120, 200), RGBColor(130, 170, 230)],
-        [RGBColor(180, 70, 0), RGBColor(230, 120, 20), RGBColor(250, 175, 100)],
-        [RGBColor(20, 110, 40), RGBColor(60, 160, 80), RGBColor(140, 205, 150)],
+        [
+            RGBColor(16, 60, 140),
+            RGBColor(60, 120, 200),
+            RGBColor(130, 170, 230),
+        ],
+        [
+            RGBColor(180, 70, 0),
+            RGBColor(230, 120, 20),
+            RGBColor(250, 175, 100),
+        ],
+        [
+            RGBColor(20, 110, 40),
+            RGBColor(60, 160, 80),
+            RGBColor(140, 205, 150),
+        ],
     ];
     SHADES[server % SHADES.len()][stat.min(2)]
 }

@@ -7,6 +7,7 @@ pub mod error;
 mod generate;
 mod openai;
 mod openapi;
+mod oversized;
 mod sagemaker;
 mod sse;
 pub mod state;
@@ -42,6 +43,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route_layer(from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(from_fn_with_state(
+            state.clone(),
+            oversized::refuse_oversized_bodies,
+        ))
         .with_state(state)
 }
 

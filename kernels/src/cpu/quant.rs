@@ -1,0 +1,369 @@
+//! Quantized weights for the batched integer product: GGUF's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
+//! blocks (32 values, an f16 scale `d`, for some an f16 minimum `m`) repacked at load into
+//! panels of 16 output rows, and activations quantized per row to 8-bit blocks.
+//!
+//! The product of one activation block `x ≈ s·q` (q in -127..=127) with one weight block is
+//! `d·s·Σ u·q (− offset·Σq)  (+ m·s·Σq)`, where `u` is the block's unsigned integer (a nibble,
+//! a 5-bit value, or for Q8_0 the signed byte). The integer sums are exact, so every ISA (VNNI
+//! `vpdpbusd`, AVX2 `maddubs`, scalar) gets the same integers; the float part is one fixed
+//! sequence per block and output: `acc = fma(idot, d·s, acc)`, then `acc = fma(m, s·Σq, acc)`,
+//! blocks in `k` order from +0.0. So, as for the dense product, a row's bits depend on nothing
+//! but that row, the weights and the format (see `NUMERICS.md`).
+//!
+//! Panel layout, per block of 32 `k` values: the 16 rows' scales (f16), their minimums (f16,
+//! Q4_1/Q5_1 only), then the integers, grouped by 4 consecutive `k` so that one 64-byte vector
+//! holds 16 rows x 4 values (`[group][row][4]`):
+//! - 4-bit (Q4_0, Q4_1): 4 groups of 64 bytes; byte `j` of row `r` in group `g` holds `k = 8g+j`
+//!   in its low nibble and `k = 8g+4+j` in its high nibble. No size growth over GGUF.
+//! - 8-bit (Q5_0, Q5_1 expanded to bytes; Q8_0 as signed bytes): 8 groups of 64 bytes, group
+//!   `G` holding `k = 4G..4G+4`. Q8_0 has no growth; Q5 grows from 22/24 to 34/36 bytes a
+//!   block, the price of decoding its fifth bit at load instead of in the loop.
+
+use half::f16;
+
+/// Values per quantization block (every supported format).
+pub const BLOCK: usize = 32;
+/// Output rows per panel.
+pub const ROWS: usize = 16;
+
+/// A GGUF quantization format the integer kernels serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+}
+
+/// How a format's integers sit in a panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Two 4-bit values per byte, 0..=15.
+    Nibbles,
+    /// One unsigned value per byte, 0..=31.
+    Bytes,
+    /// One signed value per byte, -128..=127 (Q8_0).
+    SignedBytes,
+}
+
+impl QuantFormat {
+    pub const ALL: [QuantFormat; 5] = [
+        QuantFormat::Q4_0,
+        QuantFormat::Q4_1,
+        QuantFormat::Q5_0,
+        QuantFormat::Q5_1,
+        QuantFormat::Q8_0,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q4_0 => "q4_0",
+            QuantFormat::Q4_1 => "q4_1",
+            QuantFormat::Q5_0 => "q5_0",
+            QuantFormat::Q5_1 => "q5_1",
+            QuantFormat::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Bytes of one GGUF block of 32 values.
+    pub fn gguf_block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q4_0 => 18,
+            QuantFormat::Q4_1 => 20,
+            QuantFormat::Q5_0 => 22,
+            QuantFormat::Q5_1 => 24,
+            QuantFormat::Q8_0 => 34,
+        }
+    }
+
+    pub fn encoding(self) -> Encoding {
+        match self {
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => Encoding::Nibbles,
+            QuantFormat::Q5_0 | QuantFormat::Q5_1 => Encoding::Bytes,
+            QuantFormat::Q8_0 => Encoding::SignedBytes,
+        }
+    }
+
+    /// What the stored integer is offset by: value = d·(u − offset).
+    pub fn offset(self) -> i32 {
+        match self {
+            QuantFormat::Q4_0 => 8,
+            QuantFormat::Q5_0 => 16,
+            _ => 0,
+        }
+    }
+
+    /// value = d·u + m.
+    pub fn has_min(self) -> bool {
+        matches!(self, QuantFormat::Q4_1 | QuantFormat::Q5_1)
+    }
+
+    /// Bytes of one block of one panel (16 rows).
+    pub fn panel_block_bytes(self) -> usize {
+        let scales = ROWS * 2 * if self.has_min() { 2 } else { 1 };
+        let integers = match self.encoding() {
+            Encoding::Nibbles => ROWS * BLOCK / 2,
+            Encoding::Bytes | Encoding::SignedBytes => ROWS * BLOCK,
+        };
+        scales + integers
+    }
+
+    /// Byte offset of the integers inside a panel block.
+    pub fn integers_offset(self) -> usize {
+        ROWS * 2 * if self.has_min() { 2 } else { 1 }
+    }
+
+    /// One GGUF block as its integers (`u`, see the module doc), scale and minimum. The
+    /// bit layouts are ggml's: a nibble byte `j` holds values `j` (low) and `j + 16` (high);
+    /// Q5's 32-bit `qh` holds the fifth bit of value `i` at bit `i`.
+    pub fn decode_gguf_block(self, block: &[u8]) -> ([i32; BLOCK], f32, f32) {
+        let half_at = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+        let d = half_at(0);
+        let mut values = [0i32; BLOCK];
+        let (m, rest) = match self {
+            QuantFormat::Q4_1 | QuantFormat::Q5_1 => (half_at(2), &block[4..]),
+            _ => (0.0, &block[2..]),
+        };
+        match self {
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
+                for j in 0..16 {
+                    values[j] = i32::from(rest[j] & 0x0F);
+                    values[j + 16] = i32::from(rest[j] >> 4);
+                }
+            }
+            QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
+                let high = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let nibbles = &rest[4..];
+                for j in 0..16 {
+                    let bit = |i: usize| (((high >> i) & 1) << 4) as i32;
+                    values[j] = i32::from(nibbles[j] & 0x0F) | bit(j);
+                    values[j + 16] = i32::from(nibbles[j] >> 4) | bit(j + 16);
+                }
+            }
+            QuantFormat::Q8_0 => {
+                for (v, &b) in values.iter_mut().zip(rest) {
+                    *v = i32::from(b as i8);
+                }
+            }
+        }
+        (values, d, m)
+    }
+
+    /// The real value of integer `u` of a block with scale `d` and minimum `m`.
+    pub fn dequantize(self, u: i32, d: f32, m: f32) -> f32 {
+        if self.has_min() {
+            d * u as f32 + m
+        } else {
+            d * (u - self.offset()) as f32
+        }
+    }
+}
+
+/// A quantized `(n, k)` weight matrix in panels of [`ROWS`] output rows.
+#[derive(Debug, Clone)]
+pub struct QuantPanels {
+    pub format: QuantFormat,
+    /// Blocks per row (`k / 32`).
+    pub blocks: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl QuantPanels {
+    /// Bytes of one panel.
+    pub fn panel_bytes(&self) -> usize {
+        self.blocks * self.format.panel_block_bytes()
+    }
+
+    /// Repacks GGUF data of an `(n, k)` matrix (`n` rows of `k / 32` blocks; `k` a multiple
+    /// of 32) into panels; rows past `n` in the last panel are zero.
+    pub fn from_gguf(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        if k % BLOCK != 0 {
+            return Err(format!("{}: k = {k} is not a multiple of {BLOCK}", format.name()));
+        }
+        let blocks = k / BLOCK;
+        let row_bytes = blocks * format.gguf_block_bytes();
+        if data.len() != n * row_bytes {
+            return Err(format!(
+                "{}: ({n}, {k}) needs {} bytes, got {}",
+                format.name(),
+                n * row_bytes,
+                data.len()
+            ));
+        }
+        let block_bytes = format.panel_block_bytes();
+        let panels = n.div_ceil(ROWS);
+        let mut bytes = vec![0u8; panels * blocks * block_bytes];
+        let integers = format.integers_offset();
+        for row in 0..n {
+            let (panel, lane) = (row / ROWS, row % ROWS);
+            for b in 0..blocks {
+                let at = row * row_bytes + b * format.gguf_block_bytes();
+                let gguf = &data[at..at + format.gguf_block_bytes()];
+                let (values, _, _) = format.decode_gguf_block(gguf);
+                let out = &mut bytes[(panel * blocks + b) * block_bytes..][..block_bytes];
+                // Scale and minimum: copied as f16 bits.
+                out[2 * lane..2 * lane + 2].copy_from_slice(&gguf[0..2]);
+                if format.has_min() {
+                    out[ROWS * 2 + 2 * lane..ROWS * 2 + 2 * lane + 2].copy_from_slice(&gguf[2..4]);
+                }
+                let ints = &mut out[integers..];
+                match format.encoding() {
+                    Encoding::Nibbles => {
+                        for g in 0..4 {
+                            for j in 0..4 {
+                                let low = values[8 * g + j] as u8;
+                                let high = values[8 * g + 4 + j] as u8;
+                                ints[g * 64 + lane * 4 + j] = low | (high << 4);
+                            }
+                        }
+                    }
+                    Encoding::Bytes | Encoding::SignedBytes => {
+                        for group in 0..8 {
+                            for j in 0..4 {
+                                ints[group * 64 + lane * 4 + j] = values[4 * group + j] as u8;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            format,
+            blocks,
+            bytes,
+        })
+    }
+
+    /// Row `i` (of panel `i / 16`) dequantized: an embedding lookup in a quantized table.
+    pub fn row(&self, i: usize, out: &mut [f32]) {
+        let format = self.format;
+        let block_bytes = format.panel_block_bytes();
+        let (panel, lane) = (i / ROWS, i % ROWS);
+        for (b, values) in out.chunks_exact_mut(BLOCK).enumerate().take(self.blocks) {
+            let block = &self.bytes[(panel * self.blocks + b) * block_bytes..][..block_bytes];
+            let (ints, d, m) = panel_block_lane(format, block, lane);
+            for (v, u) in values.iter_mut().zip(ints) {
+                *v = format.dequantize(u, d, m);
+            }
+        }
+    }
+}
+
+/// Lane `lane`'s integers, scale and minimum from one panel block.
+pub fn panel_block_lane(format: QuantFormat, block: &[u8], lane: usize) -> ([i32; BLOCK], f32, f32) {
+    let half_at = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
+    let d = half_at(2 * lane);
+    let m = if format.has_min() {
+        half_at(ROWS * 2 + 2 * lane)
+    } else {
+        0.0
+    };
+    let ints = &block[format.integers_offset()..];
+    let mut values = [0i32; BLOCK];
+    for (k, v) in values.iter_mut().enumerate() {
+        *v = match format.encoding() {
+            Encoding::Nibbles => {
+                let (g, j, high) = (k / 8, k % 4, (k % 8) >= 4);
+                let byte = ints[g * 64 + lane * 4 + j];
+                i32::from(if high { byte >> 4 } else { byte & 0x0F })
+            }
+            Encoding::Bytes => i32::from(ints[(k / 4) * 64 + lane * 4 + k % 4]),
+            Encoding::SignedBytes => i32::from(ints[(k / 4) * 64 + lane * 4 + k % 4] as i8),
+        };
+    }
+    (values, d, m)
+}
+
+/// Activation rows quantized per block of 32: `x ≈ scale·q` with `q` in -127..=127.
+#[derive(Debug, Default, Clone)]
+pub struct QuantizedRows {
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    /// `Σ q` per block.
+    pub sums: Vec<i32>,
+    /// `scale · Σ q` per block (the minimum term's factor).
+    pub scaled_sums: Vec<f32>,
+}
+
+/// A view of some rows of [`QuantizedRows`].
+#[derive(Debug, Clone, Copy)]
+pub struct QuantRows<'a> {
+    pub values: &'a [i8],
+    pub scales: &'a [f32],
+    pub sums: &'a [i32],
+    pub scaled_sums: &'a [f32],
+}
+
+impl QuantizedRows {
+    /// Quantizes `rows` rows of `k` values (`k` a multiple of 32) into `self`, reusing its
+    /// buffers. Per block: `scale = amax / 127`, `q = round(x · 127 / amax)`; an all-zero
+    /// block has scale 0. Plain scalar code shared by every ISA, so every ISA sees the same q.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        let blocks = rows * k / BLOCK;
+        self.values.resize(rows * k, 0);
+        self.scales.resize(blocks, 0.0);
+        self.sums.resize(blocks, 0);
+        self.scaled_sums.resize(blocks, 0.0);
+        for (b, (block, q)) in x
+            .chunks_exact(BLOCK)
+            .zip(self.values.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (scale, inverse) = if amax > 0.0 && amax.is_finite() {
+                (amax / 127.0, 127.0 / amax)
+            } else {
+                (0.0, 0.0)
+            };
+            let mut sum = 0i32;
+            for (q, v) in q.iter_mut().zip(block) {
+                *q = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+                sum += i32::from(*q);
+            }
+            self.scales[b] = scale;
+            self.sums[b] = sum;
+            self.scaled_sums[b] = scale * sum as f32;
+        }
+    }
+
+    /// Rows `first..first + count` of `k` values.
+    pub fn rows(&self, first: usize, count: usize, k: usize) -> QuantRows<'_> {
+        let blocks = k / BLOCK;
+        QuantRows {
+            values: &self.values[first * k..(first + count) * k],
+            scales: &self.scales[first * blocks..(first + count) * blocks],
+            sums: &self.sums[first * blocks..(first + count) * blocks],
+            scaled_sums: &self.scaled_sums[first * blocks..(first + count) * blocks],
+        }
+    }
+}
+
+/// The reference of the integer product: `out[r * 16 + lane]` = the chain of row `r` with
+/// panel row `lane`, for every row of `x` (see the module doc for the exact sequence).
+pub fn tile_reference(format: QuantFormat, x: QuantRows, blocks: usize, panel: &[u8], out: &mut [f32]) {
+    let block_bytes = format.panel_block_bytes();
+    let rows = x.values.len() / (blocks * BLOCK);
+    for r in 0..rows {
+        let mut acc = [0f32; ROWS];
+        for b in 0..blocks {
+            let block = &panel[b * block_bytes..(b + 1) * block_bytes];
+            let q = &x.values[(r * blocks + b) * BLOCK..][..BLOCK];
+            let (scale, sum, scaled_sum) = (
+                x.scales[r * blocks + b],
+                x.sums[r * blocks + b],
+                x.scaled_sums[r * blocks + b],
+            );
+            for (lane, acc) in acc.iter_mut().enumerate() {
+                let (u, d, m) = panel_block_lane(format, block, lane);
+                let dot: i32 = u.iter().zip(q).map(|(&u, &q)| u * i32::from(q)).sum();
+                let dot = dot - format.offset() * sum;
+                *acc = (dot as f32).mul_add(d * scale, *acc);
+                if format.has_min() {
+                    *acc = m.mul_add(scaled_sum, *acc);
+                }
+            }
+        }
+        out[r * ROWS..(r + 1) * ROWS].copy_from_slice(&acc);
+    }
+}
