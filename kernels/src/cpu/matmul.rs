@@ -10,20 +10,25 @@
 
 use super::arch::{Kernels, TileTable, MAX_ROWS, PANEL_GROUPS};
 use super::generic::{Bf16, Weight, PANEL};
+use super::quant::{QuantFormat, QuantPanels, QuantizedRows};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
-/// How the weights of a packed matrix are stored. Arithmetic is f32 either way.
+/// How the weights of a packed matrix are stored. Dense arithmetic is f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     F32,
     /// Half the bytes; bitwise the same results as f32 weights holding the same bf16 values.
     Bf16,
+    /// GGUF blocks with the integer product of `quant.rs` (activations quantized per row).
+    Quantized(QuantFormat),
 }
 
 #[derive(Debug, Clone)]
 enum PanelData {
     F32(Vec<f32>),
     Bf16(Vec<Bf16>),
+    Quantized(QuantPanels),
 }
 
 /// What the epilogue does with each output row's chains.
@@ -79,6 +84,12 @@ impl PackedMatrix {
             WeightFormat::Bf16 => {
                 PanelData::Bf16(pack_panels(n, k, |i, j| Bf16::from_f32(rows[i * k + j])))
             }
+            WeightFormat::Quantized(format) => {
+                panic!(
+                    "{} weights come from GGUF data: PackedMatrix::quantized",
+                    format.name()
+                )
+            }
         };
         Self {
             n,
@@ -87,6 +98,17 @@ impl PackedMatrix {
             bias: None,
             activation: Activation::None,
         }
+    }
+
+    /// A GGUF-quantized `(n, k)` matrix from its blocks (`n` rows of `k / 32` blocks).
+    pub fn quantized(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        Ok(Self {
+            n,
+            k,
+            data: PanelData::Quantized(QuantPanels::from_gguf(format, data, n, k)?),
+            bias: None,
+            activation: Activation::None,
+        })
     }
 
     /// Adds a bias of `n` values, applied after each chain.
@@ -101,7 +123,7 @@ impl PackedMatrix {
     pub fn gate_up(gate: PackedMatrix, up: PackedMatrix) -> Self {
         assert_eq!((gate.n, gate.k), (up.n, up.k), "gate and up shapes");
         assert!(gate.bias.is_none() && up.bias.is_none(), "gate/up bias");
-        fn interleave<W: Weight>(gate: &[W], up: &[W], panel_len: usize) -> Vec<W> {
+        fn interleave<W: Copy>(gate: &[W], up: &[W], panel_len: usize) -> Vec<W> {
             let mut data = Vec::with_capacity(gate.len() * 2);
             for (g, u) in gate.chunks_exact(panel_len).zip(up.chunks_exact(panel_len)) {
                 data.extend_from_slice(g);
@@ -114,6 +136,13 @@ impl PackedMatrix {
             (PanelData::F32(g), PanelData::F32(u)) => PanelData::F32(interleave(g, u, panel_len)),
             (PanelData::Bf16(g), PanelData::Bf16(u)) => {
                 PanelData::Bf16(interleave(g, u, panel_len))
+            }
+            (PanelData::Quantized(g), PanelData::Quantized(u)) if g.format == u.format => {
+                PanelData::Quantized(QuantPanels {
+                    format: g.format,
+                    blocks: g.blocks,
+                    bytes: interleave(&g.bytes, &u.bytes, g.panel_bytes()),
+                })
             }
             _ => panic!("gate and up must have the same weight format"),
         };
@@ -136,9 +165,10 @@ impl PackedMatrix {
     }
 
     pub fn format(&self) -> WeightFormat {
-        match self.data {
+        match &self.data {
             PanelData::F32(_) => WeightFormat::F32,
             PanelData::Bf16(_) => WeightFormat::Bf16,
+            PanelData::Quantized(q) => WeightFormat::Quantized(q.format),
         }
     }
 
@@ -147,6 +177,7 @@ impl PackedMatrix {
         match &self.data {
             PanelData::F32(d) => d.len() * 4,
             PanelData::Bf16(d) => d.len() * 2,
+            PanelData::Quantized(q) => q.bytes.len(),
         }
     }
 
@@ -175,6 +206,7 @@ impl PackedMatrix {
                     *o = d[base + kk * PANEL].to_f32();
                 }
             }
+            PanelData::Quantized(q) => q.row(i, out),
         }
     }
 }
@@ -197,6 +229,12 @@ fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
 const ROW_BLOCK: usize = 64;
 /// Chunks of panels per thread: a thread that starts late (woken from sleep) takes fewer.
 const CHUNKS_PER_THREAD: usize = 4;
+thread_local! {
+    /// The activations of a quantized product, quantized once per call by the calling thread
+    /// and read by every thread of the call.
+    static QUANTIZED_ROWS: RefCell<QuantizedRows> = RefCell::new(QuantizedRows::default());
+}
+
 /// Panels of the widest microkernel call: smaller chunks would cut it.
 const MIN_PANELS_PER_CHUNK: usize = 4;
 /// Below this many multiply-adds a product runs on the calling thread.
@@ -276,28 +314,42 @@ impl super::CpuKernels {
             .min(panels.max(1));
         let kernels = self.kernels;
         let shape = tile_shape(kernels, rows);
-        let work = |(chunk_index, chunk): (usize, &mut [f32])| {
-            let first = chunk_index * per_chunk;
-            let count = chunk.len() / stride;
-            let range = first * k * PANEL..(first + count) * k * PANEL;
-            match &w.data {
-                PanelData::F32(d) => {
-                    run_panels(&kernels.tile_f32, shape, x, rows, k, &d[range], chunk)
-                }
-                PanelData::Bf16(d) => {
-                    run_panels(&kernels.tile_bf16, shape, x, rows, k, &d[range], chunk)
-                }
+        QUANTIZED_ROWS.with_borrow_mut(|quantized| {
+            if let PanelData::Quantized(_) = &w.data {
+                quantized.quantize(x, rows, k);
             }
-            epilogue_in_place(kernels, w, first, chunk, stride);
-        };
-        if chunks == 1 || per_chunk >= panels {
-            work((0, scratch));
-        } else {
-            scratch
-                .par_chunks_mut(per_chunk * stride)
-                .enumerate()
-                .for_each(work);
-        }
+            let quantized = &*quantized;
+            let work = |(chunk_index, chunk): (usize, &mut [f32])| {
+                let first = chunk_index * per_chunk;
+                let count = chunk.len() / stride;
+                let range = first * k * PANEL..(first + count) * k * PANEL;
+                match &w.data {
+                    PanelData::F32(d) => {
+                        run_panels(&kernels.tile_f32, shape, x, rows, k, &d[range], chunk)
+                    }
+                    PanelData::Bf16(d) => {
+                        run_panels(&kernels.tile_bf16, shape, x, rows, k, &d[range], chunk)
+                    }
+                    PanelData::Quantized(q) => {
+                        let x = quantized.rows(0, rows, k);
+                        let panel_bytes = q.panel_bytes();
+                        for (p, out) in chunk.chunks_exact_mut(stride).enumerate() {
+                            let panel = &q.bytes[(first + p) * panel_bytes..][..panel_bytes];
+                            (kernels.quant_tile)(q.format, x, q.blocks, panel, out);
+                        }
+                    }
+                }
+                epilogue_in_place(kernels, w, first, chunk, stride);
+            };
+            if chunks == 1 || per_chunk >= panels {
+                work((0, scratch));
+            } else {
+                scratch
+                    .par_chunks_mut(per_chunk * stride)
+                    .enumerate()
+                    .for_each(work);
+            }
+        });
         write_rows(w, scratch, rows, out, output);
     }
 }

@@ -19,6 +19,7 @@ mod generic;
 pub mod isa;
 mod kv_blocks;
 pub mod matmul;
+pub mod quant;
 
 pub use attention::{AttentionScratch, AttentionShape};
 pub use elementwise::{RotaryPairing, RotaryTable};
@@ -26,6 +27,7 @@ pub use generic::Bf16;
 pub use isa::Isa;
 pub use kv_blocks::KvBlocks;
 pub use matmul::{Output, PackedMatrix, WeightFormat};
+pub use quant::QuantFormat;
 
 use arch::Kernels;
 use std::sync::OnceLock;

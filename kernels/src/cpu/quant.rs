@@ -179,7 +179,10 @@ impl QuantPanels {
     /// of 32) into panels; rows past `n` in the last panel are zero.
     pub fn from_gguf(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
         if k % BLOCK != 0 {
-            return Err(format!("{}: k = {k} is not a multiple of {BLOCK}", format.name()));
+            return Err(format!(
+                "{}: k = {k} is not a multiple of {BLOCK}",
+                format.name()
+            ));
         }
         let blocks = k / BLOCK;
         let row_bytes = blocks * format.gguf_block_bytes();
@@ -251,7 +254,11 @@ impl QuantPanels {
 }
 
 /// Lane `lane`'s integers, scale and minimum from one panel block.
-pub fn panel_block_lane(format: QuantFormat, block: &[u8], lane: usize) -> ([i32; BLOCK], f32, f32) {
+pub fn panel_block_lane(
+    format: QuantFormat,
+    block: &[u8],
+    lane: usize,
+) -> ([i32; BLOCK], f32, f32) {
     let half_at = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
     let d = half_at(2 * lane);
     let m = if format.has_min() {
@@ -341,7 +348,13 @@ impl QuantizedRows {
 
 /// The reference of the integer product: `out[r * 16 + lane]` = the chain of row `r` with
 /// panel row `lane`, for every row of `x` (see the module doc for the exact sequence).
-pub fn tile_reference(format: QuantFormat, x: QuantRows, blocks: usize, panel: &[u8], out: &mut [f32]) {
+pub fn tile_reference(
+    format: QuantFormat,
+    x: QuantRows,
+    blocks: usize,
+    panel: &[u8],
+    out: &mut [f32],
+) {
     let block_bytes = format.panel_block_bytes();
     let rows = x.values.len() / (blocks * BLOCK);
     for r in 0..rows {
@@ -365,5 +378,249 @@ pub fn tile_reference(format: QuantFormat, x: QuantRows, blocks: usize, panel: &
             }
         }
         out[r * ROWS..(r + 1) * ROWS].copy_from_slice(&acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::{CpuKernels, Isa, Output, PackedMatrix};
+    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    use candle_core::Device;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn ggml_dtype(format: QuantFormat) -> GgmlDType {
+        match format {
+            QuantFormat::Q4_0 => GgmlDType::Q4_0,
+            QuantFormat::Q4_1 => GgmlDType::Q4_1,
+            QuantFormat::Q5_0 => GgmlDType::Q5_0,
+            QuantFormat::Q5_1 => GgmlDType::Q5_1,
+            QuantFormat::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// `n * k / 32` GGUF blocks of random integers with scales in [0.002, 0.05) and minimums
+    /// in [-0.5, 0.5); `unit` makes every scale 1 and every minimum 0.
+    fn random_gguf(format: QuantFormat, n: usize, k: usize, seed: u64, unit: bool) -> Vec<u8> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut data = Vec::new();
+        for _ in 0..n * k / BLOCK {
+            let d = if unit {
+                1.0
+            } else {
+                rng.random_range(0.002f32..0.05)
+            };
+            data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+            if format.has_min() {
+                let m = if unit {
+                    0.0
+                } else {
+                    rng.random_range(-0.5f32..0.5)
+                };
+                data.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+            }
+            let rest = format.gguf_block_bytes() - 2 * if format.has_min() { 2 } else { 1 };
+            data.extend((0..rest).map(|_| rng.random::<u8>()));
+        }
+        data
+    }
+
+    fn dequantize_ours(format: QuantFormat, data: &[u8]) -> Vec<f32> {
+        data.chunks_exact(format.gguf_block_bytes())
+            .flat_map(|block| {
+                let (values, d, m) = format.decode_gguf_block(block);
+                values.map(|u| format.dequantize(u, d, m))
+            })
+            .collect()
+    }
+
+    fn dequantize_candle(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Vec<f32> {
+        let dequantized = QStorage::from_data(
+            std::borrow::Cow::Borrowed(data),
+            &Device::Cpu,
+            ggml_dtype(format),
+        )
+        .and_then(|storage| QTensor::new(storage, (n, k)))
+        .and_then(|t| t.dequantize(&Device::Cpu))
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>());
+        dequantized.unwrap_or_else(|e| panic!("candle: {e}"))
+    }
+
+    fn every_isa() -> Vec<CpuKernels> {
+        for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_supported()) {
+            eprintln!(
+                "SKIPPED: {} quantized kernels (this CPU lacks {})",
+                isa.name(),
+                isa.name()
+            );
+        }
+        Isa::supported()
+            .into_iter()
+            .filter_map(CpuKernels::for_isa)
+            .collect()
+    }
+
+    fn product(kernels: CpuKernels, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+        let mut out = vec![f32::NAN; rows * w.out_features()];
+        kernels.matmul(x, rows, w, &mut out, Output::Store, &mut Vec::new());
+        out
+    }
+
+    fn packed(format: QuantFormat, data: &[u8], n: usize, k: usize) -> PackedMatrix {
+        PackedMatrix::quantized(format, data, n, k).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn activations(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    #[test]
+    fn blocks_decode_to_candles_dequantized_values() {
+        for format in QuantFormat::ALL {
+            let (n, k) = (3, 96);
+            let data = random_gguf(format, n, k, 11, false);
+            let ours = dequantize_ours(format, &data);
+            let candle = dequantize_candle(format, &data, n, k);
+            assert_eq!(ours, candle, "{}", format.name());
+            // And the panels give the same rows back.
+            let w = packed(format, &data, n, k);
+            for row in 0..n {
+                let mut back = vec![0f32; k];
+                w.row(row, &mut back);
+                assert_eq!(
+                    back,
+                    candle[row * k..(row + 1) * k],
+                    "{} row {row}",
+                    format.name()
+                );
+            }
+        }
+    }
+
+    /// With unit scales and activations that are already integers of block maximum 127, the
+    /// product is the plain integer sum: every ISA must give it exactly.
+    #[test]
+    fn integer_block_sums_equal_an_integer_reference() {
+        let (n, k, rows) = (19, 160, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut x: Vec<f32> = (0..rows * k)
+            .map(|_| f32::from(rng.random_range(-127i8..=127)))
+            .collect();
+        for block in x.chunks_exact_mut(BLOCK) {
+            block[rng.random_range(0..BLOCK)] = if rng.random() { 127.0 } else { -127.0 };
+        }
+        for format in QuantFormat::ALL {
+            let data = random_gguf(format, n, k, 3, true);
+            let expected: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    let x = &x;
+                    let data = &data;
+                    (0..n).map(move |c| {
+                        let mut sum = 0i64;
+                        for b in 0..k / BLOCK {
+                            let at = (c * k / BLOCK + b) * format.gguf_block_bytes();
+                            let (u, _, _) = format.decode_gguf_block(&data[at..]);
+                            for (j, u) in u.iter().enumerate() {
+                                let u = i64::from(*u - format.offset());
+                                sum += u * x[r * k + b * BLOCK + j] as i64;
+                            }
+                        }
+                        sum as f32
+                    })
+                })
+                .collect();
+            let w = packed(format, &data, n, k);
+            for kernels in every_isa() {
+                let got = product(kernels, &x, rows, &w);
+                assert_eq!(
+                    got,
+                    expected,
+                    "{} on {}",
+                    format.name(),
+                    kernels.isa().name()
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Every ISA equals the scalar reference bit for bit; every row equals itself computed
+        /// alone, at 1, 2 and 3 threads; and the result is within the bound activation
+        /// quantization allows of an f64 product with the dequantized weights.
+        #[test]
+        fn every_isa_equals_the_reference_and_rows_stand_alone(
+            format_index in 0usize..5,
+            n in prop::sample::select(vec![1usize, 16, 17, 50]),
+            blocks in 1usize..=6,
+            rows in 1usize..=11,
+            seed in 0u64..1000,
+        ) {
+            let format = QuantFormat::ALL[format_index];
+            let k = blocks * BLOCK;
+            let data = random_gguf(format, n, k, seed, false);
+            let w = packed(format, &data, n, k);
+            let x = activations(rows * k, seed + 1);
+            let reference = product(CpuKernels::scalar(), &x, rows, &w);
+            for kernels in every_isa() {
+                prop_assert_eq!(&product(kernels, &x, rows, &w), &reference, "{}", kernels.isa().name());
+            }
+            let active = CpuKernels::active();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()
+                    .unwrap_or_else(|e| panic!("{e}"));
+                for r in 0..rows {
+                    let alone = pool.install(|| product(active, &x[r * k..(r + 1) * k], 1, &w));
+                    prop_assert_eq!(&alone[..], &reference[r * n..(r + 1) * n], "row {} at {} threads", r, threads);
+                }
+            }
+            // |x - s·q| <= s/2 = amax/254 per element, so |Δy| <= Σ_k |w_k|·amax(block of k)/254.
+            let dense = dequantize_candle(format, &data, n, k);
+            for r in 0..rows {
+                for c in 0..n {
+                    let (mut exact, mut bound) = (0f64, 0f64);
+                    for b in 0..blocks {
+                        let xs = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
+                        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                        for (j, &xv) in xs.iter().enumerate() {
+                            let wv = dense[c * k + b * BLOCK + j] as f64;
+                            exact += wv * xv as f64;
+                            bound += wv.abs() * amax / 254.0;
+                        }
+                    }
+                    let got = reference[r * n + c] as f64;
+                    prop_assert!((got - exact).abs() <= bound * 1.001 + 1e-4,
+                        "{} row {} col {}: {} vs {} (bound {})", format.name(), r, c, got, exact, bound);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_extremes_survive_the_sign_trick() {
+        // Weights -128 and 127 against activations ±127: the widest products there are.
+        let (n, k) = (16, 64);
+        let mut data = Vec::new();
+        for row in 0..n * k / BLOCK {
+            data.extend_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            data.extend((0..BLOCK).map(|j| if (j + row) % 2 == 0 { 0x80u8 } else { 0x7F }));
+        }
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| if i % 3 == 0 { -127.0 } else { 127.0 })
+            .collect();
+        let w = packed(QuantFormat::Q8_0, &data, n, k);
+        let reference = product(CpuKernels::scalar(), &x, 3, &w);
+        for kernels in every_isa() {
+            assert_eq!(
+                product(kernels, &x, 3, &w),
+                reference,
+                "{}",
+                kernels.isa().name()
+            );
+        }
     }
 }

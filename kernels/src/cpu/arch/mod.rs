@@ -5,6 +5,7 @@
 
 use super::generic::{self as g, Bf16, Weight};
 use super::isa::Isa;
+use super::quant::{QuantFormat, QuantRows};
 use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
@@ -56,6 +57,9 @@ macro_rules! attention_tables {
 }
 pub(crate) use attention_tables;
 
+/// The quantized product of one panel: see [`super::quant::tile_reference`].
+pub type QuantTileFn = fn(QuantFormat, QuantRows, usize, &[u8], &mut [f32]);
+
 /// Every kernel of one ISA.
 pub struct Kernels {
     pub isa: Isa,
@@ -70,6 +74,7 @@ pub struct Kernels {
     pub sum_squares: fn(&[f32]) -> f32,
     pub sum_exp: fn(&[f32], f32) -> f32,
     pub scale_by_weight: fn(&[f32], f32, &[f32], &mut [f32]),
+    pub quant_tile: QuantTileFn,
 }
 
 /// The tile table of one weight type, from a generic `tile::<W, MR, P>` in scope.
@@ -127,6 +132,7 @@ fn scalar() -> Kernels {
         sum_squares: |x| g::sum_squares(x),
         sum_exp: |x, max| g::sum_exp(x, max),
         scale_by_weight: |x, inv, w, out| g::scale_by_weight(x, inv, w, out),
+        quant_tile: super::quant::tile_reference,
     }
 }
 

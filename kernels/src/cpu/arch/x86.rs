@@ -1,5 +1,23 @@
-//! AVX2+FMA and AVX-512 instances of the generic kernels.
+//! AVX2+FMA and AVX-512 instances of the generic kernels, and the integer kernels of the
+//! quantized product (`quant.rs`), which are written with intrinsics.
 #![allow(unsafe_code)]
+
+mod quant;
+
+use super::QuantTileFn;
+use crate::cpu::isa::Isa;
+
+/// The quantized product for `isa`: VNNI where AVX-512 has it, else AVX2 (which needs F16C
+/// for the scales), else the scalar reference.
+fn quant_tile(isa: Isa) -> QuantTileFn {
+    use std::arch::is_x86_feature_detected as has;
+    let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+    match isa {
+        Isa::Avx512 if avx2 && has!("avx512bw") && has!("avx512vnni") => quant::tile_avx512_vnni,
+        Isa::Avx512 | Isa::Avx2 if avx2 => quant::tile_avx2,
+        _ => crate::cpu::quant::tile_reference,
+    }
+}
 
 /// One ISA's module: `#[target_feature]` instances of every generic kernel, each behind a safe
 /// wrapper that only [`table`] hands out, after checking the CPU.
@@ -122,6 +140,7 @@ macro_rules! isa_kernels {
                     sum_squares: |x| unsafe { sum_squares_in(x) },
                     sum_exp: |x, max| unsafe { sum_exp_in(x, max) },
                     scale_by_weight: |x, inv, w, out| unsafe { scale_by_weight_in(x, inv, w, out) },
+                    quant_tile: super::quant_tile($isa),
                 })
             }
         }
