@@ -69,8 +69,9 @@ fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Whether GGUF weights are expanded to dense at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dequantize {
-    /// On CPU, when the dense weights take under half of the free memory (candle's quantized
-    /// matmul does not gain from batching on CPU); never on GPU.
+    /// On CPU: files in the CPU kernels' quantized formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) stay
+    /// quantized; others are expanded when the dense weights take under half of the free
+    /// memory (candle's quantized matmul does not gain from batching on CPU). Never on GPU.
     Auto,
     On,
     Off,
@@ -111,17 +112,18 @@ impl LoadOptions {
         }
     }
 
-    /// The execution for weights that are dense (`true`) or kept quantized.
-    fn kernel_path(&self, dense: bool) -> Result<KernelPath> {
+    /// The execution for weights the CPU kernels can take (dense, or quantized in one of
+    /// their formats: `true`) or not.
+    fn kernel_path(&self, cpu_can_take: bool) -> Result<KernelPath> {
         match self.kernels {
             KernelPath::Portable => Ok(KernelPath::Portable),
-            KernelPath::Auto if self.device.is_cpu() && dense => Ok(KernelPath::Cpu),
+            KernelPath::Auto if self.device.is_cpu() && cpu_can_take => Ok(KernelPath::Cpu),
             KernelPath::Auto => Ok(KernelPath::Portable),
             KernelPath::Cpu if !self.device.is_cpu() => Err(ModelError::Kernels(
                 "--kernels cpu needs the CPU device".into(),
             )),
-            KernelPath::Cpu if !dense => Err(ModelError::Kernels(
-                "--kernels cpu needs dense weights: this GGUF file stays quantized (--dequantize off); dequantize it or use --kernels portable".into(),
+            KernelPath::Cpu if !cpu_can_take => Err(ModelError::Kernels(
+                "--kernels cpu has no integer kernels for this GGUF file's quantization (they take Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and it stays quantized (--dequantize off); dequantize it or use --kernels portable".into(),
             )),
             KernelPath::Cpu => Ok(KernelPath::Cpu),
         }
@@ -226,12 +228,19 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         }
         _ => crate::gguf::tokenizer(&content, path)?,
     };
+    // On CPU the integer kernels serve the legacy formats as they are; other types (K-quants)
+    // are expanded when they fit, else run on the portable path.
+    let cpu_takes_blocks = options.device.is_cpu()
+        && options.kernels != KernelPath::Portable
+        && GgufWeights::cpu_kernels_take_every_tensor(&content);
     let dequantize = match options.dequantize {
         Dequantize::On => true,
         Dequantize::Off => false,
-        Dequantize::Auto => options.device.is_cpu() && dense_fits_in_memory(&config),
+        Dequantize::Auto => {
+            options.device.is_cpu() && !cpu_takes_blocks && dense_fits_in_memory(&config)
+        }
     };
-    let kernels = options.kernel_path(dequantize)?;
+    let kernels = options.kernel_path(dequantize || cpu_takes_blocks)?;
     let dtype = options.dtype(kernels, None);
     let weights = GgufWeights::new(path, content, file, dtype, &options.device, dequantize);
     let decoder = Decoder::load(config, &weights, dtype, &options.device, kernels)?;

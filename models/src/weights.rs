@@ -4,9 +4,10 @@
 
 use crate::error::{ModelError, Result};
 use crate::layers::Linear;
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use lantern_kernels::cpu::QuantFormat;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -85,10 +86,30 @@ impl Naming {
     }
 }
 
-fn bias_name(weight_name: &str) -> String {
+pub(crate) fn bias_name(weight_name: &str) -> String {
     match weight_name.strip_suffix(".weight") {
         Some(stem) => format!("{stem}.bias"),
         None => format!("{weight_name}.bias"),
+    }
+}
+
+/// GGUF blocks of a weight in a format the CPU integer kernels multiply directly.
+#[derive(Debug, Clone)]
+pub struct QuantBlocks {
+    pub format: QuantFormat,
+    /// The tensor's GGUF bytes: `out` rows of `in / 32` blocks.
+    pub data: Vec<u8>,
+}
+
+/// The CPU kernels' format for a GGUF tensor type, `None` for types they lack (K-quants...).
+pub fn cpu_quant_format(dtype: GgmlDType) -> Option<QuantFormat> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(QuantFormat::Q4_0),
+        GgmlDType::Q4_1 => Some(QuantFormat::Q4_1),
+        GgmlDType::Q5_0 => Some(QuantFormat::Q5_0),
+        GgmlDType::Q5_1 => Some(QuantFormat::Q5_1),
+        GgmlDType::Q8_0 => Some(QuantFormat::Q8_0),
+        _ => None,
     }
 }
 
@@ -99,6 +120,15 @@ pub trait WeightSource {
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// A linear layer with weight `(out, in)`, and a bias `(out,)` when `with_bias`.
     fn linear(&self, name: &str, out_in: (usize, usize), with_bias: bool) -> Result<Linear>;
+    /// The weight `(out, in)` as blocks for the CPU integer kernels, when it is stored in one
+    /// of their formats and is to stay quantized; `None` means: read it dense.
+    fn quantized_blocks(
+        &self,
+        _name: &str,
+        _out_in: (usize, usize),
+    ) -> Result<Option<QuantBlocks>> {
+        Ok(None)
+    }
 }
 
 /// Hugging Face safetensors, one file or shards, memory-mapped.
@@ -277,11 +307,45 @@ impl WeightSource for GgufWeights {
             .then(|| self.dense(&bias_name(name), &[out]))
             .transpose()?;
         let qtensor = self.qtensor(name, &[out, inp])?;
-        if self.dequantize {
+        let stored_dense = matches!(
+            qtensor.dtype(),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        if self.dequantize || stored_dense {
             let weight = qtensor.dequantize(&self.device)?.to_dtype(self.dtype)?;
             return Ok(Linear::Dense { weight, bias });
         }
         let weight = QMatMul::from_qtensor(qtensor)?;
         Ok(Linear::Quantized { weight, bias })
+    }
+
+    fn quantized_blocks(
+        &self,
+        name: &str,
+        (out, inp): (usize, usize),
+    ) -> Result<Option<QuantBlocks>> {
+        let format = self
+            .content
+            .tensor_infos
+            .get(name)
+            .and_then(|info| cpu_quant_format(info.ggml_dtype));
+        let Some(format) = format.filter(|_| !self.dequantize) else {
+            return Ok(None);
+        };
+        let data = self.qtensor(name, &[out, inp])?.data()?.into_owned();
+        Ok(Some(QuantBlocks { format, data }))
+    }
+}
+
+impl GgufWeights {
+    /// Whether the CPU kernels can serve every tensor of the file without expanding it:
+    /// each is dense (f32, f16, bf16) or in one of their quantized formats.
+    pub fn cpu_kernels_take_every_tensor(content: &gguf_file::Content) -> bool {
+        content.tensor_infos.values().all(|info| {
+            matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            ) || cpu_quant_format(info.ggml_dtype).is_some()
+        })
     }
 }

@@ -12,11 +12,11 @@ use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
 use crate::config::{DecoderConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{inverse_frequencies, Linear};
-use crate::weights::{Role, WeightSource};
+use crate::weights::{bias_name, QuantBlocks, Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
     self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, Output, PackedMatrix,
-    RotaryPairing, RotaryTable, WeightFormat,
+    QuantFormat, RotaryPairing, RotaryTable, WeightFormat,
 };
 use lantern_kernels::SequenceAttention;
 use std::sync::Mutex;
@@ -41,6 +41,8 @@ enum Embedding {
     Table(Vec<f32>),
     /// The rows of the packed head (tied embeddings): no second copy of the matrix.
     TiedToHead,
+    /// A quantized table, each row dequantized on lookup.
+    Packed(PackedMatrix),
 }
 
 /// The phases of a step, for [`crate::Decoder::record_phases`].
@@ -129,6 +131,69 @@ fn weight_format(dtype: DType) -> WeightFormat {
     }
 }
 
+/// A weight as read for the CPU kernels.
+enum Weight {
+    /// Row-major `(out, in)` values.
+    Dense(Vec<f32>),
+    /// GGUF blocks the integer kernels multiply as they are.
+    Blocks(QuantBlocks),
+}
+
+impl Weight {
+    fn into_dense(self) -> Vec<f32> {
+        match self {
+            Weight::Dense(values) => values,
+            Weight::Blocks(blocks) => dequantize_blocks(&blocks),
+        }
+    }
+
+    /// Rows of several matrices stacked into one: still blocks when all share a format.
+    fn stack(parts: Vec<Weight>) -> Weight {
+        let formats: Vec<Option<QuantFormat>> = parts
+            .iter()
+            .map(|p| match p {
+                Weight::Blocks(b) => Some(b.format),
+                Weight::Dense(_) => None,
+            })
+            .collect();
+        match formats[0] {
+            Some(format) if formats.iter().all(|f| *f == Some(format)) => {
+                let data = parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Weight::Blocks(b) => b.data,
+                        Weight::Dense(_) => Vec::new(),
+                    })
+                    .collect();
+                Weight::Blocks(QuantBlocks { format, data })
+            }
+            _ => Weight::Dense(parts.into_iter().flat_map(Weight::into_dense).collect()),
+        }
+    }
+
+    fn pack(self, n: usize, k: usize, format: WeightFormat) -> Result<PackedMatrix> {
+        match self {
+            Weight::Dense(values) => Ok(PackedMatrix::pack(&values, n, k, format)),
+            Weight::Blocks(b) => {
+                PackedMatrix::quantized(b.format, &b.data, n, k).map_err(ModelError::Kernels)
+            }
+        }
+    }
+}
+
+/// GGUF blocks expanded to row-major f32, for matrices whose parts mix formats.
+fn dequantize_blocks(blocks: &QuantBlocks) -> Vec<f32> {
+    let format = blocks.format;
+    blocks
+        .data
+        .chunks_exact(format.gguf_block_bytes())
+        .flat_map(|block| {
+            let (values, d, m) = format.decode_gguf_block(block);
+            values.map(|u| format.dequantize(u, d, m))
+        })
+        .collect()
+}
+
 impl CpuModel {
     pub fn load(config: &DecoderConfig, weights: &dyn WeightSource, dtype: DType) -> Result<Self> {
         let naming = weights.naming();
@@ -137,25 +202,32 @@ impl CpuModel {
         let vector = |role: Role, layer: usize, size: usize| -> Result<Vec<f32>> {
             to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)
         };
-        // A dense (out, in) weight and its bias, as row-major f32.
-        let dense = |role: Role, layer: usize, out_in: (usize, usize), bias: bool| {
+        // An (out, in) weight, as blocks when the file stores it in a format the integer
+        // kernels take (and it is not to be expanded), else dense; and its bias.
+        let matrix = |role: Role, layer: usize, (out, inp): (usize, usize), bias: bool| {
             let name = naming.weight(role, layer);
-            match weights.linear(&name, out_in, bias)? {
+            if let Some(blocks) = weights.quantized_blocks(&name, (out, inp))? {
+                let bias = bias
+                    .then(|| to_f32_vec(&weights.dense(&bias_name(&name), &[out])?))
+                    .transpose()?;
+                return Ok((Weight::Blocks(blocks), bias));
+            }
+            match weights.linear(&name, (out, inp), bias)? {
                 Linear::Dense { weight, bias } => Ok((
-                    to_f32_vec(&weight)?,
+                    Weight::Dense(to_f32_vec(&weight)?),
                     bias.as_ref().map(to_f32_vec).transpose()?,
                 )),
                 Linear::Quantized { .. } => Err(ModelError::Kernels(format!(
-                    "{name} is quantized: the CPU kernels need dense weights (dequantize the GGUF file or use --kernels portable)"
+                    "{name} is quantized in a format the CPU kernels lack: dequantize the GGUF file or use --kernels portable"
                 ))),
             }
         };
-        let pack = |(w, bias): (Vec<f32>, Option<Vec<f32>>), n: usize, k: usize| {
-            let packed = PackedMatrix::pack(&w, n, k, format);
-            match bias {
+        let pack = |(w, bias): (Weight, Option<Vec<f32>>), n: usize, k: usize| -> Result<_> {
+            let packed = w.pack(n, k, format)?;
+            Ok(match bias {
                 Some(b) => packed.with_bias(b),
                 None => packed,
-            }
+            })
         };
         let (hidden, q_size, kv_size) = (
             c.hidden_size,
@@ -165,23 +237,34 @@ impl CpuModel {
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let qkv_bias = c.attention_bias.qkv;
-            let (q, qb) = dense(Role::Query, l, (q_size, hidden), qkv_bias)?;
-            let (k, kb) = dense(Role::Key, l, (kv_size, hidden), qkv_bias)?;
-            let (v, vb) = dense(Role::Value, l, (kv_size, hidden), qkv_bias)?;
+            let (q, qb) = matrix(Role::Query, l, (q_size, hidden), qkv_bias)?;
+            let (k, kb) = matrix(Role::Key, l, (kv_size, hidden), qkv_bias)?;
+            let (v, vb) = matrix(Role::Value, l, (kv_size, hidden), qkv_bias)?;
             let qkv_bias = match (qb, kb, vb) {
                 (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
                 _ => None,
             };
-            let qkv = pack(([q, k, v].concat(), qkv_bias), q_size + 2 * kv_size, hidden);
-            let output = dense(
+            let qkv = pack(
+                (Weight::stack(vec![q, k, v]), qkv_bias),
+                q_size + 2 * kv_size,
+                hidden,
+            )?;
+            let output = matrix(
                 Role::AttentionOutput,
                 l,
                 (hidden, q_size),
                 c.attention_bias.output,
             )?;
-            let gate = dense(Role::Gate, l, (c.intermediate_size, hidden), false)?;
-            let up = dense(Role::Up, l, (c.intermediate_size, hidden), false)?;
-            let down = dense(Role::Down, l, (hidden, c.intermediate_size), false)?;
+            let (gate, _) = matrix(Role::Gate, l, (c.intermediate_size, hidden), false)?;
+            let (up, _) = matrix(Role::Up, l, (c.intermediate_size, hidden), false)?;
+            // Gate and up share one product only in one format.
+            let (gate, up) = match (gate, up) {
+                (Weight::Blocks(g), Weight::Blocks(u)) if g.format == u.format => {
+                    (Weight::Blocks(g), Weight::Blocks(u))
+                }
+                (g, u) => (Weight::Dense(g.into_dense()), Weight::Dense(u.into_dense())),
+            };
+            let down = matrix(Role::Down, l, (hidden, c.intermediate_size), false)?;
             layers.push(CpuLayer {
                 attention_norm: vector(Role::AttentionNorm, l, hidden)?,
                 qkv,
@@ -193,28 +276,39 @@ impl CpuModel {
                     .qk_norm
                     .then(|| vector(Role::KeyNorm, l, c.head_dim))
                     .transpose()?,
-                output: pack(output, hidden, q_size),
+                output: pack(output, hidden, q_size)?,
                 mlp_norm: vector(Role::MlpNorm, l, hidden)?,
                 gate_up: PackedMatrix::gate_up(
-                    pack(gate, c.intermediate_size, hidden),
-                    pack(up, c.intermediate_size, hidden),
+                    pack((gate, None), c.intermediate_size, hidden)?,
+                    pack((up, None), c.intermediate_size, hidden)?,
                 ),
-                down: pack(down, hidden, c.intermediate_size),
+                down: pack(down, hidden, c.intermediate_size)?,
                 sliding_window: c.sliding_window[l],
             });
         }
         let embedding_name = naming.weight(Role::Embedding, 0);
-        let table = to_f32_vec(&weights.dense(&embedding_name, &[c.vocab_size, hidden])?)?;
+        let vocab_hidden = (c.vocab_size, hidden);
+        // The table: quantized panels read a row at a time when the file stores it so.
+        let table = match weights.quantized_blocks(&embedding_name, vocab_hidden)? {
+            Some(blocks) => Weight::Blocks(blocks),
+            None => Weight::Dense(to_f32_vec(
+                &weights.dense(&embedding_name, &[c.vocab_size, hidden])?,
+            )?),
+        };
         let (embedding, lm_head) = if c.tie_word_embeddings {
-            let head = PackedMatrix::pack(&table, c.vocab_size, hidden, format);
+            let head = table.pack(c.vocab_size, hidden, format)?;
             (Embedding::TiedToHead, head)
         } else {
             let head = pack(
-                dense(Role::LmHead, 0, (c.vocab_size, hidden), false)?,
+                matrix(Role::LmHead, 0, vocab_hidden, false)?,
                 c.vocab_size,
                 hidden,
-            );
-            (Embedding::Table(table), head)
+            )?;
+            let embedding = match table {
+                Weight::Dense(values) => Embedding::Table(values),
+                blocks => Embedding::Packed(blocks.pack(c.vocab_size, hidden, format)?),
+            };
+            (embedding, head)
         };
         let pairing = match c.rope.style {
             RotaryStyle::Half => RotaryPairing::Half,
@@ -264,6 +358,7 @@ impl CpuModel {
         let table = match &self.embedding {
             Embedding::Table(t) => t.len() * 4,
             Embedding::TiedToHead => 0,
+            Embedding::Packed(table) => table.weight_bytes(),
         };
         layers + table + self.lm_head.weight_bytes()
     }
@@ -344,6 +439,7 @@ impl CpuModel {
                     row.copy_from_slice(&table[token * hidden..(token + 1) * hidden])
                 }
                 Embedding::TiedToHead => self.lm_head.row(token, row),
+                Embedding::Packed(table) => table.row(token, row),
             }
         }
     }
