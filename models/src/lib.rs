@@ -19,6 +19,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, KernelPath};
 pub use error::{ModelError, Result};
+pub use lantern_kernels::cpu::QuantFormat;
 pub use load::{load, Dequantize, LoadOptions, LoadedModel, ModelSource};
 pub use tokenizer::{GenerationDefaults, TokenizerBundle};
 

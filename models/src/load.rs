@@ -6,9 +6,10 @@ use crate::decoder::{Decoder, KernelPath};
 use crate::error::{ModelError, Result};
 use crate::hub::{self, HubModel};
 use crate::tokenizer::{self, GenerationDefaults, TokenizerBundle};
-use crate::weights::{GgufWeights, Naming, Role, SafetensorsWeights};
+use crate::weights::{GgufWeights, Naming, QuantizingWeights, Role, SafetensorsWeights};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
+use lantern_kernels::cpu::QuantFormat;
 use std::path::{Path, PathBuf};
 
 /// Where a model comes from.
@@ -85,6 +86,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     pub dequantize: Dequantize,
     pub kernels: KernelPath,
+    /// Quantize a dense checkpoint's matrices at load into this format (CPU kernels only).
+    pub quantize: Option<QuantFormat>,
 }
 
 impl LoadOptions {
@@ -94,6 +97,7 @@ impl LoadOptions {
             dtype: None,
             dequantize: Dequantize::Auto,
             kernels: KernelPath::Auto,
+            quantize: None,
         }
     }
 
@@ -195,7 +199,26 @@ fn load_directory(dir: &Path, options: &LoadOptions, name: String) -> Result<Loa
     let embedding = Naming::HuggingFace.weight(Role::Embedding, 0);
     let dtype = options.dtype(path, weights.stored_dtype(&embedding));
     let weights = weights.with_dtype(dtype);
-    let decoder = Decoder::load(config, &weights, dtype, &options.device, path)?;
+    let decoder = match options.quantize {
+        None => Decoder::load(config, &weights, dtype, &options.device, path)?,
+        Some(format) => {
+            if path != KernelPath::Cpu {
+                return Err(ModelError::Kernels(format!(
+                    "--quantize {} needs the CPU kernels (the CPU device, --kernels auto or cpu)",
+                    format.name()
+                )));
+            }
+            tracing::info!(
+                format = format.name(),
+                "quantizing the checkpoint's matrices at load"
+            );
+            let quantizing = QuantizingWeights {
+                inner: &weights,
+                format,
+            };
+            Decoder::load(config, &quantizing, dtype, &options.device, path)?
+        }
+    };
     let (tokenizer, generation) =
         tokenizer::load_hf_tokenizer(dir, &tokenizer::config_eos_ids(&config_text))?;
     Ok(LoadedModel {
@@ -207,6 +230,12 @@ fn load_directory(dir: &Path, options: &LoadOptions, name: String) -> Result<Loa
 }
 
 fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
+    if let Some(format) = options.quantize {
+        tracing::warn!(
+            format = format.name(),
+            "--quantize applies to dense checkpoints: this GGUF file is served in its own formats"
+        );
+    }
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::file(path, format!("not a valid GGUF file: {e}")))?;

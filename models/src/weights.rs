@@ -4,7 +4,7 @@
 
 use crate::error::{ModelError, Result};
 use crate::layers::Linear;
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::QuantFormat;
@@ -110,6 +110,17 @@ pub fn cpu_quant_format(dtype: GgmlDType) -> Option<QuantFormat> {
         GgmlDType::Q5_1 => Some(QuantFormat::Q5_1),
         GgmlDType::Q8_0 => Some(QuantFormat::Q8_0),
         _ => None,
+    }
+}
+
+/// The GGUF tensor type of a CPU kernel format.
+pub fn ggml_dtype(format: QuantFormat) -> GgmlDType {
+    match format {
+        QuantFormat::Q4_0 => GgmlDType::Q4_0,
+        QuantFormat::Q4_1 => GgmlDType::Q4_1,
+        QuantFormat::Q5_0 => GgmlDType::Q5_0,
+        QuantFormat::Q5_1 => GgmlDType::Q5_1,
+        QuantFormat::Q8_0 => GgmlDType::Q8_0,
     }
 }
 
@@ -347,5 +358,50 @@ impl GgufWeights {
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
             ) || cpu_quant_format(info.ggml_dtype).is_some()
         })
+    }
+}
+
+/// Another source's matrices quantized at load (`--quantize`), so a dense checkpoint runs on
+/// the CPU integer kernels in a fraction of the memory without a conversion step. Quantization
+/// uses ggml's rounding (candle's quantizer): the same blocks llama.cpp's tools would write.
+/// Matrices whose `in` is not a multiple of 32 stay dense.
+pub struct QuantizingWeights<'a> {
+    pub inner: &'a dyn WeightSource,
+    pub format: QuantFormat,
+}
+
+impl WeightSource for QuantizingWeights<'_> {
+    fn naming(&self) -> Naming {
+        self.inner.naming()
+    }
+
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.inner.dense(name, shape)
+    }
+
+    fn linear(&self, name: &str, out_in: (usize, usize), with_bias: bool) -> Result<Linear> {
+        self.inner.linear(name, out_in, with_bias)
+    }
+
+    fn quantized_blocks(
+        &self,
+        name: &str,
+        (out, inp): (usize, usize),
+    ) -> Result<Option<QuantBlocks>> {
+        if inp % 32 != 0 {
+            tracing::warn!(
+                tensor = name,
+                columns = inp,
+                format = self.format.name(),
+                "not a multiple of 32 columns: kept dense"
+            );
+            return Ok(None);
+        }
+        let dense = self.inner.dense(name, &[out, inp])?.to_dtype(DType::F32)?;
+        let blocks = QTensor::quantize(&dense, ggml_dtype(self.format))?;
+        Ok(Some(QuantBlocks {
+            format: self.format,
+            data: blocks.data()?.into_owned(),
+        }))
     }
 }

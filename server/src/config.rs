@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lantern_engine::{CacheSize, EngineConfig};
-use lantern_models::{Dequantize, KernelPath, ModelSource};
+use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
 
 /// Served when no model is named and `/opt/ml/model` holds none.
@@ -35,10 +35,15 @@ pub struct ServeArgs {
     /// Expand GGUF weights to dense at load. auto: on CPU when they take under half the free memory.
     #[arg(long, env = "LANTERN_DEQUANTIZE", value_enum, default_value = "auto")]
     pub dequantize: DequantizeArg,
-    /// What runs the forward pass. auto: the CPU kernels on CPU with dense weights, else the
-    /// portable candle path; portable forces the reference path (debugging, comparison).
+    /// What runs the forward pass. auto: the CPU kernels on CPU with dense weights or GGUF
+    /// Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks, else the portable candle path; portable forces the
+    /// reference path (debugging, comparison).
     #[arg(long, env = "LANTERN_KERNELS", value_enum, default_value = "auto")]
     pub kernels: KernelsArg,
+    /// Quantize a safetensors checkpoint's matrices at load (CPU kernels): q8_0 (a quarter of
+    /// f32's bytes, closest to the original), q4_0/q4_1 (about an eighth), q5_0/q5_1.
+    #[arg(long, env = "LANTERN_QUANTIZE", value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// Longest prompt accepted, in tokens (TGI's legacy MAX_INPUT_LENGTH also works).
     #[arg(long, env = "MAX_INPUT_TOKENS")]
     pub max_input_tokens: Option<usize>,
@@ -102,6 +107,20 @@ pub enum KernelsArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q5_1")]
+    Q5_1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DequantizeArg {
     Auto,
     On,
@@ -140,6 +159,7 @@ pub struct ServerConfig {
     pub dtype: Option<candle_core::DType>,
     pub dequantize: Dequantize,
     pub kernels: KernelPath,
+    pub quantize: Option<QuantFormat>,
     pub max_input_tokens: usize,
     pub max_total_tokens: usize,
     pub max_concurrent_requests: usize,
@@ -247,6 +267,13 @@ impl ServeArgs {
                 DequantizeArg::On => Dequantize::On,
                 DequantizeArg::Off => Dequantize::Off,
             },
+            quantize: self.quantize.map(|q| match q {
+                QuantizeArg::Q8_0 => QuantFormat::Q8_0,
+                QuantizeArg::Q4_0 => QuantFormat::Q4_0,
+                QuantizeArg::Q4_1 => QuantFormat::Q4_1,
+                QuantizeArg::Q5_0 => QuantFormat::Q5_0,
+                QuantizeArg::Q5_1 => QuantFormat::Q5_1,
+            }),
             kernels: match self.kernels {
                 KernelsArg::Auto => KernelPath::Auto,
                 KernelsArg::Cpu => KernelPath::Cpu,

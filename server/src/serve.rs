@@ -66,6 +66,7 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         dtype: config.dtype,
         dequantize: config.dequantize,
         kernels: config.kernels,
+        quantize: config.quantize,
     };
     let model = match load(&config.model, &options) {
         Err(ModelError::Hub(reason)) if config.model == default_model_source() => {
@@ -76,6 +77,13 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         other => other?,
     };
     let dtype = format!("{:?}", model.decoder.dtype()).to_lowercase();
+    let weight_formats = model
+        .decoder
+        .weight_formats()
+        .into_iter()
+        .map(|(class, format)| (class.to_string(), format))
+        .collect();
+    tracing::info!(?weight_formats, "weight formats");
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &config.engine)?;
     Ok(ServingModel {
         engine,
@@ -83,6 +91,7 @@ fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         generation: model.generation,
         name: model.name,
         dtype,
+        weight_formats,
     })
 }
 

@@ -328,6 +328,30 @@ impl CpuModel {
         })
     }
 
+    /// See [`crate::Decoder::weight_formats`] (the first layer speaks for all).
+    pub fn weight_formats(&self) -> Vec<(&'static str, String)> {
+        let name = |format: WeightFormat| match format {
+            WeightFormat::F32 => "f32".to_string(),
+            WeightFormat::Bf16 => "bf16".to_string(),
+            WeightFormat::Quantized(q) => q.name().to_string(),
+        };
+        let mut formats = Vec::new();
+        if let Some(layer) = self.layers.first() {
+            formats.push(("attention_qkv", name(layer.qkv.format())));
+            formats.push(("attention_output", name(layer.output.format())));
+            formats.push(("mlp_gate_up", name(layer.gate_up.format())));
+            formats.push(("mlp_down", name(layer.down.format())));
+        }
+        formats.push(("head", name(self.lm_head.format())));
+        let embedding = match &self.embedding {
+            Embedding::Table(_) => "f32".to_string(),
+            Embedding::TiedToHead => name(self.lm_head.format()),
+            Embedding::Packed(table) => name(table.format()),
+        };
+        formats.push(("embedding", embedding));
+        formats
+    }
+
     /// Starts (`true`, from zero) or stops recording time per phase.
     pub fn record_phases(&self, on: bool) {
         if let Ok(mut ws) = self.workspace.lock() {

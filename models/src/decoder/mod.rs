@@ -155,6 +155,18 @@ impl Decoder {
         }
     }
 
+    /// The format each class of weights runs in (`attention`, `mlp`, `head`, `embedding`):
+    /// `f32`, `bf16`, or a quantized format (`q4_1`, ...); on the portable path the dtype.
+    pub fn weight_formats(&self) -> Vec<(&'static str, String)> {
+        match &self.execution {
+            Execution::Cpu(model) => model.weight_formats(),
+            Execution::Portable(_) => {
+                let dtype = format!("{:?}", self.dtype).to_lowercase();
+                vec![("all", dtype)]
+            }
+        }
+    }
+
     /// Bytes one block takes across all layers.
     pub fn kv_cache_bytes_per_block(&self, block_size: usize) -> usize {
         self.config.num_layers

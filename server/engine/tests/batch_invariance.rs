@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{collect, config, run, tiny_engine_on, Outcome, TestResult};
+use common::{collect, config, run, tiny_engine_on, Outcome, TestResult, Weights};
 use lantern_engine::{EngineConfig, GenerateRequest, SamplingParams};
-use lantern_models::KernelPath;
+use lantern_models::{KernelPath, QuantFormat};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Duration;
@@ -24,7 +24,7 @@ fn random_requests(count: usize, seed: u64) -> Vec<GenerateRequest> {
 
 async fn alone(
     config: &EngineConfig,
-    kernels: KernelPath,
+    kernels: Weights,
     requests: &[GenerateRequest],
 ) -> TestResult<Vec<Outcome>> {
     let engine = tiny_engine_on(config, kernels)?;
@@ -39,7 +39,7 @@ async fn alone(
 /// before the engine can finish any) and gathers the outcomes.
 async fn together(
     config: &EngineConfig,
-    kernels: KernelPath,
+    kernels: Weights,
     requests: &[GenerateRequest],
     (seed, spread_ms): (u64, u64),
 ) -> TestResult<(Vec<Outcome>, u64)> {
@@ -69,15 +69,25 @@ fn assert_same(alone: &[Outcome], together: &[Outcome], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking_cpu_kernels() -> TestResult
 {
-    greedy_invariance(KernelPath::Cpu).await
+    greedy_invariance(KernelPath::Cpu.into()).await
+}
+
+/// The integer kernels (weights quantized to Q4_1 at load, activations per row to 8 bits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking_quantized() -> TestResult {
+    greedy_invariance(Weights {
+        kernels: KernelPath::Cpu,
+        quantize: Some(QuantFormat::Q4_1),
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_tokens_do_not_depend_on_batching_preemption_or_chunking_portable() -> TestResult {
-    greedy_invariance(KernelPath::Portable).await
+    greedy_invariance(KernelPath::Portable.into()).await
 }
 
-async fn greedy_invariance(kernels: KernelPath) -> TestResult {
+async fn greedy_invariance(kernels: Weights) -> TestResult {
     let requests = random_requests(32, 1);
     let roomy = config(1024, 512);
     let reference = alone(&roomy, kernels, &requests).await?;
@@ -103,12 +113,12 @@ async fn greedy_invariance(kernels: KernelPath) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_is_the_same_alone_and_in_a_batch_of_16() -> TestResult {
     for kernels in [KernelPath::Cpu, KernelPath::Portable] {
-        seeded_sampling(kernels).await?;
+        seeded_sampling(kernels.into()).await?;
     }
     Ok(())
 }
 
-async fn seeded_sampling(kernels: KernelPath) -> TestResult {
+async fn seeded_sampling(kernels: Weights) -> TestResult {
     let sampled = |request: GenerateRequest, seed: u64| GenerateRequest {
         sampling: SamplingParams {
             temperature: 0.9,

@@ -18,6 +18,8 @@ pub struct ServingModel {
     pub name: String,
     /// Weights dtype, as `/info` reports it.
     pub dtype: String,
+    /// The format each class of weights runs in (`/info`'s `weight_formats`).
+    pub weight_formats: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone)]

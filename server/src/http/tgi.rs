@@ -257,6 +257,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({
         "model_id": model.name,
         "model_dtype": model.dtype,
+        "weight_formats": model.weight_formats,
         "model_device_type": if cfg!(feature = "cuda") { "cuda" } else { "cpu" },
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_stop_sequences": c.max_stop_sequences,

@@ -6,7 +6,9 @@ use lantern_engine::{
     start, CacheSize, EngineConfig, EngineHandle, Event, EventStream, FinishReason, GenerateRequest,
 };
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
-use lantern_models::{load, Architecture, KernelPath, LoadOptions, ModelSource, TokenizerBundle};
+use lantern_models::{
+    load, Architecture, KernelPath, LoadOptions, ModelSource, QuantFormat, TokenizerBundle,
+};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -31,8 +33,29 @@ pub fn tiny_engine(config: &EngineConfig) -> TestResult<TestEngine> {
     tiny_engine_on(config, KernelPath::Auto)
 }
 
-/// [`tiny_engine`] with its forward pass run by the given kernels.
-pub fn tiny_engine_on(config: &EngineConfig, kernels: KernelPath) -> TestResult<TestEngine> {
+/// What runs the tiny model's forward pass, and in which weight format.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights {
+    pub kernels: KernelPath,
+    /// Quantize the dense checkpoint at load (the CPU integer kernels).
+    pub quantize: Option<QuantFormat>,
+}
+
+impl From<KernelPath> for Weights {
+    fn from(kernels: KernelPath) -> Self {
+        Self {
+            kernels,
+            quantize: None,
+        }
+    }
+}
+
+/// [`tiny_engine`] with its forward pass run by the given kernels, on the given weights.
+pub fn tiny_engine_on(
+    config: &EngineConfig,
+    weights: impl Into<Weights>,
+) -> TestResult<TestEngine> {
+    let weights = weights.into();
     let dir = tempfile::tempdir()?;
     let spec = DummySpec {
         architecture: Architecture::Llama,
@@ -43,7 +66,8 @@ pub fn tiny_engine_on(config: &EngineConfig, kernels: KernelPath) -> TestResult<
     let model = load(
         &ModelSource::Directory(dir.path().into()),
         &LoadOptions {
-            kernels,
+            kernels: weights.kernels,
+            quantize: weights.quantize,
             ..LoadOptions::cpu()
         },
     )?;
