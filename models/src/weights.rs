@@ -8,6 +8,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::QuantFormat;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -95,10 +96,11 @@ pub(crate) fn bias_name(weight_name: &str) -> String {
 
 /// GGUF blocks of a weight in a format the CPU integer kernels multiply directly.
 #[derive(Debug, Clone)]
-pub struct QuantBlocks {
+pub struct QuantBlocks<'a> {
     pub format: QuantFormat,
-    /// The tensor's GGUF bytes: `out` rows of `in / 32` blocks.
-    pub data: Vec<u8>,
+    /// The tensor's GGUF bytes: `out` rows of `in / 32` blocks (borrowed from a mapped file,
+    /// or made at load).
+    pub data: Cow<'a, [u8]>,
 }
 
 /// The CPU kernels' format for a GGUF tensor type, `None` for types they lack (K-quants...).
@@ -137,7 +139,7 @@ pub trait WeightSource {
         &self,
         _name: &str,
         _out_in: (usize, usize),
-    ) -> Result<Option<QuantBlocks>> {
+    ) -> Result<Option<QuantBlocks<'_>>> {
         Ok(None)
     }
 }
@@ -250,6 +252,8 @@ pub struct GgufWeights {
     path: PathBuf,
     content: gguf_file::Content,
     file: Mutex<File>,
+    /// The whole file, for reading blocks without copies (see `quantized_blocks`).
+    mapped: std::sync::OnceLock<memmap2::Mmap>,
     dtype: DType,
     device: Device,
     dequantize: bool,
@@ -268,6 +272,7 @@ impl GgufWeights {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
+            mapped: std::sync::OnceLock::new(),
             dtype,
             device: device.clone(),
             dequantize,
@@ -334,21 +339,54 @@ impl WeightSource for GgufWeights {
         &self,
         name: &str,
         (out, inp): (usize, usize),
-    ) -> Result<Option<QuantBlocks>> {
-        let format = self
-            .content
-            .tensor_infos
-            .get(name)
-            .and_then(|info| cpu_quant_format(info.ggml_dtype));
-        let Some(format) = format.filter(|_| !self.dequantize) else {
+    ) -> Result<Option<QuantBlocks<'_>>> {
+        let info = self.content.tensor_infos.get(name);
+        let format = info.and_then(|info| cpu_quant_format(info.ggml_dtype));
+        let (Some(info), Some(format), false) = (info, format, self.dequantize) else {
             return Ok(None);
         };
-        let data = self.qtensor(name, &[out, inp])?.data()?.into_owned();
-        Ok(Some(QuantBlocks { format, data }))
+        let tensor_error = |message: String| ModelError::Tensor {
+            name: name.into(),
+            file: self.path.clone(),
+            message,
+        };
+        if info.shape.dims() != [out, inp] || inp % 32 != 0 {
+            return Err(tensor_error(format!(
+                "has shape {:?}, the metadata implies [{out}, {inp}]",
+                info.shape.dims()
+            )));
+        }
+        // Straight from the mapped file: the repacked panels are the only copy made.
+        let start = self.content.tensor_data_offset.saturating_add(info.offset) as usize;
+        let len = out * inp / 32 * format.gguf_block_bytes();
+        let mapped = self.mapped()?;
+        let data = mapped
+            .get(start..start.saturating_add(len))
+            .ok_or_else(|| tensor_error("extends past the end of the file".into()))?;
+        Ok(Some(QuantBlocks {
+            format,
+            data: Cow::Borrowed(data),
+        }))
     }
 }
 
 impl GgufWeights {
+    /// The file mapped read-only, mapped on first use and kept while the weights are read.
+    fn mapped(&self) -> Result<&memmap2::Mmap> {
+        if let Some(mapped) = self.mapped.get() {
+            return Ok(mapped);
+        }
+        let file = self.file.lock().map_err(|_| {
+            ModelError::file(&self.path, "file handle poisoned by an earlier failure")
+        })?;
+        // SAFETY: mapped read-only, like the safetensors files above: we rely on nobody
+        // truncating the model file while it is being read.
+        #[allow(unsafe_code)]
+        let mapped = unsafe { memmap2::Mmap::map(&*file) }
+            .map_err(|e| ModelError::file(&self.path, format!("cannot map the file: {e}")))?;
+        Ok(self.mapped.get_or_init(|| mapped))
+    }
+
     /// Whether the CPU kernels can serve every tensor of the file without expanding it:
     /// each is dense (f32, f16, bf16) or in one of their quantized formats.
     pub fn cpu_kernels_take_every_tensor(content: &gguf_file::Content) -> bool {
@@ -387,7 +425,7 @@ impl WeightSource for QuantizingWeights<'_> {
         &self,
         name: &str,
         (out, inp): (usize, usize),
-    ) -> Result<Option<QuantBlocks>> {
+    ) -> Result<Option<QuantBlocks<'_>>> {
         if inp % 32 != 0 {
             tracing::warn!(
                 tensor = name,
@@ -401,7 +439,7 @@ impl WeightSource for QuantizingWeights<'_> {
         let blocks = QTensor::quantize(&dense, ggml_dtype(self.format))?;
         Ok(Some(QuantBlocks {
             format: self.format,
-            data: blocks.data()?.into_owned(),
+            data: Cow::Owned(blocks.data()?.into_owned()),
         }))
     }
 }

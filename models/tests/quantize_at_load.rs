@@ -48,7 +48,7 @@ impl WeightSource for CandleQ8<'_> {
         &self,
         _: &str,
         _: (usize, usize),
-    ) -> lantern_models::Result<Option<QuantBlocks>> {
+    ) -> lantern_models::Result<Option<QuantBlocks<'_>>> {
         Ok(None)
     }
 }

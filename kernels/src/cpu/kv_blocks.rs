@@ -5,12 +5,56 @@
 
 use crate::KvCacheShape;
 
+/// Zeroed f32 memory that costs nothing until written: an anonymous mapping, whose pages the
+/// OS supplies zeroed on first touch. (A `vec![0.0; n]` is only lazy when the allocator
+/// happens to map it fresh: glibc raises its mmap threshold after large frees, as model
+/// loading does, and then zeroes heap memory eagerly; a 256 MiB cache was resident at start.)
+pub(super) struct ZeroedF32 {
+    map: Option<memmap2::MmapMut>,
+}
+
+impl ZeroedF32 {
+    fn new(len: usize, what: &str) -> Result<Self, String> {
+        if len == 0 {
+            return Ok(Self { map: None });
+        }
+        let bytes = len
+            .checked_mul(4)
+            .ok_or_else(|| format!("the {what} cache of {len} floats overflows"))?;
+        let map = memmap2::MmapMut::map_anon(bytes)
+            .map_err(|e| format!("cannot allocate the {what} cache ({len} floats): {e}"))?;
+        Ok(Self { map: Some(map) })
+    }
+}
+
+impl std::ops::Deref for ZeroedF32 {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // Mappings are page-aligned and hold whole floats, so the cast cannot fail.
+        self.map.as_deref().map_or(&[], bytemuck::cast_slice)
+    }
+}
+
+impl std::ops::DerefMut for ZeroedF32 {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        self.map
+            .as_deref_mut()
+            .map_or(&mut [], bytemuck::cast_slice_mut)
+    }
+}
+
+impl std::fmt::Debug for ZeroedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ZeroedF32({} floats)", self.len())
+    }
+}
+
 /// One layer's K/V block pool in the CPU layout.
 #[derive(Debug)]
 pub struct KvBlocks {
     pub(super) shape: KvCacheShape,
-    pub(super) key: Vec<f32>,
-    pub(super) value: Vec<f32>,
+    pub(super) key: ZeroedF32,
+    pub(super) value: ZeroedF32,
 }
 
 impl KvBlocks {
@@ -22,19 +66,10 @@ impl KvBlocks {
             .and_then(|v| v.checked_mul(shape.num_kv_heads))
             .and_then(|v| v.checked_mul(shape.head_dim))
             .ok_or_else(|| format!("KV cache shape {shape:?} overflows"))?;
-        let zeros = |what: &str| -> Result<Vec<f32>, String> {
-            // Ask first, so that an impossible size is an error rather than an abort; then
-            // take zeroed memory the OS hands out lazily (a cache of many GB costs nothing
-            // until its blocks are written, as with candle's zeroed tensors).
-            Vec::<f32>::new()
-                .try_reserve_exact(len)
-                .map_err(|e| format!("cannot allocate the {what} cache ({len} floats): {e}"))?;
-            Ok(vec![0.0; len])
-        };
         Ok(Self {
             shape,
-            key: zeros("key")?,
-            value: zeros("value")?,
+            key: ZeroedF32::new(len, "key")?,
+            value: ZeroedF32::new(len, "value")?,
         })
     }
 

@@ -378,6 +378,47 @@ impl super::CpuKernels {
     }
 }
 
+impl super::CpuKernels {
+    /// Integer multiply-adds (x2, as operations) per second of this ISA's quantized kernel on
+    /// one Q4_0 panel of 18 blocks and 4 rows that stay in L1, on the calling thread: the
+    /// compute roof of the quantized products.
+    pub fn quant_peak_ops(&self, seconds: f64) -> f64 {
+        use super::quant::{QuantFormat, BLOCK};
+        let (rows, blocks, format) = (4, 18, QuantFormat::Q4_0);
+        let k = blocks * BLOCK;
+        let gguf: Vec<u8> = (0..16 * blocks * format.gguf_block_bytes())
+            .map(|i| {
+                if i % 18 < 2 {
+                    0x20
+                } else {
+                    (i * 37 % 251) as u8
+                }
+            })
+            .collect();
+        let Ok(panel) = QuantPanels::from_gguf(format, &gguf, 16, k) else {
+            return 0.0;
+        };
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i % 13) as f32 - 6.0) / 13.0)
+            .collect();
+        let mut quantized = QuantizedRows::default();
+        quantized.quantize(&x, rows, k);
+        let view = quantized.rows(0, rows, k);
+        let mut out = vec![0f32; rows * PANEL];
+        let tile = self.kernels.quant_tile;
+        let started = std::time::Instant::now();
+        let mut calls = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            for _ in 0..1000 {
+                tile(format, view, blocks, &panel.bytes, &mut out);
+            }
+            calls += 1000;
+            std::hint::black_box(&mut out);
+        }
+        2.0 * (calls as f64) * (rows * k * PANEL) as f64 / started.elapsed().as_secs_f64()
+    }
+}
+
 /// Bias and activation on a thread's panels, still in panel-major order.
 fn epilogue_in_place(
     kernels: &Kernels,

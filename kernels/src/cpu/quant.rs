@@ -178,7 +178,7 @@ impl QuantPanels {
     /// Repacks GGUF data of an `(n, k)` matrix (`n` rows of `k / 32` blocks; `k` a multiple
     /// of 32) into panels; rows past `n` in the last panel are zero.
     pub fn from_gguf(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
-        if k % BLOCK != 0 {
+        if !k.is_multiple_of(BLOCK) {
             return Err(format!(
                 "{}: k = {k} is not a multiple of {BLOCK}",
                 format.name()
@@ -293,6 +293,14 @@ pub struct QuantizedRows {
     pub scaled_sums: Vec<f32>,
 }
 
+/// `value` rounded to the nearest integer, ties to even, for |value| < 2^22: adding and
+/// subtracting 1.5·2^23 leaves no fraction bits. Two plain IEEE additions, so the same on
+/// every CPU and vectorisable (`f32::round` is a libm call on baseline x86-64).
+fn round_to_nearest_even(value: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
+    (value + SHIFT) - SHIFT
+}
+
 /// A view of some rows of [`QuantizedRows`].
 #[derive(Debug, Clone, Copy)]
 pub struct QuantRows<'a> {
@@ -304,7 +312,7 @@ pub struct QuantRows<'a> {
 
 impl QuantizedRows {
     /// Quantizes `rows` rows of `k` values (`k` a multiple of 32) into `self`, reusing its
-    /// buffers. Per block: `scale = amax / 127`, `q = round(x · 127 / amax)`; an all-zero
+    /// buffers. Per block: `scale = amax / 127`, `q = round(x · 127 / amax)` (ties to even); an all-zero
     /// block has scale 0. Plain scalar code shared by every ISA, so every ISA sees the same q.
     pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
         let blocks = rows * k / BLOCK;
@@ -325,7 +333,7 @@ impl QuantizedRows {
             };
             let mut sum = 0i32;
             for (q, v) in q.iter_mut().zip(block) {
-                *q = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+                *q = round_to_nearest_even(v * inverse).clamp(-127.0, 127.0) as i8;
                 sum += i32::from(*q);
             }
             self.scales[b] = scale;

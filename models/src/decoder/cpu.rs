@@ -132,14 +132,14 @@ fn weight_format(dtype: DType) -> WeightFormat {
 }
 
 /// A weight as read for the CPU kernels.
-enum Weight {
+enum Weight<'a> {
     /// Row-major `(out, in)` values.
     Dense(Vec<f32>),
     /// GGUF blocks the integer kernels multiply as they are.
-    Blocks(QuantBlocks),
+    Blocks(QuantBlocks<'a>),
 }
 
-impl Weight {
+impl<'a> Weight<'a> {
     fn into_dense(self) -> Vec<f32> {
         match self {
             Weight::Dense(values) => values,
@@ -148,7 +148,7 @@ impl Weight {
     }
 
     /// Rows of several matrices stacked into one: still blocks when all share a format.
-    fn stack(parts: Vec<Weight>) -> Weight {
+    fn stack(parts: Vec<Weight<'a>>) -> Weight<'a> {
         let formats: Vec<Option<QuantFormat>> = parts
             .iter()
             .map(|p| match p {
@@ -158,14 +158,16 @@ impl Weight {
             .collect();
         match formats[0] {
             Some(format) if formats.iter().all(|f| *f == Some(format)) => {
-                let data = parts
-                    .into_iter()
-                    .flat_map(|p| match p {
-                        Weight::Blocks(b) => b.data,
-                        Weight::Dense(_) => Vec::new(),
-                    })
-                    .collect();
-                Weight::Blocks(QuantBlocks { format, data })
+                let mut data = Vec::new();
+                for part in parts {
+                    if let Weight::Blocks(b) = part {
+                        data.extend_from_slice(&b.data);
+                    }
+                }
+                Weight::Blocks(QuantBlocks {
+                    format,
+                    data: data.into(),
+                })
             }
             _ => Weight::Dense(parts.into_iter().flat_map(Weight::into_dense).collect()),
         }

@@ -1,0 +1,140 @@
+//! The integer kernels of GGUF-quantized products (`lantern_kernels::cpu::quant`): every
+//! format on SmolLM2-135M's product shapes at several row counts. At one row a product streams
+//! its weights once: GB/s of weight bytes against the measured read bandwidth. At 32 rows it
+//! is compute-bound: integer operations per second against the kernel's own peak on one panel
+//! that stays in L1. Weights of up to ~30 MB stay in this machine's L3 between calls, so the
+//! one-row figures of all but the largest shapes exceed the DRAM bandwidth.
+//!
+//!     cargo run --release -p lantern-benches --bin quant_kernels [-- --rows 1,8,32,64]
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, QuantFormat};
+use rayon::prelude::*;
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    rows: Vec<usize>,
+    /// (out, in) shapes; default: SmolLM2-135M's fused QKV, o_proj, gate/up, down, and head.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "960x576,576x576,3072x576,576x1536,49152x576"
+    )]
+    shapes: Vec<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 0.3)]
+    seconds: f64,
+}
+
+/// Best seconds per call of `f` over a time budget.
+fn time(seconds: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds || best == f64::MAX {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// GB/s reading a 512 MiB buffer on every thread of the kernels' pool.
+fn read_bandwidth(seconds: f64) -> f64 {
+    let buffer = vec![1u64; 64 << 20];
+    let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
+    let per = buffer.len().div_ceil(threads);
+    let t = cpu::install(|| {
+        time(seconds, || {
+            let s: u64 = buffer
+                .par_chunks(per)
+                .map(|c| c.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+                .sum();
+            std::hint::black_box(s);
+        })
+    });
+    (buffer.len() * 8) as f64 / t / 1e9
+}
+
+fn ggml(format: QuantFormat) -> GgmlDType {
+    match format {
+        QuantFormat::Q4_0 => GgmlDType::Q4_0,
+        QuantFormat::Q4_1 => GgmlDType::Q4_1,
+        QuantFormat::Q5_0 => GgmlDType::Q5_0,
+        QuantFormat::Q5_1 => GgmlDType::Q5_1,
+        QuantFormat::Q8_0 => GgmlDType::Q8_0,
+    }
+}
+
+fn quantized(format: QuantFormat, n: usize, k: usize) -> anyhow::Result<PackedMatrix> {
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919 % 97) as f32 - 48.0) / 97.0)
+        .collect();
+    let blocks = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu)?, ggml(format))?;
+    PackedMatrix::quantized(format, &blocks.data()?, n, k).map_err(anyhow::Error::msg)
+}
+
+/// Seconds per call of `rows` rows through `w`, on the kernels' pool.
+fn product_time(kernels: CpuKernels, w: &PackedMatrix, rows: usize, seconds: f64) -> f64 {
+    let k = w.in_features();
+    let x: Vec<f32> = (0..rows * k)
+        .map(|i| ((i % 13) as f32 - 6.0) / 13.0)
+        .collect();
+    let mut out = vec![0f32; rows * w.out_features()];
+    let mut scratch = Vec::new();
+    cpu::install(|| {
+        time(seconds, || {
+            kernels.matmul(&x, rows, w, &mut out, Output::Store, &mut scratch)
+        })
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    lantern_models::pin_thread_count();
+    let args = Args::parse();
+    let kernels = CpuKernels::active();
+    let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
+    let bandwidth = read_bandwidth(1.0);
+    println!(
+        "ISA {:?}, {threads} threads; read bandwidth {bandwidth:.1} GB/s",
+        kernels.isa()
+    );
+    println!();
+    let peak = cpu::install(|| {
+        (0..threads)
+            .into_par_iter()
+            .map(|_| kernels.quant_peak_ops(1.0))
+            .sum::<f64>()
+    }) / 1e9;
+    println!("integer kernel peak (one panel in L1, 4 rows, every thread): {peak:.0} GOP/s");
+    println!();
+    println!("| format | shape (out x in) | rows | µs | GB/s of weights | % of bandwidth | GOP/s | % of kernel peak |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for format in QuantFormat::ALL {
+        for shape in &args.shapes {
+            let (n, k) = shape
+                .split_once('x')
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("shape {shape} is not OUTxIN"))?;
+            let w = quantized(format, n, k)?;
+            let bytes = w.weight_bytes() as f64;
+            for &rows in &args.rows {
+                let t = product_time(kernels, &w, rows, args.seconds);
+                let gbs = bytes / t / 1e9;
+                let gops = 2.0 * (rows * n * k) as f64 / t / 1e9;
+                println!(
+                    "| {} | {n}x{k} | {rows} | {:.1} | {gbs:.1} | {:.0}% | {gops:.0} | {:.0}% |",
+                    format.name(),
+                    t * 1e6,
+                    100.0 * gbs / bandwidth,
+                    100.0 * gops / peak
+                );
+            }
+        }
+    }
+    Ok(())
+}
