@@ -227,3 +227,69 @@ fn cpu_integer_kernels_serve_the_file_quantized_and_know_paris() -> TestResult {
     }
     Ok(())
 }
+
+/// Served quantized, a request's greedy tokens and logits are bitwise the same alone and in a
+/// batch with 31 other sequences (each at its own length), step after step.
+#[test]
+fn quantized_greedy_tokens_are_the_same_alone_and_among_31_others() -> TestResult {
+    let Some(path) = smollm2_gguf() else {
+        return Ok(());
+    };
+    let model = load_ours(&path, Dequantize::Auto)?;
+    let decoder = &model.decoder;
+    let prompts: Vec<Vec<u32>> = (0..32)
+        .map(|i| {
+            encode(
+                &model,
+                &format!("Question {i}: what is {} times {}?", i * 7, i + 3),
+            )
+        })
+        .collect::<TestResult<_>>()?;
+    // Alone: the first prompt, 12 greedy steps.
+    let alone = {
+        let mut paged = Paged::new(decoder, 64, 16)?;
+        let seq = paged.add_sequence();
+        let (mut input, mut rows) = (prompts[0].clone(), Vec::new());
+        for _ in 0..12 {
+            let logits = decoder.forward(
+                &[paged.step(seq, &input, LogitsWanted::Last)?],
+                &paged.cache,
+            )?;
+            let row = logits.flatten_all()?.to_vec1::<f32>()?;
+            input = vec![argmax(&row)];
+            rows.push(row);
+        }
+        rows
+    };
+    // Together: all 32 in every step, the first one's rows compared bit for bit.
+    let mut paged = Paged::new(decoder, 32 * 4 + 8, 16)?;
+    let seqs: Vec<usize> = (0..32).map(|_| paged.add_sequence()).collect();
+    let mut inputs = prompts.clone();
+    for (step, expected) in alone.iter().enumerate() {
+        let steps = seqs
+            .iter()
+            .zip(&inputs)
+            .map(|(&seq, input)| paged.step(seq, input, LogitsWanted::Last))
+            .collect::<TestResult<Vec<_>>>()?;
+        let logits = decoder.forward(&steps, &paged.cache)?;
+        let vocab = logits.dim(1)?;
+        let all = logits.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(
+            &all[..vocab],
+            &expected[..],
+            "step {step}: the first sequence's logits"
+        );
+        inputs = all
+            .chunks_exact(vocab)
+            .map(|row| vec![argmax(row)])
+            .collect();
+    }
+    Ok(())
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i as u32)
+}

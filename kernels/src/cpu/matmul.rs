@@ -314,23 +314,31 @@ impl super::CpuKernels {
             .min(panels.max(1));
         let kernels = self.kernels;
         let shape = tile_shape(kernels, rows);
-        QUANTIZED_ROWS.with_borrow_mut(|quantized| {
-            if let PanelData::Quantized(_) = &w.data {
+        // Taken out of the thread-local for the call: while this thread waits for the other
+        // chunks, rayon may run another product on it (another engine's step), which then
+        // finds an empty buffer instead of a borrowed one.
+        let quantized = match &w.data {
+            PanelData::Quantized(_) => {
+                let mut quantized = QUANTIZED_ROWS.take();
                 quantized.quantize(x, rows, k);
+                Some(quantized)
             }
-            let quantized = &*quantized;
-            let work = |(chunk_index, chunk): (usize, &mut [f32])| {
-                let first = chunk_index * per_chunk;
-                let count = chunk.len() / stride;
-                let range = first * k * PANEL..(first + count) * k * PANEL;
-                match &w.data {
-                    PanelData::F32(d) => {
-                        run_panels(&kernels.tile_f32, shape, x, rows, k, &d[range], chunk)
-                    }
-                    PanelData::Bf16(d) => {
-                        run_panels(&kernels.tile_bf16, shape, x, rows, k, &d[range], chunk)
-                    }
-                    PanelData::Quantized(q) => {
+            _ => None,
+        };
+        let work = |(chunk_index, chunk): (usize, &mut [f32])| {
+            let first = chunk_index * per_chunk;
+            let count = chunk.len() / stride;
+            let range = first * k * PANEL..(first + count) * k * PANEL;
+            match (&w.data, &quantized) {
+                (PanelData::F32(d), _) => {
+                    run_panels(&kernels.tile_f32, shape, x, rows, k, &d[range], chunk)
+                }
+                (PanelData::Bf16(d), _) => {
+                    run_panels(&kernels.tile_bf16, shape, x, rows, k, &d[range], chunk)
+                }
+                // `quantized` is `Some` exactly when the weights are quantized (see above).
+                (PanelData::Quantized(q), quantized) => {
+                    if let Some(quantized) = quantized {
                         let x = quantized.rows(0, rows, k);
                         let panel_bytes = q.panel_bytes();
                         for (p, out) in chunk.chunks_exact_mut(stride).enumerate() {
@@ -339,17 +347,20 @@ impl super::CpuKernels {
                         }
                     }
                 }
-                epilogue_in_place(kernels, w, first, chunk, stride);
-            };
-            if chunks == 1 || per_chunk >= panels {
-                work((0, scratch));
-            } else {
-                scratch
-                    .par_chunks_mut(per_chunk * stride)
-                    .enumerate()
-                    .for_each(work);
             }
-        });
+            epilogue_in_place(kernels, w, first, chunk, stride);
+        };
+        if chunks == 1 || per_chunk >= panels {
+            work((0, scratch));
+        } else {
+            scratch
+                .par_chunks_mut(per_chunk * stride)
+                .enumerate()
+                .for_each(work);
+        }
+        if let Some(quantized) = quantized {
+            QUANTIZED_ROWS.set(quantized);
+        }
         write_rows(w, scratch, rows, out, output);
     }
 }

@@ -608,6 +608,37 @@ mod tests {
         }
     }
 
+    /// Two threads running products on the shared pool at once (two engines): while one waits
+    /// for its chunks, rayon may run the other's step on the same thread. Both must finish
+    /// with their own results.
+    #[test]
+    fn concurrent_products_on_one_pool_do_not_share_activations() {
+        // 32 panels: enough to split between the threads.
+        let (n, k) = (512, 256);
+        let w = packed(
+            QuantFormat::Q4_1,
+            &random_gguf(QuantFormat::Q4_1, n, k, 1, false),
+            n,
+            k,
+        );
+        let inputs: Vec<Vec<f32>> = (0..2).map(|i| activations(48 * k, 40 + i)).collect();
+        let expected: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|x| product(CpuKernels::scalar(), x, 48, &w))
+            .collect();
+        std::thread::scope(|scope| {
+            for (x, expected) in inputs.iter().zip(&expected) {
+                let w = &w;
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        let got = crate::cpu::install(|| product(CpuKernels::active(), x, 48, w));
+                        assert_eq!(&got, expected);
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn q8_0_extremes_survive_the_sign_trick() {
         // Weights -128 and 127 against activations ±127: the widest products there are.
