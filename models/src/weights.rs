@@ -103,29 +103,6 @@ pub struct QuantBlocks<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
-/// The CPU kernels' format for a GGUF tensor type, `None` for types they lack (K-quants...).
-pub fn cpu_quant_format(dtype: GgmlDType) -> Option<QuantFormat> {
-    match dtype {
-        GgmlDType::Q4_0 => Some(QuantFormat::Q4_0),
-        GgmlDType::Q4_1 => Some(QuantFormat::Q4_1),
-        GgmlDType::Q5_0 => Some(QuantFormat::Q5_0),
-        GgmlDType::Q5_1 => Some(QuantFormat::Q5_1),
-        GgmlDType::Q8_0 => Some(QuantFormat::Q8_0),
-        _ => None,
-    }
-}
-
-/// The GGUF tensor type of a CPU kernel format.
-pub fn ggml_dtype(format: QuantFormat) -> GgmlDType {
-    match format {
-        QuantFormat::Q4_0 => GgmlDType::Q4_0,
-        QuantFormat::Q4_1 => GgmlDType::Q4_1,
-        QuantFormat::Q5_0 => GgmlDType::Q5_0,
-        QuantFormat::Q5_1 => GgmlDType::Q5_1,
-        QuantFormat::Q8_0 => GgmlDType::Q8_0,
-    }
-}
-
 /// A place to read named tensors from.
 pub trait WeightSource {
     fn naming(&self) -> Naming;
@@ -341,7 +318,7 @@ impl WeightSource for GgufWeights {
         (out, inp): (usize, usize),
     ) -> Result<Option<QuantBlocks<'_>>> {
         let info = self.content.tensor_infos.get(name);
-        let format = info.and_then(|info| cpu_quant_format(info.ggml_dtype));
+        let format = info.and_then(|info| QuantFormat::from_ggml(info.ggml_dtype));
         let (Some(info), Some(format), false) = (info, format, self.dequantize) else {
             return Ok(None);
         };
@@ -394,7 +371,7 @@ impl GgufWeights {
             matches!(
                 info.ggml_dtype,
                 GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-            ) || cpu_quant_format(info.ggml_dtype).is_some()
+            ) || QuantFormat::from_ggml(info.ggml_dtype).is_some()
         })
     }
 }
@@ -436,7 +413,7 @@ impl WeightSource for QuantizingWeights<'_> {
             return Ok(None);
         }
         let dense = self.inner.dense(name, &[out, inp])?.to_dtype(DType::F32)?;
-        let blocks = QTensor::quantize(&dense, ggml_dtype(self.format))?;
+        let blocks = QTensor::quantize(&dense, self.format.ggml_dtype())?;
         Ok(Some(QuantBlocks {
             format: self.format,
             data: Cow::Owned(blocks.data()?.into_owned()),

@@ -6,10 +6,10 @@
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use lantern_benches::{best_seconds, parse_shape};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, WeightFormat};
 use lantern_models::layers::Linear;
 use rayon::prelude::*;
-use std::time::Instant;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -25,19 +25,6 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 0.3)]
     seconds: f64,
-}
-
-/// Best seconds per call of `f` over a time budget.
-fn time(seconds: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut best = f64::MAX;
-    let started = Instant::now();
-    while started.elapsed().as_secs_f64() < seconds || best == f64::MAX {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    best
 }
 
 /// GB/s reading a buffer much larger than the caches, split over `threads`.
@@ -63,8 +50,8 @@ fn read_bandwidth(threads: usize, seconds: f64) -> f64 {
         std::hint::black_box(s);
     };
     let t = match &pool {
-        Some(pool) => pool.install(|| time(seconds, run)),
-        None => time(seconds, run),
+        Some(pool) => pool.install(|| best_seconds(seconds, run)),
+        None => best_seconds(seconds, run),
     };
     (buffer.len() * 4) as f64 / t / 1e9
 }
@@ -94,10 +81,7 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let device = Device::Cpu;
     for shape in &args.shapes {
-        let (n, k) = shape
-            .split_once('x')
-            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("shape {shape} is not OUTxIN"))?;
+        let (n, k) = parse_shape(shape)?;
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
             .collect();
@@ -112,14 +96,14 @@ fn main() -> anyhow::Result<()> {
                 .map(|i| ((i % 13) as f32 - 6.0) / 13.0)
                 .collect();
             let xt = Tensor::from_vec(x.clone(), (rows, k), &device)?;
-            let candle = time(args.seconds, || {
+            let candle = best_seconds(args.seconds, || {
                 let _ = std::hint::black_box(linear.forward(&xt));
             });
             let mut out = vec![0f32; rows * n];
             let mut scratch = Vec::new();
             let mut ours = |m: &PackedMatrix| {
                 cpu::install(|| {
-                    time(args.seconds, || {
+                    best_seconds(args.seconds, || {
                         kernels.matmul(&x, rows, m, &mut out, Output::Store, &mut scratch)
                     })
                 })

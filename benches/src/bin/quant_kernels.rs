@@ -7,12 +7,12 @@
 //!
 //!     cargo run --release -p lantern-benches --bin quant_kernels [-- --rows 1,8,32,64]
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use lantern_benches::{best_seconds, parse_shape};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, QuantFormat};
 use rayon::prelude::*;
-use std::time::Instant;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -30,26 +30,13 @@ struct Args {
     seconds: f64,
 }
 
-/// Best seconds per call of `f` over a time budget.
-fn time(seconds: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut best = f64::MAX;
-    let started = Instant::now();
-    while started.elapsed().as_secs_f64() < seconds || best == f64::MAX {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    best
-}
-
 /// GB/s reading a 512 MiB buffer on every thread of the kernels' pool.
 fn read_bandwidth(seconds: f64) -> f64 {
     let buffer = vec![1u64; 64 << 20];
     let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
     let per = buffer.len().div_ceil(threads);
     let t = cpu::install(|| {
-        time(seconds, || {
+        best_seconds(seconds, || {
             let s: u64 = buffer
                 .par_chunks(per)
                 .map(|c| c.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
@@ -60,21 +47,14 @@ fn read_bandwidth(seconds: f64) -> f64 {
     (buffer.len() * 8) as f64 / t / 1e9
 }
 
-fn ggml(format: QuantFormat) -> GgmlDType {
-    match format {
-        QuantFormat::Q4_0 => GgmlDType::Q4_0,
-        QuantFormat::Q4_1 => GgmlDType::Q4_1,
-        QuantFormat::Q5_0 => GgmlDType::Q5_0,
-        QuantFormat::Q5_1 => GgmlDType::Q5_1,
-        QuantFormat::Q8_0 => GgmlDType::Q8_0,
-    }
-}
-
 fn quantized(format: QuantFormat, n: usize, k: usize) -> anyhow::Result<PackedMatrix> {
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 7919 % 97) as f32 - 48.0) / 97.0)
         .collect();
-    let blocks = QTensor::quantize(&Tensor::from_vec(w, (n, k), &Device::Cpu)?, ggml(format))?;
+    let blocks = QTensor::quantize(
+        &Tensor::from_vec(w, (n, k), &Device::Cpu)?,
+        format.ggml_dtype(),
+    )?;
     PackedMatrix::quantized(format, &blocks.data()?, n, k).map_err(anyhow::Error::msg)
 }
 
@@ -87,7 +67,7 @@ fn product_time(kernels: CpuKernels, w: &PackedMatrix, rows: usize, seconds: f64
     let mut out = vec![0f32; rows * w.out_features()];
     let mut scratch = Vec::new();
     cpu::install(|| {
-        time(seconds, || {
+        best_seconds(seconds, || {
             kernels.matmul(&x, rows, w, &mut out, Output::Store, &mut scratch)
         })
     })
@@ -116,10 +96,7 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for format in QuantFormat::ALL {
         for shape in &args.shapes {
-            let (n, k) = shape
-                .split_once('x')
-                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
-                .ok_or_else(|| anyhow::anyhow!("shape {shape} is not OUTxIN"))?;
+            let (n, k) = parse_shape(shape)?;
             let w = quantized(format, n, k)?;
             let bytes = w.weight_bytes() as f64;
             for &rows in &args.rows {

@@ -487,7 +487,7 @@ fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], o
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cpu::generic::exp;
     use crate::cpu::{CpuKernels, Isa};
@@ -514,7 +514,8 @@ mod tests {
         y
     }
 
-    fn run(kernels: CpuKernels, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
+    /// `x W^T` on `kernels`, into a fresh buffer.
+    pub(crate) fn run(kernels: CpuKernels, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
         let mut out = vec![f32::NAN; rows * w.out_features()];
         kernels.matmul(x, rows, w, &mut out, Output::Store, &mut Vec::new());
         out
@@ -527,7 +528,8 @@ mod tests {
         }
     }
 
-    fn every_isa() -> Vec<CpuKernels> {
+    /// The kernels of every ISA this CPU has; the others are reported SKIPPED.
+    pub(crate) fn every_isa() -> Vec<CpuKernels> {
         for isa in Isa::ALL {
             if !isa.is_supported() {
                 eprintln!(

@@ -19,6 +19,7 @@
 //!   `G` holding `k = 4G..4G+4`. Q8_0 has no growth; Q5 grows from 22/24 to 34/36 bytes a
 //!   block, the price of decoding its fifth bit at load instead of in the loop.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 /// Values per quantization block (every supported format).
@@ -64,6 +65,23 @@ impl QuantFormat {
             QuantFormat::Q5_1 => "q5_1",
             QuantFormat::Q8_0 => "q8_0",
         }
+    }
+
+    /// The GGUF tensor type of this format.
+    pub fn ggml_dtype(self) -> GgmlDType {
+        match self {
+            QuantFormat::Q4_0 => GgmlDType::Q4_0,
+            QuantFormat::Q4_1 => GgmlDType::Q4_1,
+            QuantFormat::Q5_0 => GgmlDType::Q5_0,
+            QuantFormat::Q5_1 => GgmlDType::Q5_1,
+            QuantFormat::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// The format of a GGUF tensor type, `None` for types without integer kernels (K-quants,
+    /// dense types).
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.ggml_dtype() == dtype)
     }
 
     /// Bytes of one GGUF block of 32 values.
@@ -392,22 +410,13 @@ pub fn tile_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::{CpuKernels, Isa, Output, PackedMatrix};
-    use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+    use crate::cpu::matmul::tests::{every_isa, run as product};
+    use crate::cpu::{CpuKernels, PackedMatrix};
+    use candle_core::quantized::{QStorage, QTensor};
     use candle_core::Device;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-
-    fn ggml_dtype(format: QuantFormat) -> GgmlDType {
-        match format {
-            QuantFormat::Q4_0 => GgmlDType::Q4_0,
-            QuantFormat::Q4_1 => GgmlDType::Q4_1,
-            QuantFormat::Q5_0 => GgmlDType::Q5_0,
-            QuantFormat::Q5_1 => GgmlDType::Q5_1,
-            QuantFormat::Q8_0 => GgmlDType::Q8_0,
-        }
-    }
 
     /// `n * k / 32` GGUF blocks of random integers with scales in [0.002, 0.05) and minimums
     /// in [-0.5, 0.5); `unit` makes every scale 1 and every minimum 0.
@@ -448,32 +457,12 @@ mod tests {
         let dequantized = QStorage::from_data(
             std::borrow::Cow::Borrowed(data),
             &Device::Cpu,
-            ggml_dtype(format),
+            format.ggml_dtype(),
         )
         .and_then(|storage| QTensor::new(storage, (n, k)))
         .and_then(|t| t.dequantize(&Device::Cpu))
         .and_then(|t| t.flatten_all()?.to_vec1::<f32>());
         dequantized.unwrap_or_else(|e| panic!("candle: {e}"))
-    }
-
-    fn every_isa() -> Vec<CpuKernels> {
-        for isa in Isa::ALL.into_iter().filter(|isa| !isa.is_supported()) {
-            eprintln!(
-                "SKIPPED: {} quantized kernels (this CPU lacks {})",
-                isa.name(),
-                isa.name()
-            );
-        }
-        Isa::supported()
-            .into_iter()
-            .filter_map(CpuKernels::for_isa)
-            .collect()
-    }
-
-    fn product(kernels: CpuKernels, x: &[f32], rows: usize, w: &PackedMatrix) -> Vec<f32> {
-        let mut out = vec![f32::NAN; rows * w.out_features()];
-        kernels.matmul(x, rows, w, &mut out, Output::Store, &mut Vec::new());
-        out
     }
 
     fn packed(format: QuantFormat, data: &[u8], n: usize, k: usize) -> PackedMatrix {
