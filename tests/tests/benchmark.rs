@@ -172,3 +172,63 @@ fn a_server_that_cannot_be_reached_stops_the_run_with_the_reason() {
     assert!(!output.status.success());
     assert!(stderr.contains("every warm-up request failed"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_ends_the_run_and_still_writes_what_was_measured() {
+    let (_model, server) = tiny_server("llama", 3, &[], &[]);
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let summaries = out.path().join("levels.json");
+    // A run far longer than the test: 100 000 requests of 2000 tokens at 4 clients (each
+    // request long enough that all 4 are in flight at almost any moment).
+    let mut child = Command::new(lantern_binary())
+        .args([
+            "benchmark",
+            "--url",
+            &server.base,
+            "--concurrency",
+            "4",
+            "--requests",
+            "100000",
+            "--input-len",
+            "8",
+            "--output-len",
+            "2000",
+            "--json",
+        ])
+        .arg(&summaries)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running lantern benchmark: {e}"));
+    // Interrupt once the level has started and requests are in flight.
+    let started = std::time::Instant::now();
+    let mut stderr =
+        std::io::BufReader::new(child.stderr.take().unwrap_or_else(|| panic!("stderr")));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+        if line.contains("c=4: started") {
+            break;
+        }
+        line.clear();
+        assert!(started.elapsed().as_secs() < 120, "the level never started");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(interrupted.is_ok_and(|s| s.success()));
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&summaries).unwrap_or_else(|e| panic!("{e}"));
+    let levels: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
+    let level = &levels[0];
+    assert_eq!(level["interrupted"], true, "{level}");
+    let sent = number(level, "requests");
+    assert!(sent > 0.0 && sent < 100_000.0, "{level}");
+    assert_eq!(sent, number(level, "completed") + number(level, "errors"));
+    // The requests in flight at the interrupt are counted, as cancelled.
+    assert!(
+        level["errors_by_kind"]["cancelled"].as_u64().unwrap_or(0) >= 1,
+        "{level}"
+    );
+}
