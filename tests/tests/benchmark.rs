@@ -232,3 +232,45 @@ fn ctrl_c_ends_the_run_and_still_writes_what_was_measured() {
         "{level}"
     );
 }
+
+#[test]
+fn an_endpoint_path_sends_requests_where_it_says() {
+    let (_model, server) = tiny_server("llama", 3, &[], &[]);
+    let out = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // SageMaker's route, spelled out (as for a gateway), then a path the server lacks.
+    let (ok, _) = benchmark(
+        &server.base,
+        out.path(),
+        &[
+            "--api",
+            "sagemaker",
+            "--endpoint-path",
+            "/invocations",
+            "--requests",
+            "3",
+            "--output-len",
+            "4",
+        ],
+    );
+    assert_eq!(number(&ok[0], "completed"), 3.0, "{}", ok[0]);
+    let (missing, _) = benchmark(
+        &server.base,
+        out.path(),
+        &[
+            "--warmup",
+            "0",
+            "--endpoint-path",
+            "/elsewhere",
+            "--requests",
+            "3",
+            "--output-len",
+            "4",
+        ],
+    );
+    assert_eq!(
+        missing[0]["errors_by_kind"],
+        serde_json::json!({"404": 3}),
+        "{}",
+        missing[0]
+    );
+}

@@ -69,6 +69,8 @@ pub struct RequestRecord {
 pub struct Target {
     pub label: String,
     pub base_url: String,
+    /// Where requests go under `base_url`; default: the API's own path.
+    pub endpoint_path: Option<String>,
     pub api: Api,
     pub generation: Generation,
     pub headers: reqwest::header::HeaderMap,
@@ -159,7 +161,7 @@ impl Client {
         let url = format!(
             "{}{}",
             target.base_url.trim_end_matches('/'),
-            target.api.path()
+            target.endpoint_path.as_deref().unwrap_or(target.api.path())
         );
         let body = target
             .api

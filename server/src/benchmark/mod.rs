@@ -41,6 +41,10 @@ pub struct BenchmarkArgs {
     /// The request format to send.
     #[arg(long, value_enum, default_value = "openai-completions")]
     api: Api,
+    /// The path requests are posted to under `--url` (default: the API's, e.g.
+    /// `/v1/completions`), for gateways that expose an endpoint elsewhere (`/prod/invoke`).
+    #[arg(long)]
+    endpoint_path: Option<String>,
     /// The `model` field of OpenAI requests; default: the first of the server's `/v1/models`.
     #[arg(long)]
     model: Option<String>,
@@ -320,6 +324,7 @@ fn targets(args: &BenchmarkArgs) -> anyhow::Result<Vec<Target>> {
     let mut targets = vec![Target {
         label: args.label.clone().unwrap_or_else(|| host_of(&args.url)),
         base_url: args.url.clone(),
+        endpoint_path: args.endpoint_path.clone(),
         api: args.api,
         generation: generation(&args.model),
         headers: headers.clone(),
@@ -332,6 +337,7 @@ fn targets(args: &BenchmarkArgs) -> anyhow::Result<Vec<Target>> {
         targets.push(Target {
             label,
             base_url: url.clone(),
+            endpoint_path: None,
             api: args.compare_api.unwrap_or(args.api),
             generation: generation(&args.compare_model),
             headers,
