@@ -82,6 +82,27 @@ fn generate_with_details_matches_its_stream() {
     assert!(events[0]["generated_text"].is_null());
 }
 
+/// TGI's root route: huggingface_hub's `InferenceClient.text_generation` posts here, with
+/// `"stream": true` for a stream.
+#[test]
+fn tgi_root_route_generates_and_streams_like_generate() {
+    let request = json!({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 6, "details": true}});
+    let (status, body) = server().post("/", &request);
+    assert_eq!(status, 200, "{body}");
+    let (_, reference) = server().post("/generate", &request);
+    assert_eq!(
+        json(&body)["generated_text"],
+        json(&reference)["generated_text"]
+    );
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (status, stream) = server().post("/", &streamed);
+    assert_eq!(status, 200, "{stream}");
+    let events: Vec<Value> = sse_data(&stream).iter().map(|d| json(d)).collect();
+    let last = events.last().cloned().unwrap_or_default();
+    assert_eq!(last["generated_text"], json(&reference)["generated_text"]);
+}
+
 #[test]
 fn openai_chat_completion_and_its_stream_agree() {
     let request = json!({"model": "tiny", "messages": [{"role": "user", "content": "Hello there"}], "temperature": 0, "max_tokens": 10});

@@ -31,6 +31,9 @@ pub fn router(state: AppState) -> Router {
             "/execution-parameters",
             get(sagemaker::execution_parameters),
         )
+        // TGI serves generation at its root too (its clients, e.g. huggingface_hub's
+        // InferenceClient, post there), streaming when the body says `"stream": true`.
+        .route("/", post(tgi::generate))
         .route("/generate", post(tgi::generate))
         .route("/generate_stream", post(tgi::generate_stream))
         .route("/info", get(tgi::info))

@@ -18,6 +18,7 @@ fn routes(
         ("/ping", "get", "SageMaker health check: 200 once the model serves, else 503", None),
         ("/invocations", "post", "SageMaker inference: TGI, OpenAI chat, OpenAI completion or Bedrock Messages body; application/jsonlines for Batch Transform", Some(invocations)),
         ("/execution-parameters", "get", "SageMaker Batch Transform parameters", None),
+        ("/", "post", "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(schema("tgi"))),
         ("/generate", "post", "TGI generate", Some(schema("tgi"))),
         ("/generate_stream", "post", "TGI generate, streamed as Server-Sent Events", Some(schema("tgi"))),
         ("/info", "get", "TGI model and limits", None),
@@ -82,6 +83,7 @@ mod tests {
     fn every_route_is_described_and_request_schemas_resolve() {
         let doc = document();
         for route in [
+            "/",
             "/ping",
             "/invocations",
             "/generate",
