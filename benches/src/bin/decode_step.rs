@@ -3,7 +3,7 @@
 //! forward pass and the number of heap allocations per step.
 //!
 //!     cargo run --release -p lantern-benches --bin decode_step -- --model DIR_OR_GGUF \
-//!         [--batch 1,32] [--context 160] [--kernels cpu|portable]
+//!         [--batch 1,32] [--context 160] [--kernels cpu|portable] [--quantized]
 
 use clap::Parser;
 use lantern_models::{
@@ -53,13 +53,20 @@ struct Args {
     kernels: String,
     #[arg(long, default_value_t = 16)]
     block_size: usize,
+    /// Keep GGUF blocks quantized (the integer kernels) instead of expanding them to f32.
+    #[arg(long)]
+    quantized: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     lantern_models::pin_thread_count();
     let args = Args::parse();
     let options = LoadOptions {
-        dequantize: Dequantize::On,
+        dequantize: if args.quantized {
+            Dequantize::Auto
+        } else {
+            Dequantize::On
+        },
         kernels: KernelPath::parse(&args.kernels)
             .ok_or_else(|| anyhow::anyhow!("--kernels is auto, cpu or portable"))?,
         ..LoadOptions::cpu()
