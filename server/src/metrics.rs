@@ -21,7 +21,7 @@ pub struct Metrics {
     running: IntGauge,
     batch_size: IntGauge,
     waiting: IntGauge,
-    preemptions: IntGauge,
+    preemptions: IntCounter,
 }
 
 fn histogram(
@@ -99,8 +99,8 @@ impl Metrics {
             )?,
             kv_blocks_total: gauge(
                 &registry,
-                "lantern_kv_cache_blocks_total",
-                "KV-cache blocks in all",
+                "lantern_kv_cache_blocks",
+                "KV-cache blocks in all (capacity)",
             )?,
             running: gauge(
                 &registry,
@@ -113,11 +113,14 @@ impl Metrics {
                 "lantern_batch_size",
                 "Sequences in the last engine step",
             )?,
-            preemptions: gauge(
-                &registry,
-                "lantern_preemptions",
-                "Sequences preempted since start",
-            )?,
+            preemptions: {
+                let counter = IntCounter::new(
+                    "lantern_preemptions_total",
+                    "Sequences preempted (their blocks freed, recomputed later)",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
             requests_started,
             requests,
             generated_tokens,
@@ -150,7 +153,10 @@ impl Metrics {
             self.running.set(stats.running as i64);
             self.batch_size.set(stats.last_batch_size as i64);
             self.waiting.set(stats.waiting as i64);
-            self.preemptions.set(stats.preemptions as i64);
+            // The engine counts since start; the counter catches up to it.
+            let seen = self.preemptions.get();
+            self.preemptions
+                .inc_by((stats.preemptions as u64).saturating_sub(seen));
         }
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

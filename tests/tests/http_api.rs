@@ -299,7 +299,7 @@ fn info_metrics_and_execution_parameters() {
         metrics.contains("lantern_generated_tokens_total"),
         "{metrics}"
     );
-    assert!(metrics.contains("lantern_kv_cache_blocks_total"));
+    assert!(metrics.contains("lantern_kv_cache_blocks "));
     let params = json(&s.get("/execution-parameters").body);
     assert_eq!(params["BatchStrategy"], "MULTI_RECORD");
     assert_eq!(params["MaxPayloadInMB"], 6);

@@ -1,0 +1,127 @@
+//! `/metrics` read with the Prometheus text parser of the official Python client
+//! (`prometheus_client`, installed by `.ci/run` in `target/ci-venv`; without it the test says
+//! SKIPPED): every family is `lantern_*`, what only grows is a counter named `*_total`, gauges
+//! are not named like counters, durations are histograms in seconds.
+
+use lantern_tests::{json, tiny_server};
+use serde_json::{json as value, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = [
+    {"name": f.name, "type": f.type, "samples": sorted({s.name for s in f.samples})}
+    for f in text_string_to_metric_families(sys.stdin.read())
+]
+print(json.dumps(families))
+"#;
+
+#[test]
+fn metrics_parse_as_prometheus_text_with_conventional_names_and_types() {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/python");
+    let has_parser = Command::new(&python)
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_parser {
+        eprintln!(
+            "SKIPPED: no prometheus_client in {} (.ci/run installs it)",
+            python.display()
+        );
+        return;
+    }
+    // A cache of 10 blocks for 3 long requests at once: preemptions happen.
+    let (_model, server) = tiny_server(
+        "llama",
+        2,
+        &[
+            "--max-batch-total-tokens",
+            "160",
+            "--max-batch-prefill-tokens",
+            "64",
+            "--max-total-tokens",
+            "160",
+        ],
+        &[],
+    );
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let server = &server;
+            scope.spawn(move || {
+                let request = value!({"inputs": format!("request {i}"), "parameters": {"max_new_tokens": 100, "ignore_eos": true}});
+                let (status, body) = server.post("/generate", &request);
+                assert_eq!(status, 200, "{body}");
+            });
+        }
+    });
+    let text = server.get("/metrics").body;
+    let mut child = Command::new(&python)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "the parser refused /metrics: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let families = json(&String::from_utf8_lossy(&output.stdout));
+    let families = families.as_array().cloned().unwrap_or_default();
+    assert!(families.len() >= 10, "{families:?}");
+    let kind = |name: &str| -> Option<String> {
+        families
+            .iter()
+            .find(|f| f["name"] == name)
+            .and_then(|f| f["type"].as_str().map(str::to_string))
+    };
+    for family in &families {
+        let (name, kind) = (
+            family["name"].as_str().unwrap_or_default(),
+            family["type"].as_str().unwrap_or_default(),
+        );
+        assert!(name.starts_with("lantern_"), "{family}");
+        let samples: Vec<&str> = family["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        match kind {
+            "counter" => assert!(samples.iter().all(|s| s.ends_with("_total")), "{family}"),
+            "gauge" => assert!(
+                !name.ends_with("_total"),
+                "a gauge named like a counter: {family}"
+            ),
+            "histogram" => assert!(name.ends_with("_seconds"), "{family}"),
+            other => panic!("unexpected type {other}: {family}"),
+        }
+    }
+    // prometheus_client names a counter family without its `_total`.
+    assert_eq!(kind("lantern_preemptions").as_deref(), Some("counter"));
+    assert_eq!(kind("lantern_kv_cache_blocks").as_deref(), Some("gauge"));
+    assert_eq!(
+        kind("lantern_time_to_first_token_seconds").as_deref(),
+        Some("histogram")
+    );
+    assert!(text.contains("lantern_preemptions_total"), "{text}");
+    let preemptions = text
+        .lines()
+        .find(|l| l.starts_with("lantern_preemptions_total "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        preemptions > 0.0,
+        "a 10-block cache for 3 requests of 100 tokens preempts: {text}"
+    );
+}
