@@ -156,7 +156,7 @@ impl Metrics {
             // The engine counts since start; the counter catches up to it.
             let seen = self.preemptions.get();
             self.preemptions
-                .inc_by((stats.preemptions as u64).saturating_sub(seen));
+                .inc_by(stats.preemptions.saturating_sub(seen));
         }
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
