@@ -64,10 +64,16 @@ enum SizeArg {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
-            Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(crate::serve::run(*args)),
+            Command::Serve(args) => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let served = runtime.block_on(crate::serve::run(*args));
+                // Dropping a runtime waits for its blocking tasks, and a read of a stdin that
+                // stays open (`--exit-on-stdin-eof` stopped by SIGTERM) never ends.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                served
+            }
             Command::Benchmark(args) => crate::benchmark::run(*args),
             Command::DummyModel(args) => {
                 let spec = DummySpec {

@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Seconds to let requests in flight finish after SIGTERM (SageMaker and ECS kill 30 s after it).
     #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+    /// Shut down when standard input closes: a supervisor (or a test harness) that dies takes
+    /// the server with it. Off by default (containers run without stdin).
+    #[arg(long, env = "LANTERN_EXIT_ON_STDIN_EOF", hide = true)]
+    pub exit_on_stdin_eof: bool,
     /// Seconds after which a request returns what it has (finish reason `time_limit`);
     /// SageMaker cuts real-time invocations at 60 s. Default 55, or 600 with SAGEMAKER_BATCH=true.
     #[arg(long, env = "LANTERN_REQUEST_TIMEOUT")]
@@ -167,6 +171,7 @@ pub struct ServerConfig {
     pub default_max_new_tokens: usize,
     pub max_payload_bytes: usize,
     pub shutdown_grace_seconds: u64,
+    pub exit_on_stdin_eof: bool,
     pub request_timeout: std::time::Duration,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
@@ -286,6 +291,7 @@ impl ServeArgs {
             default_max_new_tokens: self.default_max_new_tokens,
             max_payload_bytes,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
+            exit_on_stdin_eof: self.exit_on_stdin_eof,
             request_timeout: std::time::Duration::from_secs(
                 self.request_timeout
                     .unwrap_or(if sagemaker_batch.is_some() { 600 } else { 55 }),

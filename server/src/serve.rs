@@ -16,6 +16,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let address = listener.local_addr()?;
+    // One plain line on stdout (logs go to stderr): with `--port 0` this is how a supervisor
+    // or a test learns the port the OS picked.
+    println!("lantern listening on http://{address}");
     tracing::info!(%address, model = ?config.model, max_total_tokens = config.max_total_tokens, max_input_tokens = config.max_input_tokens, engine = ?config.engine, "listening; loading the model");
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = AppState::new(config.clone(), Metrics::new()?, shutdown.clone());
@@ -31,8 +34,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let grace = Duration::from_secs(state.config.shutdown_grace_seconds);
+    let exit_on_stdin_eof = state.config.exit_on_stdin_eof;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        shutdown_signal(exit_on_stdin_eof).await;
         let _ = shutdown_sender.send(true);
     });
     let mut stopping = shutdown.clone();
@@ -111,7 +115,7 @@ fn device() -> anyhow::Result<candle_core::Device> {
 }
 
 /// SIGTERM (SageMaker, ECS, Kubernetes, docker stop) or Ctrl-C.
-async fn shutdown_signal() {
+async fn shutdown_signal(exit_on_stdin_eof: bool) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -126,9 +130,24 @@ async fn shutdown_signal() {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
+    let stdin_closed = async {
+        if !exit_on_stdin_eof {
+            return std::future::pending::<()>().await;
+        }
+        use tokio::io::AsyncReadExt;
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = [0u8; 256];
+        while let Ok(read) = stdin.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+        }
+        tracing::info!("standard input closed");
+    };
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+        () = stdin_closed => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
 }

@@ -67,7 +67,7 @@ pub fn tiny_server(
         "32Mi",
     ];
     args.extend_from_slice(extra);
-    let server = Server::start(&args, envs, free_port());
+    let server = Server::start(&args, envs, 0);
     (dir, server)
 }
 
@@ -82,12 +82,16 @@ pub fn free_port() -> u16 {
 /// A running `lantern serve`, killed on drop.
 pub struct Server {
     child: Child,
+    /// The server's stdin: it exits when this closes, so a server the test process still
+    /// holds (a `static` one) dies with it instead of outliving the tests.
+    stdin: Option<std::process::ChildStdin>,
     pub base: String,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    /// Starts `lantern <args>` with `envs` on 127.0.0.1 at `port`, and waits until `/ping` says 200.
+    /// Starts `lantern <args>` with `envs` on 127.0.0.1 at `port` (0: a port the OS picks, read
+    /// back from the server's stdout), and waits until `/ping` says 200.
     pub fn start(args: &[&str], envs: &[(&str, &str)], port: u16) -> Server {
         let server = Self::spawn(args, envs, port);
         server.wait_ready(Duration::from_secs(120));
@@ -111,7 +115,9 @@ impl Server {
             .args(args)
             .env("LANTERN_HOST", "127.0.0.1")
             .env("PORT", port.to_string())
-            .stdout(Stdio::null())
+            .env("LANTERN_EXIT_ON_STDIN_EOF", "true")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for name in [
             "HF_MODEL_ID",
@@ -140,9 +146,33 @@ impl Server {
                 }
             });
         }
+        // The server announces its address on stdout ("lantern listening on http://...").
+        let (address_sender, address) = std::sync::mpsc::channel::<String>();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Some(url) = line.strip_prefix("lantern listening on ") {
+                        let _ = address_sender.send(url.to_string());
+                    }
+                }
+            });
+        }
+        let base = if port == 0 {
+            address
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "the server did not say where it listens: {}",
+                        log.lock().map(|l| l.clone()).unwrap_or_default()
+                    )
+                })
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
         Server {
+            stdin: child.stdin.take(),
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             log,
         }
     }
@@ -168,6 +198,11 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Closes the server's stdin, as the death of the process that started it does.
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
     }
 
     /// Sends SIGTERM, as SageMaker, ECS and Kubernetes do to stop a container.

@@ -51,6 +51,20 @@ fn ping_answers_fast_while_the_engine_is_saturated_and_overload_gets_429() {
     });
 }
 
+/// Test servers run with `LANTERN_EXIT_ON_STDIN_EOF`: when the process that started them dies,
+/// its end of their stdin closes and they shut down, instead of outliving the tests.
+#[test]
+fn a_server_shuts_down_when_its_stdin_closes() {
+    let (_model, mut server) = tiny_server("llama", 1, &[], &[]);
+    server.close_stdin();
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "still running or failed ({status:?}); log:\n{}",
+        server.log()
+    );
+}
+
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let (_dir, mut s) = tiny_server("qwen2", 6, &[], &[]);
