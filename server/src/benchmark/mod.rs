@@ -57,8 +57,10 @@ pub struct BenchmarkArgs {
     /// The second server's request format; default: `--api`.
     #[arg(long, value_enum)]
     compare_api: Option<Api>,
+    /// The second server's `model` field; default: the first of its `/v1/models`.
     #[arg(long)]
     compare_model: Option<String>,
+    /// The second server's name in tables and charts; default: its host and port.
     #[arg(long)]
     compare_label: Option<String>,
     /// An HTTP header for every request, `Name: value` (repeatable), e.g. an API key.
