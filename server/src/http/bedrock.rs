@@ -73,7 +73,7 @@ pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response,
         templated: true,
         ..Params::default()
     };
-    let prepared = prepare(state, &prompt, params)?;
+    let prepared = prepare(state, &prompt, params).await?;
     let id = format!(
         "msg_{:x}",
         std::time::SystemTime::now()

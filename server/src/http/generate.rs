@@ -60,8 +60,10 @@ fn check_range(
     }
 }
 
-/// Validates `params`, tokenizes `prompt` and takes an in-flight slot.
-pub fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<Prepared, ApiError> {
+/// Validates `params`, tokenizes `prompt` and takes an in-flight slot. Tokenizing a prompt of
+/// megabytes takes a second of CPU: it runs on the blocking pool, so the async workers keep
+/// answering (`/ping` above all: SageMaker's ping timeout is 2 s).
+pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<Prepared, ApiError> {
     let model = state.model()?;
     let config = &state.config;
     check_range(params.temperature, "temperature", |t| t >= 0.0, ">= 0")?;
@@ -122,13 +124,17 @@ pub fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<Prepare
             "top_n_tokens",
         ));
     }
-    let encoding = model
-        .tokenizer
-        .tokenizer
-        .encode(prompt, !params.templated)
-        .map_err(|e| {
-            ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
-        })?;
+    let add_special_tokens = !params.templated;
+    let (tokenizing, text) = (model.clone(), prompt.to_string());
+    let encoding = tokio::task::spawn_blocking(move || {
+        tokenizing
+            .tokenizer
+            .tokenizer
+            .encode(text, add_special_tokens)
+    })
+    .await
+    .map_err(|e| ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs"))?
+    .map_err(|e| ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs"))?;
     let mut prompt_tokens = encoding.get_ids().to_vec();
     if let Some(keep) = params
         .truncate

@@ -249,7 +249,7 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         .common
         .to_params(model.generation.temperature, top_n)?;
     params.templated = true;
-    let prepared = prepare(state, &prompt, params)?;
+    let prepared = prepare(state, &prompt, params).await?;
     let name = request.common.model_name(&model.name);
     let id = response_id("chatcmpl");
     if request.common.stream {
@@ -369,7 +369,7 @@ pub async fn run_completion(
         .common
         .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
-    let prepared = prepare(state, &prompt, params)?;
+    let prepared = prepare(state, &prompt, params).await?;
     let name = request.common.model_name(&model.name);
     let id = response_id("cmpl");
     if request.common.stream {

@@ -143,7 +143,7 @@ pub async fn run(
     toolkit_shape: bool,
 ) -> Result<Response, ApiError> {
     let parameters = request.parameters;
-    let prepared = prepare(state, &request.inputs, parameters.to_params()?)?;
+    let prepared = prepare(state, &request.inputs, parameters.to_params()?).await?;
     let full_text = parameters.return_full_text.unwrap_or(false);
     if request.stream {
         let events = submit(state, &prepared)?;
@@ -281,11 +281,13 @@ pub async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
     let request: TokenizeRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
     let model = state.model()?;
-    let encoding = model
-        .tokenizer
-        .tokenizer
-        .encode(request.inputs.as_str(), true)
-        .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?;
+    // Off the async workers, as in `prepare`.
+    let text = request.inputs.clone();
+    let encoding =
+        tokio::task::spawn_blocking(move || model.tokenizer.tokenizer.encode(text, true))
+            .await
+            .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?
+            .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?;
     let tokens: Vec<Value> = encoding
         .get_ids()
         .iter()
