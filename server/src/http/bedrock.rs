@@ -3,7 +3,7 @@
 //! streamed as Anthropic's `message_start` ... `message_stop` events.
 
 use super::error::ApiError;
-use super::generate::{complete, prepare, submit, timing_headers, Params};
+use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
 use super::openai::Content;
 use super::sse::{respond, StreamFormat};
 use super::state::AppState;
@@ -49,11 +49,6 @@ fn stop_reason(c: &Completion, stops: &[String]) -> (&'static str, Value) {
 pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
     tracing::debug!(anthropic_version = %request.anthropic_version, "bedrock messages request");
     let model = state.model()?;
-    let template = model
-        .tokenizer
-        .chat_template
-        .as_ref()
-        .ok_or_else(|| ApiError::validation("this model has no chat template", "messages"))?;
     let mut messages = Vec::new();
     if let Some(system) = &request.system {
         messages.push(ChatMessage::new("system", &system.text()?));
@@ -61,9 +56,7 @@ pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response,
     for m in &request.messages {
         messages.push(ChatMessage::new(&m.role, &m.content.text()?));
     }
-    let prompt = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::validation(e.to_string(), "messages"))?;
+    let prompt = render_chat(&model, messages, "this model has no chat template").await?;
     let params = Params {
         max_new_tokens: Some(request.max_tokens),
         temperature: Some(request.temperature.unwrap_or(1.0)),

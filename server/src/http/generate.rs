@@ -8,6 +8,7 @@ use axum::response::Response;
 use lantern_engine::{
     Completion, Event, EventStream, FinishReason, GenerateRequest, SamplingParams, TokenEvent,
 };
+use lantern_models::ChatMessage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
@@ -58,6 +59,27 @@ fn check_range(
         )),
         _ => Ok(()),
     }
+}
+
+/// The model's chat template applied to `messages`, with the assistant's turn opened; on the
+/// blocking pool like tokenization (long conversations take a while to render).
+pub async fn render_chat(
+    model: &Arc<ServingModel>,
+    messages: Vec<ChatMessage>,
+    no_template: &'static str,
+) -> Result<String, ApiError> {
+    if model.tokenizer.chat_template.is_none() {
+        return Err(ApiError::validation(no_template, "messages"));
+    }
+    let rendering = model.clone();
+    tokio::task::spawn_blocking(move || match &rendering.tokenizer.chat_template {
+        Some(template) => template.render(&messages, true).map_err(|e| e.to_string()),
+        None => Err(no_template.to_string()),
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|rendered| rendered)
+    .map_err(|e| ApiError::validation(e, "messages"))
 }
 
 /// Validates `params`, tokenizes `prompt` and takes an in-flight slot. Tokenizing a prompt of

@@ -3,7 +3,7 @@
 
 use super::body::{bytes, parse};
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, prepare, submit, timing_headers, Params};
+use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
 use super::sse::{json_event, respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -220,12 +220,6 @@ fn chat_logprobs(tokens: &[TokenEvent], model: &super::state::ServingModel) -> V
 
 pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, ApiError> {
     let model = state.model()?;
-    let template = model.tokenizer.chat_template.as_ref().ok_or_else(|| {
-        ApiError::validation(
-            "this model has no chat template: use /v1/completions",
-            "messages",
-        )
-    })?;
     if request.messages.is_empty() {
         return Err(ApiError::validation(
             "`messages` must not be empty",
@@ -237,9 +231,12 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         .iter()
         .map(|m| Ok(ChatMessage::new(&m.role, &m.content.text()?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let prompt = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::validation(e.to_string(), "messages"))?;
+    let prompt = render_chat(
+        &model,
+        messages,
+        "this model has no chat template: use /v1/completions",
+    )
+    .await?;
     let top_n = if request.logprobs {
         request.top_logprobs.unwrap_or(0)
     } else {
