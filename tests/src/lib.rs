@@ -26,6 +26,25 @@ pub fn lantern_binary() -> PathBuf {
     binary
 }
 
+/// The Python of the venv `.ci/run` makes (`target/ci-venv`), when it can import `module`;
+/// otherwise `None`, after saying SKIPPED on stderr (CI always has it).
+pub fn ci_python_with(module: &str) -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/python");
+    let importable = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if importable {
+        Some(python)
+    } else {
+        eprintln!(
+            "SKIPPED: no {module} in {} (.ci/run installs it)",
+            python.display()
+        );
+        None
+    }
+}
+
 /// Writes the tiny dummy model of `arch` with `seed` into `out` using the binary.
 pub fn dummy_model(arch: &str, seed: u64, out: &Path) {
     let status = Command::new(lantern_binary())

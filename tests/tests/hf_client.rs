@@ -3,9 +3,8 @@
 //! `.ci/run` makes (`target/ci-venv`, huggingface_hub pinned there); without it the test says
 //! SKIPPED.
 
-use lantern_tests::{json, tiny_server};
+use lantern_tests::{ci_python_with, json, tiny_server};
 use serde_json::json as value;
-use std::path::PathBuf;
 use std::process::Command;
 
 const CLIENT: &str = r#"
@@ -26,24 +25,11 @@ print(json.dumps({
 }))
 "#;
 
-fn venv_python() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/python")
-}
-
 #[test]
 fn huggingface_hub_inference_client_generates_and_streams() {
-    let python = venv_python();
-    let has_client = Command::new(&python)
-        .args(["-c", "import huggingface_hub"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_client {
-        eprintln!(
-            "SKIPPED: no huggingface_hub in {} (.ci/run installs it)",
-            python.display()
-        );
+    let Some(python) = ci_python_with("huggingface_hub") else {
         return;
-    }
+    };
     let (_model, server) = tiny_server("llama", 4, &[], &[]);
     let output = Command::new(&python)
         .args(["-c", CLIENT, &server.base])

@@ -3,10 +3,9 @@
 //! SKIPPED): every family is `lantern_*`, what only grows is a counter named `*_total`, gauges
 //! are not named like counters, durations are histograms in seconds.
 
-use lantern_tests::{json, tiny_server};
+use lantern_tests::{ci_python_with, json, tiny_server};
 use serde_json::{json as value, Value};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 const PARSE: &str = r#"
@@ -21,18 +20,9 @@ print(json.dumps(families))
 
 #[test]
 fn metrics_parse_as_prometheus_text_with_conventional_names_and_types() {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/python");
-    let has_parser = Command::new(&python)
-        .args(["-c", "import prometheus_client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_parser {
-        eprintln!(
-            "SKIPPED: no prometheus_client in {} (.ci/run installs it)",
-            python.display()
-        );
+    let Some(python) = ci_python_with("prometheus_client") else {
         return;
-    }
+    };
     // A cache of 10 blocks for 3 long requests at once: preemptions happen.
     let (_model, server) = tiny_server(
         "llama",
