@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use lantern_benches::{best_seconds, parse_shape};
+use lantern_benches::{best_seconds, parse_shape, read_bandwidth, SMOLLM2_SHAPES};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, WeightFormat};
 use lantern_models::layers::Linear;
 use rayon::prelude::*;
@@ -19,41 +19,12 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "960x576,576x576,3072x576,576x1536,49152x576"
+        default_value = SMOLLM2_SHAPES
     )]
     shapes: Vec<String>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 0.3)]
     seconds: f64,
-}
-
-/// GB/s reading a buffer much larger than the caches, split over `threads`.
-fn read_bandwidth(threads: usize, seconds: f64) -> f64 {
-    let buffer = vec![1.0f32; 128 << 20]; // 512 MiB
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .ok();
-    // 64 lanes: enough independent adds that the loop waits on memory, not on add latency.
-    let sum_chunk = |chunk: &[f32]| -> f32 {
-        let mut lanes = [0f32; 64];
-        for c in chunk.chunks_exact(64) {
-            for l in 0..64 {
-                lanes[l] += c[l];
-            }
-        }
-        lanes.iter().sum()
-    };
-    let run = || {
-        let per = buffer.len().div_ceil(threads);
-        let s: f32 = buffer.par_chunks(per).map(sum_chunk).sum();
-        std::hint::black_box(s);
-    };
-    let t = match &pool {
-        Some(pool) => pool.install(|| best_seconds(seconds, run)),
-        None => best_seconds(seconds, run),
-    };
-    (buffer.len() * 4) as f64 / t / 1e9
 }
 
 fn main() -> anyhow::Result<()> {

@@ -10,7 +10,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use lantern_benches::{best_seconds, parse_shape};
+use lantern_benches::{best_seconds, parse_shape, read_bandwidth, SMOLLM2_SHAPES};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, QuantFormat};
 use rayon::prelude::*;
 
@@ -22,29 +22,12 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "960x576,576x576,3072x576,576x1536,49152x576"
+        default_value = SMOLLM2_SHAPES
     )]
     shapes: Vec<String>,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 0.3)]
     seconds: f64,
-}
-
-/// GB/s reading a 512 MiB buffer on every thread of the kernels' pool.
-fn read_bandwidth(seconds: f64) -> f64 {
-    let buffer = vec![1u64; 64 << 20];
-    let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
-    let per = buffer.len().div_ceil(threads);
-    let t = cpu::install(|| {
-        best_seconds(seconds, || {
-            let s: u64 = buffer
-                .par_chunks(per)
-                .map(|c| c.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
-                .sum();
-            std::hint::black_box(s);
-        })
-    });
-    (buffer.len() * 8) as f64 / t / 1e9
 }
 
 fn quantized(format: QuantFormat, n: usize, k: usize) -> anyhow::Result<PackedMatrix> {
@@ -78,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let kernels = CpuKernels::active();
     let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
-    let bandwidth = read_bandwidth(1.0);
+    let bandwidth = read_bandwidth(threads, 1.0);
     println!(
         "ISA {:?}, {threads} threads; read bandwidth {bandwidth:.1} GB/s",
         kernels.isa()
