@@ -256,23 +256,36 @@ impl GgufWeights {
         }
     }
 
-    fn qtensor(&self, name: &str, shape: &[usize]) -> Result<candle_core::quantized::QTensor> {
-        let tensor_error = |message: String| ModelError::Tensor {
+    fn tensor_error(&self, name: &str, message: String) -> ModelError {
+        ModelError::Tensor {
             name: name.into(),
             file: self.path.clone(),
             message,
-        };
+        }
+    }
+
+    /// The metadata of tensor `name`, checked to have `shape`.
+    fn checked_info(&self, name: &str, shape: &[usize]) -> Result<&gguf_file::TensorInfo> {
         let info = self
             .content
             .tensor_infos
             .get(name)
-            .ok_or_else(|| tensor_error("missing".into()))?;
+            .ok_or_else(|| self.tensor_error(name, "missing".into()))?;
         if info.shape.dims() != shape {
-            return Err(tensor_error(format!(
-                "has shape {:?}, the metadata implies {shape:?}",
-                info.shape.dims()
-            )));
+            return Err(self.tensor_error(
+                name,
+                format!(
+                    "has shape {:?}, the metadata implies {shape:?}",
+                    info.shape.dims()
+                ),
+            ));
         }
+        Ok(info)
+    }
+
+    fn qtensor(&self, name: &str, shape: &[usize]) -> Result<candle_core::quantized::QTensor> {
+        let tensor_error = |message: String| self.tensor_error(name, message);
+        self.checked_info(name, shape)?;
         let mut file = self
             .file
             .lock()
@@ -322,24 +335,14 @@ impl WeightSource for GgufWeights {
         let (Some(info), Some(format), false) = (info, format, self.dequantize) else {
             return Ok(None);
         };
-        let tensor_error = |message: String| ModelError::Tensor {
-            name: name.into(),
-            file: self.path.clone(),
-            message,
-        };
-        if info.shape.dims() != [out, inp] || inp % 32 != 0 {
-            return Err(tensor_error(format!(
-                "has shape {:?}, the metadata implies [{out}, {inp}]",
-                info.shape.dims()
-            )));
-        }
+        self.checked_info(name, &[out, inp])?;
         // Straight from the mapped file: the repacked panels are the only copy made.
         let start = self.content.tensor_data_offset.saturating_add(info.offset) as usize;
         let len = out * inp / 32 * format.gguf_block_bytes();
         let mapped = self.mapped()?;
         let data = mapped
             .get(start..start.saturating_add(len))
-            .ok_or_else(|| tensor_error("extends past the end of the file".into()))?;
+            .ok_or_else(|| self.tensor_error(name, "extends past the end of the file".into()))?;
         Ok(Some(QuantBlocks {
             format,
             data: Cow::Borrowed(data),
