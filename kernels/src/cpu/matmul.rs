@@ -1,7 +1,7 @@
-//! The packed, batch-invariant dense product `y = x W^T (+ bias)`, with fused epilogues.
+//! The packed, batch-invariant product `y = x W^T (+ bias)`, with fused epilogues.
 //!
-//! Weights are packed once at load into panels of [`PANEL`] output columns, `[N/16][K][16]`
-//! (the tail panel zero-padded), so a thread streams contiguous memory. A call splits the
+//! Weights are packed once at load into panels (`packed.rs`), so a thread streams contiguous
+//! memory. A call splits the
 //! panels between threads; each thread runs the microkernel over its panels for every row tile,
 //! writing raw FMA chains into a panel-major scratch (`[panel][row][16]`), applies bias and
 //! activation in place, and a last pass writes the row-major output (stored, or added to a
@@ -9,45 +9,12 @@
 //! count, the tile shapes, the thread count and the ISA.
 
 use super::arch::{Kernels, TileTable, MAX_ROWS, PANEL_GROUPS};
-use super::generic::{Bf16, Weight, PANEL};
-use super::quant::{QuantFormat, QuantPanels, QuantizedRows};
+use super::generic::{Weight, PANEL};
+use super::packed::{Activation, PanelData};
+pub use super::packed::{PackedMatrix, WeightFormat};
+use super::quant::QuantizedRows;
 use rayon::prelude::*;
 use std::cell::RefCell;
-
-/// How the weights of a packed matrix are stored. Dense arithmetic is f32 either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightFormat {
-    F32,
-    /// Half the bytes; bitwise the same results as f32 weights holding the same bf16 values.
-    Bf16,
-    /// GGUF blocks with the integer product of `quant.rs` (activations quantized per row).
-    Quantized(QuantFormat),
-}
-
-#[derive(Debug, Clone)]
-enum PanelData {
-    F32(Vec<f32>),
-    Bf16(Vec<Bf16>),
-    Quantized(QuantPanels),
-}
-
-/// What the epilogue does with each output row's chains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    None,
-    /// Panels alternate gate, up, gate, up...; output `silu(gate) * up`, half the columns.
-    SwiGlu,
-}
-
-/// A weight matrix `(n, k)` packed for [`super::CpuKernels::matmul`].
-#[derive(Debug, Clone)]
-pub struct PackedMatrix {
-    n: usize,
-    k: usize,
-    data: PanelData,
-    bias: Option<Vec<f32>>,
-    activation: Activation,
-}
 
 /// What the product does with its output buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,162 +25,9 @@ pub enum Output {
     Accumulate,
 }
 
-fn pack_panels<W: Weight>(n: usize, k: usize, value: impl Fn(usize, usize) -> W) -> Vec<W> {
-    let panels = n.div_ceil(PANEL);
-    let mut data = vec![W::ZERO; panels * k * PANEL];
-    for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
-        for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-            for (c, slot) in row.iter_mut().enumerate() {
-                let col = p * PANEL + c;
-                if col < n {
-                    *slot = value(col, kk);
-                }
-            }
-        }
-    }
-    data
-}
-
-impl PackedMatrix {
-    /// Packs the row-major `(n, k)` matrix `rows` (`rows[i * k + j]` = `W[i][j]`).
-    /// With [`WeightFormat::Bf16`] each value is rounded to bf16 (exact for bf16 checkpoints).
-    pub fn pack(rows: &[f32], n: usize, k: usize, format: WeightFormat) -> Self {
-        assert_eq!(rows.len(), n * k, "a ({n}, {k}) matrix needs n * k values");
-        let data = match format {
-            WeightFormat::F32 => PanelData::F32(pack_panels(n, k, |i, j| rows[i * k + j])),
-            WeightFormat::Bf16 => {
-                PanelData::Bf16(pack_panels(n, k, |i, j| Bf16::from_f32(rows[i * k + j])))
-            }
-            WeightFormat::Quantized(format) => {
-                panic!(
-                    "{} weights come from GGUF data: PackedMatrix::quantized",
-                    format.name()
-                )
-            }
-        };
-        Self {
-            n,
-            k,
-            data,
-            bias: None,
-            activation: Activation::None,
-        }
-    }
-
-    /// A GGUF-quantized `(n, k)` matrix from its blocks (`n` rows of `k / 32` blocks).
-    pub fn quantized(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
-        Ok(Self {
-            n,
-            k,
-            data: PanelData::Quantized(QuantPanels::from_gguf(format, data, n, k)?),
-            bias: None,
-            activation: Activation::None,
-        })
-    }
-
-    /// Adds a bias of `n` values, applied after each chain.
-    pub fn with_bias(mut self, bias: Vec<f32>) -> Self {
-        assert_eq!(bias.len(), self.n, "bias length");
-        self.bias = Some(bias);
-        self
-    }
-
-    /// Gate and up projections (each `(n, k)`) as one product whose output is
-    /// `silu(x gate^T) * (x up^T)`: `n` columns from one pass over both weights.
-    pub fn gate_up(gate: PackedMatrix, up: PackedMatrix) -> Self {
-        assert_eq!((gate.n, gate.k), (up.n, up.k), "gate and up shapes");
-        assert!(gate.bias.is_none() && up.bias.is_none(), "gate/up bias");
-        fn interleave<W: Copy>(gate: &[W], up: &[W], panel_len: usize) -> Vec<W> {
-            let mut data = Vec::with_capacity(gate.len() * 2);
-            for (g, u) in gate.chunks_exact(panel_len).zip(up.chunks_exact(panel_len)) {
-                data.extend_from_slice(g);
-                data.extend_from_slice(u);
-            }
-            data
-        }
-        let panel_len = gate.k * PANEL;
-        let data = match (&gate.data, &up.data) {
-            (PanelData::F32(g), PanelData::F32(u)) => PanelData::F32(interleave(g, u, panel_len)),
-            (PanelData::Bf16(g), PanelData::Bf16(u)) => {
-                PanelData::Bf16(interleave(g, u, panel_len))
-            }
-            (PanelData::Quantized(g), PanelData::Quantized(u)) if g.format == u.format => {
-                PanelData::Quantized(QuantPanels {
-                    format: g.format,
-                    blocks: g.blocks,
-                    bytes: interleave(&g.bytes, &u.bytes, g.panel_bytes()),
-                })
-            }
-            _ => panic!("gate and up must have the same weight format"),
-        };
-        Self {
-            n: gate.n,
-            k: gate.k,
-            data,
-            bias: None,
-            activation: Activation::SwiGlu,
-        }
-    }
-
-    /// Output columns of a product.
-    pub fn out_features(&self) -> usize {
-        self.n
-    }
-
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
-    pub fn format(&self) -> WeightFormat {
-        match &self.data {
-            PanelData::F32(_) => WeightFormat::F32,
-            PanelData::Bf16(_) => WeightFormat::Bf16,
-            PanelData::Quantized(q) => WeightFormat::Quantized(q.format),
-        }
-    }
-
-    /// Bytes of packed weights.
-    pub fn weight_bytes(&self) -> usize {
-        match &self.data {
-            PanelData::F32(d) => d.len() * 4,
-            PanelData::Bf16(d) => d.len() * 2,
-            PanelData::Quantized(q) => q.bytes.len(),
-        }
-    }
-
-    /// Number of stored panels (twice the output panels for gate/up).
-    fn panels(&self) -> usize {
-        let per = self.n.div_ceil(PANEL);
-        match self.activation {
-            Activation::None => per,
-            Activation::SwiGlu => 2 * per,
-        }
-    }
-
-    /// Row `i` of `W` widened to f32: an embedding lookup in a head tied to the embeddings.
-    pub fn row(&self, i: usize, out: &mut [f32]) {
-        assert!(self.activation == Activation::None && i < self.n && out.len() == self.k);
-        let (p, c) = (i / PANEL, i % PANEL);
-        let base = p * self.k * PANEL + c;
-        match &self.data {
-            PanelData::F32(d) => {
-                for (kk, o) in out.iter_mut().enumerate() {
-                    *o = d[base + kk * PANEL];
-                }
-            }
-            PanelData::Bf16(d) => {
-                for (kk, o) in out.iter_mut().enumerate() {
-                    *o = d[base + kk * PANEL].to_f32();
-                }
-            }
-            PanelData::Quantized(q) => q.row(i, out),
-        }
-    }
-}
-
 /// Row tile and panel group the microkernel uses for `rows` rows on these kernels.
 /// Performance only: every choice computes the same chains.
-fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
+pub(super) fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
     use super::isa::Isa;
     if rows == 1 {
         return (1, 2); // 1 x 4 panels: enough independent chains to stream the weights
@@ -365,71 +179,6 @@ impl super::CpuKernels {
     }
 }
 
-impl super::CpuKernels {
-    /// Multiply-adds per second of this ISA's largest microkernel on data that stays in L1,
-    /// on the calling thread: the compute roof the benchmarks compare against.
-    pub fn microkernel_peak_flops(&self, seconds: f64) -> f64 {
-        let (rows, group) = tile_shape(self.kernels, MAX_ROWS);
-        let (k, panels) = (128, PANEL_GROUPS[group]);
-        let x = vec![0.5f32; rows * k];
-        let w = vec![0.25f32; panels * k * PANEL];
-        let mut out = vec![0f32; panels * rows * PANEL];
-        let tile = self.kernels.tile_f32[rows - 1][group];
-        let started = std::time::Instant::now();
-        let mut calls = 0u64;
-        while started.elapsed().as_secs_f64() < seconds {
-            for _ in 0..1000 {
-                tile(&x, k, &w, &mut out, rows * PANEL);
-            }
-            calls += 1000;
-            std::hint::black_box(&mut out);
-        }
-        let flops = 2.0 * (calls as f64) * (rows * k * panels * PANEL) as f64;
-        flops / started.elapsed().as_secs_f64()
-    }
-}
-
-impl super::CpuKernels {
-    /// Integer multiply-adds (x2, as operations) per second of this ISA's quantized kernel on
-    /// one Q4_0 panel of 18 blocks and 4 rows that stay in L1, on the calling thread: the
-    /// compute roof of the quantized products.
-    pub fn quant_peak_ops(&self, seconds: f64) -> f64 {
-        use super::quant::{QuantFormat, BLOCK};
-        let (rows, blocks, format) = (4, 18, QuantFormat::Q4_0);
-        let k = blocks * BLOCK;
-        let gguf: Vec<u8> = (0..16 * blocks * format.gguf_block_bytes())
-            .map(|i| {
-                if i % 18 < 2 {
-                    0x20
-                } else {
-                    (i * 37 % 251) as u8
-                }
-            })
-            .collect();
-        let Ok(panel) = QuantPanels::from_gguf(format, &gguf, 16, k) else {
-            return 0.0;
-        };
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i % 13) as f32 - 6.0) / 13.0)
-            .collect();
-        let mut quantized = QuantizedRows::default();
-        quantized.quantize(&x, rows, k);
-        let view = quantized.rows(0, rows, k);
-        let mut out = vec![0f32; rows * PANEL];
-        let tile = self.kernels.quant_tile;
-        let started = std::time::Instant::now();
-        let mut calls = 0u64;
-        while started.elapsed().as_secs_f64() < seconds {
-            for _ in 0..1000 {
-                tile(format, view, blocks, &panel.bytes, &mut out);
-            }
-            calls += 1000;
-            std::hint::black_box(&mut out);
-        }
-        2.0 * (calls as f64) * (rows * k * PANEL) as f64 / started.elapsed().as_secs_f64()
-    }
-}
-
 /// Bias and activation on a thread's panels, still in panel-major order.
 fn epilogue_in_place(
     kernels: &Kernels,
@@ -490,6 +239,7 @@ fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], o
 pub(crate) mod tests {
     use super::*;
     use crate::cpu::generic::exp;
+    use crate::cpu::generic::Bf16;
     use crate::cpu::{CpuKernels, Isa};
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};

@@ -19,7 +19,10 @@ mod generic;
 pub mod isa;
 mod kv_blocks;
 pub mod matmul;
+mod packed;
+mod peaks;
 pub mod quant;
+mod quant_rows;
 
 pub use attention::{AttentionScratch, AttentionShape};
 pub use elementwise::{RotaryPairing, RotaryTable};

@@ -7,6 +7,7 @@
 //! reference, and the path for GGUF weights kept quantized until the quantized kernels land).
 
 mod cpu;
+mod cpu_weights;
 mod portable;
 
 use crate::batch::{CacheStorage, KvCache, SequenceStep};
