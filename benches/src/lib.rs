@@ -3,8 +3,20 @@
 use rayon::prelude::*;
 use std::time::Instant;
 
-/// SmolLM2-135M's product shapes (out x in): fused QKV, o_proj, gate/up, down, and the head.
-pub const SMOLLM2_SHAPES: &str = "960x576,576x576,3072x576,576x1536,49152x576";
+/// The product shapes a kernel benchmark measures, and for how long.
+#[derive(Debug, clap::Args)]
+pub struct ShapeArgs {
+    /// (out, in) shapes; default: SmolLM2-135M's fused QKV, o_proj, gate/up, down, and head.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "960x576,576x576,3072x576,576x1536,49152x576"
+    )]
+    pub shapes: Vec<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 0.3)]
+    pub seconds: f64,
+}
 
 /// Best seconds per call of `f` over a time budget (at least one timed call after a warm-up).
 pub fn best_seconds(seconds: f64, mut f: impl FnMut()) -> f64 {

@@ -6,25 +6,18 @@
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use lantern_benches::{best_seconds, parse_shape, read_bandwidth, SMOLLM2_SHAPES};
+use lantern_benches::{best_seconds, parse_shape, read_bandwidth, ShapeArgs};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, WeightFormat};
 use lantern_models::layers::Linear;
 use rayon::prelude::*;
 
+/// Roofline and dense product benchmark of the CPU kernels against candle.
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,512")]
     rows: Vec<usize>,
-    /// (out, in) shapes; default: SmolLM2-135M's fused QKV, o_proj, gate/up, down, and head.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = SMOLLM2_SHAPES
-    )]
-    shapes: Vec<String>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 0.3)]
-    seconds: f64,
+    #[command(flatten)]
+    measure: ShapeArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     println!("| shape (out x in) | rows | candle µs | f32 µs | f32 GFLOP/s | f32 GB/s | f32 % roof | bf16 µs | bf16 % roof | f32 speed-up |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let device = Device::Cpu;
-    for shape in &args.shapes {
+    for shape in &args.measure.shapes {
         let (n, k) = parse_shape(shape)?;
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
@@ -67,14 +60,14 @@ fn main() -> anyhow::Result<()> {
                 .map(|i| ((i % 13) as f32 - 6.0) / 13.0)
                 .collect();
             let xt = Tensor::from_vec(x.clone(), (rows, k), &device)?;
-            let candle = best_seconds(args.seconds, || {
+            let candle = best_seconds(args.measure.seconds, || {
                 let _ = std::hint::black_box(linear.forward(&xt));
             });
             let mut out = vec![0f32; rows * n];
             let mut scratch = Vec::new();
             let mut ours = |m: &PackedMatrix| {
                 cpu::install(|| {
-                    best_seconds(args.seconds, || {
+                    best_seconds(args.measure.seconds, || {
                         kernels.matmul(&x, rows, m, &mut out, Output::Store, &mut scratch)
                     })
                 })

@@ -10,24 +10,17 @@
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use lantern_benches::{best_seconds, parse_shape, read_bandwidth, SMOLLM2_SHAPES};
+use lantern_benches::{best_seconds, parse_shape, read_bandwidth, ShapeArgs};
 use lantern_kernels::cpu::{self, CpuKernels, Output, PackedMatrix, QuantFormat};
 use rayon::prelude::*;
 
+/// Benchmark of the integer kernels for GGUF-quantized products.
 #[derive(Debug, Parser)]
 struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     rows: Vec<usize>,
-    /// (out, in) shapes; default: SmolLM2-135M's fused QKV, o_proj, gate/up, down, and head.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = SMOLLM2_SHAPES
-    )]
-    shapes: Vec<String>,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 0.3)]
-    seconds: f64,
+    #[command(flatten)]
+    measure: ShapeArgs,
 }
 
 fn quantized(format: QuantFormat, n: usize, k: usize) -> anyhow::Result<PackedMatrix> {
@@ -78,12 +71,12 @@ fn main() -> anyhow::Result<()> {
     println!("| format | shape (out x in) | rows | µs | GB/s of weights | % of bandwidth | GOP/s | % of kernel peak |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for format in QuantFormat::ALL {
-        for shape in &args.shapes {
+        for shape in &args.measure.shapes {
             let (n, k) = parse_shape(shape)?;
             let w = quantized(format, n, k)?;
             let bytes = w.weight_bytes() as f64;
             for &rows in &args.rows {
-                let t = product_time(kernels, &w, rows, args.seconds);
+                let t = product_time(kernels, &w, rows, args.measure.seconds);
                 let gbs = bytes / t / 1e9;
                 let gops = 2.0 * (rows * n * k) as f64 / t / 1e9;
                 println!(
