@@ -4,7 +4,9 @@
 
 use super::body::{bytes, parse};
 use super::error::ApiError;
-use super::generate::{complete, prepare, submit, timing_headers, Generated, Params};
+use super::generate::{
+    complete, off_the_runtime, prepare, submit, timing_headers, Generated, Params,
+};
 use super::sse::{json_event, respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -283,11 +285,16 @@ pub async fn tokenize(
     let model = state.model()?;
     // Off the async workers, as in `prepare`.
     let text = request.inputs.clone();
-    let encoding =
-        tokio::task::spawn_blocking(move || model.tokenizer.tokenizer.encode(text, true))
-            .await
-            .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?
-            .map_err(|e| ApiError::validation(e.to_string(), "inputs"))?;
+    let encoding = off_the_runtime(move || {
+        model
+            .tokenizer
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .and_then(|encoded| encoded)
+    .map_err(|e| ApiError::validation(e, "inputs"))?;
     let tokens: Vec<Value> = encoding
         .get_ids()
         .iter()
