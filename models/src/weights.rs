@@ -338,7 +338,20 @@ impl WeightSource for GgufWeights {
         self.checked_info(name, &[out, inp])?;
         // Straight from the mapped file: the repacked panels are the only copy made.
         let start = self.content.tensor_data_offset.saturating_add(info.offset) as usize;
-        let len = out * inp / 32 * format.gguf_block_bytes();
+        let values = format.gguf_block_values();
+        if !inp.is_multiple_of(values) {
+            return Err(self.tensor_error(
+                name,
+                format!(
+                    "{} rows of {inp} values are not whole blocks of {values}",
+                    format.name()
+                ),
+            ));
+        }
+        let len = out
+            .checked_mul(inp / values)
+            .and_then(|blocks| blocks.checked_mul(format.gguf_block_bytes()))
+            .ok_or_else(|| self.tensor_error(name, format!("({out}, {inp}) is too large")))?;
         let mapped = self.mapped()?;
         let data = mapped
             .get(start..start.saturating_add(len))
@@ -382,10 +395,27 @@ impl GgufWeights {
 /// Another source's matrices quantized at load (`--quantize`), so a dense checkpoint runs on
 /// the CPU integer kernels in a fraction of the memory without a conversion step. Quantization
 /// uses ggml's rounding (candle's quantizer): the same blocks llama.cpp's tools would write.
-/// Matrices whose `in` is not a multiple of 32 stay dense.
+/// A K format needs rows of whole 256-value super-blocks; other matrices fall back to its
+/// 32-value sibling (`q4_k` to `q4_0`, as llama.cpp's quantizer does), and matrices whose `in`
+/// is not a multiple of 32 stay dense.
 pub struct QuantizingWeights<'a> {
     pub inner: &'a dyn WeightSource,
     pub format: QuantFormat,
+}
+
+impl QuantizingWeights<'_> {
+    /// The format a `(_, inp)` matrix is quantized in, `None` to keep it dense.
+    pub fn format_for(&self, inp: usize) -> Option<QuantFormat> {
+        let fallback = match self.format {
+            QuantFormat::Q4K => QuantFormat::Q4_0,
+            QuantFormat::Q5K => QuantFormat::Q5_0,
+            QuantFormat::Q6K => QuantFormat::Q8_0,
+            other => other,
+        };
+        [self.format, fallback]
+            .into_iter()
+            .find(|f| inp.is_multiple_of(f.gguf_block_values()))
+    }
 }
 
 impl WeightSource for QuantizingWeights<'_> {
@@ -406,7 +436,7 @@ impl WeightSource for QuantizingWeights<'_> {
         name: &str,
         (out, inp): (usize, usize),
     ) -> Result<Option<QuantBlocks<'_>>> {
-        if inp % 32 != 0 {
+        let Some(format) = self.format_for(inp) else {
             tracing::warn!(
                 tensor = name,
                 columns = inp,
@@ -414,11 +444,20 @@ impl WeightSource for QuantizingWeights<'_> {
                 "not a multiple of 32 columns: kept dense"
             );
             return Ok(None);
+        };
+        if format != self.format {
+            tracing::info!(
+                tensor = name,
+                columns = inp,
+                asked = self.format.name(),
+                format = format.name(),
+                "columns are not whole super-blocks of 256: quantized in the 32-value format"
+            );
         }
         let dense = self.inner.dense(name, &[out, inp])?.to_dtype(DType::F32)?;
-        let blocks = QTensor::quantize(&dense, self.format.ggml_dtype())?;
+        let blocks = QTensor::quantize(&dense, format.ggml_dtype())?;
         Ok(Some(QuantBlocks {
-            format: self.format,
+            format,
             data: Cow::Owned(blocks.data()?.into_owned()),
         }))
     }

@@ -293,3 +293,88 @@ fn argmax(row: &[f32]) -> u32 {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i as u32)
 }
+
+/// The file with its `ffn_down` matrices (the only ones of whole 256-value super-blocks,
+/// K = 1536) re-quantized to Q4_K in even layers and Q6_K in odd ones, as a Q4_K_M file mixes
+/// them, written next to the test's temporary files.
+fn with_k_format_down_projections(path: &Path, out: &Path) -> TestResult {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(&mut file, name, &Device::Cpu)?;
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let tensor = match layer {
+            Some(layer) if name.contains("ffn_down") => {
+                let dense = tensor.dequantize(&Device::Cpu)?;
+                let dtype = if layer % 2 == 0 {
+                    GgmlDType::Q4K
+                } else {
+                    GgmlDType::Q6K
+                };
+                QTensor::quantize(&dense, dtype)?
+            }
+            _ => tensor,
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut writer = std::io::BufWriter::new(std::fs::File::create(out)?);
+    gguf_file::write(&mut writer, &metadata, &tensors)?;
+    Ok(())
+}
+
+/// Q4_K and Q6_K tensors in a GGUF file run on the integer kernels straight from the file's
+/// blocks: the France prompt still answers Paris, and the logits are as close to the dense
+/// expansion of the same file as candle's own K-format products are.
+#[test]
+fn k_format_tensors_of_a_gguf_file_are_served_quantized() -> TestResult {
+    let Some(path) = smollm2_gguf() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let k_path = dir.path().join("smollm2-k-down.gguf");
+    with_k_format_down_projections(&path, &k_path)?;
+    let quantized = load_ours(&k_path, Dequantize::Auto)?;
+    let formats = quantized.decoder.weight_formats();
+    let down = formats.iter().find(|(class, _)| *class == "mlp_down");
+    assert_eq!(
+        down.map(|(_, f)| f.as_str()),
+        Some("q4_k+q6_k"),
+        "{formats:?}"
+    );
+    let eos = quantized.tokenizer.eos_token_ids.clone();
+    let answer = greedy_ours(&quantized.decoder, &encode(&quantized, FRANCE)?, 32, &eos)?;
+    let text = quantized.tokenizer.tokenizer.decode(&answer, false)?;
+    assert_eq!(text, "The capital of France is Paris.<|im_end|>");
+
+    let dense = load_ours(&k_path, Dequantize::On)?;
+    let candle = load_with(&k_path, Dequantize::Off, KernelPath::Portable)?;
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    for prompt in [FRANCE, "The three primary colours are"] {
+        let ids = encode(&quantized, prompt)?;
+        let reference = last_logits(&dense.decoder, &ids)?;
+        let ours = max_diff(&last_logits(&quantized.decoder, &ids)?, &reference);
+        let theirs = max_diff(&last_logits(&candle.decoder, &ids)?, &reference);
+        eprintln!("{prompt:?}: max |logit - dense|: ours {ours}, candle's {theirs}");
+        assert!(
+            ours <= 2.0 * theirs.max(0.25),
+            "{prompt:?}: ours {ours}, candle's {theirs}"
+        );
+    }
+    Ok(())
+}

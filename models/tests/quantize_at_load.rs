@@ -1,7 +1,9 @@
-//! `--quantize q8_0` on a dummy checkpoint: the CPU integer kernels against candle's `QMatMul`
-//! on the same Q8_0 blocks (candle also quantizes activations to Q8_0 blocks, with its scale
-//! rounded to f16 where ours stays f32), over a prefill and 16 decode steps; and the weights
-//! held shrink to the Q8_0 size.
+//! `--quantize` on dummy checkpoints: the CPU integer kernels against candle's `QMatMul` on the
+//! same blocks (candle also quantizes activations, to Q8_0 or Q8_K blocks, with its scale
+//! rounded to f16 where ours stays f32), over a prefill and 16 decode steps. Q8_0 everywhere
+//! (and the weights held shrink to its size); Q4_K with its fallback to Q4_0 where a matrix's
+//! input is not whole super-blocks; and a Q4_K_M-like mix (Q4_K, V in Q6_K, Q8_0 down), whose
+//! query, key and value of different formats stack into one product.
 
 mod common;
 
@@ -16,16 +18,22 @@ use lantern_models::{
     load, Architecture, Decoder, KernelPath, LoadOptions, LogitsWanted, ModelSource, QuantFormat,
 };
 
-/// The checkpoint's matrices as candle `QMatMul`s on Q8_0 blocks: the reference.
-struct CandleQ8<'a>(&'a SafetensorsWeights);
+/// Which GGUF type a matrix is quantized to, from its name and input size (`None`: dense).
+type Pick = fn(&str, usize) -> Option<GgmlDType>;
 
-impl WeightSource for CandleQ8<'_> {
+/// The checkpoint's matrices as candle `QMatMul`s on blocks picked by `pick`: the reference.
+struct CandleQuantized<'a> {
+    inner: &'a SafetensorsWeights,
+    pick: Pick,
+}
+
+impl WeightSource for CandleQuantized<'_> {
     fn naming(&self) -> Naming {
-        self.0.naming()
+        self.inner.naming()
     }
 
     fn dense(&self, name: &str, shape: &[usize]) -> lantern_models::Result<Tensor> {
-        self.0.dense(name, shape)
+        self.inner.dense(name, shape)
     }
 
     fn linear(
@@ -34,10 +42,13 @@ impl WeightSource for CandleQ8<'_> {
         out_in: (usize, usize),
         bias: bool,
     ) -> lantern_models::Result<Linear> {
-        let Linear::Dense { weight, bias } = self.0.linear(name, out_in, bias)? else {
+        let Linear::Dense { weight, bias } = self.inner.linear(name, out_in, bias)? else {
             return Err(lantern_models::ModelError::Kernels("dense expected".into()));
         };
-        let blocks = QTensor::quantize(&weight.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
+        let Some(dtype) = (self.pick)(name, out_in.1) else {
+            return Ok(Linear::Dense { weight, bias });
+        };
+        let blocks = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
         Ok(Linear::Quantized {
             weight: QMatMul::from_qtensor(blocks)?,
             bias,
@@ -50,6 +61,49 @@ impl WeightSource for CandleQ8<'_> {
         _: (usize, usize),
     ) -> lantern_models::Result<Option<QuantBlocks<'_>>> {
         Ok(None)
+    }
+}
+
+/// The same blocks for the CPU integer kernels, as a GGUF file holding them would give them.
+struct OursQuantized<'a> {
+    inner: &'a SafetensorsWeights,
+    pick: Pick,
+}
+
+impl WeightSource for OursQuantized<'_> {
+    fn naming(&self) -> Naming {
+        self.inner.naming()
+    }
+
+    fn dense(&self, name: &str, shape: &[usize]) -> lantern_models::Result<Tensor> {
+        self.inner.dense(name, shape)
+    }
+
+    fn linear(
+        &self,
+        name: &str,
+        out_in: (usize, usize),
+        bias: bool,
+    ) -> lantern_models::Result<Linear> {
+        self.inner.linear(name, out_in, bias)
+    }
+
+    fn quantized_blocks(
+        &self,
+        name: &str,
+        (out, inp): (usize, usize),
+    ) -> lantern_models::Result<Option<QuantBlocks<'_>>> {
+        let Some(dtype) = (self.pick)(name, inp) else {
+            return Ok(None);
+        };
+        let format = QuantFormat::from_ggml(dtype)
+            .ok_or_else(|| lantern_models::ModelError::Kernels(format!("{dtype:?}")))?;
+        let dense = self.inner.dense(name, &[out, inp])?.to_dtype(DType::F32)?;
+        let blocks = QTensor::quantize(&dense, dtype)?;
+        Ok(Some(QuantBlocks {
+            format,
+            data: blocks.data()?.into_owned().into(),
+        }))
     }
 }
 
@@ -67,35 +121,112 @@ fn run(decoder: &Decoder, tokens: &[u32]) -> TestResult<Vec<Vec<f32>>> {
     Ok(rows)
 }
 
+/// A dummy checkpoint of `size` in a temporary directory, opened as safetensors.
+struct Checkpoint {
+    dir: tempfile::TempDir,
+    config: DecoderConfig,
+    weights: SafetensorsWeights,
+}
+
+impl Checkpoint {
+    fn new(size: DummySize) -> TestResult<Self> {
+        let dir = tempfile::tempdir()?;
+        let spec = DummySpec {
+            architecture: Architecture::Qwen2,
+            size,
+            seed: 9,
+        };
+        write_dummy_model(spec, dir.path())?;
+        let config_path = dir.path().join("config.json");
+        let config =
+            DecoderConfig::from_hf_str(&std::fs::read_to_string(&config_path)?, &config_path)?;
+        let weights = SafetensorsWeights::open(
+            &[dir.path().join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        Ok(Self {
+            dir,
+            config,
+            weights,
+        })
+    }
+
+    fn source(&self) -> ModelSource {
+        ModelSource::Directory(self.dir.path().to_path_buf())
+    }
+
+    fn options(&self, quantize: Option<QuantFormat>) -> LoadOptions {
+        LoadOptions {
+            dtype: Some(DType::F32),
+            kernels: KernelPath::Cpu,
+            quantize,
+            ..LoadOptions::cpu()
+        }
+    }
+
+    /// candle's portable decoder over `QMatMul`s of the blocks `pick` chooses.
+    fn candle_reference(&self, pick: Pick) -> TestResult<Decoder> {
+        let weights = CandleQuantized {
+            inner: &self.weights,
+            pick,
+        };
+        Ok(Decoder::load(
+            self.config.clone(),
+            &weights,
+            DType::F32,
+            &Device::Cpu,
+            KernelPath::Portable,
+        )?)
+    }
+}
+
+/// `ours` against candle's `reference` on the same blocks, and both against the unquantized
+/// `exact`: the largest logit difference from candle stays within `tolerance` of the largest
+/// logit, and ours is about as close to the unquantized model as candle's.
+fn compare(ours: &Decoder, reference: &Decoder, exact: &Decoder, tolerance: f32) -> TestResult {
+    let tokens: Vec<u32> = (0..56u32).map(|i| (i * 37 + 11) % 500 + 3).collect();
+    let (got, expected, exact) = (
+        run(ours, &tokens)?,
+        run(reference, &tokens)?,
+        run(exact, &tokens)?,
+    );
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    let mut worst = 0f32;
+    for (step, ((g, e), x)) in got.iter().zip(&expected).zip(&exact).enumerate() {
+        let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (diff, ours_off, candle_off) = (max_diff(g, e), max_diff(g, x), max_diff(e, x));
+        worst = worst.max(diff / scale);
+        eprintln!("step {step}: vs candle {diff:.4}, ours vs f32 {ours_off:.4}, candle vs f32 {candle_off:.4}, scale {scale:.2}");
+        assert!(
+            diff <= tolerance * scale,
+            "step {step}: max diff {diff} (largest logit {scale})"
+        );
+        assert!(
+            ours_off <= 2.5 * candle_off.max(1e-3),
+            "step {step}: {ours_off} vs {candle_off}"
+        );
+    }
+    eprintln!("largest difference from candle's QMatMul: {worst:.2e} of the largest logit");
+    Ok(())
+}
+
 #[test]
 fn q8_0_at_load_matches_candles_qmatmul_on_the_same_blocks() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let spec = DummySpec {
-        architecture: Architecture::Qwen2,
-        size: DummySize::Tiny,
-        seed: 9,
-    };
-    write_dummy_model(spec, dir.path())?;
-    let source = ModelSource::Directory(dir.path().to_path_buf());
-    let options = LoadOptions {
-        dtype: Some(DType::F32),
-        kernels: KernelPath::Cpu,
-        quantize: Some(QuantFormat::Q8_0),
-        ..LoadOptions::cpu()
-    };
-    let ours = load(&source, &options)?;
+    let checkpoint = Checkpoint::new(DummySize::Tiny)?;
+    let source = checkpoint.source();
+    let ours = load(&source, &checkpoint.options(Some(QuantFormat::Q8_0)))?;
     let formats = ours.decoder.weight_formats();
     assert!(
         formats.iter().all(|(_, format)| format == "q8_0"),
         "every matrix in Q8_0: {formats:?}"
     );
-    let dense = load(
-        &source,
-        &LoadOptions {
-            quantize: None,
-            ..options.clone()
-        },
-    )?;
+    let dense = load(&source, &checkpoint.options(None))?;
     let (q8_bytes, f32_bytes) = (
         ours.decoder.weight_bytes().unwrap_or(0),
         dense.decoder.weight_bytes().unwrap_or(0),
@@ -106,64 +237,98 @@ fn q8_0_at_load_matches_candles_qmatmul_on_the_same_blocks() -> TestResult {
         (q8_bytes as f64) < 0.3 * f32_bytes as f64,
         "{q8_bytes} vs {f32_bytes}"
     );
+    let reference = checkpoint.candle_reference(|_, _| Some(GgmlDType::Q8_0))?;
+    // Tolerance: 5% of the largest logit against candle's own Q8_0 product. Both carry
+    // activation quantization noise, 1-2% of the largest logit on this random tiny model
+    // (measured: at most 3.1% apart), independent of each other.
+    compare(&ours.decoder, &reference, &dense.decoder, 0.05)
+}
 
-    let config_text = std::fs::read_to_string(dir.path().join("config.json"))?;
-    let config = DecoderConfig::from_hf_str(&config_text, &dir.path().join("config.json"))?;
-    let weights = SafetensorsWeights::open(
-        &[dir.path().join("model.safetensors")],
-        DType::F32,
-        &Device::Cpu,
-    )?;
-    let reference = Decoder::load(
-        config,
-        &CandleQ8(&weights),
-        DType::F32,
-        &Device::Cpu,
-        KernelPath::Portable,
-    )?;
-
-    let tokens: Vec<u32> = (0..56u32).map(|i| (i * 37 + 11) % 500 + 3).collect();
-    let (got, expected, exact) = (
-        run(&ours.decoder, &tokens)?,
-        run(&reference, &tokens)?,
-        run(&dense.decoder, &tokens)?,
-    );
-    let mut worst = 0f32;
-    for (step, ((g, e), x)) in got.iter().zip(&expected).zip(&exact).enumerate() {
-        let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = g
-            .iter()
-            .zip(e)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        // Each as close to the unquantized model as the other (measured ratio up to 1.7).
-        let ours_off = g
-            .iter()
-            .zip(x)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        let candle_off = e
-            .iter()
-            .zip(x)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        worst = worst.max(diff / scale);
-        eprintln!("step {step}: vs candle {diff:.4}, ours vs f32 {ours_off:.4}, candle vs f32 {candle_off:.4}, scale {scale:.2}");
-        // Tolerance: 5% of the largest logit against candle's own Q8_0 product. Both carry
-        // activation quantization noise, 1-2% of the largest logit on this random tiny model
-        // (measured: at most 3.1% apart), independent of each other.
-        assert!(
-            diff <= 0.05 * scale,
-            "step {step}: max diff {diff} (largest logit {scale})"
-        );
-        assert!(
-            ours_off <= 2.5 * candle_off.max(1e-3),
-            "step {step}: {ours_off} vs {candle_off}"
-        );
+#[test]
+fn q4_k_at_load_falls_back_to_q4_0_where_rows_are_not_whole_super_blocks() -> TestResult {
+    // Hidden size 256 (whole super-blocks), intermediate 320 (not): only `down` falls back.
+    let checkpoint = Checkpoint::new(DummySize::TinyWide)?;
+    let source = checkpoint.source();
+    let ours = load(&source, &checkpoint.options(Some(QuantFormat::Q4K)))?;
+    let formats = ours.decoder.weight_formats();
+    for (class, format) in &formats {
+        let expected = if *class == "mlp_down" { "q4_0" } else { "q4_k" };
+        assert_eq!(format, expected, "{class}: {formats:?}");
     }
-    eprintln!(
-        "largest difference from candle's QMatMul: {:.2e} of the largest logit",
-        worst
+    let dense = load(&source, &checkpoint.options(None))?;
+    let (q4_bytes, f32_bytes) = (
+        ours.decoder.weight_bytes().unwrap_or(0),
+        dense.decoder.weight_bytes().unwrap_or(0),
     );
-    Ok(())
+    eprintln!("weights held: q4_k {q4_bytes} bytes, f32 {f32_bytes} bytes");
+    // Q4_K panels hold 6 bits a value (4.5 in the file), Q4_0 4.5: under a fifth of f32.
+    assert!(
+        (q4_bytes as f64) < 0.2 * f32_bytes as f64,
+        "{q4_bytes} vs {f32_bytes}"
+    );
+    let reference = checkpoint.candle_reference(|_, inp| {
+        Some(if inp.is_multiple_of(256) {
+            GgmlDType::Q4K
+        } else {
+            GgmlDType::Q4_0
+        })
+    })?;
+    // Candle quantizes activations for Q4_K to Q8_K (one scale per 256 values) and ours per
+    // 32, and the embeddings it looks up stay dense where ours read the quantized table:
+    // more independent noise than with Q8_0 weights, hence the wider bound.
+    compare(&ours.decoder, &reference, &dense.decoder, 0.08)
+}
+
+/// A Q4_K_M-like mix: Q4_K matrices, the value projection in Q6_K, `down` (320 inputs) in Q8_0;
+/// the (tied) embeddings stay dense, so that both sides look up the same rows and differ only
+/// in how they quantize activations.
+fn q4_k_m_mix(name: &str, inp: usize) -> Option<GgmlDType> {
+    if name.contains("embed_tokens") {
+        return None;
+    }
+    Some(if !inp.is_multiple_of(256) {
+        GgmlDType::Q8_0
+    } else if name.contains("v_proj") {
+        GgmlDType::Q6K
+    } else {
+        GgmlDType::Q4K
+    })
+}
+
+#[test]
+fn q4_k_m_mix_stacks_query_key_and_value_of_different_formats() -> TestResult {
+    let checkpoint = Checkpoint::new(DummySize::TinyWide)?;
+    let ours = Decoder::load(
+        checkpoint.config.clone(),
+        &OursQuantized {
+            inner: &checkpoint.weights,
+            pick: q4_k_m_mix,
+        },
+        DType::F32,
+        &Device::Cpu,
+        KernelPath::Cpu,
+    )?;
+    let formats = ours.weight_formats();
+    let format_of = |class: &str| {
+        formats
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map(|(_, f)| f.clone())
+    };
+    // Query and key in Q4_K over a Q6_K value: one product, not expanded to f32.
+    assert_eq!(
+        format_of("attention_qkv").as_deref(),
+        Some("q4_k+q6_k"),
+        "{formats:?}"
+    );
+    assert_eq!(
+        format_of("mlp_down").as_deref(),
+        Some("q8_0"),
+        "{formats:?}"
+    );
+    let dense = load(&checkpoint.source(), &checkpoint.options(None))?;
+    let reference = checkpoint.candle_reference(q4_k_m_mix)?;
+    // Same weights on both sides: only the activations' quantization differs (per 32 values
+    // here, per 256 with Q8_K in candle's K-format products).
+    compare(&ours, &reference, &dense.decoder, 0.04)
 }

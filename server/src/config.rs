@@ -36,12 +36,14 @@ pub struct ServeArgs {
     #[arg(long, env = "LANTERN_DEQUANTIZE", value_enum, default_value = "auto")]
     pub dequantize: DequantizeArg,
     /// What runs the forward pass. auto: the CPU kernels on CPU with dense weights or GGUF
-    /// Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 blocks, else the portable candle path; portable forces the
-    /// reference path (debugging, comparison).
+    /// Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K blocks, else the portable candle path;
+    /// portable forces the reference path (debugging, comparison).
     #[arg(long, env = "LANTERN_KERNELS", value_enum, default_value = "auto")]
     pub kernels: KernelsArg,
     /// Quantize a safetensors checkpoint's matrices at load (CPU kernels): q8_0 (a quarter of
-    /// f32's bytes, closest to the original), q4_0/q4_1 (about an eighth), q5_0/q5_1.
+    /// f32's bytes, closest to the original), q4_k (llama.cpp's usual 4-bit format; matrices
+    /// whose input size is not a multiple of 256 fall back to q4_0, logged), q4_0/q4_1 (about
+    /// an eighth), q5_0/q5_1/q5_k/q6_k.
     #[arg(long, env = "LANTERN_QUANTIZE", value_enum)]
     pub quantize: Option<QuantizeArg>,
     /// Longest prompt accepted, in tokens (TGI's legacy MAX_INPUT_LENGTH also works).
@@ -122,6 +124,12 @@ pub enum QuantizeArg {
     Q5_0,
     #[value(name = "q5_1")]
     Q5_1,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q5_k")]
+    Q5K,
+    #[value(name = "q6_k")]
+    Q6K,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -278,6 +286,9 @@ impl ServeArgs {
                 QuantizeArg::Q4_1 => QuantFormat::Q4_1,
                 QuantizeArg::Q5_0 => QuantFormat::Q5_0,
                 QuantizeArg::Q5_1 => QuantFormat::Q5_1,
+                QuantizeArg::Q4K => QuantFormat::Q4K,
+                QuantizeArg::Q5K => QuantFormat::Q5K,
+                QuantizeArg::Q6K => QuantFormat::Q6K,
             }),
             kernels: match self.kernels {
                 KernelsArg::Auto => KernelPath::Auto,

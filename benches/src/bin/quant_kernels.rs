@@ -73,6 +73,15 @@ fn main() -> anyhow::Result<()> {
     for format in QuantFormat::ALL {
         for shape in &args.measure.shapes {
             let (n, k) = parse_shape(shape)?;
+            if !k.is_multiple_of(format.gguf_block_values()) {
+                // SmolLM2's K = 576 is not whole super-blocks: its GGUF uses the 32-value formats.
+                println!(
+                    "| {} | {n}x{k} | – | not whole blocks of {} | | | | |",
+                    format.name(),
+                    format.gguf_block_values()
+                );
+                continue;
+            }
             let w = quantized(format, n, k)?;
             let bytes = w.weight_bytes() as f64;
             for &rows in &args.rows {

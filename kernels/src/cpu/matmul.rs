@@ -154,10 +154,9 @@ impl super::CpuKernels {
                 (PanelData::Quantized(q), quantized) => {
                     if let Some(quantized) = quantized {
                         let x = quantized.rows(0, rows, k);
-                        let panel_bytes = q.panel_bytes();
                         for (p, out) in chunk.chunks_exact_mut(stride).enumerate() {
-                            let panel = &q.bytes[(first + p) * panel_bytes..][..panel_bytes];
-                            (kernels.quant_tile)(q.format, x, q.blocks, panel, out);
+                            let (format, panel) = q.panel(first + p);
+                            (kernels.quant_tile)(format, x, q.blocks, panel, out);
                         }
                     }
                 }

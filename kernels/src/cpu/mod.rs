@@ -22,6 +22,7 @@ pub mod matmul;
 mod packed;
 mod peaks;
 pub mod quant;
+mod quant_formats;
 mod quant_rows;
 
 pub use attention::{AttentionScratch, AttentionShape};

@@ -3,7 +3,7 @@
 //! optional bias, and gate/up pairs interleaved panel by panel for the SwiGLU epilogue.
 
 use super::generic::{Bf16, Weight, PANEL};
-use super::quant::{QuantFormat, QuantPanels};
+use super::quant::{GgufPart, QuantFormat, QuantPanels};
 
 /// How the weights of a packed matrix are stored. Dense arithmetic is f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +82,32 @@ impl PackedMatrix {
         }
     }
 
-    /// A GGUF-quantized `(n, k)` matrix from its blocks (`n` rows of `k / 32` blocks).
+    /// A GGUF-quantized `(n, k)` matrix from its blocks (`n` rows of `k` values).
     pub fn quantized(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
         Ok(Self {
             n,
             k,
             data: PanelData::Quantized(QuantPanels::from_gguf(format, data, n, k)?),
+            bias: None,
+            activation: Activation::None,
+        })
+    }
+
+    /// A matrix of `n` rows stacked from GGUF tensors of several formats (see
+    /// [`QuantPanels::from_parts`]: every part but the last fills whole panels of 16 rows).
+    pub fn quantized_parts(parts: &[GgufPart], n: usize, k: usize) -> Result<Self, String> {
+        let panels = QuantPanels::from_parts(parts, k)?;
+        if panels.len() != n.div_ceil(PANEL) {
+            return Err(format!(
+                "the stacked parts hold {} panels, ({n}, {k}) needs {}",
+                panels.len(),
+                n.div_ceil(PANEL)
+            ));
+        }
+        Ok(Self {
+            n,
+            k,
+            data: PanelData::Quantized(panels),
             bias: None,
             activation: Activation::None,
         })
@@ -119,13 +139,9 @@ impl PackedMatrix {
             (PanelData::Bf16(g), PanelData::Bf16(u)) => {
                 PanelData::Bf16(interleave(g, u, panel_len))
             }
-            (PanelData::Quantized(g), PanelData::Quantized(u)) if g.format == u.format => {
-                PanelData::Quantized(QuantPanels {
-                    format: g.format,
-                    blocks: g.blocks,
-                    bytes: interleave(&g.bytes, &u.bytes, g.panel_bytes()),
-                })
-            }
+            (PanelData::Quantized(g), PanelData::Quantized(u)) => PanelData::Quantized(
+                QuantPanels::interleave(g, u).unwrap_or_else(|e| panic!("gate/up: {e}")),
+            ),
             _ => panic!("gate and up must have the same weight format"),
         };
         Self {
@@ -150,7 +166,20 @@ impl PackedMatrix {
         match &self.data {
             PanelData::F32(_) => WeightFormat::F32,
             PanelData::Bf16(_) => WeightFormat::Bf16,
-            PanelData::Quantized(q) => WeightFormat::Quantized(q.format),
+            PanelData::Quantized(q) => match q.formats().first() {
+                Some(&format) => WeightFormat::Quantized(format),
+                None => WeightFormat::F32,
+            },
+        }
+    }
+
+    /// Every format the weights are stored in (a stacked GGUF matrix may mix formats), each
+    /// once, by name.
+    pub fn format_names(&self) -> Vec<&'static str> {
+        match &self.data {
+            PanelData::F32(_) => vec!["f32"],
+            PanelData::Bf16(_) => vec!["bf16"],
+            PanelData::Quantized(q) => q.formats().into_iter().map(QuantFormat::name).collect(),
         }
     }
 

@@ -1,288 +1,306 @@
-//! Quantized weights for the batched integer product: GGUF's Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
-//! blocks (32 values, an f16 scale `d`, for some an f16 minimum `m`) repacked at load into
-//! panels of 16 output rows, and activations quantized per row to 8-bit blocks.
+//! Quantized weights for the batched integer product: GGUF blocks (`quant_formats.rs`)
+//! repacked at load into panels of 16 output rows, multiplied with activations quantized per
+//! row to 8-bit blocks (`quant_rows.rs`).
 //!
 //! The product of one activation block `x ≈ s·q` (q in -127..=127) with one weight block is
 //! `d·s·Σ u·q (− offset·Σq)  (+ m·s·Σq)`, where `u` is the block's unsigned integer (a nibble,
-//! a 5-bit value, or for Q8_0 the signed byte). The integer sums are exact, so every ISA (VNNI
-//! `vpdpbusd`, AVX2 `maddubs`, scalar) gets the same integers; the float part is one fixed
-//! sequence per block and output: `acc = fma(idot, d·s, acc)`, then `acc = fma(m, s·Σq, acc)`,
-//! blocks in `k` order from +0.0. So, as for the dense product, a row's bits depend on nothing
-//! but that row, the weights and the format (see `NUMERICS.md`).
+//! a 5- or 6-bit value, or for Q8_0 the signed byte). Q6_K's two integer sub-scales multiply
+//! the integer sums of their 16 values: `Σ_h sub_h·(Σ_h u·q − 32·Σ_h q)`, still exact. The
+//! integer sums are exact, so every ISA (VNNI `vpdpbusd`, AVX2 `maddubs`, scalar) gets the
+//! same integers; the float part is one fixed sequence per block and output:
+//! `acc = fma(idot, d·s, acc)`, then `acc = fma(m, s·Σq, acc)`, blocks in `k` order from +0.0.
+//! So, as for the dense product, a row's bits depend on nothing but that row, the weights and
+//! the format (see `NUMERICS.md`).
 //!
-//! Panel layout, per block of 32 `k` values: the 16 rows' scales (f16), their minimums (f16,
-//! Q4_1/Q5_1 only), then the integers, grouped by 4 consecutive `k` so that one 64-byte vector
-//! holds 16 rows x 4 values (`[group][row][4]`):
-//! - 4-bit (Q4_0, Q4_1): 4 groups of 64 bytes; byte `j` of row `r` in group `g` holds `k = 8g+j`
-//!   in its low nibble and `k = 8g+4+j` in its high nibble. No size growth over GGUF.
-//! - 8-bit (Q5_0, Q5_1 expanded to bytes; Q8_0 as signed bytes): 8 groups of 64 bytes, group
-//!   `G` holding `k = 4G..4G+4`. Q8_0 has no growth; Q5 grows from 22/24 to 34/36 bytes a
-//!   block, the price of decoding its fifth bit at load instead of in the loop.
+//! Panel layout, per block of 32 `k` values: the 16 rows' scales (f16 bits as in the file, or
+//! f32 for Q4_K/Q5_K), their minimums (same type; formats with a minimum only), Q6_K's
+//! sub-scales (`[half][row]`, i8), then the integers, grouped by 4 consecutive `k` so that one
+//! 64-byte vector holds 16 rows x 4 values (`[group][row][4]`):
+//! - 4-bit (Q4_0, Q4_1, Q4_K): 4 groups of 64 bytes; byte `j` of row `r` in group `g` holds
+//!   `k = 8g+j` in its low nibble and `k = 8g+4+j` in its high nibble. No size growth for
+//!   Q4_0/Q4_1; Q4_K grows from 4.5 to 6 bits a value (its f32 scales and minimums).
+//! - 8-bit (Q5_0, Q5_1, Q5_K, Q6_K expanded to bytes; Q8_0 as signed bytes): 8 groups of 64
+//!   bytes, group `G` holding `k = 4G..4G+4`. Q8_0 has no growth; the 5- and 6-bit formats pay
+//!   for decoding their high bits at load instead of in the loop.
+//!
+//! A matrix may mix formats panel by panel (a Q4_K_M file's Q, K in Q4_K and V in Q6_K stacked
+//! into one product): each panel carries its own format.
 
-use candle_core::quantized::GgmlDType;
 use half::f16;
 
-/// Values per quantization block (every supported format).
-pub const BLOCK: usize = 32;
+pub use super::quant_formats::{Block32, Encoding, QuantFormat, BLOCK};
+
 /// Output rows per panel.
 pub const ROWS: usize = 16;
 
-/// A GGUF quantization format the integer kernels serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum QuantFormat {
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-}
-
-/// How a format's integers sit in a panel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// Two 4-bit values per byte, 0..=15.
-    Nibbles,
-    /// One unsigned value per byte, 0..=31.
-    Bytes,
-    /// One signed value per byte, -128..=127 (Q8_0).
-    SignedBytes,
-}
-
+/// Where things sit in one panel block of a format.
 impl QuantFormat {
-    pub const ALL: [QuantFormat; 5] = [
-        QuantFormat::Q4_0,
-        QuantFormat::Q4_1,
-        QuantFormat::Q5_0,
-        QuantFormat::Q5_1,
-        QuantFormat::Q8_0,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            QuantFormat::Q4_0 => "q4_0",
-            QuantFormat::Q4_1 => "q4_1",
-            QuantFormat::Q5_0 => "q5_0",
-            QuantFormat::Q5_1 => "q5_1",
-            QuantFormat::Q8_0 => "q8_0",
+    fn scale_bytes(self) -> usize {
+        if self.f32_scales() {
+            4
+        } else {
+            2
         }
     }
 
-    /// The GGUF tensor type of this format.
-    pub fn ggml_dtype(self) -> GgmlDType {
-        match self {
-            QuantFormat::Q4_0 => GgmlDType::Q4_0,
-            QuantFormat::Q4_1 => GgmlDType::Q4_1,
-            QuantFormat::Q5_0 => GgmlDType::Q5_0,
-            QuantFormat::Q5_1 => GgmlDType::Q5_1,
-            QuantFormat::Q8_0 => GgmlDType::Q8_0,
-        }
+    /// Byte offset of the minimums inside a panel block (formats with a minimum).
+    pub fn mins_offset(self) -> usize {
+        ROWS * self.scale_bytes()
     }
 
-    /// The format of a GGUF tensor type, `None` for types without integer kernels (K-quants,
-    /// dense types).
-    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.ggml_dtype() == dtype)
-    }
-
-    /// Bytes of one GGUF block of 32 values.
-    pub fn gguf_block_bytes(self) -> usize {
-        match self {
-            QuantFormat::Q4_0 => 18,
-            QuantFormat::Q4_1 => 20,
-            QuantFormat::Q5_0 => 22,
-            QuantFormat::Q5_1 => 24,
-            QuantFormat::Q8_0 => 34,
-        }
-    }
-
-    pub fn encoding(self) -> Encoding {
-        match self {
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 => Encoding::Nibbles,
-            QuantFormat::Q5_0 | QuantFormat::Q5_1 => Encoding::Bytes,
-            QuantFormat::Q8_0 => Encoding::SignedBytes,
-        }
-    }
-
-    /// What the stored integer is offset by: value = d·(u − offset).
-    pub fn offset(self) -> i32 {
-        match self {
-            QuantFormat::Q4_0 => 8,
-            QuantFormat::Q5_0 => 16,
-            _ => 0,
-        }
-    }
-
-    /// value = d·u + m.
-    pub fn has_min(self) -> bool {
-        matches!(self, QuantFormat::Q4_1 | QuantFormat::Q5_1)
-    }
-
-    /// Bytes of one block of one panel (16 rows).
-    pub fn panel_block_bytes(self) -> usize {
-        let scales = ROWS * 2 * if self.has_min() { 2 } else { 1 };
-        let integers = match self.encoding() {
-            Encoding::Nibbles => ROWS * BLOCK / 2,
-            Encoding::Bytes | Encoding::SignedBytes => ROWS * BLOCK,
-        };
-        scales + integers
+    /// Byte offset of the sub-scales (Q6_K): 16 rows' first-half scales, then the second's.
+    pub fn sub_scales_offset(self) -> usize {
+        ROWS * self.scale_bytes() * if self.has_min() { 2 } else { 1 }
     }
 
     /// Byte offset of the integers inside a panel block.
     pub fn integers_offset(self) -> usize {
-        ROWS * 2 * if self.has_min() { 2 } else { 1 }
+        self.sub_scales_offset() + if self.has_sub_scales() { 2 * ROWS } else { 0 }
     }
 
-    /// One GGUF block as its integers (`u`, see the module doc), scale and minimum. The
-    /// bit layouts are ggml's: a nibble byte `j` holds values `j` (low) and `j + 16` (high);
-    /// Q5's 32-bit `qh` holds the fifth bit of value `i` at bit `i`.
-    pub fn decode_gguf_block(self, block: &[u8]) -> ([i32; BLOCK], f32, f32) {
-        let half_at = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
-        let d = half_at(0);
-        let mut values = [0i32; BLOCK];
-        let (m, rest) = match self {
-            QuantFormat::Q4_1 | QuantFormat::Q5_1 => (half_at(2), &block[4..]),
-            _ => (0.0, &block[2..]),
+    /// Bytes of one block of one panel (16 rows).
+    pub fn panel_block_bytes(self) -> usize {
+        let integers = match self.encoding() {
+            Encoding::Nibbles => ROWS * BLOCK / 2,
+            Encoding::Bytes | Encoding::SignedBytes => ROWS * BLOCK,
         };
-        match self {
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 => {
-                for j in 0..16 {
-                    values[j] = i32::from(rest[j] & 0x0F);
-                    values[j + 16] = i32::from(rest[j] >> 4);
-                }
-            }
-            QuantFormat::Q5_0 | QuantFormat::Q5_1 => {
-                let high = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                let nibbles = &rest[4..];
-                for j in 0..16 {
-                    let bit = |i: usize| (((high >> i) & 1) << 4) as i32;
-                    values[j] = i32::from(nibbles[j] & 0x0F) | bit(j);
-                    values[j + 16] = i32::from(nibbles[j] >> 4) | bit(j + 16);
-                }
-            }
-            QuantFormat::Q8_0 => {
-                for (v, &b) in values.iter_mut().zip(rest) {
-                    *v = i32::from(b as i8);
-                }
-            }
-        }
-        (values, d, m)
+        self.integers_offset() + integers
     }
 
-    /// The real value of integer `u` of a block with scale `d` and minimum `m`.
-    pub fn dequantize(self, u: i32, d: f32, m: f32) -> f32 {
+    /// Writes one row's block into a panel block at `lane`.
+    fn write_lane(self, out: &mut [u8], lane: usize, block: &Block32) {
+        let scale_bytes = self.scale_bytes();
+        let mut put = |at: usize, value: f32| {
+            if self.f32_scales() {
+                out[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            } else {
+                // Exact: these came from the file's f16 bits.
+                out[at..at + 2].copy_from_slice(&f16::from_f32(value).to_le_bytes());
+            }
+        };
+        put(scale_bytes * lane, block.d);
         if self.has_min() {
-            d * u as f32 + m
-        } else {
-            d * (u - self.offset()) as f32
+            put(self.mins_offset() + scale_bytes * lane, block.m);
+        }
+        if self.has_sub_scales() {
+            let at = self.sub_scales_offset();
+            out[at + lane] = block.sub[0] as i8 as u8;
+            out[at + ROWS + lane] = block.sub[1] as i8 as u8;
+        }
+        let ints = &mut out[self.integers_offset()..];
+        let values = &block.values;
+        match self.encoding() {
+            Encoding::Nibbles => {
+                for g in 0..4 {
+                    for j in 0..4 {
+                        let low = values[8 * g + j] as u8;
+                        let high = values[8 * g + 4 + j] as u8;
+                        ints[g * 64 + lane * 4 + j] = low | (high << 4);
+                    }
+                }
+            }
+            Encoding::Bytes | Encoding::SignedBytes => {
+                for group in 0..8 {
+                    for j in 0..4 {
+                        ints[group * 64 + lane * 4 + j] = values[4 * group + j] as u8;
+                    }
+                }
+            }
         }
     }
 }
 
-/// A quantized `(n, k)` weight matrix in panels of [`ROWS`] output rows.
+/// A quantized `(n, k)` weight matrix in panels of [`ROWS`] output rows, each panel in its
+/// own format.
 #[derive(Debug, Clone)]
 pub struct QuantPanels {
-    pub format: QuantFormat,
-    /// Blocks per row (`k / 32`).
+    /// Blocks of 32 per row (`k / 32`).
     pub blocks: usize,
+    /// Each panel's format and where its bytes start.
+    panels: Vec<(QuantFormat, usize)>,
     pub bytes: Vec<u8>,
 }
 
-impl QuantPanels {
-    /// Bytes of one panel.
-    pub fn panel_bytes(&self) -> usize {
-        self.blocks * self.format.panel_block_bytes()
-    }
+/// One part of a matrix stacked from GGUF tensors: its format and its rows' blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct GgufPart<'a> {
+    pub format: QuantFormat,
+    pub data: &'a [u8],
+}
 
-    /// Repacks GGUF data of an `(n, k)` matrix (`n` rows of `k / 32` blocks; `k` a multiple
-    /// of 32) into panels; rows past `n` in the last panel are zero.
-    pub fn from_gguf(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
-        if !k.is_multiple_of(BLOCK) {
+impl GgufPart<'_> {
+    /// Rows of `k` values in this part, if its bytes are whole rows.
+    fn rows(&self, k: usize) -> Result<usize, String> {
+        let format = self.format;
+        if !k.is_multiple_of(format.gguf_block_values()) {
             return Err(format!(
-                "{}: k = {k} is not a multiple of {BLOCK}",
-                format.name()
+                "{}: k = {k} is not a multiple of {}",
+                format.name(),
+                format.gguf_block_values()
             ));
         }
-        let blocks = k / BLOCK;
-        let row_bytes = blocks * format.gguf_block_bytes();
-        if data.len() != n * row_bytes {
+        let row_bytes = k / format.gguf_block_values() * format.gguf_block_bytes();
+        if row_bytes == 0 || !self.data.len().is_multiple_of(row_bytes) {
+            return Err(format!(
+                "{}: {} bytes are not whole rows of {k} values ({row_bytes} bytes each)",
+                format.name(),
+                self.data.len()
+            ));
+        }
+        Ok(self.data.len() / row_bytes)
+    }
+}
+
+impl QuantPanels {
+    /// Repacks GGUF data of an `(n, k)` matrix (`n` rows of `k` values) into panels; rows
+    /// past `n` in the last panel are zero.
+    pub fn from_gguf(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        let part = GgufPart { format, data };
+        let rows = part.rows(k)?;
+        if rows != n {
             return Err(format!(
                 "{}: ({n}, {k}) needs {} bytes, got {}",
                 format.name(),
-                n * row_bytes,
+                n * k / format.gguf_block_values() * format.gguf_block_bytes(),
                 data.len()
             ));
         }
-        let block_bytes = format.panel_block_bytes();
-        let panels = n.div_ceil(ROWS);
-        let mut bytes = vec![0u8; panels * blocks * block_bytes];
-        let integers = format.integers_offset();
-        for row in 0..n {
-            let (panel, lane) = (row / ROWS, row % ROWS);
-            for b in 0..blocks {
-                let at = row * row_bytes + b * format.gguf_block_bytes();
-                let gguf = &data[at..at + format.gguf_block_bytes()];
-                let (values, _, _) = format.decode_gguf_block(gguf);
-                let out = &mut bytes[(panel * blocks + b) * block_bytes..][..block_bytes];
-                // Scale and minimum: copied as f16 bits.
-                out[2 * lane..2 * lane + 2].copy_from_slice(&gguf[0..2]);
-                if format.has_min() {
-                    out[ROWS * 2 + 2 * lane..ROWS * 2 + 2 * lane + 2].copy_from_slice(&gguf[2..4]);
-                }
-                let ints = &mut out[integers..];
-                match format.encoding() {
-                    Encoding::Nibbles => {
-                        for g in 0..4 {
-                            for j in 0..4 {
-                                let low = values[8 * g + j] as u8;
-                                let high = values[8 * g + 4 + j] as u8;
-                                ints[g * 64 + lane * 4 + j] = low | (high << 4);
-                            }
-                        }
-                    }
-                    Encoding::Bytes | Encoding::SignedBytes => {
-                        for group in 0..8 {
-                            for j in 0..4 {
-                                ints[group * 64 + lane * 4 + j] = values[4 * group + j] as u8;
-                            }
+        Self::from_parts(&[part], k)
+    }
+
+    /// Repacks parts stacked by rows (each part's rows, in order), each in its own format.
+    /// Every part but the last must fill whole panels, so that no panel mixes formats.
+    pub fn from_parts(parts: &[GgufPart], k: usize) -> Result<Self, String> {
+        if !k.is_multiple_of(BLOCK) || k == 0 {
+            return Err(format!("k = {k} is not a positive multiple of {BLOCK}"));
+        }
+        let blocks = k / BLOCK;
+        let mut panels = Vec::new();
+        let mut bytes = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let format = part.format;
+            let rows = part.rows(k)?;
+            if i + 1 < parts.len() && !rows.is_multiple_of(ROWS) {
+                return Err(format!(
+                    "a stacked part of {rows} rows does not fill whole panels of {ROWS}"
+                ));
+            }
+            let gguf_blocks = k / format.gguf_block_values();
+            let sub_blocks = format.gguf_block_values() / BLOCK;
+            let row_bytes = gguf_blocks * format.gguf_block_bytes();
+            let block_bytes = format.panel_block_bytes();
+            let panel_bytes = blocks * block_bytes;
+            for first in (0..rows).step_by(ROWS) {
+                let start = bytes.len();
+                panels.push((format, start));
+                bytes.resize(start + panel_bytes, 0);
+                let panel = &mut bytes[start..];
+                for lane in 0..ROWS.min(rows - first) {
+                    let row = &part.data[(first + lane) * row_bytes..][..row_bytes];
+                    for (g, gguf) in row.chunks_exact(format.gguf_block_bytes()).enumerate() {
+                        for index in 0..sub_blocks {
+                            let b = g * sub_blocks + index;
+                            let block = format.decode_gguf_block(gguf, index);
+                            let out = &mut panel[b * block_bytes..][..block_bytes];
+                            format.write_lane(out, lane, &block);
                         }
                     }
                 }
             }
         }
         Ok(Self {
-            format,
             blocks,
+            panels,
+            bytes,
+        })
+    }
+
+    /// Number of panels.
+    pub fn len(&self) -> usize {
+        self.panels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.panels.is_empty()
+    }
+
+    /// Panel `p`'s format and bytes.
+    pub fn panel(&self, p: usize) -> (QuantFormat, &[u8]) {
+        let (format, start) = self.panels[p];
+        (
+            format,
+            &self.bytes[start..start + self.blocks * format.panel_block_bytes()],
+        )
+    }
+
+    /// The formats of the panels, each once, in order of first use.
+    pub fn formats(&self) -> Vec<QuantFormat> {
+        let mut formats: Vec<QuantFormat> = Vec::new();
+        for &(format, _) in &self.panels {
+            if !formats.contains(&format) {
+                formats.push(format);
+            }
+        }
+        formats
+    }
+
+    /// Gate and up panels alternating (gate 0, up 0, gate 1, ...), for the SwiGLU product.
+    pub fn interleave(gate: &QuantPanels, up: &QuantPanels) -> Result<QuantPanels, String> {
+        if gate.blocks != up.blocks || gate.len() != up.len() {
+            return Err("gate and up must have the same shape".into());
+        }
+        let mut panels = Vec::with_capacity(2 * gate.len());
+        let mut bytes = Vec::with_capacity(gate.bytes.len() + up.bytes.len());
+        for p in 0..gate.len() {
+            for source in [gate, up] {
+                let (format, data) = source.panel(p);
+                panels.push((format, bytes.len()));
+                bytes.extend_from_slice(data);
+            }
+        }
+        Ok(QuantPanels {
+            blocks: gate.blocks,
+            panels,
             bytes,
         })
     }
 
     /// Row `i` (of panel `i / 16`) dequantized: an embedding lookup in a quantized table.
     pub fn row(&self, i: usize, out: &mut [f32]) {
-        let format = self.format;
+        let (format, panel) = self.panel(i / ROWS);
         let block_bytes = format.panel_block_bytes();
-        let (panel, lane) = (i / ROWS, i % ROWS);
         for (b, values) in out.chunks_exact_mut(BLOCK).enumerate().take(self.blocks) {
-            let block = &self.bytes[(panel * self.blocks + b) * block_bytes..][..block_bytes];
-            let (ints, d, m) = panel_block_lane(format, block, lane);
-            for (v, u) in values.iter_mut().zip(ints) {
-                *v = format.dequantize(u, d, m);
+            let block = panel_block_lane(format, &panel[b * block_bytes..], i % ROWS);
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = format.dequantize(&block, j);
             }
         }
     }
 }
 
-/// Lane `lane`'s integers, scale and minimum from one panel block.
-pub fn panel_block_lane(
-    format: QuantFormat,
-    block: &[u8],
-    lane: usize,
-) -> ([i32; BLOCK], f32, f32) {
-    let half_at = |at: usize| f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
-    let d = half_at(2 * lane);
+/// Lane `lane`'s block in the common form, from one panel block.
+pub fn panel_block_lane(format: QuantFormat, block: &[u8], lane: usize) -> Block32 {
+    let scale_at = |at: usize| {
+        if format.f32_scales() {
+            f32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]])
+        } else {
+            f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+        }
+    };
+    let d = scale_at(format.scale_bytes() * lane);
     let m = if format.has_min() {
-        half_at(ROWS * 2 + 2 * lane)
+        scale_at(format.mins_offset() + format.scale_bytes() * lane)
     } else {
         0.0
+    };
+    let sub = if format.has_sub_scales() {
+        let at = format.sub_scales_offset();
+        [
+            i32::from(block[at + lane] as i8),
+            i32::from(block[at + ROWS + lane] as i8),
+        ]
+    } else {
+        [1, 1]
     };
     let ints = &block[format.integers_offset()..];
     let mut values = [0i32; BLOCK];
@@ -297,7 +315,7 @@ pub fn panel_block_lane(
             Encoding::SignedBytes => i32::from(ints[(k / 4) * 64 + lane * 4 + k % 4] as i8),
         };
     }
-    (values, d, m)
+    Block32 { values, d, m, sub }
 }
 
 pub use super::quant_rows::{QuantRows, QuantizedRows};
@@ -317,19 +335,20 @@ pub fn tile_reference(
         let mut acc = [0f32; ROWS];
         for b in 0..blocks {
             let block = &panel[b * block_bytes..(b + 1) * block_bytes];
-            let q = &x.values[(r * blocks + b) * BLOCK..][..BLOCK];
-            let (scale, sum, scaled_sum) = (
-                x.scales[r * blocks + b],
-                x.sums[r * blocks + b],
-                x.scaled_sums[r * blocks + b],
-            );
+            let at = r * blocks + b;
+            let q = &x.values[at * BLOCK..][..BLOCK];
             for (lane, acc) in acc.iter_mut().enumerate() {
-                let (u, d, m) = panel_block_lane(format, block, lane);
-                let dot: i32 = u.iter().zip(q).map(|(&u, &q)| u * i32::from(q)).sum();
-                let dot = dot - format.offset() * sum;
-                *acc = (dot as f32).mul_add(d * scale, *acc);
+                let w = panel_block_lane(format, block, lane);
+                let mut dot = 0i32;
+                for h in 0..2 {
+                    let half: i32 = (16 * h..16 * h + 16)
+                        .map(|j| w.values[j] * i32::from(q[j]))
+                        .sum();
+                    dot += w.sub[h] * (half - format.offset() * x.half_sums[2 * at + h]);
+                }
+                *acc = (dot as f32).mul_add(w.d * x.scales[at], *acc);
                 if format.has_min() {
-                    *acc = m.mul_add(scaled_sum, *acc);
+                    *acc = w.m.mul_add(x.scaled_sums[at], *acc);
                 }
             }
         }
@@ -348,39 +367,63 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// `n * k / 32` GGUF blocks of random integers with scales in [0.002, 0.05) and minimums
-    /// in [-0.5, 0.5); `unit` makes every scale 1 and every minimum 0.
+    /// `n * k / values` GGUF blocks of random integers with scales in [0.002, 0.05) and
+    /// minimums in [-0.5, 0.5) (the K formats: super-block scales a 40th of that, random 6-bit
+    /// or 8-bit sub-scales); `unit` makes every scale 1 and every minimum 0 (Q6_K: sub-scales
+    /// in -3..=3, so integer sums stay exact in f32).
     fn random_gguf(format: QuantFormat, n: usize, k: usize, seed: u64, unit: bool) -> Vec<u8> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut data = Vec::new();
-        for _ in 0..n * k / BLOCK {
-            let d = if unit {
-                1.0
+        let half = |v: f32| f16::from_f32(v).to_le_bytes();
+        for _ in 0..n * k / format.gguf_block_values() {
+            let mut block: Vec<u8> = (0..format.gguf_block_bytes())
+                .map(|_| rng.random())
+                .collect();
+            let (d, m) = if unit {
+                (1.0, 0.0)
+            } else if format.gguf_block_values() == 256 {
+                (
+                    rng.random_range(0.00005f32..0.00125),
+                    rng.random_range(0f32..0.0125),
+                )
             } else {
-                rng.random_range(0.002f32..0.05)
+                (
+                    rng.random_range(0.002f32..0.05),
+                    rng.random_range(-0.5f32..0.5),
+                )
             };
-            data.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-            if format.has_min() {
-                let m = if unit {
-                    0.0
-                } else {
-                    rng.random_range(-0.5f32..0.5)
-                };
-                data.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+            match format {
+                QuantFormat::Q4K | QuantFormat::Q5K => {
+                    block[0..2].copy_from_slice(&half(d));
+                    block[2..4].copy_from_slice(&half(m));
+                    if unit {
+                        // Every 6-bit scale 1, every minimum 0.
+                        block[4..16].copy_from_slice(&[1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]);
+                    }
+                }
+                QuantFormat::Q6K => {
+                    block[208..210].copy_from_slice(&half(d));
+                    if unit {
+                        for s in &mut block[192..208] {
+                            *s = rng.random_range(-3i8..=3) as u8;
+                        }
+                    }
+                }
+                _ => {
+                    block[0..2].copy_from_slice(&half(d));
+                    if format.has_min() {
+                        block[2..4].copy_from_slice(&half(m));
+                    }
+                }
             }
-            let rest = format.gguf_block_bytes() - 2 * if format.has_min() { 2 } else { 1 };
-            data.extend((0..rest).map(|_| rng.random::<u8>()));
+            data.extend_from_slice(&block);
         }
         data
     }
 
-    fn dequantize_ours(format: QuantFormat, data: &[u8]) -> Vec<f32> {
-        data.chunks_exact(format.gguf_block_bytes())
-            .flat_map(|block| {
-                let (values, d, m) = format.decode_gguf_block(block);
-                values.map(|u| format.dequantize(u, d, m))
-            })
-            .collect()
+    /// A `k` of `blocks` blocks of 32, rounded up to the format's GGUF block.
+    fn k_of(format: QuantFormat, blocks: usize) -> usize {
+        (blocks * BLOCK).next_multiple_of(format.gguf_block_values())
     }
 
     fn dequantize_candle(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Vec<f32> {
@@ -407,9 +450,9 @@ mod tests {
     #[test]
     fn blocks_decode_to_candles_dequantized_values() {
         for format in QuantFormat::ALL {
-            let (n, k) = (3, 96);
+            let (n, k) = (3, k_of(format, 3));
             let data = random_gguf(format, n, k, 11, false);
-            let ours = dequantize_ours(format, &data);
+            let ours = format.dequantize_gguf(&data);
             let candle = dequantize_candle(format, &data, n, k);
             assert_eq!(ours, candle, "{}", format.name());
             // And the panels give the same rows back.
@@ -431,15 +474,16 @@ mod tests {
     /// product is the plain integer sum: every ISA must give it exactly.
     #[test]
     fn integer_block_sums_equal_an_integer_reference() {
-        let (n, k, rows) = (19, 160, 5);
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let mut x: Vec<f32> = (0..rows * k)
-            .map(|_| f32::from(rng.random_range(-127i8..=127)))
-            .collect();
-        for block in x.chunks_exact_mut(BLOCK) {
-            block[rng.random_range(0..BLOCK)] = if rng.random() { 127.0 } else { -127.0 };
-        }
+        let (n, rows) = (19, 5);
         for format in QuantFormat::ALL {
+            let k = k_of(format, 5);
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mut x: Vec<f32> = (0..rows * k)
+                .map(|_| f32::from(rng.random_range(-127i8..=127)))
+                .collect();
+            for block in x.chunks_exact_mut(BLOCK) {
+                block[rng.random_range(0..BLOCK)] = if rng.random() { 127.0 } else { -127.0 };
+            }
             let data = random_gguf(format, n, k, 3, true);
             let expected: Vec<f32> = (0..rows)
                 .flat_map(|r| {
@@ -447,11 +491,13 @@ mod tests {
                     let data = &data;
                     (0..n).map(move |c| {
                         let mut sum = 0i64;
+                        let values = format.gguf_block_values();
                         for b in 0..k / BLOCK {
-                            let at = (c * k / BLOCK + b) * format.gguf_block_bytes();
-                            let (u, _, _) = format.decode_gguf_block(&data[at..]);
-                            for (j, u) in u.iter().enumerate() {
-                                let u = i64::from(*u - format.offset());
+                            let g = (c * k + b * BLOCK) / values;
+                            let gguf = &data[g * format.gguf_block_bytes()..];
+                            let block = format.decode_gguf_block(gguf, b % (values / BLOCK));
+                            for (j, u) in block.values.iter().enumerate() {
+                                let u = i64::from(block.sub[j / 16] * (*u - format.offset()));
                                 sum += u * x[r * k + b * BLOCK + j] as i64;
                             }
                         }
@@ -481,14 +527,15 @@ mod tests {
         /// quantization allows of an f64 product with the dequantized weights.
         #[test]
         fn every_isa_equals_the_reference_and_rows_stand_alone(
-            format_index in 0usize..5,
+            format_index in 0usize..8,
             n in prop::sample::select(vec![1usize, 16, 17, 50]),
             blocks in 1usize..=6,
             rows in 1usize..=11,
             seed in 0u64..1000,
         ) {
             let format = QuantFormat::ALL[format_index];
-            let k = blocks * BLOCK;
+            let k = k_of(format, blocks);
+            let blocks = k / BLOCK;
             let data = random_gguf(format, n, k, seed, false);
             let w = packed(format, &data, n, k);
             let x = activations(rows * k, seed + 1);
@@ -556,6 +603,92 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn q6_k_extremes_stay_exact() {
+        // Values 0 and 63 (−32 and +31) under sub-scales −128 and 127 against activations
+        // ±127: the widest half sums there are (|Σ| < 2^24, so the f32 conversion is exact).
+        let (n, k) = (16, 512);
+        let mut data = Vec::new();
+        for block in 0..n * k / 256 {
+            let mut bytes = vec![0u8; 210];
+            for (i, b) in bytes[..192].iter_mut().enumerate() {
+                *b = if (i + block) % 3 == 0 { 0xFF } else { 0x00 };
+            }
+            for (i, s) in bytes[192..208].iter_mut().enumerate() {
+                *s = if i % 2 == 0 { 0x80 } else { 0x7F };
+            }
+            bytes[208..210].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+            data.extend_from_slice(&bytes);
+        }
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| if i % 5 == 0 { -127.0 } else { 127.0 })
+            .collect();
+        let w = packed(QuantFormat::Q6K, &data, n, k);
+        let reference = product(CpuKernels::scalar(), &x, 3, &w);
+        let dense = QuantFormat::Q6K.dequantize_gguf(&data);
+        for (r, row) in reference.chunks_exact(n).enumerate() {
+            for (c, got) in row.iter().enumerate() {
+                let exact: f64 = (0..k)
+                    .map(|j| f64::from(dense[c * k + j]) * f64::from(x[r * k + j]))
+                    .sum();
+                assert_eq!(f64::from(*got), exact, "row {r} col {c}");
+            }
+        }
+        for kernels in every_isa() {
+            assert_eq!(
+                product(kernels, &x, 3, &w),
+                reference,
+                "{}",
+                kernels.isa().name()
+            );
+        }
+    }
+
+    /// A Q4_K_M file stacks Q and K in Q4_K with V in Q6_K: one matrix, each panel in its own
+    /// format, gives each part's rows exactly as the part alone does.
+    #[test]
+    fn stacked_parts_in_different_formats_equal_each_part_alone() {
+        let k = 512;
+        let formats = [QuantFormat::Q4K, QuantFormat::Q6K, QuantFormat::Q8_0];
+        let rows_of = [32, 16, 5];
+        let parts: Vec<Vec<u8>> = formats
+            .iter()
+            .zip(rows_of)
+            .enumerate()
+            .map(|(i, (&f, n))| random_gguf(f, n, k, 70 + i as u64, false))
+            .collect();
+        let gguf_parts: Vec<GgufPart> = formats
+            .iter()
+            .zip(&parts)
+            .map(|(&format, data)| GgufPart { format, data })
+            .collect();
+        let n: usize = rows_of.iter().sum();
+        let stacked =
+            PackedMatrix::quantized_parts(&gguf_parts, n, k).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stacked.format_names(), ["q4_k", "q6_k", "q8_0"]);
+        let x = activations(3 * k, 9);
+        for kernels in every_isa() {
+            let whole = product(kernels, &x, 3, &stacked);
+            let mut first = 0;
+            for ((&format, data), rows) in formats.iter().zip(&parts).zip(rows_of) {
+                let alone = product(kernels, &x, 3, &packed(format, data, rows, k));
+                for r in 0..3 {
+                    assert_eq!(
+                        &whole[r * n + first..r * n + first + rows],
+                        &alone[r * rows..(r + 1) * rows],
+                        "{} on {}",
+                        format.name(),
+                        kernels.isa().name()
+                    );
+                }
+                first += rows;
+            }
+        }
+        // A part that would leave a panel half filled before the next one is refused.
+        let misaligned = [gguf_parts[2], gguf_parts[0]];
+        assert!(PackedMatrix::quantized_parts(&misaligned, 37, k).is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub struct QuantizedRows {
     pub scales: Vec<f32>,
     /// `Σ q` per block.
     pub sums: Vec<i32>,
+    /// `Σ q` per 16 values (two per block), for Q6_K's sub-scales.
+    pub half_sums: Vec<i32>,
     /// `scale · Σ q` per block (the minimum term's factor).
     pub scaled_sums: Vec<f32>,
 }
@@ -28,6 +30,7 @@ pub struct QuantRows<'a> {
     pub values: &'a [i8],
     pub scales: &'a [f32],
     pub sums: &'a [i32],
+    pub half_sums: &'a [i32],
     pub scaled_sums: &'a [f32],
 }
 
@@ -40,6 +43,7 @@ impl QuantizedRows {
         self.values.resize(rows * k, 0);
         self.scales.resize(blocks, 0.0);
         self.sums.resize(blocks, 0);
+        self.half_sums.resize(2 * blocks, 0);
         self.scaled_sums.resize(blocks, 0.0);
         for (b, (block, q)) in x
             .chunks_exact(BLOCK)
@@ -52,13 +56,15 @@ impl QuantizedRows {
             } else {
                 (0.0, 0.0)
             };
-            let mut sum = 0i32;
-            for (q, v) in q.iter_mut().zip(block) {
+            let mut halves = [0i32; 2];
+            for (j, (q, v)) in q.iter_mut().zip(block).enumerate() {
                 *q = round_to_nearest_even(v * inverse).clamp(-127.0, 127.0) as i8;
-                sum += i32::from(*q);
+                halves[j / 16] += i32::from(*q);
             }
+            let sum = halves[0] + halves[1];
             self.scales[b] = scale;
             self.sums[b] = sum;
+            self.half_sums[2 * b..2 * b + 2].copy_from_slice(&halves);
             self.scaled_sums[b] = scale * sum as f32;
         }
     }
@@ -70,6 +76,7 @@ impl QuantizedRows {
             values: &self.values[first * k..(first + count) * k],
             scales: &self.scales[first * blocks..(first + count) * blocks],
             sums: &self.sums[first * blocks..(first + count) * blocks],
+            half_sums: &self.half_sums[2 * first * blocks..2 * (first + count) * blocks],
             scaled_sums: &self.scaled_sums[first * blocks..(first + count) * blocks],
         }
     }

@@ -148,7 +148,7 @@ impl CpuModel {
                 let bias = bias
                     .then(|| to_f32_vec(&weights.dense(&bias_name(&name), &[out])?))
                     .transpose()?;
-                return Ok((Weight::Blocks(blocks), bias));
+                return Ok((Weight::blocks(blocks), bias));
             }
             match weights.linear(&name, (out, inp), bias)? {
                 Linear::Dense { weight, bias } => Ok((
@@ -183,7 +183,7 @@ impl CpuModel {
                 _ => None,
             };
             let qkv = pack(
-                (Weight::stack(vec![q, k, v]), qkv_bias),
+                (Weight::stack(vec![q, k, v], hidden), qkv_bias),
                 q_size + 2 * kv_size,
                 hidden,
             )?;
@@ -195,11 +195,10 @@ impl CpuModel {
             )?;
             let (gate, _) = matrix(Role::Gate, l, (c.intermediate_size, hidden), false)?;
             let (up, _) = matrix(Role::Up, l, (c.intermediate_size, hidden), false)?;
-            // Gate and up share one product only in one format.
+            // Gate and up share one product, panel by panel: both quantized (each panel in its
+            // own format) or both dense.
             let (gate, up) = match (gate, up) {
-                (Weight::Blocks(g), Weight::Blocks(u)) if g.format == u.format => {
-                    (Weight::Blocks(g), Weight::Blocks(u))
-                }
+                (g @ Weight::Blocks(_), u @ Weight::Blocks(_)) => (g, u),
                 (g, u) => (Weight::Dense(g.into_dense()), Weight::Dense(u.into_dense())),
             };
             let down = matrix(Role::Down, l, (hidden, c.intermediate_size), false)?;
@@ -228,7 +227,7 @@ impl CpuModel {
         let vocab_hidden = (c.vocab_size, hidden);
         // The table: quantized panels read a row at a time when the file stores it so.
         let table = match weights.quantized_blocks(&embedding_name, vocab_hidden)? {
-            Some(blocks) => Weight::Blocks(blocks),
+            Some(blocks) => Weight::blocks(blocks),
             None => Weight::Dense(to_f32_vec(
                 &weights.dense(&embedding_name, &[c.vocab_size, hidden])?,
             )?),
@@ -266,25 +265,31 @@ impl CpuModel {
         })
     }
 
-    /// See [`crate::Decoder::weight_formats`] (the first layer speaks for all).
+    /// See [`crate::Decoder::weight_formats`]: each class's formats across all layers, joined
+    /// by `+` where they differ (a Q4_K_M file: `q4_k+q6_k`).
     pub fn weight_formats(&self) -> Vec<(&'static str, String)> {
-        let name = |format: WeightFormat| match format {
-            WeightFormat::F32 => "f32".to_string(),
-            WeightFormat::Bf16 => "bf16".to_string(),
-            WeightFormat::Quantized(q) => q.name().to_string(),
-        };
-        let mut formats = Vec::new();
-        if let Some(layer) = self.layers.first() {
-            formats.push(("attention_qkv", name(layer.qkv.format())));
-            formats.push(("attention_output", name(layer.output.format())));
-            formats.push(("mlp_gate_up", name(layer.gate_up.format())));
-            formats.push(("mlp_down", name(layer.down.format())));
+        fn names<'m>(matrices: impl Iterator<Item = &'m PackedMatrix>) -> String {
+            let mut all: Vec<&str> = Vec::new();
+            for name in matrices.flat_map(PackedMatrix::format_names) {
+                if !all.contains(&name) {
+                    all.push(name);
+                }
+            }
+            all.join("+")
         }
-        formats.push(("head", name(self.lm_head.format())));
+        let layers = &self.layers;
+        let mut formats = vec![
+            ("attention_qkv", names(layers.iter().map(|l| &l.qkv))),
+            ("attention_output", names(layers.iter().map(|l| &l.output))),
+            ("mlp_gate_up", names(layers.iter().map(|l| &l.gate_up))),
+            ("mlp_down", names(layers.iter().map(|l| &l.down))),
+        ];
+        formats.retain(|(_, names)| !names.is_empty());
+        formats.push(("head", names(std::iter::once(&self.lm_head))));
         let embedding = match &self.embedding {
             Embedding::Table(_) => "f32".to_string(),
-            Embedding::TiedToHead => name(self.lm_head.format()),
-            Embedding::Packed(table) => name(table.format()),
+            Embedding::TiedToHead => names(std::iter::once(&self.lm_head)),
+            Embedding::Packed(table) => names(std::iter::once(table)),
         };
         formats.push(("embedding", embedding));
         formats

@@ -3,69 +3,77 @@
 
 use crate::error::{ModelError, Result};
 use crate::weights::QuantBlocks;
-use lantern_kernels::cpu::{PackedMatrix, QuantFormat, WeightFormat};
+use lantern_kernels::cpu::quant::{GgufPart, ROWS};
+use lantern_kernels::cpu::{PackedMatrix, WeightFormat};
 
 /// A weight as read for the CPU kernels.
 pub(super) enum Weight<'a> {
     /// Row-major `(out, in)` values.
     Dense(Vec<f32>),
-    /// GGUF blocks the integer kernels multiply as they are.
-    Blocks(QuantBlocks<'a>),
+    /// GGUF tensors stacked by rows, each in a format the integer kernels multiply as it is.
+    Blocks(Vec<QuantBlocks<'a>>),
 }
 
 impl<'a> Weight<'a> {
+    pub(super) fn blocks(blocks: QuantBlocks<'a>) -> Self {
+        Weight::Blocks(vec![blocks])
+    }
+
     pub(super) fn into_dense(self) -> Vec<f32> {
         match self {
             Weight::Dense(values) => values,
-            Weight::Blocks(blocks) => dequantize_blocks(&blocks),
+            Weight::Blocks(parts) => parts
+                .iter()
+                .flat_map(|b| b.format.dequantize_gguf(&b.data))
+                .collect(),
         }
     }
 
-    /// Rows of several matrices stacked into one: still blocks when all share a format.
-    pub(super) fn stack(parts: Vec<Weight<'a>>) -> Weight<'a> {
-        let formats: Vec<Option<QuantFormat>> = parts
-            .iter()
-            .map(|p| match p {
-                Weight::Blocks(b) => Some(b.format),
-                Weight::Dense(_) => None,
-            })
-            .collect();
-        match formats[0] {
-            Some(format) if formats.iter().all(|f| *f == Some(format)) => {
-                let mut data = Vec::new();
-                for part in parts {
-                    if let Weight::Blocks(b) = part {
-                        data.extend_from_slice(&b.data);
+    /// Rows of several `(_, k)` matrices stacked into one: still blocks when all are blocks
+    /// and, where formats change, the rows before fill whole panels of 16 (a Q4_K_M file's
+    /// Q4_K query and key over its Q6_K value); dense otherwise.
+    pub(super) fn stack(parts: Vec<Weight<'a>>, k: usize) -> Weight<'a> {
+        let mut stacked: Vec<QuantBlocks<'a>> = Vec::new();
+        for part in &parts {
+            let Weight::Blocks(blocks) = part else {
+                return Weight::Dense(parts.into_iter().flat_map(Weight::into_dense).collect());
+            };
+            for b in blocks {
+                match stacked.last_mut() {
+                    Some(last) if last.format == b.format => {
+                        last.data.to_mut().extend_from_slice(&b.data);
                     }
+                    _ => stacked.push(b.clone()),
                 }
-                Weight::Blocks(QuantBlocks {
-                    format,
-                    data: data.into(),
-                })
             }
-            _ => Weight::Dense(parts.into_iter().flat_map(Weight::into_dense).collect()),
+        }
+        let whole_panels = |b: &QuantBlocks| {
+            let row_bytes = k / b.format.gguf_block_values() * b.format.gguf_block_bytes();
+            row_bytes > 0 && (b.data.len() / row_bytes).is_multiple_of(ROWS)
+        };
+        if stacked
+            .split_last()
+            .is_some_and(|(_, before)| before.iter().all(whole_panels))
+        {
+            Weight::Blocks(stacked)
+        } else {
+            Weight::Dense(parts.into_iter().flat_map(Weight::into_dense).collect())
         }
     }
 
     pub(super) fn pack(self, n: usize, k: usize, format: WeightFormat) -> Result<PackedMatrix> {
         match self {
             Weight::Dense(values) => Ok(PackedMatrix::pack(&values, n, k, format)),
-            Weight::Blocks(b) => {
-                PackedMatrix::quantized(b.format, &b.data, n, k).map_err(ModelError::Kernels)
+            Weight::Blocks(parts) => {
+                let parts: Vec<GgufPart> = parts
+                    .iter()
+                    .map(|b| GgufPart {
+                        format: b.format,
+                        data: &b.data,
+                    })
+                    .collect();
+                PackedMatrix::quantized_parts(&parts, n, k).map_err(ModelError::Kernels)
             }
         }
     }
-}
-
-/// GGUF blocks expanded to row-major f32, for matrices whose parts mix formats.
-fn dequantize_blocks(blocks: &QuantBlocks) -> Vec<f32> {
-    let format = blocks.format;
-    blocks
-        .data
-        .chunks_exact(format.gguf_block_bytes())
-        .flat_map(|block| {
-            let (values, d, m) = format.decode_gguf_block(block);
-            values.map(|u| format.dequantize(u, d, m))
-        })
-        .collect()
 }

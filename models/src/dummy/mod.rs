@@ -28,6 +28,9 @@ pub enum DummySize {
     Tiny,
     /// SmolLM2-135M's shape (135M parameters, bf16): for benchmarks.
     Small,
+    /// A few MB with a hidden size of 256 (whole super-blocks of GGUF's K formats) and an
+    /// intermediate size of 320 (not whole): for tests of the K formats and their fallback.
+    TinyWide,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +62,16 @@ impl DummySize {
                 heads: 4,
                 kv_heads: 2,
                 head_dim: 16,
+                dtype: Dtype::F32,
+            },
+            Self::TinyWide => Shape {
+                vocab: TOKENIZER_VOCAB,
+                hidden: 256,
+                intermediate: 320,
+                layers: 2,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 64,
                 dtype: Dtype::F32,
             },
             Self::Small => Shape {
@@ -100,7 +113,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// the toggles that exercise its differences (Llama 3 rope scaling, a sliding window shorter
 /// than the test prompts, Qwen2 biases, Qwen3 q/k norm, tied or separate heads).
 fn config_json(spec: DummySpec, s: &Shape) -> Value {
-    let tiny = spec.size == DummySize::Tiny;
+    let tiny = spec.size != DummySize::Small;
     let arch = spec.architecture;
     let class = match arch {
         Architecture::Llama => "LlamaForCausalLM",
