@@ -197,20 +197,37 @@ async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
             let _ = cancel_sender.send(true);
         }
     });
-    // Every prompt is made (and its length counted by the server) before the first request;
-    // longer runs cycle through them.
-    let job_count = requests
-        .unwrap_or(DISTINCT_PROMPTS)
-        .clamp(args.warmup.max(1), DISTINCT_PROMPTS);
-    eprintln!("making {job_count} prompts");
-    let mut interrupted = cancel.clone();
-    let jobs = tokio::select! {
-        jobs = probe::build_workload(&clients[0], spec, job_count, cancel.clone()) => Arc::new(jobs?),
-        _ = interrupted.wait_for(|c| *c) => bail!("interrupted before the first level"),
+    // Every prompt is made (and its length counted by the server) before the first request.
+    // The warm-up and each level get prompts of their own: a server that caches prompts
+    // (llama.cpp's slots keep theirs) would otherwise find a later level's prompts already
+    // computed and report a time to first token that no new prompt sees. Runs longer than
+    // their share of prompts cycle through it.
+    let per_level = requests
+        .unwrap_or(DISTINCT_PROMPTS / shapes.len().max(1))
+        .clamp(1, DISTINCT_PROMPTS);
+    let prompts_for = |seed: u64, count: usize| {
+        let spec = WorkloadSpec {
+            seed,
+            ..spec.clone()
+        };
+        let mut interrupted = cancel.clone();
+        let client = &clients[0];
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                jobs = probe::build_workload(client, spec, count, cancel) => jobs.map(Arc::new),
+                _ = interrupted.wait_for(|c| *c) => bail!("interrupted before the first level"),
+            }
+        }
     };
-
+    eprintln!("making {} prompts", args.warmup + per_level * shapes.len());
+    let warmup_jobs = prompts_for(spec.seed.wrapping_sub(1), args.warmup.max(1)).await?;
+    let mut level_jobs = Vec::with_capacity(shapes.len());
+    for index in 0..shapes.len() {
+        level_jobs.push(prompts_for(spec.seed.wrapping_add(index as u64), per_level).await?);
+    }
     for client in &clients {
-        warm_up(client, &jobs, args.warmup, cancel.clone()).await?;
+        warm_up(client, &warmup_jobs, args.warmup, cancel.clone()).await?;
     }
     let slos = Slos {
         ttft_ms: args.slo_ttft_ms,
@@ -235,8 +252,14 @@ async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
                 LoadShape::RequestRate(r) => format!("{label} {r} req/s"),
             };
             let progress = progress::Progress::start(name, requests);
-            let result =
-                load::run_level(client, jobs.clone(), plan, progress, cancel.clone()).await;
+            let result = load::run_level(
+                client,
+                level_jobs[index].clone(),
+                plan,
+                progress,
+                cancel.clone(),
+            )
+            .await;
             let run = LevelRun {
                 server: label,
                 shape: *shape,
