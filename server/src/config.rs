@@ -82,6 +82,13 @@ pub struct ServeArgs {
     /// GPUs SageMaker gives the container; Lantern uses one until tensor parallelism exists.
     #[arg(long, env = "SM_NUM_GPUS")]
     pub num_gpus: Option<usize>,
+    /// Connections open at once; past it new connections get a 503 and are closed (logged).
+    #[arg(long, env = "LANTERN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a client may take to send a request's headers, and may stay silent while
+    /// sending its body; past it the connection is closed (headers) or answered 408 (body).
+    #[arg(long, env = "LANTERN_CLIENT_READ_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_read_timeout: u64,
     /// Seconds to let requests in flight finish after SIGTERM (SageMaker and ECS kill 30 s after it).
     #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
@@ -179,6 +186,8 @@ pub struct ServerConfig {
     pub default_max_new_tokens: usize,
     pub max_payload_bytes: usize,
     pub shutdown_grace_seconds: u64,
+    pub max_connections: usize,
+    pub client_read_timeout: std::time::Duration,
     pub exit_on_stdin_eof: bool,
     pub request_timeout: std::time::Duration,
     pub engine: EngineConfig,
@@ -302,6 +311,8 @@ impl ServeArgs {
             default_max_new_tokens: self.default_max_new_tokens,
             max_payload_bytes,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
+            max_connections: self.max_connections as usize,
+            client_read_timeout: std::time::Duration::from_secs(self.client_read_timeout),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
             request_timeout: std::time::Duration::from_secs(
                 self.request_timeout

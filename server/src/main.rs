@@ -4,6 +4,7 @@
 mod benchmark;
 mod cli;
 mod config;
+mod connections;
 mod default_model;
 mod http;
 mod metrics;

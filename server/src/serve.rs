@@ -3,16 +3,16 @@
 //! let requests in flight finish.
 
 use crate::config::{ServeArgs, ServerConfig};
+use crate::connections::{self, ConnectionLimits};
 use crate::http::{router, AppState, ServingModel};
 use crate::metrics::Metrics;
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use lantern_models::{load, LoadOptions, ModelError, ModelSource};
 use std::time::Duration;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+    let listener = connections::bind(&config.host, config.port)
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let address = listener.local_addr()?;
@@ -39,21 +39,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(exit_on_stdin_eof).await;
         let _ = shutdown_sender.send(true);
     });
-    let mut stopping = shutdown.clone();
-    // Streams write one small event per token: without TCP_NODELAY, Nagle's algorithm holds
-    // each event until the client's delayed ACK (~40 ms on Linux), which `lantern benchmark`
-    // showed as a 44 ms TTFT and tokens arriving in bursts.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        let _ = stopping.wait_for(|&down| down).await;
-    });
+    let limits = ConnectionLimits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: state.config.client_read_timeout,
+    };
+    let server = connections::serve(listener, router(state), limits, shutdown.clone());
     let mut deadline = shutdown;
     tokio::select! {
-        served = server => served.context("server error")?,
+        () = server => {}
         Ok(error) = &mut failure => return Err(error.context("the model could not be served")),
         () = async {
             let _ = deadline.wait_for(|&down| down).await;

@@ -30,15 +30,29 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     }
 }
 
-/// The body's bytes, or 413 when it was over the limit.
+/// The body's bytes, or 413 when it was over the limit, 408 when it stopped arriving.
 pub fn bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge { limit }
+        } else if timed_out(&rejection) {
+            ApiError::BodyTimeout
         } else {
             ApiError::validation(rejection.body_text(), "body")
         }
     })
+}
+
+/// Whether reading the body failed because tower-http's body timeout fired.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Parses JSON, naming the path of the offending field in the message.

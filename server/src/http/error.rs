@@ -18,6 +18,8 @@ pub enum ApiError {
     },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body stopped arriving: nothing was received for longer than the read timeout (--client-read-timeout)")]
+    BodyTimeout,
     #[error("unsupported content type `{0}`: send application/json (or application/jsonlines for batch transform)")]
     UnsupportedMediaType(String),
     #[error("too many requests in flight ({0}); retry later")]
@@ -49,6 +51,7 @@ impl ApiError {
         match self {
             Self::Validation { .. } => "validation",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyTimeout => "request_timeout",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Overloaded(_) => "overloaded",
             Self::NotReady => "not_ready",
@@ -63,6 +66,7 @@ impl ApiError {
             Self::Validation { .. } if flavor == Flavor::Tgi => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -50,6 +50,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             oversized::refuse_oversized_bodies,
         ))
+        // Outermost: a body that stops arriving fails its read (408) instead of holding the
+        // connection, the oversized-body drain included.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config.client_read_timeout,
+        ))
         .with_state(state)
 }
 
