@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use lantern_engine::{CacheSize, EngineConfig};
+use lantern_engine::{CacheSize, EngineConfig, FaultPolicy};
 use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
 
@@ -82,6 +82,13 @@ pub struct ServeArgs {
     /// GPUs SageMaker gives the container; Lantern uses one until tensor parallelism exists.
     #[arg(long, env = "SM_NUM_GPUS")]
     pub num_gpus: Option<usize>,
+    /// Failed engine steps in a row after which the engine turns unhealthy (`/ping` 503). A
+    /// failed step fails only the requests it carried; the engine goes on below this.
+    #[arg(long, env = "LANTERN_MAX_CONSECUTIVE_STEP_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_consecutive_step_failures: u64,
+    /// Test-only: every N-th engine step fails (alternately an error and a panic).
+    #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS", hide = true)]
+    pub inject_step_faults: Option<u64>,
     /// Connections open at once; past it new connections get a 503 and are closed (logged).
     #[arg(long, env = "LANTERN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -327,6 +334,10 @@ impl ServeArgs {
                 max_batch_prefill_tokens: self.max_batch_prefill_tokens,
                 max_num_seqs: self.max_num_seqs,
                 max_total_tokens: self.max_total_tokens,
+                faults: FaultPolicy {
+                    max_consecutive: self.max_consecutive_step_failures as usize,
+                    inject_every: self.inject_step_faults,
+                },
             },
             sagemaker_batch,
         })

@@ -241,6 +241,19 @@ impl Server {
         })
     }
 
+    /// Whether the log says `needle` within `limit` (stderr is read by a thread: a line the
+    /// server just wrote may not be here yet).
+    pub fn log_says(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.log().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }

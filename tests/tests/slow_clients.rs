@@ -139,8 +139,11 @@ fn past_the_connection_cap_new_connections_get_503_and_the_log_says_so() {
     let reply = read_until_closed(&mut over, Duration::from_secs(5)).unwrap_or_default();
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
     assert!(reply.contains("too many open connections"), "{reply:?}");
-    let log = server.log();
-    assert!(log.contains("connection limit reached"), "{log}");
+    assert!(
+        server.log_says("connection limit reached", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
 
     // Once they close, connections are accepted again.
     drop(idle);
@@ -158,7 +161,7 @@ fn past_the_connection_cap_new_connections_get_503_and_the_log_says_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        server.log().contains("accepting connections"),
+        server.log_says("accepting connections", Duration::from_secs(5)),
         "{}",
         server.log()
     );

@@ -339,10 +339,16 @@ impl CpuModel {
         layers: &[Mutex<KvBlocks>],
     ) -> Result<Tensor> {
         let logit_rows = logit_rows(steps, config, &cache.shape)?;
-        let poisoned =
-            || ModelError::Batch("an earlier step failed while holding the workspace".into());
-        let mut ws = self.workspace.lock().map_err(|_| poisoned())?;
-        let mut rotary = self.rotary.lock().map_err(|_| poisoned())?;
+        // A step that panicked (the engine catches it and fails that step's sequences) leaves
+        // these locks poisoned. What they guard stays usable: the workspace is scratch,
+        // rewritten before it is read; the rotary table only ever gains whole rows; and the
+        // KV blocks a failed step was writing belong to sequences the engine drops with it.
+        use std::sync::PoisonError;
+        let mut ws = self
+            .workspace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut rotary = self.rotary.lock().unwrap_or_else(PoisonError::into_inner);
         let ws = &mut *ws;
         let rows = steps.iter().map(|s| s.tokens.len()).sum();
         let last_position = steps
@@ -362,7 +368,7 @@ impl CpuModel {
             self.embed(config, steps, rows, ws);
             clock.lap(0);
             for (layer, blocks) in self.layers.iter().zip(layers) {
-                let mut blocks = blocks.lock().map_err(|_| poisoned())?;
+                let mut blocks = blocks.lock().unwrap_or_else(PoisonError::into_inner);
                 let step = Step {
                     config,
                     steps,

@@ -24,6 +24,27 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Prompt plus new tokens allowed for one request.
     pub max_total_tokens: usize,
+    /// What a failed step does to the engine.
+    pub faults: FaultPolicy,
+}
+
+/// A failed (or panicking) step fails the sequences it carried and the engine goes on; only
+/// `max_consecutive` failures in a row turn it unhealthy (`/ping` 503, so the platform
+/// replaces the container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPolicy {
+    pub max_consecutive: usize,
+    /// Test-only: every `n`-th model step fails, alternately with an error and a panic.
+    pub inject_every: Option<u64>,
+}
+
+impl Default for FaultPolicy {
+    fn default() -> Self {
+        Self {
+            max_consecutive: 3,
+            inject_every: None,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -35,6 +56,7 @@ impl Default for EngineConfig {
             max_batch_prefill_tokens: 512,
             max_num_seqs: 64,
             max_total_tokens: 4096,
+            faults: FaultPolicy::default(),
         }
     }
 }

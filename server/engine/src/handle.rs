@@ -102,7 +102,8 @@ pub fn start(
         Scheduler::new(scheduler_config),
         receiver,
         shared.clone(),
-    );
+    )
+    .with_fault_policy(config.faults);
     std::thread::Builder::new()
         .name("lantern-engine".into())
         .spawn(move || worker.run())

@@ -14,7 +14,7 @@ pub mod scheduler;
 pub mod stop;
 mod worker;
 
-pub use config::{CacheSize, EngineConfig, StartError};
+pub use config::{CacheSize, EngineConfig, FaultPolicy, StartError};
 pub use handle::{start, EngineHandle, EventStream, SubmitError};
 pub use request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
 pub use sampling::SamplingParams;

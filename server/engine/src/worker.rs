@@ -2,9 +2,11 @@
 //! samples, detokenizes and sends each request its events. Model steps block, so this is an OS
 //! thread; the async world talks to it through channels only.
 //!
-//! A failed or panicking step fails every request in flight with an error event, clears the
-//! scheduler and marks the engine unhealthy: nobody is left waiting.
+//! A failed or panicking step fails the requests it carried with an error event and frees
+//! their blocks; the others go on. Only several failed steps in a row (the fault policy) fail
+//! everything and mark the engine unhealthy: nobody is left waiting either way.
 
+use crate::config::FaultPolicy;
 use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
 use crate::request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
@@ -57,6 +59,12 @@ pub(crate) struct Worker {
     pub shared: Arc<Shared>,
     active: HashMap<SequenceId, Active>,
     last_batch_size: usize,
+    faults: FaultPolicy,
+    /// Sequences of the step being run, failed together if it fails.
+    in_step: Vec<SequenceId>,
+    consecutive_failures: usize,
+    /// Model steps run (for fault injection).
+    model_steps: u64,
 }
 
 /// One chosen token with what the client may want to know about it.
@@ -86,7 +94,16 @@ impl Worker {
             shared,
             active: HashMap::new(),
             last_batch_size: 0,
+            faults: FaultPolicy::default(),
+            in_step: Vec::new(),
+            consecutive_failures: 0,
+            model_steps: 0,
         }
+    }
+
+    pub fn with_fault_policy(mut self, faults: FaultPolicy) -> Self {
+        self.faults = faults;
+        self
     }
 
     pub fn run(mut self) {
@@ -97,9 +114,12 @@ impl Worker {
                 Ok(Err(error)) => Some(format!("model step failed: {error}")),
                 Err(panic) => Some(format!("engine panicked: {}", panic_message(&panic))),
             };
-            if let Some(message) = failure {
-                self.fail_everything(&message);
+            match failure {
+                Some(message) => self.step_failed(&message),
+                None if !self.in_step.is_empty() => self.consecutive_failures = 0,
+                None => {}
             }
+            self.in_step.clear();
             self.publish_stats();
         }
         tracing::info!("engine stopped: every handle was dropped");
@@ -181,7 +201,10 @@ impl Worker {
             }
         }
         self.last_batch_size = plan.steps.len();
+        self.in_step = plan.steps.iter().map(|s| s.id).collect();
         let steps: Vec<_> = plan.steps.iter().map(|s| s.step.clone()).collect();
+        self.model_steps += 1;
+        self.maybe_inject_fault()?;
         let logits = self.decoder.forward(&steps, &self.cache)?;
         self.scheduler.complete(&plan);
         let sampled: Vec<SequenceId> = sampled_ids(&plan);
@@ -341,10 +364,52 @@ impl Worker {
         let _ = active.events.send(Event::End(completion));
     }
 
+    /// Test-only faults (`FaultPolicy::inject_every`): every n-th model step fails, the first
+    /// with a panic, the second with an error, and so on.
+    fn maybe_inject_fault(&self) -> Result<(), lantern_models::ModelError> {
+        let Some(every) = self.faults.inject_every.filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        if !self.model_steps.is_multiple_of(every) {
+            return Ok(());
+        }
+        if !(self.model_steps / every).is_multiple_of(2) {
+            panic!("injected fault (panic) at model step {}", self.model_steps);
+        }
+        Err(lantern_models::ModelError::Kernels(format!(
+            "injected fault at model step {}",
+            self.model_steps
+        )))
+    }
+
+    /// A failed step: its sequences end with the error and give their blocks back; the rest
+    /// carry on, unless this is one failure too many in a row. A failure outside a model step
+    /// (planning) leaves the scheduler's state in doubt: everything fails then.
+    fn step_failed(&mut self, message: &str) {
+        self.consecutive_failures += 1;
+        if self.in_step.is_empty() || self.consecutive_failures >= self.faults.max_consecutive {
+            self.fail_everything(message);
+            return;
+        }
+        tracing::error!(
+            error = message,
+            failed_requests = self.in_step.len(),
+            consecutive_failures = self.consecutive_failures,
+            "engine step failed; its requests get the error, the engine goes on"
+        );
+        for id in std::mem::take(&mut self.in_step) {
+            self.scheduler.remove(id);
+            if let Some(active) = self.active.remove(&id) {
+                let _ = active.events.send(Event::Failed(message.to_string()));
+            }
+        }
+    }
+
     fn fail_everything(&mut self, message: &str) {
         tracing::error!(
             error = message,
             requests = self.active.len(),
+            consecutive_failures = self.consecutive_failures,
             "engine step failed; engine marked unhealthy"
         );
         self.shared.healthy.store(false, Ordering::Release);

@@ -26,6 +26,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         max_batch_prefill_tokens: prefill,
         max_num_seqs: 64,
         max_total_tokens: 512,
+        faults: Default::default(),
     }
 }
 
