@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Test-only: every N-th engine step fails (alternately an error and a panic).
     #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS", hide = true)]
     pub inject_step_faults: Option<u64>,
+    /// One CloudWatch Embedded Metric Format record per finished generation request on stdout
+    /// (SageMaker and ECS ship stdout to CloudWatch Logs, which makes them metrics).
+    #[arg(long, env = "LANTERN_CLOUDWATCH_EMF")]
+    pub cloudwatch_emf: bool,
     /// Connections open at once; past it new connections get a 503 and are closed (logged).
     #[arg(long, env = "LANTERN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
@@ -195,6 +199,7 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
     pub max_connections: usize,
     pub client_read_timeout: std::time::Duration,
+    pub cloudwatch_emf: bool,
     pub exit_on_stdin_eof: bool,
     pub request_timeout: std::time::Duration,
     pub engine: EngineConfig,
@@ -319,6 +324,7 @@ impl ServeArgs {
             max_payload_bytes,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
             max_connections: self.max_connections as usize,
+            cloudwatch_emf: self.cloudwatch_emf,
             client_read_timeout: std::time::Duration::from_secs(self.client_read_timeout),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
             request_timeout: std::time::Duration::from_secs(

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod connections;
 mod default_model;
+mod emf;
 mod http;
 mod metrics;
 mod serve;

@@ -106,6 +106,8 @@ pub struct Server {
     stdin: Option<std::process::ChildStdin>,
     pub base: String,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Everything written on stdout.
+    out: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -165,13 +167,20 @@ impl Server {
                 }
             });
         }
-        // The server announces its address on stdout ("lantern listening on http://...").
+        // The server announces its address on stdout ("lantern listening on http://..."),
+        // where EMF records go too: every line is kept.
         let (address_sender, address) = std::sync::mpsc::channel::<String>();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         if let Some(stdout) = child.stdout.take() {
+            let out = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if let Some(url) = line.strip_prefix("lantern listening on ") {
                         let _ = address_sender.send(url.to_string());
+                    }
+                    if let Ok(mut out) = out.lock() {
+                        out.push_str(&line);
+                        out.push('\n');
                     }
                 }
             });
@@ -193,6 +202,7 @@ impl Server {
             child,
             base,
             log,
+            out,
         }
     }
 
@@ -252,6 +262,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
+    }
+
+    /// What the server wrote on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.out.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {

@@ -13,6 +13,8 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past EOS tokens (benchmarks).
     pub ignore_eos: bool,
+    /// The request's tracing span: what the engine logs about the request goes in it.
+    pub span: tracing::Span,
 }
 
 impl GenerateRequest {
@@ -23,6 +25,7 @@ impl GenerateRequest {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            span: tracing::Span::none(),
         }
     }
 }

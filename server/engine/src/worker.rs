@@ -47,6 +47,8 @@ struct Active {
     submitted_at: Instant,
     scheduled_at: Option<Instant>,
     first_token_at: Option<Instant>,
+    /// The request's span (its id), for what the engine logs about it.
+    span: tracing::Span,
 }
 
 pub(crate) struct Worker {
@@ -174,6 +176,7 @@ impl Worker {
                 submitted_at,
                 scheduled_at: None,
                 first_token_at: None,
+                span: request.span,
             },
         );
     }
@@ -361,6 +364,13 @@ impl Worker {
             total_time: now - active.submitted_at,
             seed: active.sampler.seed(),
         };
+        active.span.in_scope(|| {
+            tracing::debug!(
+                finish_reason = completion.finish_reason.as_str(),
+                generated_tokens = completion.generated_tokens,
+                "engine finished the request"
+            )
+        });
         let _ = active.events.send(Event::End(completion));
     }
 
@@ -400,6 +410,9 @@ impl Worker {
         for id in std::mem::take(&mut self.in_step) {
             self.scheduler.remove(id);
             if let Some(active) = self.active.remove(&id) {
+                active
+                    .span
+                    .in_scope(|| tracing::warn!(error = message, "request failed with its step"));
                 let _ = active.events.send(Event::Failed(message.to_string()));
             }
         }

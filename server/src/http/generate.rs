@@ -235,6 +235,7 @@ pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<P
             sampling,
             stop: params.stop,
             ignore_eos: params.ignore_eos,
+            span: tracing::Span::current(),
         },
         prompt_tokens,
         model,
@@ -328,8 +329,10 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
     }
 }
 
-/// TGI's per-request timing headers, on non-streamed responses.
+/// TGI's per-request timing headers, on non-streamed responses; the completion itself goes
+/// into the response's extensions for the request log and metrics.
 pub fn timing_headers(mut response: Response, completion: &Completion) -> Response {
+    response.extensions_mut().insert(completion.clone());
     let ms = |d: Duration| (d.as_millis() as u64).to_string();
     let decode = completion.total_time.saturating_sub(completion.queue_time);
     let per_token = decode / (completion.generated_tokens.max(1) as u32);

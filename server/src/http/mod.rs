@@ -8,6 +8,7 @@ mod generate;
 mod openai;
 mod openapi;
 mod oversized;
+mod request_id;
 mod sagemaker;
 mod sse;
 pub mod state;
@@ -50,57 +51,103 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             oversized::refuse_oversized_bodies,
         ))
-        // Outermost: a body that stops arriving fails its read (408) instead of holding the
-        // connection, the oversized-body drain included.
+        // A body that stops arriving fails its read (408) instead of holding the connection,
+        // the oversized-body drain included.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             state.config.client_read_timeout,
         ))
+        // Outermost: every request, refused or not, gets its id and span.
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 
 /// Counts `lantern_requests_total{route, status}` (routes only, so unknown paths add no
-/// labels) and logs each non-streamed request once, with its timings and token counts;
-/// prompts are never logged.
+/// labels) and logs each non-streamed request once, with its timings and token counts (in the
+/// request's span, which names its id), and writes its EMF record when asked; prompts are never
+/// logged. Streams do both themselves when they end (sse.rs).
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(String::new, |p| p.as_str().to_string());
+    let context = request_id::RequestContext {
+        id: request
+            .extensions()
+            .get::<request_id::RequestId>()
+            .map_or_else(String::new, |id| id.0.clone()),
+        route: route.clone(),
+    };
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = request_id::CONTEXT
+        .scope(context.clone(), next.run(request))
+        .await;
     let status = response.status();
     state
         .metrics
         .requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
-    // Streams log themselves when they end (sse.rs), with their token counts.
     let streaming = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if route != "/ping" && route != "/metrics" && !streaming {
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
-        tracing::info!(
-            request_id = id,
-            route,
-            status = status.as_u16(),
-            seconds = started.elapsed().as_secs_f64(),
-            prompt_tokens = header("x-prompt-tokens"),
-            generated_tokens = header("x-generated-tokens"),
-            queue_ms = header("x-queue-time"),
-            "request"
+    if route == "/ping" || route == "/metrics" || streaming {
+        return response;
+    }
+    let completion = response.extensions().get::<lantern_engine::Completion>();
+    tracing::info!(
+        route,
+        status = status.as_u16(),
+        seconds = started.elapsed().as_secs_f64(),
+        prompt_tokens = completion.map(|c| c.prompt_tokens),
+        generated_tokens = completion.map(|c| c.generated_tokens),
+        queue_ms = completion.map(|c| c.queue_time.as_millis() as u64),
+        "request"
+    );
+    if generates(&route) {
+        report_emf(
+            &state,
+            &context,
+            status.as_u16(),
+            started.elapsed(),
+            completion,
         );
     }
     response
+}
+
+/// Routes that run the model: the ones CloudWatch records are about.
+fn generates(route: &str) -> bool {
+    matches!(
+        route,
+        "/" | "/generate"
+            | "/generate_stream"
+            | "/invocations"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+    )
+}
+
+/// One EMF record for a finished request, when `--cloudwatch-emf` is on.
+pub(crate) fn report_emf(
+    state: &AppState,
+    context: &request_id::RequestContext,
+    status: u16,
+    latency: std::time::Duration,
+    completion: Option<&lantern_engine::Completion>,
+) {
+    if !state.config.cloudwatch_emf {
+        return;
+    }
+    let model = state.model().map(|m| m.name.clone()).unwrap_or_default();
+    crate::emf::emit(&crate::emf::RequestRecord {
+        model: &model,
+        route: &context.route,
+        status,
+        request_id: &context.id,
+        latency,
+        completion,
+    });
 }
 
 /// TGI's liveness: 200 while the engine is healthy, 503 otherwise.

@@ -50,71 +50,88 @@ pub fn respond(
         request,
         ..
     } = prepared;
-    tokio::spawn(async move {
-        let _permit = permit;
-        let send_all = |batch: Vec<SseEvent>| {
-            let sender = sender.clone();
-            async move {
-                for event in batch {
-                    if sender.send(Ok(event)).await.is_err() {
-                        return false;
-                    }
-                }
-                true
-            }
-        };
-        if !send_all(format.start()).await {
-            return;
+    // In the request's span: the stream's own log lines name the request.
+    let span = tracing::Span::current();
+    let context = super::request_id::current();
+    let emf_state = state.clone();
+    let report = move |completion: Option<&Completion>| {
+        if let Some(context) = &context {
+            super::report_emf(&emf_state, context, 200, started.elapsed(), completion);
         }
-        let mut generated = 0;
-        let shutting_down = async {
-            let _ = shutdown.wait_for(|&down| down).await;
-            tokio::time::sleep(cut_after_shutdown).await;
-        };
-        tokio::pin!(shutting_down);
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                () = tokio::time::sleep_until(deadline) => {
-                    let completion = cut_by_deadline(prompt_tokens.len(), generated, started, request.sampling.seed);
-                    metrics.observe(&completion);
-                    let _ = send_all(format.end(&completion)).await;
-                    return;
-                }
-                () = &mut shutting_down => {
-                    let _ = send_all(format.error("the server is shutting down")).await;
-                    return;
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let _permit = permit;
+            let send_all = |batch: Vec<SseEvent>| {
+                let sender = sender.clone();
+                async move {
+                    for event in batch {
+                        if sender.send(Ok(event)).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
                 }
             };
-            let Some(event) = event else { return };
-            let (batch, last) = match event {
-                Event::Token(token) => {
-                    generated += 1;
-                    (format.token(&token), false)
-                }
-                Event::End(completion) => {
-                    metrics.observe(&completion);
-                    tracing::info!(
-                        prompt_tokens = completion.prompt_tokens,
-                        generated_tokens = completion.generated_tokens,
-                        finish_reason = completion.finish_reason.as_str(),
-                        queue_ms = completion.queue_time.as_millis() as u64,
-                        time_to_first_token_ms = completion.time_to_first_token.as_millis() as u64,
-                        seconds = completion.total_time.as_secs_f64(),
-                        "stream finished"
-                    );
-                    (format.end(&completion), true)
-                }
-                Event::Failed(message) => {
-                    tracing::warn!(error = message, "stream failed");
-                    (format.error(&message), true)
-                }
-            };
-            if !send_all(batch).await || last {
+            if !send_all(format.start()).await {
                 return;
             }
-        }
-    });
+            let mut generated = 0;
+            let shutting_down = async {
+                let _ = shutdown.wait_for(|&down| down).await;
+                tokio::time::sleep(cut_after_shutdown).await;
+            };
+            tokio::pin!(shutting_down);
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    () = tokio::time::sleep_until(deadline) => {
+                        let completion = cut_by_deadline(prompt_tokens.len(), generated, started, request.sampling.seed);
+                        metrics.observe(&completion);
+                        report(Some(&completion));
+                        let _ = send_all(format.end(&completion)).await;
+                        return;
+                    }
+                    () = &mut shutting_down => {
+                        report(None);
+                        let _ = send_all(format.error("the server is shutting down")).await;
+                        return;
+                    }
+                };
+                let Some(event) = event else { return };
+                let (batch, last) = match event {
+                    Event::Token(token) => {
+                        generated += 1;
+                        (format.token(&token), false)
+                    }
+                    Event::End(completion) => {
+                        metrics.observe(&completion);
+                        report(Some(&completion));
+                        tracing::info!(
+                            prompt_tokens = completion.prompt_tokens,
+                            generated_tokens = completion.generated_tokens,
+                            finish_reason = completion.finish_reason.as_str(),
+                            queue_ms = completion.queue_time.as_millis() as u64,
+                            time_to_first_token_ms =
+                                completion.time_to_first_token.as_millis() as u64,
+                            seconds = completion.total_time.as_secs_f64(),
+                            "stream finished"
+                        );
+                        (format.end(&completion), true)
+                    }
+                    Event::Failed(message) => {
+                        tracing::warn!(error = message, "stream failed");
+                        report(None);
+                        (format.error(&message), true)
+                    }
+                };
+                if !send_all(batch).await || last {
+                    return;
+                }
+            }
+        },
+        span,
+    ));
     Sse::new(ReceiverStream::new(receiver))
         .keep_alive(KeepAlive::default())
         .into_response()
