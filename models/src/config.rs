@@ -127,22 +127,45 @@ impl DecoderConfig {
         if self.sliding_window.len() != self.num_layers {
             return bad("one sliding-window entry per layer is required".into());
         }
+        if self.checked_parameters().is_none() {
+            return bad(format!(
+                "the sizes multiply past what this machine can address (hidden_size {}, intermediate_size {}, vocab_size {}, {} layers of {} heads x {})",
+                self.hidden_size,
+                self.intermediate_size,
+                self.vocab_size,
+                self.num_layers,
+                self.num_heads,
+                self.head_dim
+            ));
+        }
         Ok(())
     }
 
     /// Number of parameters, counting tied embeddings once.
     pub fn num_parameters(&self) -> usize {
-        let q = self.num_heads * self.head_dim;
-        let kv = self.num_kv_heads * self.head_dim;
-        let attention = self.hidden_size * (q + 2 * kv) + q * self.hidden_size;
-        let mlp = 3 * self.hidden_size * self.intermediate_size;
-        let embeddings = self.vocab_size * self.hidden_size;
+        self.checked_parameters().unwrap_or(usize::MAX)
+    }
+
+    /// The parameter count, `None` where the sizes overflow (a malformed file's).
+    fn checked_parameters(&self) -> Option<usize> {
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let q = mul(self.num_heads, self.head_dim)?;
+        let kv = mul(self.num_kv_heads, self.head_dim)?;
+        let qkv_out = q.checked_add(mul(2, kv)?)?;
+        let attention = mul(self.hidden_size, qkv_out)?.checked_add(mul(q, self.hidden_size)?)?;
+        let mlp = mul(mul(3, self.hidden_size)?, self.intermediate_size)?;
+        let embeddings = mul(self.vocab_size, self.hidden_size)?;
         let head = if self.tie_word_embeddings {
             0
         } else {
             embeddings
         };
-        self.num_layers * (attention + mlp + 2 * self.hidden_size) + embeddings + head
+        let per_layer = attention
+            .checked_add(mlp)?
+            .checked_add(mul(2, self.hidden_size)?)?;
+        mul(self.num_layers, per_layer)?
+            .checked_add(embeddings)?
+            .checked_add(head)
     }
 }
 

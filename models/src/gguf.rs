@@ -132,15 +132,22 @@ pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
     let hidden_size = meta.usize(&key("embedding_length"))?;
     let num_heads = meta.usize(&key("attention.head_count"))?;
     let num_layers = meta.usize(&key("block_count"))?;
-    let vocab_size = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .map(|info| info.shape.dims()[0])
-        .ok_or_else(|| ModelError::Tensor {
-            name: "token_embd.weight".into(),
-            file: path.to_path_buf(),
-            message: "missing".into(),
-        })?;
+    let embedding_error = |message: String| ModelError::Tensor {
+        name: "token_embd.weight".into(),
+        file: path.to_path_buf(),
+        message,
+    };
+    let vocab_size = match content.tensor_infos.get("token_embd.weight") {
+        None => return Err(embedding_error("missing".into())),
+        Some(info) => match info.shape.dims() {
+            &[vocab, hidden] if hidden == hidden_size && vocab > 0 => vocab,
+            dims => {
+                return Err(embedding_error(format!(
+                    "shape {dims:?}, expected (vocab_size, {hidden_size})"
+                )))
+            }
+        },
+    };
     if content.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(ModelError::file(
             path,

@@ -215,3 +215,67 @@ fn transformers5_config_shape_loads() -> TestResult {
     assert!(config.sliding_window.iter().all(Option::is_none));
     Ok(())
 }
+
+#[test]
+fn sizes_that_overflow_are_refused_by_name() -> TestResult {
+    let dir = dummy_dir(Architecture::Llama)?;
+    edit_config(dir.path(), |c| {
+        c["hidden_size"] = (u64::MAX / 4).into();
+        c["intermediate_size"] = (u64::MAX / 4).into();
+    })?;
+    let message = load_error(dir.path());
+    assert!(message.contains("multiply past"), "{message}");
+    Ok(())
+}
+
+/// A GGUF file whose embedding table has no dimension or one (malformed, or another model's)
+/// is refused with the tensor and its shape named, not a panic.
+#[test]
+fn a_gguf_embedding_of_the_wrong_rank_is_refused_by_name() -> TestResult {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let dir = tempfile::tempdir()?;
+    let architecture = gguf_file::Value::String("llama".into());
+    let hidden = gguf_file::Value::U32(8);
+    let heads = gguf_file::Value::U32(2);
+    let layers = gguf_file::Value::U32(1);
+    let metadata = [
+        ("general.architecture", &architecture),
+        ("llama.embedding_length", &hidden),
+        ("llama.attention.head_count", &heads),
+        ("llama.block_count", &layers),
+    ];
+    let one_dim = dir.path().join("rank1.gguf");
+    let table = QTensor::quantize(
+        &Tensor::zeros(64, candle_core::DType::F32, &Device::Cpu)?,
+        GgmlDType::F32,
+    )?;
+    let mut file = std::fs::File::create(&one_dim)?;
+    gguf_file::write(&mut file, &metadata, &[("token_embd.weight", &table)])?;
+    drop(file);
+    // candle writes no 0-d tensor: the same file with the dimension cut out of the tensor
+    // info (n_dims 0; 8 bytes of padding keep the data where it was).
+    let bytes = std::fs::read(&one_dim)?;
+    let name = b"token_embd.weight";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .ok_or("no tensor name in the file")?
+        + name.len();
+    let (n_dims, dim, rest) = (at, at + 4, at + 12);
+    let mut no_dim = bytes[..n_dims].to_vec();
+    no_dim.extend_from_slice(&0u32.to_le_bytes());
+    no_dim.extend_from_slice(&bytes[rest..rest + 12]); // type and offset
+    no_dim.extend_from_slice(&[0; 8]);
+    no_dim.extend_from_slice(&bytes[rest + 12..]);
+    assert_eq!(&bytes[n_dims..dim], &1u32.to_le_bytes());
+    let zero_dim = dir.path().join("rank0.gguf");
+    std::fs::write(&zero_dim, no_dim)?;
+    for (path, named) in [(zero_dim, "[]"), (one_dim, "[64]")] {
+        let message = load_error(&path);
+        assert!(
+            message.contains("token_embd.weight") && message.contains(named),
+            "{message}"
+        );
+    }
+    Ok(())
+}

@@ -55,7 +55,8 @@ pub struct EngineHandle {
     commands: Sender<Command>,
     shared: Arc<Shared>,
     next_id: Arc<AtomicU64>,
-    limits: Arc<Scheduler>,
+    /// The limits requests are checked against before they queue.
+    limits: SchedulerConfig,
     vocab_size: usize,
 }
 
@@ -113,7 +114,7 @@ pub fn start(
         commands,
         shared,
         next_id: Arc::new(AtomicU64::new(0)),
-        limits: Arc::new(Scheduler::new(scheduler_config)),
+        limits: scheduler_config,
         vocab_size,
     })
 }
@@ -211,6 +212,6 @@ impl EngineHandle {
     }
 
     pub fn limits(&self) -> &SchedulerConfig {
-        self.limits.config()
+        &self.limits
     }
 }

@@ -34,12 +34,41 @@ pub struct SchedulerConfig {
     pub max_total_tokens: usize,
 }
 
+impl SchedulerConfig {
+    /// Checks a request against the limits it can never exceed (counts from clients: no
+    /// arithmetic here can overflow).
+    pub fn check(&self, prompt: usize, max_new_tokens: usize) -> Result<(), Refusal> {
+        if prompt == 0 {
+            return Err(Refusal::EmptyPrompt);
+        }
+        let total = prompt
+            .checked_add(max_new_tokens)
+            .filter(|&total| total <= self.max_total_tokens)
+            .ok_or(Refusal::OverTotalTokens {
+                prompt,
+                max_new_tokens,
+                limit: self.max_total_tokens,
+            })?;
+        let needed = total.div_ceil(self.block_size.max(1));
+        if needed > self.num_blocks {
+            return Err(Refusal::OverCache {
+                prompt,
+                max_new_tokens,
+                needed,
+                total: self.num_blocks,
+                block_size: self.block_size,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Why [`Scheduler::add`] refused a request: it could never run, so it must not wait.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("the prompt is empty")]
     EmptyPrompt,
-    #[error("prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) = {} exceeds max_total_tokens ({limit})", prompt + max_new_tokens)]
+    #[error("prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) = {} exceeds max_total_tokens ({limit})", prompt.saturating_add(*max_new_tokens))]
     OverTotalTokens {
         prompt: usize,
         max_new_tokens: usize,
@@ -109,29 +138,9 @@ impl Scheduler {
         tokens.div_ceil(self.config.block_size)
     }
 
-    /// Checks a request against the limits it can never exceed.
+    /// See [`SchedulerConfig::check`].
     pub fn check(&self, prompt: usize, max_new_tokens: usize) -> Result<(), Refusal> {
-        if prompt == 0 {
-            return Err(Refusal::EmptyPrompt);
-        }
-        if prompt + max_new_tokens > self.config.max_total_tokens {
-            return Err(Refusal::OverTotalTokens {
-                prompt,
-                max_new_tokens,
-                limit: self.config.max_total_tokens,
-            });
-        }
-        let needed = self.blocks_for(prompt + max_new_tokens);
-        if needed > self.config.num_blocks {
-            return Err(Refusal::OverCache {
-                prompt,
-                max_new_tokens,
-                needed,
-                total: self.config.num_blocks,
-                block_size: self.config.block_size,
-            });
-        }
-        Ok(())
+        self.config.check(prompt, max_new_tokens)
     }
 
     /// Queues a request. Waiting requests are admitted in `id` order.
@@ -492,6 +501,23 @@ mod tests {
             s.complete(&plan);
             s.push_token(0, 5);
         }
+    }
+
+    #[test]
+    fn counts_that_would_overflow_are_refused_not_wrapped() {
+        let limits = config(40);
+        let refusal = limits.check(usize::MAX, usize::MAX);
+        assert!(
+            matches!(refusal, Err(Refusal::OverTotalTokens { .. })),
+            "{refusal:?}"
+        );
+        assert!(matches!(
+            limits.check(3, usize::MAX),
+            Err(Refusal::OverTotalTokens { .. })
+        ));
+        // The message adds them without overflowing either.
+        let message = refusal.map_err(|r| r.to_string()).err().unwrap_or_default();
+        assert!(message.contains(&usize::MAX.to_string()), "{message}");
     }
 
     #[test]
