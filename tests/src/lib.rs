@@ -26,6 +26,15 @@ pub fn lantern_binary() -> PathBuf {
     binary
 }
 
+/// Says `SKIPPED: <reason>` on stderr, for a test that cannot get its data or tools here;
+/// where `LANTERN_REQUIRE_TEST_DATA=1` (CI sets it) a skip is a failure instead.
+pub fn skip(reason: &str) {
+    if std::env::var("LANTERN_REQUIRE_TEST_DATA").is_ok_and(|v| v == "1") {
+        panic!("{reason}; LANTERN_REQUIRE_TEST_DATA=1 allows no skip");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// The Python of the venv `.ci/run` makes (`target/ci-venv`), when it can import `module`;
 /// otherwise `None`, after saying SKIPPED on stderr (CI always has it).
 pub fn ci_python_with(module: &str) -> Option<PathBuf> {
@@ -37,10 +46,10 @@ pub fn ci_python_with(module: &str) -> Option<PathBuf> {
     if importable {
         Some(python)
     } else {
-        eprintln!(
-            "SKIPPED: no {module} in {} (.ci/run installs it)",
+        skip(&format!(
+            "no {module} in {} (.ci/run installs it)",
             python.display()
-        );
+        ));
         None
     }
 }

@@ -1,7 +1,7 @@
 //! The real binary serving the tiny dummy model on 127.0.0.1: every API's happy path, its
 //! streaming shape, and the errors clients get for their mistakes.
 
-use lantern_tests::{dummy_model, free_port, json, sse_data, Server};
+use lantern_tests::{dummy_model, json, sse_data, Server};
 use serde_json::{json, Value};
 use std::sync::OnceLock;
 
@@ -26,7 +26,7 @@ fn server() -> &'static Server {
                     "400",
                 ],
                 &[],
-                free_port(),
+                0,
             );
             (dir, server)
         })

