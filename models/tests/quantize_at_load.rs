@@ -21,13 +21,23 @@ use lantern_models::{
 /// Which GGUF type a matrix is quantized to, from its name and input size (`None`: dense).
 type Pick = fn(&str, usize) -> Option<GgmlDType>;
 
-/// The checkpoint's matrices as candle `QMatMul`s on blocks picked by `pick`: the reference.
-struct CandleQuantized<'a> {
-    inner: &'a SafetensorsWeights,
-    pick: Pick,
+/// Which side a [`Picked`] source feeds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// candle's `QMatMul`s on the portable path: the reference.
+    Candle,
+    /// GGUF blocks for the CPU integer kernels, as a file holding them would give them.
+    Ours,
 }
 
-impl WeightSource for CandleQuantized<'_> {
+/// The checkpoint's matrices quantized to the blocks `pick` chooses, for one side.
+struct Picked<'a> {
+    inner: &'a SafetensorsWeights,
+    pick: Pick,
+    side: Side,
+}
+
+impl WeightSource for Picked<'_> {
     fn naming(&self) -> Naming {
         self.inner.naming()
     }
@@ -42,50 +52,17 @@ impl WeightSource for CandleQuantized<'_> {
         out_in: (usize, usize),
         bias: bool,
     ) -> lantern_models::Result<Linear> {
-        let Linear::Dense { weight, bias } = self.inner.linear(name, out_in, bias)? else {
-            return Err(lantern_models::ModelError::Kernels("dense expected".into()));
-        };
-        let Some(dtype) = (self.pick)(name, out_in.1) else {
-            return Ok(Linear::Dense { weight, bias });
+        let linear = self.inner.linear(name, out_in, bias)?;
+        let (Side::Candle, Some(dtype), Linear::Dense { weight, bias }) =
+            (self.side, (self.pick)(name, out_in.1), &linear)
+        else {
+            return Ok(linear);
         };
         let blocks = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
         Ok(Linear::Quantized {
             weight: QMatMul::from_qtensor(blocks)?,
-            bias,
+            bias: bias.clone(),
         })
-    }
-
-    fn quantized_blocks(
-        &self,
-        _: &str,
-        _: (usize, usize),
-    ) -> lantern_models::Result<Option<QuantBlocks<'_>>> {
-        Ok(None)
-    }
-}
-
-/// The same blocks for the CPU integer kernels, as a GGUF file holding them would give them.
-struct OursQuantized<'a> {
-    inner: &'a SafetensorsWeights,
-    pick: Pick,
-}
-
-impl WeightSource for OursQuantized<'_> {
-    fn naming(&self) -> Naming {
-        self.inner.naming()
-    }
-
-    fn dense(&self, name: &str, shape: &[usize]) -> lantern_models::Result<Tensor> {
-        self.inner.dense(name, shape)
-    }
-
-    fn linear(
-        &self,
-        name: &str,
-        out_in: (usize, usize),
-        bias: bool,
-    ) -> lantern_models::Result<Linear> {
-        self.inner.linear(name, out_in, bias)
     }
 
     fn quantized_blocks(
@@ -93,7 +70,7 @@ impl WeightSource for OursQuantized<'_> {
         name: &str,
         (out, inp): (usize, usize),
     ) -> lantern_models::Result<Option<QuantBlocks<'_>>> {
-        let Some(dtype) = (self.pick)(name, inp) else {
+        let (Side::Ours, Some(dtype)) = (self.side, (self.pick)(name, inp)) else {
             return Ok(None);
         };
         let format = QuantFormat::from_ggml(dtype)
@@ -167,9 +144,10 @@ impl Checkpoint {
 
     /// candle's portable decoder over `QMatMul`s of the blocks `pick` chooses.
     fn candle_reference(&self, pick: Pick) -> TestResult<Decoder> {
-        let weights = CandleQuantized {
+        let weights = Picked {
             inner: &self.weights,
             pick,
+            side: Side::Candle,
         };
         Ok(Decoder::load(
             self.config.clone(),
@@ -300,9 +278,10 @@ fn q4_k_m_mix_stacks_query_key_and_value_of_different_formats() -> TestResult {
     let checkpoint = Checkpoint::new(DummySize::TinyWide)?;
     let ours = Decoder::load(
         checkpoint.config.clone(),
-        &OursQuantized {
+        &Picked {
             inner: &checkpoint.weights,
             pick: q4_k_m_mix,
+            side: Side::Ours,
         },
         DType::F32,
         &Device::Cpu,

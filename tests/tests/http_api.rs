@@ -190,6 +190,21 @@ fn bedrock_messages_through_invocations() {
         .collect();
     assert_eq!(names.first(), Some(&"message_start"));
     assert_eq!(names.last(), Some(&"message_stop"));
+
+    // Errors come back in Anthropic's shape too, as its SDKs parse them.
+    let mut invalid = request.clone();
+    invalid["max_tokens"] = json!("many");
+    let (status, error) = server().post("/invocations", &invalid);
+    assert_eq!(status, 400, "{error}");
+    let error = json(&error);
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_tokens")),
+        "{error}"
+    );
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub enum ApiError {
 pub enum Flavor {
     Tgi,
     OpenAi,
+    /// Bedrock's Anthropic Messages: `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
 }
 
 impl ApiError {
@@ -78,6 +80,18 @@ impl ApiError {
         let status = self.status(flavor);
         let body = match flavor {
             Flavor::Tgi => json!({"error": self.to_string(), "error_type": self.error_type()}),
+            Flavor::Anthropic => {
+                let kind = match &self {
+                    Self::PayloadTooLarge { .. } => "request_too_large",
+                    Self::Overloaded(_) => "rate_limit_error",
+                    Self::NotReady | Self::Unavailable(_) => "overloaded_error",
+                    Self::Generation(_) => "api_error",
+                    Self::Validation { .. } | Self::BodyTimeout | Self::UnsupportedMediaType(_) => {
+                        "invalid_request_error"
+                    }
+                };
+                json!({"type": "error", "error": {"type": kind, "message": self.to_string()}})
+            }
             Flavor::OpenAi => {
                 let param = match &self {
                     Self::Validation { param, .. } => param.clone(),

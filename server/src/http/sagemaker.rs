@@ -68,7 +68,8 @@ async fn invoke_one(state: &AppState, raw: &[u8]) -> Response {
     .await;
     let flavor = match schema {
         Schema::OpenAiChat | Schema::OpenAiCompletion => Flavor::OpenAi,
-        Schema::Tgi | Schema::Bedrock => Flavor::Tgi,
+        Schema::Bedrock => Flavor::Anthropic,
+        Schema::Tgi => Flavor::Tgi,
     };
     outcome.unwrap_or_else(|e| e.into_response_as(flavor))
 }
