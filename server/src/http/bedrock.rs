@@ -19,11 +19,20 @@ use serde_json::{json, Value};
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct MessagesRequest {
     pub anthropic_version: String,
+    #[schemars(length(min = 1))]
     pub messages: Vec<super::openai::Message>,
     pub system: Option<Content>,
+    #[schemars(range(min = 1))]
+    #[serde(deserialize_with = "super::body::whole")]
     pub max_tokens: usize,
+    #[schemars(range(min = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub temperature: Option<f32>,
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub top_p: Option<f32>,
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
     #[serde(default)]
     pub stop_sequences: Vec<String>,
@@ -49,6 +58,12 @@ fn stop_reason(c: &Completion, stops: &[String]) -> (&'static str, Value) {
 pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
     tracing::debug!(anthropic_version = %request.anthropic_version, "bedrock messages request");
     let model = state.model()?;
+    if request.messages.is_empty() {
+        return Err(ApiError::validation(
+            "`messages` must not be empty",
+            "messages",
+        ));
+    }
     let mut messages = Vec::new();
     if let Some(system) = &request.system {
         messages.push(ChatMessage::new("system", &system.text()?));

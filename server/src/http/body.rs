@@ -55,6 +55,63 @@ fn timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
+/// For `#[serde(default, deserialize_with = "narrow_f32")]` on sampling floats: the JSON number
+/// read as f64, then narrowed to f32 without crossing zero or overflowing, so that a value the
+/// schema allows (a `top_p` of 1e-300, a `temperature` of 1e300) is not turned into one the
+/// validation refuses (0, infinity) by the narrowing alone.
+pub fn narrow_f32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.map(narrow))
+}
+
+/// For `#[serde(default, deserialize_with = "whole_opt")]` on counts: JSON Schema's `integer`
+/// includes numbers written `2.0` (JavaScript clients send them), which serde's integers
+/// refuse; a fraction or a negative number is still an error.
+pub fn whole_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::Deserialize;
+    Option::<serde_json::Number>::deserialize(d)?
+        .map(|n| whole_number(&n).ok_or(n))
+        .map(|n| {
+            n.map_err(|n| {
+                serde::de::Error::custom(format!("expected a whole number >= 0, got {n}"))
+            })
+            .and_then(|v| {
+                T::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is too large")))
+            })
+        })
+        .transpose()
+}
+
+/// [`whole_opt`] for a required count.
+pub fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    whole_opt(d)?.ok_or_else(|| serde::de::Error::custom("expected a whole number >= 0, got null"))
+}
+
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
+}
+
+fn narrow(value: f64) -> f32 {
+    let narrowed = (value as f32).clamp(-f32::MAX, f32::MAX);
+    if narrowed == 0.0 && value != 0.0 {
+        f32::MIN_POSITIVE.copysign(value as f32)
+    } else {
+        narrowed
+    }
+}
+
 /// Parses JSON, naming the path of the offending field in the message.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -76,4 +133,37 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             param: Some(param),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::narrow;
+
+    #[test]
+    fn counts_may_be_written_as_whole_floats_only() {
+        use serde_json::json;
+        #[derive(serde::Deserialize)]
+        struct Counts {
+            #[serde(default, deserialize_with = "super::whole_opt")]
+            n: Option<usize>,
+        }
+        let n =
+            |v: serde_json::Value| serde_json::from_value::<Counts>(json!({"n": v})).map(|c| c.n);
+        assert_eq!(n(json!(3)).ok(), Some(Some(3)));
+        assert_eq!(n(json!(3.0)).ok(), Some(Some(3)));
+        assert_eq!(n(json!(null)).ok(), Some(None));
+        assert!(n(json!(2.5)).is_err());
+        assert!(n(json!(-1)).is_err());
+        assert!(n(json!("3")).is_err());
+    }
+
+    #[test]
+    fn narrowing_keeps_the_side_of_zero_and_stays_finite() {
+        assert_eq!(narrow(0.5), 0.5);
+        assert_eq!(narrow(0.0), 0.0);
+        assert_eq!(narrow(5e-324), f32::MIN_POSITIVE);
+        assert_eq!(narrow(-5e-324), -f32::MIN_POSITIVE);
+        assert_eq!(narrow(1e300), f32::MAX);
+        assert_eq!(narrow(-1e300), -f32::MAX);
+    }
 }

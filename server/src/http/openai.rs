@@ -37,7 +37,9 @@ pub enum Content {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ContentPart {
+    /// Only text parts are read (images and audio are refused).
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["text"]))]
     pub kind: String,
     #[serde(default)]
     pub text: String,
@@ -78,20 +80,42 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Common {
     pub model: Option<String>,
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_tokens: Option<usize>,
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_completion_tokens: Option<usize>,
+    #[schemars(range(min = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub temperature: Option<f32>,
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub top_p: Option<f32>,
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
+    #[schemars(range(min = 0.0, max = 1.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub min_p: Option<f32>,
+    /// Only 1: one choice per request.
+    #[schemars(range(min = 1, max = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub n: Option<usize>,
     pub stop: Option<Stop>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub seed: Option<u64>,
+    #[schemars(range(min = -2.0, max = 2.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub frequency_penalty: Option<f32>,
+    #[schemars(range(min = -2.0, max = 2.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub presence_penalty: Option<f32>,
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
     pub ignore_eos: bool,
@@ -99,9 +123,12 @@ pub struct Common {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ChatRequest {
+    #[schemars(length(min = 1))]
     pub messages: Vec<Message>,
     #[serde(default)]
     pub logprobs: bool,
+    #[schemars(range(max = 5))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_logprobs: Option<usize>,
     #[serde(flatten)]
     pub common: Common,
@@ -110,14 +137,17 @@ pub struct ChatRequest {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PromptField {
-    One(String),
-    Many(Vec<String>),
+    One(#[schemars(length(min = 1))] String),
+    /// One prompt per request: a list of exactly one.
+    Many(#[schemars(length(min = 1, max = 1), inner(length(min = 1)))] Vec<String>),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct CompletionRequest {
     pub prompt: PromptField,
     /// Number of alternatives to report per token (legacy completions API).
+    #[schemars(range(max = 5))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub logprobs: Option<usize>,
     #[serde(flatten)]
     pub common: Common,
@@ -152,6 +182,17 @@ impl Common {
                 "`n` other than 1 is not supported: send several requests",
                 "n",
             ));
+        }
+        for (name, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(ApiError::validation(
+                    format!("`{name}` must be at least 1"),
+                    name,
+                ));
+            }
         }
         Ok(Params {
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -237,11 +278,14 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         "this model has no chat template: use /v1/completions",
     )
     .await?;
-    let top_n = if request.logprobs {
-        request.top_logprobs.unwrap_or(0)
-    } else {
-        0
-    };
+    let top_logprobs = request.top_logprobs.unwrap_or(0);
+    if top_logprobs > 5 {
+        return Err(ApiError::validation(
+            format!("`top_logprobs` must be at most 5, got {top_logprobs}"),
+            "top_logprobs",
+        ));
+    }
+    let top_n = if request.logprobs { top_logprobs } else { 0 };
     let mut params = request
         .common
         .to_params(model.generation.temperature, top_n)?;

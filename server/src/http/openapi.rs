@@ -12,10 +12,13 @@ use serde_json::{json, Map, Value};
 fn routes(
     schema: &mut impl FnMut(&str) -> Value,
 ) -> Vec<(&'static str, &'static str, &'static str, Option<Value>)> {
+    // anyOf, not oneOf: a Bedrock body is also a valid chat body; the server tells them
+    // apart by their fields (`inputs`, `anthropic_version` + `messages`, `messages`, `prompt`).
     let invocations =
-        json!({"oneOf": [schema("tgi"), schema("chat"), schema("completion"), schema("messages")]});
+        json!({"anyOf": [schema("tgi"), schema("chat"), schema("completion"), schema("messages")]});
     vec![
         ("/ping", "get", "SageMaker health check: 200 once the model serves, else 503", None),
+        ("/ping", "post", "The health check, as some load balancers send it", None),
         ("/invocations", "post", "SageMaker inference: TGI, OpenAI chat, OpenAI completion or Bedrock Messages body; application/jsonlines for Batch Transform", Some(invocations)),
         ("/execution-parameters", "get", "SageMaker Batch Transform parameters", None),
         ("/", "post", "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(schema("tgi"))),
@@ -33,7 +36,12 @@ fn routes(
 }
 
 pub fn document() -> Value {
-    let mut generator = SchemaSettings::openapi3().into_generator();
+    // OpenAPI 3.1 schemas are JSON Schema 2020-12: numeric `exclusiveMinimum` (a `top_p` in
+    // (0, 1]), `null` as a type.
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
     let schemas = [
         ("tgi", generator.subschema_for::<TgiRequest>()),
         ("tokenize", generator.subschema_for::<TokenizeRequest>()),
@@ -61,10 +69,11 @@ pub fn document() -> Value {
             operation["requestBody"] =
                 json!({"required": true, "content": {"application/json": {"schema": body}}});
         }
-        paths.insert(path.to_string(), json!({ method: operation }));
+        let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        item[method] = operation;
     }
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Lantern", "version": env!("CARGO_PKG_VERSION"), "description": "LLM inference server: SageMaker, TGI, OpenAI and Bedrock APIs"},
         "paths": paths,
         "components": {"schemas": generator.take_definitions(true)},

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct TgiRequest {
+    #[schemars(length(min = 1))]
     pub inputs: String,
     #[serde(default)]
     pub parameters: TgiParameters,
@@ -31,14 +32,29 @@ pub struct TgiRequest {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct TgiParameters {
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_new_tokens: Option<usize>,
+    #[schemars(range(min = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub temperature: Option<f32>,
     pub do_sample: Option<bool>,
+    #[schemars(range(min = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub top_p: Option<f32>,
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub typical_p: Option<f32>,
+    #[schemars(extend("exclusiveMinimum" = 0.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub repetition_penalty: Option<f32>,
+    #[schemars(range(min = -2.0, max = 2.0))]
+    #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub frequency_penalty: Option<f32>,
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub seed: Option<u64>,
     #[serde(default)]
     pub stop: Vec<String>,
@@ -46,11 +62,16 @@ pub struct TgiParameters {
     pub details: bool,
     #[serde(default)]
     pub decoder_input_details: bool,
+    #[schemars(range(max = 5))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_n_tokens: Option<usize>,
     pub return_full_text: Option<bool>,
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub truncate: Option<usize>,
     #[serde(default)]
     pub ignore_eos: bool,
+    #[schemars(range(max = 1))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub best_of: Option<usize>,
 }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# schemathesis (every check) against the real binary on a tiny dummy model; fails on any
+# failure. Usage: tests/schemathesis/run.sh PYTHON_VENV_BIN [LANTERN_BINARY]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENV_BIN=$1
+LANTERN=${2:-target/debug/lantern}
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+"$LANTERN" dummy-model --arch llama --out "$work/model" >/dev/null
+# Short generations: every generated request stays fast.
+"$LANTERN" serve --model-id "$work/model" --host 127.0.0.1 --port 0 --kv-cache-memory 32Mi \
+    --max-total-tokens 64 >"$work/stdout" 2>"$work/stderr" &
+server=$!
+for _ in $(seq 1 300); do
+    base=$(sed -n 's/^lantern listening on //p' "$work/stdout")
+    if [ -n "$base" ] && curl -sf -o /dev/null "$base/ping"; then break; fi
+    sleep 0.2
+done
+"$VENV_BIN/schemathesis" --config-file tests/schemathesis/schemathesis.toml run \
+    "$base/openapi.json" --checks all --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" \
+    --seed 1 --no-color
