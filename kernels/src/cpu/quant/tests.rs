@@ -69,6 +69,18 @@ fn k_of(format: QuantFormat, blocks: usize) -> usize {
     (blocks * BLOCK).next_multiple_of(format.gguf_block_values())
 }
 
+/// Every ISA's product of `rows` rows of `x` with `w` is bitwise `expected`.
+fn assert_every_isa_gives(expected: &[f32], x: &[f32], rows: usize, w: &PackedMatrix) {
+    for kernels in every_isa() {
+        assert_eq!(
+            product(kernels, x, rows, w),
+            expected,
+            "{}",
+            kernels.isa().name()
+        );
+    }
+}
+
 fn dequantize_candle(format: QuantFormat, data: &[u8], n: usize, k: usize) -> Vec<f32> {
     let dequantized = QStorage::from_data(
         std::borrow::Cow::Borrowed(data),
@@ -279,14 +291,7 @@ fn q6_k_extremes_stay_exact() {
             assert_eq!(f64::from(*got), exact, "row {r} col {c}");
         }
     }
-    for kernels in every_isa() {
-        assert_eq!(
-            product(kernels, &x, 3, &w),
-            reference,
-            "{}",
-            kernels.isa().name()
-        );
-    }
+    assert_every_isa_gives(&reference, &x, 3, &w);
 }
 
 /// A Q4_K_M file stacks Q and K in Q4_K with V in Q6_K: one matrix, each panel in its own
@@ -348,12 +353,5 @@ fn q8_0_extremes_survive_the_sign_trick() {
         .collect();
     let w = packed(QuantFormat::Q8_0, &data, n, k);
     let reference = product(CpuKernels::scalar(), &x, 3, &w);
-    for kernels in every_isa() {
-        assert_eq!(
-            product(kernels, &x, 3, &w),
-            reference,
-            "{}",
-            kernels.isa().name()
-        );
-    }
+    assert_every_isa_gives(&reference, &x, 3, &w);
 }
