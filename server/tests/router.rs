@@ -57,6 +57,7 @@ struct Answer {
     status: StatusCode,
     headers: axum::http::HeaderMap,
     body: Value,
+    text: String,
 }
 
 async fn send(app: &Router, method: &str, path: &str, content_type: &str, body: &str) -> Answer {
@@ -80,6 +81,7 @@ async fn send(app: &Router, method: &str, path: &str, content_type: &str, body: 
         status,
         headers,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 
@@ -183,4 +185,54 @@ async fn bodies_and_routes_outside_the_limits_are_refused() {
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
     let wrong_method = send(&app, "GET", "/generate", "application/json", "").await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// The last `data:` event of a Server-Sent Events body, as JSON.
+fn last_event(text: &str) -> Value {
+    text.lines()
+        .rev()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .find_map(|data| serde_json::from_str(data.trim()).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A stream whose engine step fails ends with an error event in its API's own shape (the same
+/// bodies error.rs gives collected responses).
+#[tokio::test]
+async fn failed_streams_end_with_an_error_event_in_their_apis_shape() {
+    let (_model, app) = app(&[
+        "--inject-step-faults",
+        "1",
+        "--max-consecutive-step-failures",
+        "100",
+    ]);
+    let tgi = post(&app, "/generate_stream", json!({"inputs": "hi"})).await;
+    assert_eq!(tgi.status, StatusCode::OK);
+    let event = last_event(&tgi.text);
+    assert_eq!(event["error_type"], "generation", "{}", tgi.text);
+    assert!(
+        event["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("injected fault")),
+        "{event}"
+    );
+    let chat = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "stream": true}),
+    )
+    .await;
+    let event = last_event(&chat.text);
+    assert_eq!(event["error"]["type"], "server_error", "{}", chat.text);
+    assert_eq!(event["error"]["code"], "generation");
+    let bedrock = post(
+        &app,
+        "/invocations",
+        json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 4, "stream": true,
+               "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let event = last_event(&bedrock.text);
+    assert_eq!(event["type"], "error", "{}", bedrock.text);
+    assert_eq!(event["error"]["type"], "api_error");
 }

@@ -2,7 +2,7 @@
 //! on `/invocations`: response `{"content": [{"type": "text", ...}], "stop_reason", "usage"}`,
 //! streamed as Anthropic's `message_start` ... `message_stop` events.
 
-use super::error::ApiError;
+use super::error::{ApiError, Flavor};
 use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
 use super::openai::Content;
 use super::sse::{respond, StreamFormat};
@@ -164,9 +164,7 @@ impl StreamFormat for MessagesStream {
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        vec![named(
-            "error",
-            json!({"type": "error", "error": {"type": "api_error", "message": message}}),
-        )]
+        let error = ApiError::Generation(message.to_string());
+        vec![named("error", error.body(Flavor::Anthropic))]
     }
 }

@@ -43,6 +43,15 @@ pub fn bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
     })
 }
 
+/// The body read (413 over `limit`, 408 when it stalls) and parsed as `T`, with the field at
+/// fault named: what every JSON route starts with.
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    parse(&bytes(body, limit)?)
+}
+
 /// Whether reading the body failed because tower-http's body timeout fired.
 fn timed_out(rejection: &BytesRejection) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lantern_engine::SubmitError;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -77,11 +77,16 @@ impl ApiError {
     }
 
     pub fn into_response_as(self, flavor: Flavor) -> Response {
+        (self.status(flavor), Json(self.body(flavor))).into_response()
+    }
+
+    /// The error body in `flavor`'s shape: a response's, or a stream's last event.
+    pub fn body(&self, flavor: Flavor) -> Value {
         let status = self.status(flavor);
-        let body = match flavor {
+        match flavor {
             Flavor::Tgi => json!({"error": self.to_string(), "error_type": self.error_type()}),
             Flavor::Anthropic => {
-                let kind = match &self {
+                let kind = match self {
                     Self::PayloadTooLarge { .. } => "request_too_large",
                     Self::Overloaded(_) => "rate_limit_error",
                     Self::NotReady | Self::Unavailable(_) => "overloaded_error",
@@ -93,7 +98,7 @@ impl ApiError {
                 json!({"type": "error", "error": {"type": kind, "message": self.to_string()}})
             }
             Flavor::OpenAi => {
-                let param = match &self {
+                let param = match self {
                     Self::Validation { param, .. } => param.clone(),
                     _ => None,
                 };
@@ -104,8 +109,7 @@ impl ApiError {
                 };
                 json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": self.error_type()}})
             }
-        };
-        (status, Json(body)).into_response()
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! OpenAI's chat completions, completions and models, on `/v1/*` and through `/invocations`.
 //! `temperature: 0` means greedy, as OpenAI clients expect; `n` > 1 is refused.
 
-use super::body::{bytes, parse};
+use super::body::json_body;
 use super::error::{ApiError, Flavor};
 use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
 use super::sse::{json_event, respond, StreamFormat};
@@ -353,9 +353,8 @@ impl StreamHeader {
     }
 
     fn error(&self, message: &str) -> Vec<SseEvent> {
-        vec![json_event(
-            &json!({"error": {"message": message, "type": "server_error", "param": null, "code": "generation"}}),
-        )]
+        let error = ApiError::Generation(message.to_string());
+        vec![json_event(&error.body(Flavor::OpenAi))]
     }
 }
 
@@ -463,7 +462,7 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let outcome = async {
-        let request: ChatRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+        let request: ChatRequest = json_body(body, state.config.max_payload_bytes)?;
         run_chat(&state, request).await
     };
     outcome
@@ -476,7 +475,7 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let outcome = async {
-        let request: CompletionRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+        let request: CompletionRequest = json_body(body, state.config.max_payload_bytes)?;
         run_completion(&state, request).await
     };
     outcome

@@ -2,8 +2,8 @@
 //! `{"inputs", "parameters"}` schema of SageMaker's `/invocations` (response
 //! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
 
-use super::body::{bytes, parse};
-use super::error::ApiError;
+use super::body::json_body;
+use super::error::{ApiError, Flavor};
 use super::generate::{
     complete, off_the_runtime, prepare, submit, timing_headers, Generated, Params,
 };
@@ -251,9 +251,8 @@ impl StreamFormat for TgiStream {
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        vec![json_event(
-            &json!({"error": message, "error_type": "generation"}),
-        )]
+        let error = ApiError::Generation(message.to_string());
+        vec![json_event(&error.body(Flavor::Tgi))]
     }
 }
 
@@ -261,7 +260,7 @@ pub async fn generate(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: TgiRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    let request: TgiRequest = json_body(body, state.config.max_payload_bytes)?;
     run(&state, request, false).await
 }
 
@@ -269,7 +268,7 @@ pub async fn generate_stream(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut request: TgiRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    let mut request: TgiRequest = json_body(body, state.config.max_payload_bytes)?;
     request.stream = true;
     run(&state, request, false).await
 }
@@ -302,7 +301,7 @@ pub async fn tokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: TokenizeRequest = parse(&bytes(body, state.config.max_payload_bytes)?)?;
+    let request: TokenizeRequest = json_body(body, state.config.max_payload_bytes)?;
     let model = state.model()?;
     // Off the async workers, as in `prepare`.
     let text = request.inputs.clone();
