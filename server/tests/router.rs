@@ -236,3 +236,36 @@ async fn failed_streams_end_with_an_error_event_in_their_apis_shape() {
     assert_eq!(event["type"], "error", "{}", bedrock.text);
     assert_eq!(event["error"]["type"], "api_error");
 }
+
+/// The document and the router come from one table: every documented operation is routed.
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let (_model, app) = app(&[]);
+    let doc = send(&app, "GET", "/openapi.json", "application/json", "")
+        .await
+        .body;
+    let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+    assert!(paths.len() >= 14, "{doc}");
+    for (path, item) in paths {
+        for method in item
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let answer = send(
+                &app,
+                &method.to_uppercase(),
+                &path,
+                "application/json",
+                "{}",
+            )
+            .await;
+            assert!(
+                answer.status != StatusCode::NOT_FOUND
+                    && answer.status != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {}",
+                answer.status
+            );
+        }
+    }
+}

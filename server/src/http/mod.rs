@@ -9,6 +9,7 @@ mod openai;
 mod openapi;
 mod oversized;
 mod request_id;
+mod routes;
 mod sagemaker;
 mod sse;
 pub mod state;
@@ -18,33 +19,25 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::Router;
 pub use state::{AppState, ServingModel};
 
 pub fn router(state: AppState) -> Router {
     // Our own limit check answers 413 in our shape; axum's limit sits just above it.
     let limit = state.config.max_payload_bytes;
-    Router::new()
-        .route("/ping", get(sagemaker::ping).post(sagemaker::ping))
-        .route("/invocations", post(sagemaker::invocations))
-        .route(
-            "/execution-parameters",
-            get(sagemaker::execution_parameters),
-        )
-        // TGI serves generation at its root too (its clients, e.g. huggingface_hub's
-        // InferenceClient, post there), streaming when the body says `"stream": true`.
-        .route("/", post(tgi::generate))
-        .route("/generate", post(tgi::generate))
-        .route("/generate_stream", post(tgi::generate_stream))
-        .route("/info", get(tgi::info))
-        .route("/tokenize", post(tgi::tokenize))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
-        .route("/v1/models", get(openai::models))
-        .route("/openapi.json", get(openapi::openapi_json))
+    let mut router = Router::new();
+    // Methods of one path are merged into one route (axum refuses a path twice).
+    let mut paths: Vec<(&str, axum::routing::MethodRouter<AppState>)> = Vec::new();
+    for operation in routes::operations() {
+        match paths.iter_mut().find(|(path, _)| *path == operation.path) {
+            Some((_, handler)) => *handler = std::mem::take(handler).merge(operation.handler),
+            None => paths.push((operation.path, operation.handler)),
+        }
+    }
+    for (path, handler) in paths {
+        router = router.route(path, handler);
+    }
+    router
         .route_layer(from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .layer(from_fn_with_state(

@@ -1,39 +1,14 @@
 //! `GET /openapi.json`: the API described from the very types the handlers deserialize
-//! (schemars derives their JSON schemas), so the document cannot drift from the code.
+//! (schemars derives their JSON schemas), and the paths from the router's own route table
+//! (`routes.rs`), so the document cannot drift from the code.
 
 use super::bedrock::MessagesRequest;
 use super::openai::{ChatRequest, CompletionRequest};
+use super::routes::{operations, BodySchema};
 use super::tgi::{TgiRequest, TokenizeRequest};
 use axum::Json;
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
-
-/// Every route: path, method, summary, and the request body type's schema when it has one.
-fn routes(
-    schema: &mut impl FnMut(&str) -> Value,
-) -> Vec<(&'static str, &'static str, &'static str, Option<Value>)> {
-    // anyOf, not oneOf: a Bedrock body is also a valid chat body; the server tells them
-    // apart by their fields (`inputs`, `anthropic_version` + `messages`, `messages`, `prompt`).
-    let invocations =
-        json!({"anyOf": [schema("tgi"), schema("chat"), schema("completion"), schema("messages")]});
-    vec![
-        ("/ping", "get", "SageMaker health check: 200 once the model serves, else 503", None),
-        ("/ping", "post", "The health check, as some load balancers send it", None),
-        ("/invocations", "post", "SageMaker inference: TGI, OpenAI chat, OpenAI completion or Bedrock Messages body; application/jsonlines for Batch Transform", Some(invocations)),
-        ("/execution-parameters", "get", "SageMaker Batch Transform parameters", None),
-        ("/", "post", "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(schema("tgi"))),
-        ("/generate", "post", "TGI generate", Some(schema("tgi"))),
-        ("/generate_stream", "post", "TGI generate, streamed as Server-Sent Events", Some(schema("tgi"))),
-        ("/info", "get", "TGI model and limits", None),
-        ("/health", "get", "Liveness: 200 while the engine is healthy", None),
-        ("/tokenize", "post", "TGI tokenize", Some(schema("tokenize"))),
-        ("/metrics", "get", "Prometheus metrics (text format)", None),
-        ("/v1/chat/completions", "post", "OpenAI chat completions (stream with \"stream\": true)", Some(schema("chat"))),
-        ("/v1/completions", "post", "OpenAI completions", Some(schema("completion"))),
-        ("/v1/models", "get", "OpenAI model list", None),
-        ("/openapi.json", "get", "This document", None),
-    ]
-}
 
 pub fn document() -> Value {
     // OpenAPI 3.1 schemas are JSON Schema 2020-12: numeric `exclusiveMinimum` (a `top_p` in
@@ -49,28 +24,43 @@ pub fn document() -> Value {
         ("completion", generator.subschema_for::<CompletionRequest>()),
         ("messages", generator.subschema_for::<MessagesRequest>()),
     ];
-    let mut schema = |name: &str| -> Value {
+    let schema = |name: &str| -> Value {
         schemas
             .iter()
             .find(|(n, _)| *n == name)
             .map_or(Value::Null, |(_, s)| s.as_value().clone())
     };
+    let body_schema = |body: BodySchema| match body {
+        BodySchema::Tgi => schema("tgi"),
+        BodySchema::Tokenize => schema("tokenize"),
+        BodySchema::Chat => schema("chat"),
+        BodySchema::Completion => schema("completion"),
+        // anyOf, not oneOf: a Bedrock body is also a valid chat body; the server tells them
+        // apart by their fields (`inputs`, `anthropic_version` + `messages`, `messages`,
+        // `prompt`).
+        BodySchema::Invocations => json!({"anyOf": [
+            schema("tgi"), schema("chat"), schema("completion"), schema("messages"),
+        ]}),
+    };
     let error = json!({"description": "Error: TGI shape {\"error\", \"error_type\"}; on /v1, OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"});
     let mut paths = Map::new();
-    for (path, method, summary, body) in routes(&mut schema) {
+    for op in operations() {
         let mut operation = json!({
-            "summary": summary,
+            "summary": op.summary,
             "responses": {
                 "200": {"description": "Success"},
                 "413": error, "415": error, "422": error, "400": error, "429": error, "503": error,
             },
         });
-        if let Some(body) = body {
+        if let Some(body) = op.body {
+            let schema = body_schema(body);
             operation["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": body}}});
+                json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
-        let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        item[method] = operation;
+        let item = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
+        item[op.verb.name()] = operation;
     }
     json!({
         "openapi": "3.1.0",

@@ -1,0 +1,94 @@
+//! The route table: every path, each of its methods with its handler, and what the OpenAPI
+//! document says of it. The router and `/openapi.json` are both built from this one list, so
+//! neither can have a route the other lacks.
+
+use super::{health, metrics, openai, openapi, sagemaker, tgi, AppState};
+use axum::handler::Handler;
+use axum::routing::{on, MethodFilter, MethodRouter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Post => "post",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+        }
+    }
+}
+
+/// The request body a route reads, by its schema in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySchema {
+    Tgi,
+    Tokenize,
+    Chat,
+    Completion,
+    /// Any of TGI, OpenAI chat, OpenAI completion or Bedrock Messages (`/invocations`).
+    Invocations,
+}
+
+/// One method of one path.
+pub struct Operation {
+    pub path: &'static str,
+    pub verb: Verb,
+    pub summary: &'static str,
+    pub body: Option<BodySchema>,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn op<H, T>(
+    path: &'static str,
+    verb: Verb,
+    summary: &'static str,
+    body: Option<BodySchema>,
+    handler: H,
+) -> Operation
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    Operation {
+        path,
+        verb,
+        summary,
+        body,
+        handler: on(verb.filter(), handler),
+    }
+}
+
+/// Every operation the server serves.
+pub fn operations() -> Vec<Operation> {
+    use BodySchema::*;
+    use Verb::*;
+    vec![
+        op("/ping", Get, "SageMaker health check: 200 once the model serves, else 503", None, sagemaker::ping),
+        op("/ping", Post, "The health check, as some load balancers send it", None, sagemaker::ping),
+        op("/invocations", Post, "SageMaker inference: TGI, OpenAI chat, OpenAI completion or Bedrock Messages body; application/jsonlines for Batch Transform", Some(Invocations), sagemaker::invocations),
+        op("/execution-parameters", Get, "SageMaker Batch Transform parameters", None, sagemaker::execution_parameters),
+        // TGI serves generation at its root too (its clients, e.g. huggingface_hub's
+        // InferenceClient, post there), streaming when the body says `"stream": true`.
+        op("/", Post, "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(Tgi), tgi::generate),
+        op("/generate", Post, "TGI generate", Some(Tgi), tgi::generate),
+        op("/generate_stream", Post, "TGI generate, streamed as Server-Sent Events", Some(Tgi), tgi::generate_stream),
+        op("/info", Get, "TGI model and limits", None, tgi::info),
+        op("/tokenize", Post, "TGI tokenize", Some(Tokenize), tgi::tokenize),
+        op("/health", Get, "Liveness: 200 while the engine is healthy", None, health),
+        op("/metrics", Get, "Prometheus metrics (text format)", None, metrics),
+        op("/v1/chat/completions", Post, "OpenAI chat completions (stream with \"stream\": true)", Some(Chat), openai::chat_completions),
+        op("/v1/completions", Post, "OpenAI completions", Some(Completion), openai::completions),
+        op("/v1/models", Get, "OpenAI model list", None, openai::models),
+        op("/openapi.json", Get, "This document", None, openapi::openapi_json),
+    ]
+}
