@@ -99,6 +99,24 @@ pub async fn render_chat(
     .map_err(|e| ApiError::validation(e, "messages"))
 }
 
+/// `text` tokenized by the model's tokenizer on the blocking pool (see [`off_the_runtime`]).
+pub async fn encode(
+    model: &Arc<ServingModel>,
+    text: String,
+    add_special_tokens: bool,
+) -> Result<tokenizers::Encoding, String> {
+    let model = model.clone();
+    off_the_runtime(move || {
+        model
+            .tokenizer
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .and_then(|encoded| encoded)
+}
+
 /// Validates `params`, tokenizes `prompt` and takes an in-flight slot. Tokenizing a prompt of
 /// megabytes takes a second of CPU: it runs on the blocking pool, so the async workers keep
 /// answering (`/ping` above all: SageMaker's ping timeout is 2 s).
@@ -163,18 +181,11 @@ pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<P
             "top_n_tokens",
         ));
     }
-    let add_special_tokens = !params.templated;
-    let (tokenizing, text) = (model.clone(), prompt.to_string());
-    let encoding = off_the_runtime(move || {
-        tokenizing
-            .tokenizer
-            .tokenizer
-            .encode(text, add_special_tokens)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .and_then(|encoded| encoded)
-    .map_err(|e| ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs"))?;
+    let encoding = encode(&model, prompt.to_string(), !params.templated)
+        .await
+        .map_err(|e| {
+            ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
+        })?;
     let mut prompt_tokens = encoding.get_ids().to_vec();
     if let Some(keep) = params
         .truncate

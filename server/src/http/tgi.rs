@@ -4,9 +4,7 @@
 
 use super::body::json_body;
 use super::error::{ApiError, Flavor};
-use super::generate::{
-    complete, off_the_runtime, prepare, submit, timing_headers, Generated, Params,
-};
+use super::generate::{complete, encode, prepare, submit, timing_headers, Generated, Params};
 use super::sse::{json_event, respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -303,18 +301,9 @@ pub async fn tokenize(
 ) -> Result<Json<Value>, ApiError> {
     let request: TokenizeRequest = json_body(body, state.config.max_payload_bytes)?;
     let model = state.model()?;
-    // Off the async workers, as in `prepare`.
-    let text = request.inputs.clone();
-    let encoding = off_the_runtime(move || {
-        model
-            .tokenizer
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .and_then(|encoded| encoded)
-    .map_err(|e| ApiError::validation(e, "inputs"))?;
+    let encoding = encode(&model, request.inputs.clone(), true)
+        .await
+        .map_err(|e| ApiError::validation(e, "inputs"))?;
     let tokens: Vec<Value> = encoding
         .get_ids()
         .iter()
