@@ -128,6 +128,49 @@ async fn each_api_refuses_a_bad_field_in_its_own_shape() {
     assert_eq!(bedrock.status, StatusCode::BAD_REQUEST);
     assert_eq!(bedrock.body["type"], "error", "{}", bedrock.body);
     assert_eq!(bedrock.body["error"]["type"], "invalid_request_error");
+    // Bodies that fail to parse are refused by the one body extractor, in each API's shape and
+    // with the path of the field at fault.
+    let tgi_type = post(
+        &app,
+        "/generate",
+        json!({"inputs": "hi", "parameters": {"max_new_tokens": "x"}}),
+    )
+    .await;
+    assert_eq!(tgi_type.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        tgi_type.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("parameters.max_new_tokens")),
+        "{}",
+        tgi_type.body
+    );
+    let openai_type = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": 5}]}),
+    )
+    .await;
+    assert_eq!(openai_type.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        openai_type.body["error"]["param"], "messages[0].content",
+        "{}",
+        openai_type.body
+    );
+    let bedrock_type = post(
+        &app,
+        "/invocations",
+        json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": "four", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(bedrock_type.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bedrock_type.body["error"]["type"], "invalid_request_error");
+    assert!(
+        bedrock_type.body["error"]["message"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_tokens")),
+        "{}",
+        bedrock_type.body
+    );
     // A body no schema claims: 422, naming the fields that decide.
     let unknown = post(&app, "/invocations", json!({"question": "hi"})).await;
     assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);

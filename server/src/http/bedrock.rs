@@ -3,13 +3,13 @@
 //! streamed as Anthropic's `message_start` ... `message_stop` events.
 
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
+use super::generate::{prepare, render_chat, Generated, Params, Prepared};
 use super::openai::Content;
-use super::sse::{respond, StreamFormat};
+use super::pipeline::{answer, Answer, Api};
+use super::sse::StreamFormat;
 use super::state::AppState;
 use axum::response::sse::Event as SseEvent;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ChatMessage;
 use schemars::JsonSchema;
@@ -55,7 +55,7 @@ fn stop_reason(c: &Completion, stops: &[String]) -> (&'static str, Value) {
     }
 }
 
-pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
+async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
     tracing::debug!(anthropic_version = %request.anthropic_version, "bedrock messages request");
     let model = state.model()?;
     if request.messages.is_empty() {
@@ -88,27 +88,55 @@ pub async fn run(state: &AppState, request: MessagesRequest) -> Result<Response,
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    if request.stream {
-        let events = submit(state, &prepared)?;
-        let format = MessagesStream {
-            id,
-            model: model.name.clone(),
+    let spelling = MessagesAnswer {
+        id,
+        model: model.name.clone(),
+        stops: request.stop_sequences,
+    };
+    answer(state, prepared, request.stream, spelling).await
+}
+
+/// Anthropic Messages answers: one `message`, or its `message_start` ... `message_stop` events.
+struct MessagesAnswer {
+    id: String,
+    model: String,
+    stops: Vec<String>,
+}
+
+impl Answer for MessagesAnswer {
+    type Stream = MessagesStream;
+
+    fn streamed(self, prepared: &Prepared) -> MessagesStream {
+        MessagesStream {
+            id: self.id,
+            model: self.model,
             input_tokens: prepared.prompt_tokens.len(),
-            stops: request.stop_sequences,
-        };
-        return Ok(respond(state, prepared, events, format));
+            stops: self.stops,
+        }
     }
-    let generated = complete(state, prepared).await?;
-    let c = &generated.completion;
-    let (reason, stop) = stop_reason(c, &request.stop_sequences);
-    let response = Json(json!({
-        "id": id, "type": "message", "role": "assistant", "model": model.name,
-        "content": [{"type": "text", "text": generated.text}],
-        "stop_reason": reason, "stop_sequence": stop,
-        "usage": {"input_tokens": c.prompt_tokens, "output_tokens": c.generated_tokens},
-    }))
-    .into_response();
-    Ok(timing_headers(response, c))
+
+    fn collected(self, generated: &Generated) -> Value {
+        let c = &generated.completion;
+        let (reason, stop) = stop_reason(c, &self.stops);
+        json!({
+            "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [{"type": "text", "text": generated.text}],
+            "stop_reason": reason, "stop_sequence": stop,
+            "usage": {"input_tokens": c.prompt_tokens, "output_tokens": c.generated_tokens},
+        })
+    }
+}
+
+/// A Bedrock Messages body on `/invocations`.
+pub struct Messages;
+
+impl Api for Messages {
+    const FLAVOR: Flavor = Flavor::Anthropic;
+    type Request = MessagesRequest;
+
+    async fn run(state: &AppState, request: MessagesRequest) -> Result<Response, ApiError> {
+        run_messages(state, request).await
+    }
 }
 
 struct MessagesStream {

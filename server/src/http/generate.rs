@@ -3,8 +3,6 @@
 
 use super::error::ApiError;
 use super::state::{AppState, ServingModel};
-use axum::http::HeaderValue;
-use axum::response::Response;
 use lantern_engine::{
     Completion, Event, EventStream, FinishReason, GenerateRequest, SamplingParams, TokenEvent,
 };
@@ -256,6 +254,8 @@ pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<P
 
 /// A finished generation.
 pub struct Generated {
+    pub model: Arc<ServingModel>,
+    pub prompt_tokens: Vec<u32>,
     pub text: String,
     pub tokens: Vec<TokenEvent>,
     pub completion: Completion,
@@ -310,6 +310,8 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
                 );
                 state.metrics.observe(&completion);
                 return Ok(Generated {
+                    model: prepared.model,
+                    prompt_tokens: prepared.prompt_tokens,
                     text,
                     tokens,
                     completion,
@@ -325,6 +327,8 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
                 text.push_str(&completion.trailing_text);
                 state.metrics.observe(&completion);
                 return Ok(Generated {
+                    model: prepared.model,
+                    prompt_tokens: prepared.prompt_tokens,
                     text,
                     tokens,
                     completion,
@@ -338,29 +342,4 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
             }
         }
     }
-}
-
-/// TGI's per-request timing headers, on non-streamed responses; the completion itself goes
-/// into the response's extensions for the request log and metrics.
-pub fn timing_headers(mut response: Response, completion: &Completion) -> Response {
-    response.extensions_mut().insert(completion.clone());
-    let ms = |d: Duration| (d.as_millis() as u64).to_string();
-    let decode = completion.total_time.saturating_sub(completion.queue_time);
-    let per_token = decode / (completion.generated_tokens.max(1) as u32);
-    let values = [
-        ("x-queue-time", ms(completion.queue_time)),
-        ("x-inference-time", ms(decode)),
-        ("x-time-per-token", ms(per_token)),
-        ("x-prompt-tokens", completion.prompt_tokens.to_string()),
-        (
-            "x-generated-tokens",
-            completion.generated_tokens.to_string(),
-        ),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-    response
 }

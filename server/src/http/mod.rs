@@ -8,6 +8,7 @@ mod generate;
 mod openai;
 mod openapi;
 mod oversized;
+mod pipeline;
 mod request_id;
 mod routes;
 mod sagemaker;

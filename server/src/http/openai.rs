@@ -1,13 +1,11 @@
 //! OpenAI's chat completions, completions and models, on `/v1/*` and through `/invocations`.
 //! `temperature: 0` means greedy, as OpenAI clients expect; `n` > 1 is refused.
 
-use super::body::json_body;
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, prepare, render_chat, submit, timing_headers, Params};
-use super::sse::{json_event, respond, StreamFormat};
+use super::generate::{prepare, render_chat, Generated, Params, Prepared};
+use super::pipeline::{answer, Answer, Api};
+use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
@@ -158,10 +156,10 @@ impl Common {
         self.model.clone().unwrap_or_else(|| served.to_string())
     }
 
-    /// What every streamed chunk repeats, for a response of `object` type.
-    fn stream_header(&self, id: String, served: &str, object: &'static str) -> StreamHeader {
+    /// What every streamed chunk repeats, for a response of `object` type, with a fresh id.
+    fn header(&self, id_prefix: &str, served: &str, object: &'static str) -> StreamHeader {
         StreamHeader {
-            id,
+            id: response_id(id_prefix),
             model: self.model_name(served),
             created: now(),
             object,
@@ -259,7 +257,7 @@ fn chat_logprobs(tokens: &[TokenEvent], model: &super::state::ServingModel) -> V
     })).collect::<Vec<_>>()})
 }
 
-pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, ApiError> {
+async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, ApiError> {
     let model = state.model()?;
     if request.messages.is_empty() {
         return Err(ApiError::validation(
@@ -291,35 +289,47 @@ pub async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response
         .to_params(model.generation.temperature, top_n)?;
     params.templated = true;
     let prepared = prepare(state, &prompt, params).await?;
-    let name = request.common.model_name(&model.name);
-    let id = response_id("chatcmpl");
-    if request.common.stream {
-        let events = submit(state, &prepared)?;
-        let format = ChatStream {
-            header: request
-                .common
-                .stream_header(id, &model.name, "chat.completion.chunk"),
+    let spelling = ChatAnswer {
+        header: request
+            .common
+            .header("chatcmpl", &model.name, "chat.completion.chunk"),
+        logprobs: request.logprobs,
+    };
+    answer(state, prepared, request.common.stream, spelling).await
+}
+
+/// Chat answers: a `chat.completion`, or its stream of `chat.completion.chunk`s.
+struct ChatAnswer {
+    header: StreamHeader,
+    logprobs: bool,
+}
+
+impl Answer for ChatAnswer {
+    type Stream = ChatStream;
+
+    fn streamed(self, _: &Prepared) -> ChatStream {
+        ChatStream {
+            header: self.header,
             started: false,
-        };
-        return Ok(respond(state, prepared, events, format));
+        }
     }
-    let generated = complete(state, prepared).await?;
-    let c = &generated.completion;
-    let response = Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": name,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": generated.text},
-            "logprobs": if request.logprobs { chat_logprobs(&generated.tokens, &model) } else { Value::Null },
-            "finish_reason": finish_reason(c.finish_reason),
-        }],
-        "usage": usage(c),
-    }))
-    .into_response();
-    Ok(timing_headers(response, c))
+
+    fn collected(self, generated: &Generated) -> Value {
+        let c = &generated.completion;
+        json!({
+            "id": self.header.id,
+            "object": "chat.completion",
+            "created": self.header.created,
+            "model": self.header.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": generated.text},
+                "logprobs": if self.logprobs { chat_logprobs(&generated.tokens, &generated.model) } else { Value::Null },
+                "finish_reason": finish_reason(c.finish_reason),
+            }],
+            "usage": usage(c),
+        })
+    }
 }
 
 /// What every chunk of an OpenAI stream repeats, and how such a stream ends.
@@ -390,7 +400,7 @@ impl StreamFormat for ChatStream {
     }
 }
 
-pub async fn run_completion(
+async fn run_completion(
     state: &AppState,
     request: CompletionRequest,
 ) -> Result<Response, ApiError> {
@@ -410,26 +420,37 @@ pub async fn run_completion(
         .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
     let prepared = prepare(state, &prompt, params).await?;
-    let name = request.common.model_name(&model.name);
-    let id = response_id("cmpl");
-    if request.common.stream {
-        let events = submit(state, &prepared)?;
-        let format = CompletionStream {
-            header: request
-                .common
-                .stream_header(id, &model.name, "text_completion"),
-        };
-        return Ok(respond(state, prepared, events, format));
+    let spelling = CompletionAnswer {
+        header: request
+            .common
+            .header("cmpl", &model.name, "text_completion"),
+    };
+    answer(state, prepared, request.common.stream, spelling).await
+}
+
+/// Completion answers: a `text_completion`, streamed as chunks of the same object type.
+struct CompletionAnswer {
+    header: StreamHeader,
+}
+
+impl Answer for CompletionAnswer {
+    type Stream = CompletionStream;
+
+    fn streamed(self, _: &Prepared) -> CompletionStream {
+        CompletionStream {
+            header: self.header,
+        }
     }
-    let generated = complete(state, prepared).await?;
-    let c = &generated.completion;
-    let response = Json(json!({
-        "id": id, "object": "text_completion", "created": now(), "model": name,
-        "choices": [{"index": 0, "text": generated.text, "logprobs": null, "finish_reason": finish_reason(c.finish_reason)}],
-        "usage": usage(c),
-    }))
-    .into_response();
-    Ok(timing_headers(response, c))
+
+    fn collected(self, generated: &Generated) -> Value {
+        let c = &generated.completion;
+        json!({
+            "id": self.header.id, "object": "text_completion", "created": self.header.created,
+            "model": self.header.model,
+            "choices": [{"index": 0, "text": generated.text, "logprobs": null, "finish_reason": finish_reason(c.finish_reason)}],
+            "usage": usage(c),
+        })
+    }
 }
 
 struct CompletionStream {
@@ -457,30 +478,28 @@ impl StreamFormat for CompletionStream {
     }
 }
 
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let outcome = async {
-        let request: ChatRequest = json_body(body, state.config.max_payload_bytes)?;
-        run_chat(&state, request).await
-    };
-    outcome
-        .await
-        .unwrap_or_else(|e| e.into_response_as(Flavor::OpenAi))
+/// `POST /v1/chat/completions`.
+pub struct ChatCompletions;
+
+impl Api for ChatCompletions {
+    const FLAVOR: Flavor = Flavor::OpenAi;
+    type Request = ChatRequest;
+
+    async fn run(state: &AppState, request: ChatRequest) -> Result<Response, ApiError> {
+        run_chat(state, request).await
+    }
 }
 
-pub async fn completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let outcome = async {
-        let request: CompletionRequest = json_body(body, state.config.max_payload_bytes)?;
-        run_completion(&state, request).await
-    };
-    outcome
-        .await
-        .unwrap_or_else(|e| e.into_response_as(Flavor::OpenAi))
+/// `POST /v1/completions`.
+pub struct Completions;
+
+impl Api for Completions {
+    const FLAVOR: Flavor = Flavor::OpenAi;
+    type Request = CompletionRequest;
+
+    async fn run(state: &AppState, request: CompletionRequest) -> Result<Response, ApiError> {
+        run_completion(state, request).await
+    }
 }
 
 pub async fn models(State(state): State<AppState>) -> Response {

@@ -2,6 +2,7 @@
 //! document says of it. The router and `/openapi.json` are both built from this one list, so
 //! neither can have a route the other lacks.
 
+use super::pipeline::serve;
 use super::{health, metrics, openai, openapi, sagemaker, tgi, AppState};
 use axum::handler::Handler;
 use axum::routing::{on, MethodFilter, MethodRouter};
@@ -79,15 +80,15 @@ pub fn operations() -> Vec<Operation> {
         op("/execution-parameters", Get, "SageMaker Batch Transform parameters", None, sagemaker::execution_parameters),
         // TGI serves generation at its root too (its clients, e.g. huggingface_hub's
         // InferenceClient, post there), streaming when the body says `"stream": true`.
-        op("/", Post, "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(Tgi), tgi::generate),
-        op("/generate", Post, "TGI generate", Some(Tgi), tgi::generate),
-        op("/generate_stream", Post, "TGI generate, streamed as Server-Sent Events", Some(Tgi), tgi::generate_stream),
+        op("/", Post, "TGI generate at the root (streamed as Server-Sent Events with \"stream\": true)", Some(Tgi), serve::<tgi::Generate>),
+        op("/generate", Post, "TGI generate", Some(Tgi), serve::<tgi::Generate>),
+        op("/generate_stream", Post, "TGI generate, streamed as Server-Sent Events", Some(Tgi), serve::<tgi::GenerateStream>),
         op("/info", Get, "TGI model and limits", None, tgi::info),
-        op("/tokenize", Post, "TGI tokenize", Some(Tokenize), tgi::tokenize),
+        op("/tokenize", Post, "TGI tokenize", Some(Tokenize), serve::<tgi::Tokenize>),
         op("/health", Get, "Liveness: 200 while the engine is healthy", None, health),
         op("/metrics", Get, "Prometheus metrics (text format)", None, metrics),
-        op("/v1/chat/completions", Post, "OpenAI chat completions (stream with \"stream\": true)", Some(Chat), openai::chat_completions),
-        op("/v1/completions", Post, "OpenAI completions", Some(Completion), openai::completions),
+        op("/v1/chat/completions", Post, "OpenAI chat completions (stream with \"stream\": true)", Some(Chat), serve::<openai::ChatCompletions>),
+        op("/v1/completions", Post, "OpenAI completions", Some(Completion), serve::<openai::Completions>),
         op("/v1/models", Get, "OpenAI model list", None, openai::models),
         op("/openapi.json", Get, "This document", None, openapi::openapi_json),
     ]

@@ -4,7 +4,8 @@
 //! Contract: docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html
 
 use super::body::{body_kind, bytes, parse, BodyKind};
-use super::error::{ApiError, Flavor};
+use super::error::ApiError;
+use super::pipeline::serve_bytes;
 use super::state::AppState;
 use super::{bedrock, openai, tgi};
 use axum::body::Bytes;
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use lantern_engine::Completion;
 use serde_json::{json, Value};
 
 const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
@@ -54,24 +56,13 @@ async fn invoke_one(state: &AppState, raw: &[u8]) -> Response {
         Ok(value) => value,
         Err(e) => return e.into_response(),
     };
-    let Some(schema) = schema_of(&value) else {
-        return ApiError::validation("the body has none of `inputs` (TGI), `messages` (OpenAI chat, or Bedrock with `anthropic_version`) or `prompt` (OpenAI completion)", "body").into_response();
-    };
-    let outcome = async {
-        match schema {
-            Schema::Tgi => tgi::run(state, parse(raw)?, true).await,
-            Schema::Bedrock => bedrock::run(state, parse(raw)?).await,
-            Schema::OpenAiChat => openai::run_chat(state, parse(raw)?).await,
-            Schema::OpenAiCompletion => openai::run_completion(state, parse(raw)?).await,
-        }
+    match schema_of(&value) {
+        Some(Schema::Tgi) => serve_bytes::<tgi::Toolkit>(state, raw).await,
+        Some(Schema::Bedrock) => serve_bytes::<bedrock::Messages>(state, raw).await,
+        Some(Schema::OpenAiChat) => serve_bytes::<openai::ChatCompletions>(state, raw).await,
+        Some(Schema::OpenAiCompletion) => serve_bytes::<openai::Completions>(state, raw).await,
+        None => ApiError::validation("the body has none of `inputs` (TGI), `messages` (OpenAI chat, or Bedrock with `anthropic_version`) or `prompt` (OpenAI completion)", "body").into_response(),
     }
-    .await;
-    let flavor = match schema {
-        Schema::OpenAiChat | Schema::OpenAiCompletion => Flavor::OpenAi,
-        Schema::Bedrock => Flavor::Anthropic,
-        Schema::Tgi => Flavor::Tgi,
-    };
-    outcome.unwrap_or_else(|e| e.into_response_as(flavor))
 }
 
 pub async fn invocations(
@@ -104,15 +95,15 @@ pub async fn invocations(
         // SageMaker relays this header to the caller (and drops others): echo theirs, plus
         // the request's token counts and timings.
         let mut echoed = attributes;
-        for name in [
-            "x-prompt-tokens",
-            "x-generated-tokens",
-            "x-queue-time",
-            "x-inference-time",
-        ] {
-            if let Some(value) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
-                echoed.push_str(&format!(",{}={value}", name.trim_start_matches("x-")));
-            }
+        if let Some(c) = response.extensions().get::<Completion>() {
+            let decode = c.total_time.saturating_sub(c.queue_time);
+            echoed.push_str(&format!(
+                ",prompt-tokens={},generated-tokens={},queue-time={},inference-time={}",
+                c.prompt_tokens,
+                c.generated_tokens,
+                c.queue_time.as_millis(),
+                decode.as_millis()
+            ));
         }
         if let Ok(value) = HeaderValue::from_str(&echoed) {
             response.headers_mut().insert(CUSTOM_ATTRIBUTES, value);

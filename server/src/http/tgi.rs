@@ -2,13 +2,11 @@
 //! `{"inputs", "parameters"}` schema of SageMaker's `/invocations` (response
 //! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
 
-use super::body::json_body;
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, encode, prepare, submit, timing_headers, Generated, Params};
-use super::sse::{json_event, respond, StreamFormat};
+use super::generate::{encode, prepare, Generated, Params, Prepared};
+use super::pipeline::{answer, Answer, Api};
+use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
@@ -123,15 +121,12 @@ fn top_tokens_json(token: &TokenEvent, model: &super::state::ServingModel) -> Va
     )
 }
 
-fn details_json(
-    generated: &Generated,
-    prompt_tokens: &[u32],
-    parameters: &TgiParameters,
-    model: &super::state::ServingModel,
-) -> Value {
+fn details_json(generated: &Generated, parameters: &TgiParameters) -> Value {
     let c = &generated.completion;
+    let model = &generated.model;
     let prefill: Vec<Value> = if parameters.decoder_input_details {
-        prompt_tokens
+        generated
+            .prompt_tokens
             .iter()
             .map(|id| json!({"id": id, "text": model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default(), "logprob": null}))
             .collect()
@@ -158,48 +153,59 @@ fn details_json(
 }
 
 /// Runs a TGI request; `toolkit_shape` wraps the answer in a list, as SageMaker's HF containers do.
-pub async fn run(
+async fn run_tgi(
     state: &AppState,
     request: TgiRequest,
     toolkit_shape: bool,
 ) -> Result<Response, ApiError> {
     let parameters = request.parameters;
     let prepared = prepare(state, &request.inputs, parameters.to_params()?).await?;
-    let full_text = parameters.return_full_text.unwrap_or(false);
-    if request.stream {
-        let events = submit(state, &prepared)?;
-        let format = TgiStream {
-            pending: None,
-            text: if full_text {
-                request.inputs.clone()
-            } else {
-                String::new()
-            },
-            index: 0,
-            details: parameters.details,
-            seed: parameters.seed,
-        };
-        return Ok(respond(state, prepared, events, format));
-    }
-    let prompt_tokens = prepared.prompt_tokens.clone();
-    let model = prepared.model.clone();
-    let generated = complete(state, prepared).await?;
-    let text = if full_text {
-        format!("{}{}", request.inputs, generated.text)
+    let prefix = if parameters.return_full_text.unwrap_or(false) {
+        request.inputs
     } else {
-        generated.text.clone()
+        String::new()
     };
-    let mut body = json!({"generated_text": text});
-    if parameters.details || parameters.decoder_input_details {
-        body["details"] = details_json(&generated, &prompt_tokens, &parameters, &model);
+    let spelling = TgiAnswer {
+        prefix,
+        parameters,
+        toolkit_shape,
+    };
+    answer(state, prepared, request.stream, spelling).await
+}
+
+/// TGI's answers: `{"generated_text", "details"}` (in a list for the toolkit's shape), or its
+/// token stream.
+struct TgiAnswer {
+    /// The prompt when `return_full_text`, else empty.
+    prefix: String,
+    parameters: TgiParameters,
+    toolkit_shape: bool,
+}
+
+impl Answer for TgiAnswer {
+    type Stream = TgiStream;
+
+    fn streamed(self, _: &Prepared) -> TgiStream {
+        TgiStream {
+            pending: None,
+            text: self.prefix,
+            index: 0,
+            details: self.parameters.details,
+            seed: self.parameters.seed,
+        }
     }
-    let response = if toolkit_shape {
-        Json(json!([body]))
-    } else {
-        Json(body)
+
+    fn collected(self, generated: &Generated) -> Value {
+        let mut body = json!({"generated_text": format!("{}{}", self.prefix, generated.text)});
+        if self.parameters.details || self.parameters.decoder_input_details {
+            body["details"] = details_json(generated, &self.parameters);
+        }
+        if self.toolkit_shape {
+            json!([body])
+        } else {
+            body
+        }
     }
-    .into_response();
-    Ok(timing_headers(response, &generated.completion))
 }
 
 /// TGI's stream: one event per token; the last one also carries `generated_text` and `details`,
@@ -254,21 +260,41 @@ impl StreamFormat for TgiStream {
     }
 }
 
-pub async fn generate(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request: TgiRequest = json_body(body, state.config.max_payload_bytes)?;
-    run(&state, request, false).await
+/// `POST /generate` and `POST /`: streamed when the body says `"stream": true`.
+pub struct Generate;
+
+impl Api for Generate {
+    const FLAVOR: Flavor = Flavor::Tgi;
+    type Request = TgiRequest;
+
+    async fn run(state: &AppState, request: TgiRequest) -> Result<Response, ApiError> {
+        run_tgi(state, request, false).await
+    }
 }
 
-pub async fn generate_stream(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let mut request: TgiRequest = json_body(body, state.config.max_payload_bytes)?;
-    request.stream = true;
-    run(&state, request, false).await
+/// `POST /generate_stream`: always streamed.
+pub struct GenerateStream;
+
+impl Api for GenerateStream {
+    const FLAVOR: Flavor = Flavor::Tgi;
+    type Request = TgiRequest;
+
+    async fn run(state: &AppState, mut request: TgiRequest) -> Result<Response, ApiError> {
+        request.stream = true;
+        run_tgi(state, request, false).await
+    }
+}
+
+/// A TGI body on SageMaker's `/invocations`: answered `[{"generated_text": ...}]`.
+pub struct Toolkit;
+
+impl Api for Toolkit {
+    const FLAVOR: Flavor = Flavor::Tgi;
+    type Request = TgiRequest;
+
+    async fn run(state: &AppState, request: TgiRequest) -> Result<Response, ApiError> {
+        run_tgi(state, request, true).await
+    }
 }
 
 pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -295,20 +321,24 @@ pub struct TokenizeRequest {
     pub inputs: String,
 }
 
-pub async fn tokenize(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let request: TokenizeRequest = json_body(body, state.config.max_payload_bytes)?;
-    let model = state.model()?;
-    let encoding = encode(&model, request.inputs.clone(), true)
-        .await
-        .map_err(|e| ApiError::validation(e, "inputs"))?;
-    let tokens: Vec<Value> = encoding
-        .get_ids()
-        .iter()
-        .zip(encoding.get_offsets())
-        .map(|(id, (start, stop))| json!({"id": id, "text": request.inputs.get(*start..*stop).unwrap_or_default(), "start": start, "stop": stop}))
-        .collect();
-    Ok(Json(Value::Array(tokens)))
+/// `POST /tokenize`: the prompt's tokens with their text and byte offsets.
+pub struct Tokenize;
+
+impl Api for Tokenize {
+    const FLAVOR: Flavor = Flavor::Tgi;
+    type Request = TokenizeRequest;
+
+    async fn run(state: &AppState, request: TokenizeRequest) -> Result<Response, ApiError> {
+        let model = state.model()?;
+        let encoding = encode(&model, request.inputs.clone(), true)
+            .await
+            .map_err(|e| ApiError::validation(e, "inputs"))?;
+        let tokens: Vec<Value> = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .map(|(id, (start, stop))| json!({"id": id, "text": request.inputs.get(*start..*stop).unwrap_or_default(), "start": start, "stop": stop}))
+            .collect();
+        Ok(Json(Value::Array(tokens)).into_response())
+    }
 }
