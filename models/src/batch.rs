@@ -53,6 +53,21 @@ pub(crate) enum CacheStorage {
 }
 
 impl KvCache {
+    /// Returns the memory of the CPU pools' written pages to the OS (they fill again as
+    /// sequences write): for an idle engine, whose blocks hold nothing. The portable path's
+    /// tensors stay as they are.
+    pub fn release_idle_memory(&self) {
+        if let CacheStorage::Cpu(layers) = &self.storage {
+            for layer in layers {
+                // A poisoned lock is a failed step's: the pool's bytes do not matter here.
+                let mut blocks = layer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                blocks.release_pages();
+            }
+        }
+    }
+
     pub(crate) fn tensors(
         config: &DecoderConfig,
         shape: KvCacheShape,

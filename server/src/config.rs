@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// failed step fails only the requests it carried; the engine goes on below this.
     #[arg(long, env = "LANTERN_MAX_CONSECUTIVE_STEP_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_consecutive_step_failures: u64,
+    /// Seconds with no request running after which the engine hands the KV-cache pages it
+    /// wrote and its step buffers back to the OS, so resident memory returns to its idle size
+    /// (0: keep them).
+    #[arg(long, env = "LANTERN_RELEASE_MEMORY_AFTER_IDLE", default_value_t = 10)]
+    pub release_memory_after_idle: u64,
     /// Test-only: every N-th engine step fails (alternately an error and a panic).
     #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS", hide = true)]
     pub inject_step_faults: Option<u64>,
@@ -344,6 +349,8 @@ impl ServeArgs {
                     max_consecutive: self.max_consecutive_step_failures as usize,
                     inject_every: self.inject_step_faults,
                 },
+                release_memory_after_idle: (self.release_memory_after_idle > 0)
+                    .then(|| std::time::Duration::from_secs(self.release_memory_after_idle)),
             },
             sagemaker_batch,
         })

@@ -73,6 +73,18 @@ impl KvBlocks {
         })
     }
 
+    /// Hands the pool's pages back to the OS: fresh zero mappings replace the old, so only
+    /// what is written from now on is resident again. What the blocks held is gone, so call
+    /// it only while no block holds a sequence's keys (an idle engine). If new mappings
+    /// cannot be had, the old ones stay.
+    pub fn release_pages(&mut self) {
+        let len = self.key.len();
+        if let (Ok(key), Ok(value)) = (ZeroedF32::new(len, "key"), ZeroedF32::new(len, "value")) {
+            self.key = key;
+            self.value = value;
+        }
+    }
+
     /// Index of `slot` of `block` for KV head `head` in `key` and `value`.
     pub(super) fn offset(&self, block: usize, head: usize, slot: usize) -> usize {
         let s = &self.shape;
@@ -113,5 +125,41 @@ impl KvBlocks {
             self.value[at..at + d].copy_from_slice(&value[h * d..(h + 1) * d]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_pages_read_as_zeros_and_take_new_writes() {
+        let shape = KvCacheShape {
+            num_blocks: 4,
+            block_size: 16,
+            num_kv_heads: 2,
+            head_dim: 8,
+        };
+        let mut blocks = KvBlocks::new(shape).unwrap_or_else(|e| panic!("{e}"));
+        let len = blocks.key.len();
+        let token: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+        let table = [2u32, 0];
+        blocks
+            .write(&table, 17, &token, &token)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(blocks.key.iter().any(|&v| v != 0.0));
+        blocks.release_pages();
+        assert_eq!(blocks.key.len(), len);
+        assert_eq!(blocks.value.len(), len);
+        assert!(blocks
+            .key
+            .iter()
+            .chain(blocks.value.iter())
+            .all(|&v| v == 0.0));
+        blocks
+            .write(&table, 17, &token, &token)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = blocks.offset(0, 1, 1);
+        assert_eq!(&blocks.value[at..at + 8], &token[8..]);
     }
 }

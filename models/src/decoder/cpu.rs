@@ -295,6 +295,18 @@ impl CpuModel {
         formats
     }
 
+    /// Drops the step buffers, keeping whether phases are timed.
+    pub(crate) fn release_workspace(&self) {
+        let mut ws = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *ws = Workspace {
+            phases: ws.phases.take(),
+            ..Workspace::default()
+        };
+    }
+
     /// Starts (`true`, from zero) or stops recording time per phase.
     pub fn record_phases(&self, on: bool) {
         if let Ok(mut ws) = self.workspace.lock() {

@@ -176,6 +176,14 @@ impl Decoder {
                 .bytes_per_block(self.cache_dtype())
     }
 
+    /// Frees the buffers steps reuse (they grow to the largest batch seen); the next step
+    /// allocates what it needs again. For an idle engine.
+    pub fn release_idle_memory(&self) {
+        if let Execution::Cpu(model) = &self.execution {
+            model.release_workspace();
+        }
+    }
+
     /// A zeroed KV cache in the layout this decoder's forward pass reads.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let shape = self.cache_shape(num_blocks, block_size);

@@ -26,6 +26,10 @@ pub struct EngineConfig {
     pub max_total_tokens: usize,
     /// What a failed step does to the engine.
     pub faults: FaultPolicy,
+    /// After this long with nothing to run, the engine hands the KV pages it wrote and its
+    /// step buffers back to the OS, so resident memory returns to its idle size; `None` keeps
+    /// them (the next burst then skips the page faults).
+    pub release_memory_after_idle: Option<std::time::Duration>,
 }
 
 /// A failed (or panicking) step fails the sequences it carried and the engine goes on; only
@@ -57,6 +61,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             max_total_tokens: 4096,
             faults: FaultPolicy::default(),
+            release_memory_after_idle: Some(std::time::Duration::from_secs(10)),
         }
     }
 }

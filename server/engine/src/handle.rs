@@ -104,7 +104,8 @@ pub fn start(
         receiver,
         shared.clone(),
     )
-    .with_fault_policy(config.faults);
+    .with_fault_policy(config.faults)
+    .with_idle_release(config.release_memory_after_idle);
     std::thread::Builder::new()
         .name("lantern-engine".into())
         .spawn(move || worker.run())

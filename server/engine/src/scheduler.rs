@@ -330,6 +330,7 @@ impl Scheduler {
             total_blocks: self.allocator.total(),
             preemptions: self.preemptions,
             last_batch_size: 0,
+            idle_releases: 0,
         }
     }
 
@@ -351,6 +352,8 @@ pub struct SchedulerStats {
     pub preemptions: u64,
     /// Sequences in the last step that ran (filled in by the engine thread).
     pub last_batch_size: usize,
+    /// Times the idle engine handed its KV pages and step buffers back (engine thread).
+    pub idle_releases: u64,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use lantern_models::{Decoder, KvCache, LogitsWanted};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
@@ -67,6 +67,11 @@ pub(crate) struct Worker {
     consecutive_failures: usize,
     /// Model steps run (for fault injection).
     model_steps: u64,
+    /// See `EngineConfig::release_memory_after_idle`.
+    idle_release: Option<std::time::Duration>,
+    /// Steps ran since memory was last released.
+    holds_step_memory: bool,
+    idle_releases: u64,
 }
 
 /// One chosen token with what the client may want to know about it.
@@ -100,11 +105,20 @@ impl Worker {
             in_step: Vec::new(),
             consecutive_failures: 0,
             model_steps: 0,
+            idle_release: None,
+            // Warm-up ran steps on this cache and decoder.
+            holds_step_memory: true,
+            idle_releases: 0,
         }
     }
 
     pub fn with_fault_policy(mut self, faults: FaultPolicy) -> Self {
         self.faults = faults;
+        self
+    }
+
+    pub fn with_idle_release(mut self, after: Option<std::time::Duration>) -> Self {
+        self.idle_release = after;
         self
     }
 
@@ -130,9 +144,9 @@ impl Worker {
     /// Takes new commands, blocking while there is nothing to do. False once every handle is gone.
     fn receive_commands(&mut self) -> bool {
         if self.scheduler.is_idle() {
-            match self.commands.recv() {
-                Ok(command) => self.accept(command),
-                Err(_) => return false,
+            match self.next_command_while_idle() {
+                Some(command) => self.accept(command),
+                None => return false,
             }
         }
         loop {
@@ -142,6 +156,27 @@ impl Worker {
                 Err(TryRecvError::Disconnected) => return !self.scheduler.is_idle(),
             }
         }
+    }
+
+    /// Waits for a command with nothing to run; after `idle_release` of waiting, first hands
+    /// the KV pages and step buffers back to the OS (the scheduler holds no block now, so no
+    /// cached key is lost). None once every handle is gone.
+    fn next_command_while_idle(&mut self) -> Option<Command> {
+        if let Some(after) = self.idle_release.filter(|_| self.holds_step_memory) {
+            match self.commands.recv_timeout(after) {
+                Ok(command) => return Some(command),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.cache.release_idle_memory();
+                    self.decoder.release_idle_memory();
+                    self.holds_step_memory = false;
+                    self.idle_releases += 1;
+                    self.publish_stats();
+                    tracing::debug!("idle: KV pages and step buffers handed back");
+                }
+            }
+        }
+        self.commands.recv().ok()
     }
 
     fn accept(&mut self, command: Command) {
@@ -207,6 +242,7 @@ impl Worker {
         self.in_step = plan.steps.iter().map(|s| s.id).collect();
         let steps: Vec<_> = plan.steps.iter().map(|s| s.step.clone()).collect();
         self.model_steps += 1;
+        self.holds_step_memory = true;
         self.maybe_inject_fault()?;
         let logits = self.decoder.forward(&steps, &self.cache)?;
         self.scheduler.complete(&plan);
@@ -437,6 +473,7 @@ impl Worker {
         if let Ok(mut stats) = self.shared.stats.lock() {
             *stats = SchedulerStats {
                 last_batch_size: self.last_batch_size,
+                idle_releases: self.idle_releases,
                 ..self.scheduler.stats()
             };
         }

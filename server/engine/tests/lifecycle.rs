@@ -55,6 +55,33 @@ async fn dropping_the_stream_frees_the_blocks() -> TestResult {
     wait_for(|| engine.handle.stats().used_blocks == 0 && engine.handle.stats().running == 0).await
 }
 
+#[tokio::test]
+async fn an_engine_that_handed_its_memory_back_gives_the_same_answers() -> TestResult {
+    let mut settings = config(64, 64);
+    settings.release_memory_after_idle = Some(Duration::from_millis(20));
+    let engine = tiny_engine(&settings)?;
+    let kept = tiny_engine(&config(64, 64))?;
+    let request = || {
+        let mut request = GenerateRequest::greedy((1..90).collect(), 24);
+        request.ignore_eos = true;
+        request
+    };
+    // Idle past the release (the warm-up's memory first), then after each request: the KV
+    // pages and step buffers go back to the OS.
+    wait_for(|| engine.handle.stats().idle_releases == 1).await?;
+    let first = run(&engine.handle, request()).await?;
+    wait_for(|| engine.handle.stats().idle_releases == 2).await?;
+    let again = run(&engine.handle, request()).await?;
+    wait_for(|| engine.handle.stats().idle_releases == 3).await?;
+    assert_eq!(
+        first, again,
+        "answers changed after the memory was released"
+    );
+    assert_eq!(first, run(&kept.handle, request()).await?);
+    assert_eq!(kept.handle.stats().idle_releases, 0);
+    Ok(())
+}
+
 async fn wait_for(condition: impl Fn() -> bool) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !condition() {

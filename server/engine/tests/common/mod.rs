@@ -27,6 +27,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         max_num_seqs: 64,
         max_total_tokens: 512,
         faults: Default::default(),
+        release_memory_after_idle: None,
     }
 }
 
