@@ -54,16 +54,17 @@ pub(crate) enum CacheStorage {
 
 impl KvCache {
     /// Returns the memory of the CPU pools' written pages to the OS (they fill again as
-    /// sequences write): for an idle engine, whose blocks hold nothing. The portable path's
+    /// sequences write), keeping the keys and values of the blocks in `keep` (cached
+    /// prefixes): for an idle engine, whose other blocks hold nothing. The portable path's
     /// tensors stay as they are.
-    pub fn release_idle_memory(&self) {
+    pub fn release_idle_memory(&self, keep: &[u32]) {
         if let CacheStorage::Cpu(layers) = &self.storage {
             for layer in layers {
-                // A poisoned lock is a failed step's: the pool's bytes do not matter here.
+                // A poisoned lock is a failed step's: kept blocks were written before it.
                 let mut blocks = layer
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                blocks.release_pages();
+                blocks.release_pages(keep);
             }
         }
     }

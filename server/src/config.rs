@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// (0: keep them).
     #[arg(long, env = "LANTERN_RELEASE_MEMORY_AFTER_IDLE", default_value_t = 10)]
     pub release_memory_after_idle: u64,
+    /// Reuse the keys and values of prompt prefixes already computed (a system prompt, the
+    /// earlier turns of a conversation): only the rest of a prompt is prefilled. Outputs are
+    /// the same bits either way.
+    #[arg(long, env = "LANTERN_PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prefix_caching: bool,
     /// Test-only: every N-th engine step fails (alternately an error and a panic).
     #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS", hide = true)]
     pub inject_step_faults: Option<u64>,
@@ -349,6 +354,7 @@ impl ServeArgs {
                     max_consecutive: self.max_consecutive_step_failures as usize,
                     inject_every: self.inject_step_faults,
                 },
+                prefix_caching: self.prefix_caching,
                 release_memory_after_idle: (self.release_memory_after_idle > 0)
                     .then(|| std::time::Duration::from_secs(self.release_memory_after_idle)),
             },

@@ -149,6 +149,7 @@ mod tests {
             finish_reason: FinishReason::Length,
             trailing_text: String::new(),
             prompt_tokens: 12,
+            cached_tokens: 0,
             generated_tokens: 5,
             queue_time: Duration::from_millis(2),
             time_to_first_token: Duration::from_millis(30),

@@ -22,6 +22,21 @@ pub struct Metrics {
     batch_size: IntGauge,
     waiting: IntGauge,
     preemptions: IntCounter,
+    kv_blocks_cached_idle: IntGauge,
+    prefix_cache_queries: IntCounter,
+    prefix_cache_query_tokens: IntCounter,
+    prefix_cache_hits: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Brings a counter up to a total the engine keeps since it started.
+fn catch_up(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 fn histogram(
@@ -113,14 +128,31 @@ impl Metrics {
                 "lantern_batch_size",
                 "Sequences in the last engine step",
             )?,
-            preemptions: {
-                let counter = IntCounter::new(
-                    "lantern_preemptions_total",
-                    "Sequences preempted (their blocks freed, recomputed later)",
-                )?;
-                registry.register(Box::new(counter.clone()))?;
-                counter
-            },
+            preemptions: counter(
+                &registry,
+                "lantern_preemptions_total",
+                "Sequences preempted (their blocks freed, recomputed later)",
+            )?,
+            kv_blocks_cached_idle: gauge(
+                &registry,
+                "lantern_kv_cache_blocks_cached_idle",
+                "KV-cache blocks holding a cached prefix that no sequence holds (evicted when needed)",
+            )?,
+            prefix_cache_queries: counter(
+                &registry,
+                "lantern_prefix_cache_queries_total",
+                "Admissions that looked their prompt up in the prefix cache",
+            )?,
+            prefix_cache_query_tokens: counter(
+                &registry,
+                "lantern_prefix_cache_query_tokens_total",
+                "Prompt tokens those lookups could have found (whole blocks, the last token excluded)",
+            )?,
+            prefix_cache_hits: counter(
+                &registry,
+                "lantern_prefix_cache_hits_total",
+                "Prompt tokens taken from the prefix cache instead of prefilled",
+            )?,
             requests_started,
             requests,
             generated_tokens,
@@ -153,10 +185,16 @@ impl Metrics {
             self.running.set(stats.running as i64);
             self.batch_size.set(stats.last_batch_size as i64);
             self.waiting.set(stats.waiting as i64);
-            // The engine counts since start; the counter catches up to it.
-            let seen = self.preemptions.get();
-            self.preemptions
-                .inc_by(stats.preemptions.saturating_sub(seen));
+            self.kv_blocks_cached_idle
+                .set(stats.cached_idle_blocks as i64);
+            // The engine counts since start; the counters catch up to it.
+            catch_up(&self.preemptions, stats.preemptions);
+            catch_up(&self.prefix_cache_queries, stats.prefix_cache.queries);
+            catch_up(
+                &self.prefix_cache_query_tokens,
+                stats.prefix_cache.queried_tokens,
+            );
+            catch_up(&self.prefix_cache_hits, stats.prefix_cache.hit_tokens);
         }
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

@@ -112,7 +112,7 @@ async fn each_api_refuses_a_bad_field_in_its_own_shape() {
     let openai = post(
         &app,
         "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2}),
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 17}),
     )
     .await;
     assert_eq!(openai.status, StatusCode::BAD_REQUEST);

@@ -73,16 +73,30 @@ impl KvBlocks {
         })
     }
 
-    /// Hands the pool's pages back to the OS: fresh zero mappings replace the old, so only
-    /// what is written from now on is resident again. What the blocks held is gone, so call
-    /// it only while no block holds a sequence's keys (an idle engine). If new mappings
-    /// cannot be had, the old ones stay.
-    pub fn release_pages(&mut self) {
+    /// Hands the pool's pages back to the OS: fresh zero mappings replace the old, into which
+    /// the blocks in `keep` are copied, so only those and what is written from now on are
+    /// resident. Every other block's content is gone: call it only while no sequence holds
+    /// them (an idle engine). If new mappings cannot be had, the old ones stay.
+    pub fn release_pages(&mut self, keep: &[u32]) {
         let len = self.key.len();
-        if let (Ok(key), Ok(value)) = (ZeroedF32::new(len, "key"), ZeroedF32::new(len, "value")) {
-            self.key = key;
-            self.value = value;
+        let (Ok(mut key), Ok(mut value)) =
+            (ZeroedF32::new(len, "key"), ZeroedF32::new(len, "value"))
+        else {
+            return;
+        };
+        let run = self.shape.block_size * self.shape.head_dim;
+        for &block in keep
+            .iter()
+            .filter(|&&b| (b as usize) < self.shape.num_blocks)
+        {
+            for head in 0..self.shape.num_kv_heads {
+                let at = self.offset(block as usize, head, 0);
+                key[at..at + run].copy_from_slice(&self.key[at..at + run]);
+                value[at..at + run].copy_from_slice(&self.value[at..at + run]);
+            }
         }
+        self.key = key;
+        self.value = value;
     }
 
     /// Index of `slot` of `block` for KV head `head` in `key` and `value`.
@@ -133,7 +147,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn released_pages_read_as_zeros_and_take_new_writes() {
+    fn released_pages_keep_the_kept_blocks_and_take_new_writes() {
         let shape = KvCacheShape {
             num_blocks: 4,
             block_size: 16,
@@ -144,18 +158,22 @@ mod tests {
         let len = blocks.key.len();
         let token: Vec<f32> = (1..=16).map(|v| v as f32).collect();
         let table = [2u32, 0];
-        blocks
-            .write(&table, 17, &token, &token)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(blocks.key.iter().any(|&v| v != 0.0));
-        blocks.release_pages();
+        // Position 2 lands in block 2, position 17 in block 0.
+        for position in [2, 17] {
+            blocks
+                .write(&table, position, &token, &token)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let kept = blocks.offset(2, 1, 2);
+        blocks.release_pages(&[2]);
         assert_eq!(blocks.key.len(), len);
         assert_eq!(blocks.value.len(), len);
-        assert!(blocks
-            .key
-            .iter()
-            .chain(blocks.value.iter())
-            .all(|&v| v == 0.0));
+        assert_eq!(&blocks.key[kept..kept + 8], &token[8..]);
+        assert_eq!(&blocks.value[kept..kept + 8], &token[8..]);
+        // Block 0's token is gone: only block 2's 16 values per pool remain.
+        let written = |pool: &[f32]| pool.iter().filter(|v| **v != 0.0).count();
+        assert_eq!(written(&blocks.key), 16);
+        assert_eq!(written(&blocks.value), 16);
         blocks
             .write(&table, 17, &token, &token)
             .unwrap_or_else(|e| panic!("{e}"));

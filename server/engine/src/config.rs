@@ -30,6 +30,8 @@ pub struct EngineConfig {
     /// step buffers back to the OS, so resident memory returns to its idle size; `None` keeps
     /// them (the next burst then skips the page faults).
     pub release_memory_after_idle: Option<std::time::Duration>,
+    /// Reuse the keys and values of prompt prefixes already computed (scheduler.rs).
+    pub prefix_caching: bool,
 }
 
 /// A failed (or panicking) step fails the sequences it carried and the engine goes on; only
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             max_total_tokens: 4096,
             faults: FaultPolicy::default(),
             release_memory_after_idle: Some(std::time::Duration::from_secs(10)),
+            prefix_caching: true,
         }
     }
 }

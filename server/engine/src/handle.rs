@@ -3,7 +3,7 @@
 
 use crate::config::{EngineConfig, StartError};
 use crate::request::{Event, GenerateRequest};
-use crate::scheduler::{Refusal, Scheduler, SchedulerConfig, SchedulerStats};
+use crate::scheduler::{Refusal, Scheduler, SchedulerConfig, SchedulerStats, SequenceId};
 use crate::worker::{Command, Worker};
 use lantern_models::{Decoder, KvCache, LogitsWanted, SequenceStep, TokenizerBundle};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,6 +82,7 @@ pub fn start(
         max_num_seqs: config.max_num_seqs,
         max_batch_prefill_tokens: config.max_batch_prefill_tokens,
         max_total_tokens: config.max_total_tokens,
+        prefix_caching: config.prefix_caching,
     };
     let cache = decoder.new_cache(num_blocks, config.block_size)?;
     warm_up(&decoder, &cache, &scheduler_config)?;
@@ -166,6 +167,33 @@ fn warm_up(decoder: &Decoder, cache: &KvCache, config: &SchedulerConfig) -> Resu
 impl EngineHandle {
     /// Queues a request. Errors come back at once for requests that could never run.
     pub fn submit(&self, request: GenerateRequest) -> Result<EventStream, SubmitError> {
+        self.validate(&request)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(id, request, None)
+    }
+
+    /// Queues `n` samples of one request (OpenAI's `n`, `best_of`), one stream each. The first
+    /// prefills the prompt; the others wait for it and take its full blocks from the prefix
+    /// cache, computing only the prompt's last partial block. With a seed, sample `i` samples
+    /// with `seed + i`: different and reproducible.
+    pub fn submit_samples(
+        &self,
+        request: GenerateRequest,
+        n: usize,
+    ) -> Result<Vec<EventStream>, SubmitError> {
+        self.validate(&request)?;
+        let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        (0..n)
+            .map(|i| {
+                let mut sample = request.clone();
+                sample.sampling.seed = request.sampling.seed.map(|s| s.wrapping_add(i as u64));
+                let leader = (i > 0).then_some(first);
+                self.send(first + i as u64, sample, leader)
+            })
+            .collect()
+    }
+
+    fn validate(&self, request: &GenerateRequest) -> Result<(), SubmitError> {
         if !self.is_healthy() {
             return Err(SubmitError::Unavailable("the engine is unhealthy".into()));
         }
@@ -189,10 +217,20 @@ impl EngineHandle {
         }
         self.limits
             .check(request.prompt.len(), request.max_new_tokens)?;
+        Ok(())
+    }
+
+    fn send(
+        &self,
+        id: SequenceId,
+        request: GenerateRequest,
+        leader: Option<SequenceId>,
+    ) -> Result<EventStream, SubmitError> {
         let (events, receiver) = unbounded_channel();
         let command = Command::Submit {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             request,
+            leader,
             events,
             submitted_at: Instant::now(),
         };

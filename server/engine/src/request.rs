@@ -73,6 +73,8 @@ pub struct Completion {
     /// Text not yet sent with a token (held back, then released at the end).
     pub trailing_text: String,
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those whose keys came from the prefix cache.
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     /// Submission to first scheduling.
     pub queue_time: Duration,

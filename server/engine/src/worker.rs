@@ -29,6 +29,8 @@ pub(crate) enum Command {
     Submit {
         id: SequenceId,
         request: GenerateRequest,
+        /// For a parallel sample: the sequence prefilling the same prompt.
+        leader: Option<SequenceId>,
         events: UnboundedSender<Event>,
         submitted_at: Instant,
     },
@@ -159,15 +161,16 @@ impl Worker {
     }
 
     /// Waits for a command with nothing to run; after `idle_release` of waiting, first hands
-    /// the KV pages and step buffers back to the OS (the scheduler holds no block now, so no
-    /// cached key is lost). None once every handle is gone.
+    /// the KV pages and step buffers back to the OS, keeping the keys of cached prefixes (no
+    /// sequence holds a block now). None once every handle is gone.
     fn next_command_while_idle(&mut self) -> Option<Command> {
         if let Some(after) = self.idle_release.filter(|_| self.holds_step_memory) {
             match self.commands.recv_timeout(after) {
                 Ok(command) => return Some(command),
                 Err(RecvTimeoutError::Disconnected) => return None,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.cache.release_idle_memory();
+                    self.cache
+                        .release_idle_memory(&self.scheduler.cached_blocks());
                     self.decoder.release_idle_memory();
                     self.holds_step_memory = false;
                     self.idle_releases += 1;
@@ -183,6 +186,7 @@ impl Worker {
         let Command::Submit {
             id,
             request,
+            leader,
             events,
             submitted_at,
         } = command;
@@ -190,9 +194,9 @@ impl Worker {
             let _ = events.send(Event::Failed("the engine is unhealthy".into()));
             return;
         }
-        if let Err(refusal) = self
-            .scheduler
-            .add(id, request.prompt.clone(), request.max_new_tokens)
+        if let Err(refusal) =
+            self.scheduler
+                .add_sample(id, request.prompt.clone(), request.max_new_tokens, leader)
         {
             let _ = events.send(Event::Failed(refusal.to_string()));
             return;
@@ -370,6 +374,7 @@ impl Worker {
     }
 
     fn finish(&mut self, id: SequenceId, mut reason: FinishReason) {
+        let cached_tokens = self.scheduler.cached_tokens(id);
         self.scheduler.remove(id);
         let Some(mut active) = self.active.remove(&id) else {
             return;
@@ -393,6 +398,7 @@ impl Worker {
             finish_reason: reason,
             trailing_text: trailing,
             prompt_tokens: active.prompt.len(),
+            cached_tokens,
             generated_tokens: active.generated.len()
                 + usize::from(reason == FinishReason::EosToken),
             queue_time: active.scheduled_at.unwrap_or(now) - active.submitted_at,

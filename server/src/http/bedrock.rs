@@ -3,7 +3,7 @@
 //! streamed as Anthropic's `message_start` ... `message_stop` events.
 
 use super::error::{ApiError, Flavor};
-use super::generate::{prepare, render_chat, Generated, Params, Prepared};
+use super::generate::{prepare, render_chat, Generated, Params, Prepared, Prompt};
 use super::openai::Content;
 use super::pipeline::{answer, Answer, Api};
 use super::sse::StreamFormat;
@@ -81,7 +81,7 @@ async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Resp
         templated: true,
         ..Params::default()
     };
-    let prepared = prepare(state, &prompt, params).await?;
+    let prepared = prepare(state, Prompt::Text(prompt), params).await?;
     let id = format!(
         "msg_{:x}",
         std::time::SystemTime::now()
@@ -93,7 +93,7 @@ async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Resp
         model: model.name.clone(),
         stops: request.stop_sequences,
     };
-    answer(state, prepared, request.stream, spelling).await
+    answer(state, vec![prepared], request.stream, spelling).await
 }
 
 /// Anthropic Messages answers: one `message`, or its `message_start` ... `message_stop` events.
@@ -115,7 +115,10 @@ impl Answer for MessagesAnswer {
         }
     }
 
-    fn collected(self, generated: &Generated) -> Value {
+    fn collected(self, generated: &[Generated]) -> Value {
+        let Some(generated) = generated.first() else {
+            return Value::Null;
+        };
         let c = &generated.completion;
         let (reason, stop) = stop_reason(c, &self.stops);
         json!({

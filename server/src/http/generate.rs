@@ -33,6 +33,15 @@ pub struct Params {
     pub ignore_eos: bool,
     /// The prompt came out of a chat template, which already wrote any BOS token.
     pub templated: bool,
+    /// Sequences to sample from the prompt (OpenAI's `n` or `best_of`, TGI's `best_of`).
+    pub samples: usize,
+}
+
+/// A prompt as text, or as token ids already (OpenAI completions accept both).
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 /// A request ready for the engine.
@@ -40,6 +49,8 @@ pub struct Prepared {
     pub model: Arc<ServingModel>,
     pub prompt_tokens: Vec<u32>,
     pub request: GenerateRequest,
+    /// Sequences sampled from the prompt (at least 1).
+    pub samples: usize,
     /// Held until the response is complete.
     pub permit: OwnedSemaphorePermit,
 }
@@ -118,7 +129,11 @@ pub async fn encode(
 /// Validates `params`, tokenizes `prompt` and takes an in-flight slot. Tokenizing a prompt of
 /// megabytes takes a second of CPU: it runs on the blocking pool, so the async workers keep
 /// answering (`/ping` above all: SageMaker's ping timeout is 2 s).
-pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<Prepared, ApiError> {
+pub async fn prepare(
+    state: &AppState,
+    prompt: Prompt,
+    params: Params,
+) -> Result<Prepared, ApiError> {
     let model = state.model()?;
     let config = &state.config;
     check_range(params.temperature, "temperature", |t| t >= 0.0, ">= 0")?;
@@ -179,12 +194,16 @@ pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<P
             "top_n_tokens",
         ));
     }
-    let encoding = encode(&model, prompt.to_string(), !params.templated)
-        .await
-        .map_err(|e| {
-            ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
-        })?;
-    let mut prompt_tokens = encoding.get_ids().to_vec();
+    let mut prompt_tokens = match prompt {
+        Prompt::Text(text) => encode(&model, text, !params.templated)
+            .await
+            .map_err(|e| {
+                ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
+            })?
+            .get_ids()
+            .to_vec(),
+        Prompt::Tokens(tokens) => tokens,
+    };
     if let Some(keep) = params
         .truncate
         .filter(|&k| k > 0 && k < prompt_tokens.len())
@@ -238,6 +257,7 @@ pub async fn prepare(state: &AppState, prompt: &str, params: Params) -> Result<P
     };
     let permit = state.admit()?;
     Ok(Prepared {
+        samples: params.samples.max(1),
         request: GenerateRequest {
             prompt: prompt_tokens.clone(),
             max_new_tokens,
@@ -261,13 +281,18 @@ pub struct Generated {
     pub completion: Completion,
 }
 
-pub fn submit(state: &AppState, prepared: &Prepared) -> Result<EventStream, ApiError> {
+/// Queues a prepared request with the engine: one stream per sample.
+pub fn submit(state: &AppState, prepared: &Prepared) -> Result<Vec<EventStream>, ApiError> {
     state.metrics.requests_started.inc();
     state
         .metrics
         .prompt_tokens
         .inc_by(prepared.prompt_tokens.len() as u64);
-    Ok(prepared.model.engine.submit(prepared.request.clone())?)
+    let engine = &prepared.model.engine;
+    Ok(match prepared.samples {
+        1 => vec![engine.submit(prepared.request.clone())?],
+        n => engine.submit_samples(prepared.request.clone(), n)?,
+    })
 }
 
 /// The completion of a request cut by the deadline: what it has so far, honestly labelled.
@@ -282,6 +307,7 @@ pub fn cut_by_deadline(
         finish_reason: FinishReason::TimeLimit,
         trailing_text: String::new(),
         prompt_tokens,
+        cached_tokens: 0,
         generated_tokens,
         queue_time: Duration::ZERO,
         time_to_first_token: elapsed,
@@ -290,13 +316,45 @@ pub fn cut_by_deadline(
     }
 }
 
-/// Runs a request to its end, or to `--request-timeout`, and collects it.
-pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated, ApiError> {
+/// Runs requests to their ends, or to `--request-timeout`, and collects them: each
+/// request's samples in order, requests in order. Every request is queued before any is
+/// awaited, so they run together.
+pub async fn complete(
+    state: &AppState,
+    prepared: Vec<Prepared>,
+) -> Result<Vec<Generated>, ApiError> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
-    let mut stream = submit(state, &prepared)?;
+    let mut queued = Vec::new();
+    for request in &prepared {
+        queued.push(submit(state, request)?);
+    }
+    let mut results = Vec::new();
+    for (request, streams) in prepared.iter().zip(queued) {
+        for stream in streams {
+            results.push(collect(state, request, stream, started, deadline).await?);
+        }
+    }
+    Ok(results)
+}
+
+/// One sample's events, read to its end or the deadline.
+async fn collect(
+    state: &AppState,
+    prepared: &Prepared,
+    mut stream: EventStream,
+    started: Instant,
+    deadline: tokio::time::Instant,
+) -> Result<Generated, ApiError> {
     let mut tokens = Vec::new();
     let mut text = String::new();
+    let generated = |text, tokens, completion| Generated {
+        model: prepared.model.clone(),
+        prompt_tokens: prepared.prompt_tokens.clone(),
+        text,
+        tokens,
+        completion,
+    };
     loop {
         let event = match tokio::time::timeout_at(deadline, stream.recv()).await {
             Ok(event) => event,
@@ -309,13 +367,7 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
                     prepared.request.sampling.seed,
                 );
                 state.metrics.observe(&completion);
-                return Ok(Generated {
-                    model: prepared.model,
-                    prompt_tokens: prepared.prompt_tokens,
-                    text,
-                    tokens,
-                    completion,
-                });
+                return Ok(generated(text, tokens, completion));
             }
         };
         match event {
@@ -326,13 +378,7 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
             Some(Event::End(completion)) => {
                 text.push_str(&completion.trailing_text);
                 state.metrics.observe(&completion);
-                return Ok(Generated {
-                    model: prepared.model,
-                    prompt_tokens: prepared.prompt_tokens,
-                    text,
-                    tokens,
-                    completion,
-                });
+                return Ok(generated(text, tokens, completion));
             }
             Some(Event::Failed(message)) => return Err(ApiError::Generation(message)),
             None => {
@@ -342,4 +388,37 @@ pub async fn complete(state: &AppState, prepared: Prepared) -> Result<Generated,
             }
         }
     }
+}
+
+impl Generated {
+    /// The sum of the token log-probabilities: how TGI and OpenAI rank `best_of` samples.
+    pub fn cumulative_logprob(&self) -> f64 {
+        self.tokens.iter().map(|t| f64::from(t.logprob)).sum()
+    }
+}
+
+/// One completion standing for several (a request's samples, a list of prompts): tokens
+/// summed, each prompt counted once, times of the slowest, the first's finish reason and seed.
+pub fn combined(generated: &[Generated], samples: usize) -> Option<Completion> {
+    let first = generated.first()?;
+    let mut total = first.completion.clone();
+    total.generated_tokens = generated
+        .iter()
+        .map(|g| g.completion.generated_tokens)
+        .sum();
+    let per_prompt = generated.iter().step_by(samples.max(1));
+    (total.prompt_tokens, total.cached_tokens) = per_prompt.fold((0, 0), |(p, c), g| {
+        (
+            p + g.completion.prompt_tokens,
+            c + g.completion.cached_tokens,
+        )
+    });
+    for g in generated {
+        total.queue_time = total.queue_time.max(g.completion.queue_time);
+        total.time_to_first_token = total
+            .time_to_first_token
+            .max(g.completion.time_to_first_token);
+        total.total_time = total.total_time.max(g.completion.total_time);
+    }
+    Some(total)
 }

@@ -2,7 +2,7 @@
 //! `temperature: 0` means greedy, as OpenAI clients expect; `n` > 1 is refused.
 
 use super::error::{ApiError, Flavor};
-use super::generate::{prepare, render_chat, Generated, Params, Prepared};
+use super::generate::{combined, prepare, render_chat, Generated, Params, Prepared, Prompt};
 use super::pipeline::{answer, Answer, Api};
 use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
@@ -96,8 +96,9 @@ pub struct Common {
     #[schemars(range(min = 0.0, max = 1.0))]
     #[serde(default, deserialize_with = "super::body::narrow_f32")]
     pub min_p: Option<f32>,
-    /// Only 1: one choice per request.
-    #[schemars(range(min = 1, max = 1))]
+    /// Choices to return per prompt, each sampled with its own seed (`seed + i` when a seed
+    /// is given). More than 1 needs `stream: false`.
+    #[schemars(range(min = 1, max = 16))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub n: Option<usize>,
     pub stop: Option<Stop>,
@@ -117,6 +118,96 @@ pub struct Common {
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
     pub ignore_eos: bool,
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
+    // Accepted and ignored (README): `user`, `metadata`, `service_tier`, `store`,
+    // `parallel_tool_calls`, `reasoning_effort`, and any field OpenAI adds later.
+}
+
+/// OpenAI fields Lantern cannot honour yet. Their default values are accepted; any other is
+/// refused with a 400 naming the field, never silently dropped. The schema states the
+/// defaults, so API fuzzers know.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct Unsupported {
+    /// Only `{}`: no token biasing.
+    #[schemars(extend("maxProperties" = 0))]
+    pub logit_bias: Option<serde_json::Map<String, Value>>,
+    /// Only `[]`: tool calling is not supported yet.
+    #[schemars(length(max = 0))]
+    pub tools: Option<Vec<Value>>,
+    /// Only `[]` (the deprecated form of `tools`).
+    #[schemars(length(max = 0))]
+    pub functions: Option<Vec<Value>>,
+    /// Only `"none"` or `"auto"` (with no tools, both mean no tool call).
+    #[schemars(extend("enum" = ["none", "auto"]))]
+    pub tool_choice: Option<Value>,
+    /// Only `"none"` or `"auto"` (the deprecated form of `tool_choice`).
+    #[schemars(extend("enum" = ["none", "auto"]))]
+    pub function_call: Option<Value>,
+    /// Only `{"type": "text"}`: structured output is not supported yet.
+    pub response_format: Option<TextFormat>,
+    /// Only `["text"]`.
+    pub modalities: Option<Vec<TextModality>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TextFormat {
+    #[serde(rename = "type")]
+    #[schemars(extend("const" = "text"))]
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TextModality(#[schemars(extend("const" = "text"))] pub String);
+
+impl Unsupported {
+    /// The first field set to something Lantern cannot honour, as a 400 naming it.
+    fn check(&self) -> Result<(), ApiError> {
+        let refuse = |field: &str, what: &str| {
+            Err(ApiError::validation(
+                format!("`{field}` is not supported: {what}"),
+                field,
+            ))
+        };
+        let not_none = |choice: &Option<Value>| {
+            choice
+                .as_ref()
+                .is_some_and(|c| c != "none" && c != "auto" && !c.is_null())
+        };
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return refuse("logit_bias", "token biasing is not implemented");
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return refuse("tools", "tool calling is not implemented yet");
+        }
+        if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+            return refuse("functions", "tool calling is not implemented yet");
+        }
+        if not_none(&self.tool_choice) {
+            return refuse("tool_choice", "tool calling is not implemented yet");
+        }
+        if not_none(&self.function_call) {
+            return refuse("function_call", "tool calling is not implemented yet");
+        }
+        if self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f.kind != "text")
+        {
+            return refuse(
+                "response_format",
+                "only {\"type\": \"text\"}: structured output is not implemented yet",
+            );
+        }
+        if self
+            .modalities
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m.0 != "text"))
+        {
+            return refuse("modalities", "text only");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -132,12 +223,27 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
+/// The prompts of a completion request, in each form OpenAI accepts (LangChain sends lists).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     One(#[schemars(length(min = 1))] String),
-    /// One prompt per request: a list of exactly one.
-    Many(#[schemars(length(min = 1, max = 1), inner(length(min = 1)))] Vec<String>),
+    Many(#[schemars(length(min = 1, max = 16), inner(length(min = 1)))] Vec<String>),
+    /// One prompt as token ids.
+    Tokens(#[schemars(length(min = 1))] Vec<u32>),
+    /// Several prompts as token ids.
+    TokenLists(#[schemars(length(min = 1, max = 16), inner(length(min = 1)))] Vec<Vec<u32>>),
+}
+
+impl PromptField {
+    fn prompts(self) -> Vec<Prompt> {
+        match self {
+            Self::One(text) => vec![Prompt::Text(text)],
+            Self::Many(texts) => texts.into_iter().map(Prompt::Text).collect(),
+            Self::Tokens(tokens) => vec![Prompt::Tokens(tokens)],
+            Self::TokenLists(lists) => lists.into_iter().map(Prompt::Tokens).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -147,6 +253,18 @@ pub struct CompletionRequest {
     #[schemars(range(max = 5))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub logprobs: Option<usize>,
+    /// Samples drawn per prompt, of which the `n` with the highest cumulative log-probability
+    /// are returned; at least `n`.
+    #[schemars(range(min = 1, max = 16))]
+    #[serde(default, deserialize_with = "super::body::whole_opt")]
+    pub best_of: Option<usize>,
+    /// Return each prompt's text before its completion. Prompt log-probabilities are not
+    /// computed, so not with `logprobs`.
+    #[serde(default)]
+    pub echo: bool,
+    /// Only empty: text after the insertion point is not supported.
+    #[schemars(length(max = 0))]
+    pub suffix: Option<String>,
     #[serde(flatten)]
     pub common: Common,
 }
@@ -175,9 +293,10 @@ impl Common {
         default_temperature: Option<f64>,
         top_n: usize,
     ) -> Result<Params, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
+        self.unsupported.check()?;
+        if let Some(n) = self.n.filter(|n| !(1..=16).contains(n)) {
             return Err(ApiError::validation(
-                "`n` other than 1 is not supported: send several requests",
+                format!("`n` must be between 1 and 16, got {n}"),
                 "n",
             ));
         }
@@ -212,8 +331,14 @@ impl Common {
             },
             top_n_tokens: Some(top_n),
             ignore_eos: self.ignore_eos,
+            samples: self.choices(),
             ..Params::default()
         })
+    }
+
+    /// Choices per prompt (`n`).
+    fn choices(&self) -> usize {
+        self.n.unwrap_or(1)
     }
 }
 
@@ -224,8 +349,18 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// Usage of a whole response: each prompt counted once, every choice's tokens.
+fn usage_of(generated: &[Generated], samples: usize) -> Value {
+    combined(generated, samples).map_or(Value::Null, |c| usage(&c))
+}
+
 fn usage(c: &Completion) -> Value {
-    json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.generated_tokens, "total_tokens": c.prompt_tokens + c.generated_tokens})
+    json!({
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.generated_tokens,
+        "total_tokens": c.prompt_tokens + c.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens},
+    })
 }
 
 fn now() -> u64 {
@@ -288,20 +423,23 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
         .common
         .to_params(model.generation.temperature, top_n)?;
     params.templated = true;
-    let prepared = prepare(state, &prompt, params).await?;
+    let prepared = prepare(state, Prompt::Text(prompt), params).await?;
     let spelling = ChatAnswer {
         header: request
             .common
             .header("chatcmpl", &model.name, "chat.completion.chunk"),
         logprobs: request.logprobs,
+        choices: request.common.choices(),
     };
-    answer(state, prepared, request.common.stream, spelling).await
+    answer(state, vec![prepared], request.common.stream, spelling).await
 }
 
-/// Chat answers: a `chat.completion`, or its stream of `chat.completion.chunk`s.
+/// Chat answers: a `chat.completion` with `n` choices, or its stream of
+/// `chat.completion.chunk`s.
 struct ChatAnswer {
     header: StreamHeader,
     logprobs: bool,
+    choices: usize,
 }
 
 impl Answer for ChatAnswer {
@@ -314,20 +452,24 @@ impl Answer for ChatAnswer {
         }
     }
 
-    fn collected(self, generated: &Generated) -> Value {
-        let c = &generated.completion;
+    fn collected(self, generated: &[Generated]) -> Value {
+        let choices: Vec<Value> = generated
+            .iter()
+            .enumerate()
+            .map(|(index, g)| json!({
+                "index": index,
+                "message": {"role": "assistant", "content": g.text},
+                "logprobs": if self.logprobs { chat_logprobs(&g.tokens, &g.model) } else { Value::Null },
+                "finish_reason": finish_reason(g.completion.finish_reason),
+            }))
+            .collect();
         json!({
             "id": self.header.id,
             "object": "chat.completion",
             "created": self.header.created,
             "model": self.header.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": generated.text},
-                "logprobs": if self.logprobs { chat_logprobs(&generated.tokens, &generated.model) } else { Value::Null },
-                "finish_reason": finish_reason(c.finish_reason),
-            }],
-            "usage": usage(c),
+            "choices": choices,
+            "usage": usage_of(generated, self.choices),
         })
     }
 }
@@ -405,32 +547,67 @@ async fn run_completion(
     request: CompletionRequest,
 ) -> Result<Response, ApiError> {
     let model = state.model()?;
-    let prompt = match request.prompt {
-        PromptField::One(p) => p,
-        PromptField::Many(mut many) if many.len() == 1 => many.remove(0),
-        PromptField::Many(_) => {
-            return Err(ApiError::validation(
-                "a list of several prompts is not supported: send one per request",
-                "prompt",
-            ))
-        }
-    };
+    if request.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::validation(
+            "`suffix` is not supported: text after the insertion point",
+            "suffix",
+        ));
+    }
+    if request.echo && request.logprobs.is_some() {
+        return Err(ApiError::validation(
+            "`echo` with `logprobs` asks for the prompt's log-probabilities, which are not computed: drop one of them",
+            "echo",
+        ));
+    }
+    let n = request.common.choices();
+    let best_of = request.best_of.unwrap_or(n);
+    if !(1..=16).contains(&best_of) || best_of < n {
+        return Err(ApiError::validation(
+            format!("`best_of` ({best_of}) must be between `n` ({n}) and 16"),
+            "best_of",
+        ));
+    }
     let mut params = request
         .common
         .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
-    let prepared = prepare(state, &prompt, params).await?;
+    params.samples = best_of;
+    let mut prepared = Vec::new();
+    let mut echoed = Vec::new();
+    for prompt in request.prompt.prompts() {
+        if request.echo {
+            echoed.push(match &prompt {
+                Prompt::Text(text) => text.clone(),
+                Prompt::Tokens(ids) => model
+                    .tokenizer
+                    .tokenizer
+                    .decode(ids, false)
+                    .unwrap_or_default(),
+            });
+        }
+        prepared.push(prepare(state, prompt, params.clone()).await?);
+    }
     let spelling = CompletionAnswer {
         header: request
             .common
             .header("cmpl", &model.name, "text_completion"),
+        choices: n,
+        best_of,
+        echoed,
+        logprobs: request.logprobs.is_some(),
     };
     answer(state, prepared, request.common.stream, spelling).await
 }
 
-/// Completion answers: a `text_completion`, streamed as chunks of the same object type.
+/// Completion answers: a `text_completion` (per prompt, the `n` best of `best_of` samples,
+/// indexed prompt by prompt), streamed as chunks of the same object type.
 struct CompletionAnswer {
     header: StreamHeader,
+    choices: usize,
+    best_of: usize,
+    /// Each prompt's text, when `echo`.
+    echoed: Vec<String>,
+    logprobs: bool,
 }
 
 impl Answer for CompletionAnswer {
@@ -439,25 +616,85 @@ impl Answer for CompletionAnswer {
     fn streamed(self, _: &Prepared) -> CompletionStream {
         CompletionStream {
             header: self.header,
+            echo: self.echoed.into_iter().next(),
         }
     }
 
-    fn collected(self, generated: &Generated) -> Value {
-        let c = &generated.completion;
+    fn collected(self, generated: &[Generated]) -> Value {
+        let mut choices = Vec::new();
+        for (prompt, samples) in generated.chunks(self.best_of.max(1)).enumerate() {
+            // The `n` best samples by cumulative log-probability, best first (stable: ties
+            // keep their order).
+            let mut ranked: Vec<&Generated> = samples.iter().collect();
+            ranked.sort_by(|a, b| b.cumulative_logprob().total_cmp(&a.cumulative_logprob()));
+            for (j, g) in ranked.into_iter().take(self.choices).enumerate() {
+                let echo = self.echoed.get(prompt).map_or("", String::as_str);
+                choices.push(json!({
+                    "index": prompt * self.choices + j,
+                    "text": format!("{echo}{}", g.text),
+                    "logprobs": if self.logprobs { completion_logprobs(g) } else { Value::Null },
+                    "finish_reason": finish_reason(g.completion.finish_reason),
+                }));
+            }
+        }
         json!({
             "id": self.header.id, "object": "text_completion", "created": self.header.created,
             "model": self.header.model,
-            "choices": [{"index": 0, "text": generated.text, "logprobs": null, "finish_reason": finish_reason(c.finish_reason)}],
-            "usage": usage(c),
+            "choices": choices,
+            "usage": usage_of(generated, self.best_of),
         })
     }
 }
 
+/// The legacy completions API's log-probabilities of a generated text.
+fn completion_logprobs(generated: &Generated) -> Value {
+    let text = |id: u32| {
+        generated
+            .model
+            .tokenizer
+            .tokenizer
+            .decode(&[id], false)
+            .unwrap_or_default()
+    };
+    let tokens: Vec<&TokenEvent> = generated.tokens.iter().filter(|t| !t.special).collect();
+    let mut offset = 0;
+    let offsets: Vec<usize> = tokens
+        .iter()
+        .map(|t| {
+            let at = offset;
+            offset += t.text.len();
+            at
+        })
+        .collect();
+    json!({
+        "tokens": tokens.iter().map(|t| text(t.id)).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": tokens.iter().map(|t| {
+            t.top.iter().map(|(id, lp)| (text(*id), json!(lp))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
 struct CompletionStream {
     header: StreamHeader,
+    /// The prompt's text, sent first when `echo`.
+    echo: Option<String>,
 }
 
 impl StreamFormat for CompletionStream {
+    fn start(&mut self) -> Vec<SseEvent> {
+        self.echo
+            .take()
+            .map(|text| {
+                self.header.chunk(
+                    json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null}),
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
     fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
         if token.text.is_empty() {
             return Vec::new();

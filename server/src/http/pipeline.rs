@@ -8,7 +8,7 @@
 
 use super::body::{json_body, parse};
 use super::error::{ApiError, Flavor};
-use super::generate::{complete, submit, Generated, Prepared};
+use super::generate::{combined, complete, submit, Generated, Prepared};
 use super::sse::{respond, StreamFormat};
 use super::state::AppState;
 use axum::body::Bytes;
@@ -73,27 +73,45 @@ pub trait Answer: Send + 'static {
     /// The stream's format, told what the request became (e.g. its prompt's token count).
     fn streamed(self, prepared: &Prepared) -> Self::Stream;
 
-    /// The body of the whole answer once the generation has finished.
-    fn collected(self, generated: &Generated) -> Value;
+    /// The body of the whole answer once every sequence has finished: each prompt's samples
+    /// in order, prompts in order.
+    fn collected(self, generated: &[Generated]) -> Value;
 }
 
-/// Runs `prepared` and answers it as `answer` spells it: streamed when `stream`, otherwise
-/// collected into one JSON response that carries its [`Completion`] (for the request log,
-/// metrics and SageMaker's custom attributes) and TGI's timing headers.
+/// Runs `prepared` (one request, or one per prompt of a list) and answers as `answer` spells
+/// it: streamed when `stream` (one request of one sample: the APIs refuse more), otherwise
+/// collected into one JSON response that carries the [`Completion`] of the whole (for the
+/// request log, metrics and SageMaker's custom attributes) and TGI's timing headers.
 pub async fn answer(
     state: &AppState,
-    prepared: Prepared,
+    mut prepared: Vec<Prepared>,
     stream: bool,
     answer: impl Answer,
 ) -> Result<Response, ApiError> {
     if stream {
-        let events = submit(state, &prepared)?;
-        let format = answer.streamed(&prepared);
-        return Ok(respond(state, prepared, events, format));
+        let one = match prepared.pop() {
+            Some(one) if prepared.is_empty() && one.samples == 1 => one,
+            _ => {
+                return Err(ApiError::validation(
+                    "streaming answers one prompt with one sample: `n`, `best_of` and prompt lists need `stream: false`",
+                    "stream",
+                ))
+            }
+        };
+        let events = submit(state, &one)?
+            .pop()
+            .ok_or_else(|| ApiError::Generation("the engine queued no sequence".into()))?;
+        let format = answer.streamed(&one);
+        return Ok(respond(state, one, events, format));
     }
+    let samples = prepared.first().map_or(1, |p| p.samples);
     let generated = complete(state, prepared).await?;
+    let total = combined(&generated, samples);
     let response = Json(answer.collected(&generated)).into_response();
-    Ok(with_completion(response, generated.completion))
+    Ok(match total {
+        Some(total) => with_completion(response, total),
+        None => response,
+    })
 }
 
 /// TGI's per-request timing and token-count headers, and the completion itself in the
@@ -107,6 +125,7 @@ fn with_completion(mut response: Response, completion: Completion) -> Response {
         ("x-inference-time", ms(decode)),
         ("x-time-per-token", ms(per_token)),
         ("x-prompt-tokens", completion.prompt_tokens.to_string()),
+        ("x-cached-tokens", completion.cached_tokens.to_string()),
         (
             "x-generated-tokens",
             completion.generated_tokens.to_string(),

@@ -98,8 +98,9 @@ pub async fn invocations(
         if let Some(c) = response.extensions().get::<Completion>() {
             let decode = c.total_time.saturating_sub(c.queue_time);
             echoed.push_str(&format!(
-                ",prompt-tokens={},generated-tokens={},queue-time={},inference-time={}",
+                ",prompt-tokens={},cached-tokens={},generated-tokens={},queue-time={},inference-time={}",
                 c.prompt_tokens,
+                c.cached_tokens,
                 c.generated_tokens,
                 c.queue_time.as_millis(),
                 decode.as_millis()

@@ -3,7 +3,7 @@
 //! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
 
 use super::error::{ApiError, Flavor};
-use super::generate::{encode, prepare, Generated, Params, Prepared};
+use super::generate::{encode, prepare, Generated, Params, Prepared, Prompt};
 use super::pipeline::{answer, Answer, Api};
 use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
@@ -66,29 +66,40 @@ pub struct TgiParameters {
     pub truncate: Option<usize>,
     #[serde(default)]
     pub ignore_eos: bool,
-    #[schemars(range(max = 1))]
+    /// Samples to draw; the one with the highest cumulative log-probability is returned
+    /// (with `details`, the others in `best_of_sequences`). Needs sampling, no streaming.
+    #[schemars(range(min = 1, max = 8))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub best_of: Option<usize>,
 }
 
 impl TgiParameters {
     fn to_params(&self) -> Result<Params, ApiError> {
-        if self.best_of.is_some_and(|b| b > 1) {
+        // TGI samples only when asked to (do_sample, or a sampling setting given).
+        let sampling = self.do_sample.unwrap_or(
+            self.temperature.is_some_and(|t| t > 0.0)
+                || self.top_k.is_some()
+                || self.top_p.is_some()
+                || self.typical_p.is_some(),
+        );
+        let best_of = self.best_of.unwrap_or(1);
+        if best_of == 0 || best_of > 8 {
             return Err(ApiError::validation(
-                "`best_of` > 1 is not supported",
+                format!("`best_of` must be between 1 and 8, got {best_of}"),
+                "best_of",
+            ));
+        }
+        if best_of > 1 && !sampling {
+            return Err(ApiError::validation(
+                "`best_of` > 1 draws samples: set `do_sample` (or a sampling parameter)",
                 "best_of",
             ));
         }
         Ok(Params {
+            samples: best_of,
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
-            // TGI samples only when asked to (do_sample, or a sampling setting given).
-            do_sample: Some(self.do_sample.unwrap_or(
-                self.temperature.is_some_and(|t| t > 0.0)
-                    || self.top_k.is_some()
-                    || self.top_p.is_some()
-                    || self.typical_p.is_some(),
-            )),
+            do_sample: Some(sampling),
             top_k: self.top_k,
             top_p: self.top_p,
             typical_p: self.typical_p,
@@ -136,6 +147,7 @@ fn details_json(generated: &Generated, parameters: &TgiParameters) -> Value {
     let mut details = json!({
         "finish_reason": c.finish_reason.as_str(),
         "generated_tokens": c.generated_tokens,
+        "cached_tokens": c.cached_tokens,
         "seed": parameters.seed.map(|_| c.seed),
         "prefill": prefill,
         "tokens": generated.tokens.iter().map(token_json).collect::<Vec<_>>(),
@@ -159,18 +171,18 @@ async fn run_tgi(
     toolkit_shape: bool,
 ) -> Result<Response, ApiError> {
     let parameters = request.parameters;
-    let prepared = prepare(state, &request.inputs, parameters.to_params()?).await?;
     let prefix = if parameters.return_full_text.unwrap_or(false) {
-        request.inputs
+        request.inputs.clone()
     } else {
         String::new()
     };
+    let prepared = prepare(state, Prompt::Text(request.inputs), parameters.to_params()?).await?;
     let spelling = TgiAnswer {
         prefix,
         parameters,
         toolkit_shape,
     };
-    answer(state, prepared, request.stream, spelling).await
+    answer(state, vec![prepared], request.stream, spelling).await
 }
 
 /// TGI's answers: `{"generated_text", "details"}` (in a list for the toolkit's shape), or its
@@ -195,10 +207,36 @@ impl Answer for TgiAnswer {
         }
     }
 
-    fn collected(self, generated: &Generated) -> Value {
-        let mut body = json!({"generated_text": format!("{}{}", self.prefix, generated.text)});
+    fn collected(self, generated: &[Generated]) -> Value {
+        // best_of: the sample with the highest cumulative log-probability (the first on ties).
+        let best = (0..generated.len()).fold(0, |best, i| {
+            if generated[i].cumulative_logprob() > generated[best].cumulative_logprob() {
+                i
+            } else {
+                best
+            }
+        });
+        let Some(chosen) = generated.get(best) else {
+            return json!({"generated_text": self.prefix});
+        };
+        let mut body = json!({"generated_text": format!("{}{}", self.prefix, chosen.text)});
         if self.parameters.details || self.parameters.decoder_input_details {
-            body["details"] = details_json(generated, &self.parameters);
+            let mut details = details_json(chosen, &self.parameters);
+            if generated.len() > 1 {
+                let others: Vec<Value> = generated
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != best)
+                    .map(|(_, other)| {
+                        let mut sequence = details_json(other, &self.parameters);
+                        sequence["generated_text"] =
+                            json!(format!("{}{}", self.prefix, other.text));
+                        sequence
+                    })
+                    .collect();
+                details["best_of_sequences"] = Value::Array(others);
+            }
+            body["details"] = details;
         }
         if self.toolkit_shape {
             json!([body])

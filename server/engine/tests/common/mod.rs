@@ -28,6 +28,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         max_total_tokens: 512,
         faults: Default::default(),
         release_memory_after_idle: None,
+        prefix_caching: true,
     }
 }
 
