@@ -155,6 +155,7 @@ mod tests {
             time_to_first_token: Duration::from_millis(30),
             total_time: Duration::from_millis(70),
             seed: 0,
+            prompt_logprobs: Vec::new(),
         };
         let record = RequestRecord {
             model: "tiny",

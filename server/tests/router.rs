@@ -312,3 +312,274 @@ async fn every_documented_operation_is_served() {
         }
     }
 }
+
+/// The text of each choice of an OpenAI completion response.
+fn choice_texts(answer: &Answer) -> Vec<String> {
+    answer.body["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Sum of a completion choice's token log-probabilities.
+fn cumulative_logprob(choice: &Value) -> f64 {
+    choice["logprobs"]["token_logprobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .sum()
+}
+
+#[tokio::test]
+async fn openai_samples_choices_prompt_lists_and_echo() {
+    let (_model, app) = app(&[]);
+    let sampled = json!({"prompt": "once upon", "max_tokens": 6, "temperature": 1.0, "seed": 5, "n": 4, "ignore_eos": true});
+    let first = post(&app, "/v1/completions", sampled.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let mut texts = choice_texts(&first);
+    assert_eq!(texts.len(), 4);
+    assert_eq!(
+        choice_texts(&post(&app, "/v1/completions", sampled).await),
+        texts,
+        "reproducible"
+    );
+    texts.sort();
+    texts.dedup();
+    assert_eq!(
+        texts.len(),
+        4,
+        "four seeds, four completions: {}",
+        first.body
+    );
+    // Each prompt counted once; the repeated prompt's blocks came from the cache (the prompt
+    // is short: its full blocks, if any).
+    assert_eq!(first.body["usage"]["completion_tokens"], 24);
+    assert!(first.body["usage"]["prompt_tokens_details"]["cached_tokens"].is_u64());
+
+    // best_of = 3: the sample with the highest cumulative log-probability of the same three.
+    let three = json!({"prompt": "the sea", "max_tokens": 5, "temperature": 1.0, "seed": 9, "n": 3, "logprobs": 0, "ignore_eos": true});
+    let all = post(&app, "/v1/completions", three).await;
+    let choices = all.body["choices"].as_array().cloned().unwrap_or_default();
+    assert_eq!(choices.len(), 3, "{}", all.body);
+    let best = choices
+        .iter()
+        .max_by(|a, b| cumulative_logprob(a).total_cmp(&cumulative_logprob(b)))
+        .map(|c| c["text"].clone());
+    let best_of = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "the sea", "max_tokens": 5, "temperature": 1.0, "seed": 9, "best_of": 3, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(choice_texts(&best_of).len(), 1);
+    assert_eq!(best, Some(best_of.body["choices"][0]["text"].clone()));
+
+    // Three prompts (one as token ids) x n = 2, greedy: six choices, prompt by prompt, each
+    // the same as that prompt sent alone.
+    let prompts = json!(["red", "green", "blue"]);
+    let listed = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": prompts, "n": 2, "max_tokens": 4, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    let texts = choice_texts(&listed);
+    assert_eq!(texts.len(), 6, "{}", listed.body);
+    for (i, prompt) in ["red", "green", "blue"].iter().enumerate() {
+        let alone = post(
+            &app,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "ignore_eos": true}),
+        )
+        .await;
+        assert_eq!(texts[2 * i], choice_texts(&alone)[0]);
+        assert_eq!(texts[2 * i + 1], choice_texts(&alone)[0]);
+        assert_eq!(listed.body["choices"][2 * i + 1]["index"], 2 * i + 1);
+    }
+    let ids = post(&app, "/tokenize", json!({"inputs": "green"})).await;
+    let ids: Vec<Value> = ids
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| t["id"].clone())
+        .collect();
+    let by_ids = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": ids, "max_tokens": 4, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(
+        choice_texts(&by_ids),
+        vec![texts[2].clone()],
+        "{}",
+        by_ids.body
+    );
+
+    // echo: the prompt's text first.
+    let echoed = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "echo me", "echo": true, "max_tokens": 3, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    let text = choice_texts(&echoed).pop().unwrap_or_default();
+    assert!(
+        text.starts_with("echo me") && text.len() > "echo me".len(),
+        "{text:?}"
+    );
+
+    // echo with logprobs: the prompt's tokens first, the first without a log-probability.
+    let scored = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "echo me", "echo": true, "logprobs": 1, "max_tokens": 3, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(scored.status, StatusCode::OK, "{}", scored.body);
+    let logprobs = &scored.body["choices"][0]["logprobs"];
+    let values = logprobs["token_logprobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let prompt_len = scored.body["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(values.len(), prompt_len + 3, "{}", scored.body);
+    assert!(values[0].is_null());
+    assert!(values[1..].iter().all(Value::is_f64), "{}", scored.body);
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(tokens.concat().starts_with("echo me"), "{tokens:?}");
+    // TGI's decoder_input_details: the prefill tokens' log-probabilities likewise.
+    let details = post(
+        &app,
+        "/generate",
+        json!({"inputs": "some words here", "parameters": {"max_new_tokens": 2, "decoder_input_details": true}}),
+    )
+    .await;
+    let prefill = details.body["details"]["prefill"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(prefill.len() > 2, "{}", details.body);
+    assert!(prefill[0]["logprob"].is_null());
+    assert!(
+        prefill[1..].iter().all(|t| t["logprob"].is_f64()),
+        "{}",
+        details.body
+    );
+
+    // Chat with n = 2 and a seed: two choices.
+    let chat = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "seed": 3, "max_tokens": 3}),
+    )
+    .await;
+    assert_eq!(
+        chat.body["choices"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        chat.body
+    );
+    assert_eq!(chat.body["choices"][1]["index"], 1);
+}
+
+#[tokio::test]
+async fn openai_fields_that_cannot_be_honoured_are_refused_by_name() {
+    let (_model, app) = app(&[]);
+    for (field, value) in [
+        ("logit_bias", json!({"5": 10})),
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("response_format", json!({"type": "json_object"})),
+    ] {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        body[field] = value;
+        let refused = post(&app, "/v1/chat/completions", body).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{field}");
+        assert_eq!(refused.body["error"]["param"], field, "{}", refused.body);
+    }
+    // Their defaults, metadata fields and unknown fields are accepted.
+    let accepted = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logit_bias": {},
+               "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+               "user": "u1", "metadata": {"k": "v"}, "service_tier": "auto", "store": false,
+               "a_field_from_the_future": 1}),
+    )
+    .await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
+    let streamed_n = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "x", "n": 2, "stream": true, "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(streamed_n.status, StatusCode::BAD_REQUEST);
+    assert_eq!(streamed_n.body["error"]["param"], "stream");
+}
+
+#[tokio::test]
+async fn tgi_best_of_returns_the_best_sample_with_the_others_in_details() {
+    let (_model, app) = app(&[]);
+    let answer = post(
+        &app,
+        "/generate",
+        json!({"inputs": "hello", "parameters": {"best_of": 3, "do_sample": true, "seed": 4,
+               "max_new_tokens": 5, "details": true, "ignore_eos": true}}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let details = &answer.body["details"];
+    let others = details["best_of_sequences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(others.len(), 2, "{}", answer.body);
+    let logprob = |tokens: &Value| -> f64 {
+        tokens
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["logprob"].as_f64())
+            .sum()
+    };
+    let best = logprob(&details["tokens"]);
+    for other in &others {
+        assert!(best >= logprob(&other["tokens"]), "{}", answer.body);
+        assert!(other["generated_text"].is_string());
+    }
+    // best_of needs sampling.
+    let greedy = post(
+        &app,
+        "/generate",
+        json!({"inputs": "hello", "parameters": {"best_of": 2, "max_new_tokens": 2}}),
+    )
+    .await;
+    assert_eq!(greedy.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A prompt sent twice reports the cached part of the second.
+    let prompt = "a prompt long enough to fill a few blocks of sixteen tokens ".repeat(4);
+    let request = json!({"inputs": prompt, "parameters": {"max_new_tokens": 2, "details": true}});
+    post(&app, "/generate", request.clone()).await;
+    let again = post(&app, "/generate", request).await;
+    let cached = again.body["details"]["cached_tokens"].as_u64().unwrap_or(0);
+    assert!(cached >= 16, "{}", again.body);
+    assert_eq!(
+        again
+            .headers
+            .get("x-cached-tokens")
+            .and_then(|v| v.to_str().ok()),
+        Some(cached.to_string().as_str())
+    );
+}

@@ -101,6 +101,17 @@ fn metrics_parse_as_prometheus_text_with_conventional_names_and_types() {
     assert_eq!(kind("lantern_preemptions").as_deref(), Some("counter"));
     assert_eq!(kind("lantern_kv_cache_blocks").as_deref(), Some("gauge"));
     assert_eq!(
+        kind("lantern_kv_cache_blocks_cached_idle").as_deref(),
+        Some("gauge")
+    );
+    for counter in [
+        "lantern_prefix_cache_queries",
+        "lantern_prefix_cache_query_tokens",
+        "lantern_prefix_cache_hits",
+    ] {
+        assert_eq!(kind(counter).as_deref(), Some("counter"), "{counter}");
+    }
+    assert_eq!(
         kind("lantern_time_to_first_token_seconds").as_deref(),
         Some("histogram")
     );

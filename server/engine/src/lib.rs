@@ -16,6 +16,6 @@ mod worker;
 
 pub use config::{CacheSize, EngineConfig, FaultPolicy, StartError};
 pub use handle::{start, EngineHandle, EventStream, SubmitError};
-pub use request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
+pub use request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 pub use sampling::SamplingParams;
-pub use scheduler::{Refusal, SchedulerStats};
+pub use scheduler::{Refusal, SchedulerStats, SequenceOptions};

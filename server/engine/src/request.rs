@@ -13,6 +13,10 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep generating past EOS tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Compute each prompt token's log-probability (TGI's `decoder_input_details`, OpenAI's
+    /// `echo` with `logprobs`). Such a prompt is computed whole: its cached prefix would
+    /// have no logits.
+    pub prompt_logprobs: bool,
     /// The request's tracing span: what the engine logs about the request goes in it.
     pub span: tracing::Span,
 }
@@ -25,6 +29,7 @@ impl GenerateRequest {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            prompt_logprobs: false,
             span: tracing::Span::none(),
         }
     }
@@ -82,6 +87,17 @@ pub struct Completion {
     pub time_to_first_token: Duration,
     pub total_time: Duration,
     pub seed: u64,
+    /// One per prompt token when asked for (`GenerateRequest::prompt_logprobs`), else empty;
+    /// the first token, having nothing before it, has none.
+    pub prompt_logprobs: Vec<Option<PromptLogprob>>,
+}
+
+/// A prompt token's log-probability given the tokens before it, and the likeliest
+/// alternatives there (as many as `top_n_tokens`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

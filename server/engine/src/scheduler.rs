@@ -106,6 +106,21 @@ struct Sequence {
     cached_tokens: usize,
     /// For a parallel sample of the same prompt: the sequence that prefills it.
     leader: Option<SequenceId>,
+    /// Steps over positions below this want every row's logits (prompt log-probabilities);
+    /// 0 when none are wanted.
+    logits_until: usize,
+}
+
+/// How a sequence is to be run, beyond its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SequenceOptions {
+    /// For a parallel sample: the sequence prefilling the same prompt. It is admitted once
+    /// the leader has computed the prompt's full blocks, which it then shares through the
+    /// prefix cache.
+    pub leader: Option<SequenceId>,
+    /// Every prompt token's logits are wanted: the prompt is computed whole (no cache
+    /// lookup), though its blocks are still published.
+    pub prompt_logprobs: bool,
 }
 
 /// One scheduled sequence of a step.
@@ -180,20 +195,23 @@ impl Scheduler {
         prompt: Vec<u32>,
         max_new_tokens: usize,
     ) -> Result<(), Refusal> {
-        self.add_sample(id, prompt, max_new_tokens, None)
+        self.add_with(id, prompt, max_new_tokens, SequenceOptions::default())
     }
 
-    /// Queues a request, as a parallel sample of `leader`'s prompt when given: it is admitted
-    /// only once the leader has computed the prompt's full blocks, which it then shares
-    /// through the prefix cache.
-    pub fn add_sample(
+    /// [`Scheduler::add`] with options: a parallel sample, prompt log-probabilities.
+    pub fn add_with(
         &mut self,
         id: SequenceId,
         prompt: Vec<u32>,
         max_new_tokens: usize,
-        leader: Option<SequenceId>,
+        options: SequenceOptions,
     ) -> Result<(), Refusal> {
         self.check(prompt.len(), max_new_tokens)?;
+        let logits_until = if options.prompt_logprobs {
+            prompt.len()
+        } else {
+            0
+        };
         self.sequences.insert(
             id,
             Sequence {
@@ -202,7 +220,8 @@ impl Scheduler {
                 blocks: Vec::new(),
                 hashes: Vec::new(),
                 cached_tokens: 0,
-                leader,
+                leader: options.leader,
+                logits_until,
             },
         );
         self.waiting.insert(id);
@@ -252,7 +271,11 @@ impl Scheduler {
             if self.waits_for_leader(seq) {
                 continue;
             }
-            let prefix = self.cached_prefix(&seq.tokens);
+            let prefix = if seq.logits_until > 0 {
+                Vec::new()
+            } else {
+                self.cached_prefix(&seq.tokens)
+            };
             // Cached blocks no one holds count as available until this sequence holds them.
             let taken_from_idle = prefix
                 .iter()
@@ -319,7 +342,8 @@ impl Scheduler {
         let Some(seq) = self.sequences.get_mut(&id) else {
             return;
         };
-        if !self.config.prefix_caching || !seq.blocks.is_empty() {
+        // Prompts whose logits are wanted do not look up (nor count as lookups).
+        if !self.config.prefix_caching || !seq.blocks.is_empty() || seq.logits_until > 0 {
             return;
         }
         let size = self.config.block_size;
@@ -419,7 +443,9 @@ impl Scheduler {
                 tokens: seq.tokens[seq.computed..end].to_vec(),
                 context_before: seq.computed,
                 block_table: seq.blocks.clone(),
-                logits: if end == seq.tokens.len() {
+                logits: if seq.computed < seq.logits_until {
+                    LogitsWanted::All
+                } else if end == seq.tokens.len() {
                     LogitsWanted::Last
                 } else {
                     LogitsWanted::None
@@ -436,6 +462,13 @@ impl Scheduler {
             }
             self.publish_full_blocks(scheduled.id);
         }
+    }
+
+    /// Whether every token of `id` is in the cache (its last step's last row is sampled).
+    pub fn is_computed(&self, id: SequenceId) -> bool {
+        self.sequences
+            .get(&id)
+            .is_some_and(|s| s.computed == s.tokens.len())
     }
 
     /// Prompt tokens `id` took from the prefix cache when last admitted.

@@ -9,9 +9,9 @@
 use crate::config::FaultPolicy;
 use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
-use crate::request::{Completion, Event, FinishReason, GenerateRequest, TokenEvent};
+use crate::request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 use crate::sampling::{argmax, log_softmax, top_n, Sampler};
-use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId};
+use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId, SequenceOptions};
 use crate::stop::{StopMatcher, StopOutcome};
 use candle_core::{DType, Tensor};
 use lantern_kernels::cpu::CpuKernels;
@@ -49,6 +49,8 @@ struct Active {
     submitted_at: Instant,
     scheduled_at: Option<Instant>,
     first_token_at: Option<Instant>,
+    /// Filled by steps that computed the prompt with every row's logits, when asked for.
+    prompt_logprobs: Vec<Option<PromptLogprob>>,
     /// The request's span (its id), for what the engine logs about it.
     span: tracing::Span,
 }
@@ -194,9 +196,13 @@ impl Worker {
             let _ = events.send(Event::Failed("the engine is unhealthy".into()));
             return;
         }
+        let options = SequenceOptions {
+            leader,
+            prompt_logprobs: request.prompt_logprobs,
+        };
         if let Err(refusal) =
             self.scheduler
-                .add_sample(id, request.prompt.clone(), request.max_new_tokens, leader)
+                .add_with(id, request.prompt.clone(), request.max_new_tokens, options)
         {
             let _ = events.send(Event::Failed(refusal.to_string()));
             return;
@@ -215,6 +221,7 @@ impl Worker {
                 submitted_at,
                 scheduled_at: None,
                 first_token_at: None,
+                prompt_logprobs: Vec::new(),
                 span: request.span,
             },
         );
@@ -250,12 +257,80 @@ impl Worker {
         self.maybe_inject_fault()?;
         let logits = self.decoder.forward(&steps, &self.cache)?;
         self.scheduler.complete(&plan);
-        let sampled: Vec<SequenceId> = sampled_ids(&plan);
+        let (sampled, logits) = self.take_prompt_logprobs(&plan, logits)?;
         let choices = self.choose(&sampled, &logits)?;
         for (id, choice) in sampled.into_iter().zip(choices) {
             self.deliver(id, choice);
         }
         Ok(())
+    }
+
+    /// The logits of `All` steps (a row per token) hold prompt log-probabilities: records them,
+    /// and returns the sequences to sample with one row each (a step's last row when its
+    /// sequence is now computed). Steps without `All` have exactly those rows already.
+    fn take_prompt_logprobs(
+        &mut self,
+        plan: &Plan,
+        logits: Tensor,
+    ) -> Result<(Vec<SequenceId>, Tensor), lantern_models::ModelError> {
+        if plan
+            .steps
+            .iter()
+            .all(|s| s.step.logits != LogitsWanted::All)
+        {
+            return Ok((sampled_ids(plan), logits));
+        }
+        let mut sampled = Vec::new();
+        let mut sampled_rows: Vec<u32> = Vec::new();
+        let mut next = 0;
+        for scheduled in &plan.steps {
+            let step = &scheduled.step;
+            let count = match step.logits {
+                LogitsWanted::None => 0,
+                LogitsWanted::Last => 1,
+                LogitsWanted::All => step.tokens.len(),
+            };
+            if step.logits == LogitsWanted::All {
+                let rows = logits
+                    .narrow(0, next, count)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                self.record_prompt_logprobs(scheduled.id, step.context_before, &rows);
+            }
+            let samples = step.logits == LogitsWanted::Last
+                || (step.logits == LogitsWanted::All && self.scheduler.is_computed(scheduled.id));
+            if samples && count > 0 {
+                sampled.push(scheduled.id);
+                sampled_rows.push((next + count - 1) as u32);
+            }
+            next += count;
+        }
+        let index = Tensor::new(sampled_rows.as_slice(), logits.device())?;
+        Ok((sampled, logits.index_select(&index, 0)?))
+    }
+
+    /// Prompt log-probabilities from the rows of positions `first..`: row `i` predicts the
+    /// token at `first + i + 1`.
+    fn record_prompt_logprobs(&mut self, id: SequenceId, first: usize, rows: &[Vec<f32>]) {
+        let Some(active) = self.active.get_mut(&id) else {
+            return;
+        };
+        let top = active.sampler.params().top_n_tokens.min(5);
+        let prompt = &active.prompt;
+        active.prompt_logprobs.resize(prompt.len(), None);
+        for (i, row) in rows.iter().enumerate() {
+            let Some(&next) = prompt.get(first + i + 1) else {
+                break;
+            };
+            let log_probs = log_softmax(row);
+            active.prompt_logprobs[first + i + 1] = Some(PromptLogprob {
+                logprob: log_probs
+                    .get(next as usize)
+                    .copied()
+                    .unwrap_or(f32::NEG_INFINITY),
+                top: top_n(&log_probs, top),
+            });
+        }
     }
 
     /// Picks the next token of every sampled row: one batched argmax when all rows are plain
@@ -405,6 +480,7 @@ impl Worker {
             time_to_first_token: active.first_token_at.unwrap_or(now) - active.submitted_at,
             total_time: now - active.submitted_at,
             seed: active.sampler.seed(),
+            prompt_logprobs: std::mem::take(&mut active.prompt_logprobs),
         };
         active.span.in_scope(|| {
             tracing::debug!(

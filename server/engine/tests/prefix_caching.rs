@@ -7,7 +7,7 @@ mod common;
 
 use common::{collect, config, tiny_engine, Outcome, TestResult};
 use lantern_engine::{
-    EngineConfig, EngineHandle, Event, EventStream, GenerateRequest, SamplingParams,
+    Completion, EngineConfig, EngineHandle, Event, EventStream, GenerateRequest, SamplingParams,
 };
 
 /// A request's outcome and how many of its prompt tokens came from the cache.
@@ -18,7 +18,12 @@ async fn run_counting_cache(
     collect_counting_cache(handle.submit(request)?).await
 }
 
-async fn collect_counting_cache(mut stream: EventStream) -> TestResult<(Outcome, usize)> {
+async fn collect_counting_cache(stream: EventStream) -> TestResult<(Outcome, usize)> {
+    let (outcome, end) = collect_with_end(stream).await?;
+    Ok((outcome, end.cached_tokens))
+}
+
+async fn collect_with_end(mut stream: EventStream) -> TestResult<(Outcome, Completion)> {
     let (mut tokens, mut logprobs, mut text) = (Vec::new(), Vec::new(), String::new());
     while let Some(event) = stream.recv().await {
         match event {
@@ -35,7 +40,7 @@ async fn collect_counting_cache(mut stream: EventStream) -> TestResult<(Outcome,
                     text,
                     finish: end.finish_reason,
                 };
-                return Ok((outcome, end.cached_tokens));
+                return Ok((outcome, end));
             }
             Event::Failed(message) => return Err(message.into()),
         }
@@ -197,5 +202,35 @@ async fn parallel_samples_share_the_prompt_and_differ_reproducibly() -> TestResu
         run_counting_cache(&engine.handle, request).await?.0,
         first[0].0
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn prompt_logprobs_are_those_of_the_same_tokens_generated() -> TestResult {
+    // Prefill chunks of 32: the 68-token prompt below takes three steps of every-row logits.
+    let engine = tiny_engine(&config(64, 32))?;
+    let start = prompt(60, 8);
+    let (generated, _) = run_counting_cache(&engine.handle, greedy(start.clone(), 8)).await?;
+    // The start and what the model generated after it, as a prompt: the log-probability of
+    // each generated token given what precedes it is the one reported when it was generated.
+    let mut whole = start.clone();
+    whole.extend(&generated.tokens);
+    let mut request = greedy(whole.clone(), 4);
+    request.prompt_logprobs = true;
+    let (with_logprobs, end) = collect_with_end(engine.handle.submit(request)?).await?;
+    assert_eq!(end.prompt_logprobs.len(), whole.len());
+    assert_eq!(end.prompt_logprobs[0], None);
+    assert!(end.prompt_logprobs[1..].iter().all(Option::is_some));
+    let at_generated: Vec<f32> = end.prompt_logprobs[60..]
+        .iter()
+        .map(|p| p.as_ref().map_or(f32::NAN, |p| p.logprob))
+        .collect();
+    assert_eq!(at_generated, generated.logprobs, "bit for bit");
+    // The prompt was computed whole (its start is cached, but cached keys have no logits),
+    // and what follows it is what the same request gives without prompt log-probabilities.
+    assert_eq!(end.cached_tokens, 0);
+    let (plain, hits) = run_counting_cache(&engine.handle, greedy(whole, 4)).await?;
+    assert!(hits > 0);
+    assert_eq!(plain, with_logprobs);
     Ok(())
 }

@@ -35,6 +35,9 @@ pub struct Params {
     pub templated: bool,
     /// Sequences to sample from the prompt (OpenAI's `n` or `best_of`, TGI's `best_of`).
     pub samples: usize,
+    /// Each prompt token's log-probability (TGI's `decoder_input_details`, OpenAI's `echo`
+    /// with `logprobs`).
+    pub prompt_logprobs: bool,
 }
 
 /// A prompt as text, or as token ids already (OpenAI completions accept both).
@@ -264,6 +267,7 @@ pub async fn prepare(
             sampling,
             stop: params.stop,
             ignore_eos: params.ignore_eos,
+            prompt_logprobs: params.prompt_logprobs,
             span: tracing::Span::current(),
         },
         prompt_tokens,
@@ -313,6 +317,7 @@ pub fn cut_by_deadline(
         time_to_first_token: elapsed,
         total_time: elapsed,
         seed: seed.unwrap_or_default(),
+        prompt_logprobs: Vec::new(),
     }
 }
 

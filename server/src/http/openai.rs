@@ -258,8 +258,8 @@ pub struct CompletionRequest {
     #[schemars(range(min = 1, max = 16))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub best_of: Option<usize>,
-    /// Return each prompt's text before its completion. Prompt log-probabilities are not
-    /// computed, so not with `logprobs`.
+    /// Return each prompt's text before its completion (with `logprobs`, the prompt's
+    /// tokens' log-probabilities too).
     #[serde(default)]
     pub echo: bool,
     /// Only empty: text after the insertion point is not supported.
@@ -553,12 +553,6 @@ async fn run_completion(
             "suffix",
         ));
     }
-    if request.echo && request.logprobs.is_some() {
-        return Err(ApiError::validation(
-            "`echo` with `logprobs` asks for the prompt's log-probabilities, which are not computed: drop one of them",
-            "echo",
-        ));
-    }
     let n = request.common.choices();
     let best_of = request.best_of.unwrap_or(n);
     if !(1..=16).contains(&best_of) || best_of < n {
@@ -572,6 +566,8 @@ async fn run_completion(
         .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
     params.samples = best_of;
+    // echo with logprobs: the prompt's tokens get log-probabilities too.
+    params.prompt_logprobs = request.echo && request.logprobs.is_some();
     let mut prepared = Vec::new();
     let mut echoed = Vec::new();
     for prompt in request.prompt.prompts() {
@@ -632,7 +628,7 @@ impl Answer for CompletionAnswer {
                 choices.push(json!({
                     "index": prompt * self.choices + j,
                     "text": format!("{echo}{}", g.text),
-                    "logprobs": if self.logprobs { completion_logprobs(g) } else { Value::Null },
+                    "logprobs": if self.logprobs { completion_logprobs(g, !self.echoed.is_empty()) } else { Value::Null },
                     "finish_reason": finish_reason(g.completion.finish_reason),
                 }));
             }
@@ -646,8 +642,9 @@ impl Answer for CompletionAnswer {
     }
 }
 
-/// The legacy completions API's log-probabilities of a generated text.
-fn completion_logprobs(generated: &Generated) -> Value {
+/// The legacy completions API's log-probabilities of a generated text, after those of the
+/// prompt's tokens when it is echoed (the first prompt token has none: `null`).
+fn completion_logprobs(generated: &Generated, echo: bool) -> Value {
     let text = |id: u32| {
         generated
             .model
@@ -656,22 +653,41 @@ fn completion_logprobs(generated: &Generated) -> Value {
             .decode(&[id], false)
             .unwrap_or_default()
     };
-    let tokens: Vec<&TokenEvent> = generated.tokens.iter().filter(|t| !t.special).collect();
+    let top = |alternatives: &[(u32, f32)]| {
+        alternatives
+            .iter()
+            .map(|(id, lp)| (text(*id), json!(lp)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    // (token id, its log-probability, the alternatives) in text order.
+    let mut entries: Vec<(u32, Value, Value)> = Vec::new();
+    if echo {
+        let logprobs = &generated.completion.prompt_logprobs;
+        for (i, &id) in generated.prompt_tokens.iter().enumerate() {
+            let known = logprobs.get(i).cloned().flatten();
+            entries.push((
+                id,
+                known.as_ref().map_or(Value::Null, |p| json!(p.logprob)),
+                known.map_or(Value::Null, |p| Value::Object(top(&p.top))),
+            ));
+        }
+    }
+    for t in generated.tokens.iter().filter(|t| !t.special) {
+        entries.push((t.id, json!(t.logprob), Value::Object(top(&t.top))));
+    }
     let mut offset = 0;
-    let offsets: Vec<usize> = tokens
-        .iter()
-        .map(|t| {
-            let at = offset;
-            offset += t.text.len();
-            at
-        })
-        .collect();
+    let mut offsets = Vec::new();
+    let mut tokens = Vec::new();
+    for (id, _, _) in &entries {
+        let piece = text(*id);
+        offsets.push(offset);
+        offset += piece.len();
+        tokens.push(piece);
+    }
     json!({
-        "tokens": tokens.iter().map(|t| text(t.id)).collect::<Vec<_>>(),
-        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
-        "top_logprobs": tokens.iter().map(|t| {
-            t.top.iter().map(|(id, lp)| (text(*id), json!(lp))).collect::<serde_json::Map<_, _>>()
-        }).collect::<Vec<_>>(),
+        "tokens": tokens,
+        "token_logprobs": entries.iter().map(|e| e.1.clone()).collect::<Vec<_>>(),
+        "top_logprobs": entries.iter().map(|e| e.2.clone()).collect::<Vec<_>>(),
         "text_offset": offsets,
     })
 }

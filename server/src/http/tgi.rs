@@ -110,6 +110,7 @@ impl TgiParameters {
             top_n_tokens: self.top_n_tokens,
             truncate: self.truncate,
             ignore_eos: self.ignore_eos,
+            prompt_logprobs: self.decoder_input_details,
             ..Params::default()
         })
     }
@@ -136,10 +137,15 @@ fn details_json(generated: &Generated, parameters: &TgiParameters) -> Value {
     let c = &generated.completion;
     let model = &generated.model;
     let prefill: Vec<Value> = if parameters.decoder_input_details {
+        let logprobs = &c.prompt_logprobs;
         generated
             .prompt_tokens
             .iter()
-            .map(|id| json!({"id": id, "text": model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default(), "logprob": null}))
+            .enumerate()
+            .map(|(i, id)| {
+                let logprob = logprobs.get(i).cloned().flatten().map(|p| p.logprob);
+                json!({"id": id, "text": model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default(), "logprob": logprob})
+            })
             .collect()
     } else {
         Vec::new()
