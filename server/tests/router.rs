@@ -520,14 +520,80 @@ async fn openai_fields_that_cannot_be_honoured_are_refused_by_name() {
     )
     .await;
     assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.body);
-    let streamed_n = post(
+    // best_of picks among finished samples: not streamed.
+    let streamed_best_of = post(
         &app,
         "/v1/completions",
-        json!({"prompt": "x", "n": 2, "stream": true, "max_tokens": 2}),
+        json!({"prompt": "x", "best_of": 2, "stream": true, "max_tokens": 2}),
     )
     .await;
-    assert_eq!(streamed_n.status, StatusCode::BAD_REQUEST);
-    assert_eq!(streamed_n.body["error"]["param"], "stream");
+    assert_eq!(streamed_best_of.status, StatusCode::BAD_REQUEST);
+    assert_eq!(streamed_best_of.body["error"]["param"], "best_of");
+}
+
+/// Every `data:` event of a Server-Sent Events body that is JSON.
+fn events(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn several_choices_stream_interleaved_by_index() {
+    let (_model, app) = app(&[]);
+    // Two prompts x n = 2, greedy, echoed: four choices, each its prompt then the same text as
+    // the collected answer, one finish per choice, then usage and [DONE].
+    let body = json!({"prompt": ["red", "blue"], "n": 2, "max_tokens": 4, "temperature": 0,
+                      "echo": true, "ignore_eos": true, "stream_options": {"include_usage": true}});
+    let mut streamed_body = body.clone();
+    streamed_body["stream"] = json!(true);
+    let collected = post(&app, "/v1/completions", body).await;
+    let streamed = post(&app, "/v1/completions", streamed_body).await;
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.text);
+    assert!(
+        streamed.text.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        streamed.text
+    );
+    let chunks = events(&streamed.text);
+    let mut texts = vec![String::new(); 4];
+    let mut finishes = vec![0; 4];
+    for chunk in &chunks {
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            let index = choice["index"].as_u64().unwrap_or(99) as usize;
+            assert!(index < 4, "{chunk}");
+            texts[index].push_str(choice["text"].as_str().unwrap_or_default());
+            finishes[index] += usize::from(!choice["finish_reason"].is_null());
+        }
+    }
+    assert_eq!(texts, choice_texts(&collected));
+    assert_eq!(finishes, vec![1; 4]);
+    let usage = chunks
+        .iter()
+        .rev()
+        .find(|c| c.get("usage").is_some())
+        .map(|c| c["usage"].clone());
+    assert_eq!(
+        usage.map(|u| u["completion_tokens"].clone()),
+        Some(json!(16))
+    );
+    // Chat with n = 3: three choices, each opening with the assistant's role.
+    let chat = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "n": 3, "seed": 2, "max_tokens": 3, "stream": true}),
+    )
+    .await;
+    let mut roles = vec![0; 3];
+    for chunk in events(&chat.text) {
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            if choice["delta"]["role"] == "assistant" {
+                roles[choice["index"].as_u64().unwrap_or(0) as usize] += 1;
+            }
+        }
+    }
+    assert_eq!(roles, vec![1; 3], "{}", chat.text);
 }
 
 #[tokio::test]

@@ -169,7 +169,7 @@ impl StreamFormat for MessagesStream {
         ]
     }
 
-    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+    fn token(&mut self, _: usize, token: &TokenEvent) -> Vec<SseEvent> {
         if token.text.is_empty() {
             return Vec::new();
         }
@@ -179,7 +179,7 @@ impl StreamFormat for MessagesStream {
         )]
     }
 
-    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+    fn end(&mut self, _: usize, completion: &Completion) -> Vec<SseEvent> {
         let mut events = Vec::new();
         if !completion.trailing_text.is_empty() {
             events.push(named("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": completion.trailing_text}})));

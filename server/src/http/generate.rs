@@ -402,28 +402,25 @@ impl Generated {
     }
 }
 
-/// One completion standing for several (a request's samples, a list of prompts): tokens
-/// summed, each prompt counted once, times of the slowest, the first's finish reason and seed.
-pub fn combined(generated: &[Generated], samples: usize) -> Option<Completion> {
-    let first = generated.first()?;
-    let mut total = first.completion.clone();
-    total.generated_tokens = generated
-        .iter()
-        .map(|g| g.completion.generated_tokens)
-        .sum();
-    let per_prompt = generated.iter().step_by(samples.max(1));
-    (total.prompt_tokens, total.cached_tokens) = per_prompt.fold((0, 0), |(p, c), g| {
-        (
-            p + g.completion.prompt_tokens,
-            c + g.completion.cached_tokens,
-        )
+/// One completion standing for several (a request's samples, a list of prompts; each
+/// prompt's `samples` in a row): tokens summed, each prompt counted once, times of the
+/// slowest, the first's finish reason and seed.
+pub fn combined<'a>(
+    completions: impl IntoIterator<Item = &'a Completion>,
+    samples: usize,
+) -> Option<Completion> {
+    let all: Vec<&Completion> = completions.into_iter().collect();
+    let mut total = (*all.first()?).clone();
+    total.generated_tokens = all.iter().map(|c| c.generated_tokens).sum();
+    let per_prompt = all.iter().step_by(samples.max(1));
+    (total.prompt_tokens, total.cached_tokens) = per_prompt.fold((0, 0), |(p, cached), c| {
+        (p + c.prompt_tokens, cached + c.cached_tokens)
     });
-    for g in generated {
-        total.queue_time = total.queue_time.max(g.completion.queue_time);
-        total.time_to_first_token = total
-            .time_to_first_token
-            .max(g.completion.time_to_first_token);
-        total.total_time = total.total_time.max(g.completion.total_time);
+    for c in &all {
+        total.queue_time = total.queue_time.max(c.queue_time);
+        total.time_to_first_token = total.time_to_first_token.max(c.time_to_first_token);
+        total.total_time = total.total_time.max(c.total_time);
     }
+    total.prompt_logprobs = Vec::new();
     Some(total)
 }

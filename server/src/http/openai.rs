@@ -351,7 +351,7 @@ fn finish_reason(reason: FinishReason) -> &'static str {
 
 /// Usage of a whole response: each prompt counted once, every choice's tokens.
 fn usage_of(generated: &[Generated], samples: usize) -> Value {
-    combined(generated, samples).map_or(Value::Null, |c| usage(&c))
+    combined(generated.iter().map(|g| &g.completion), samples).map_or(Value::Null, |c| usage(&c))
 }
 
 fn usage(c: &Completion) -> Value {
@@ -448,7 +448,7 @@ impl Answer for ChatAnswer {
     fn streamed(self, _: &Prepared) -> ChatStream {
         ChatStream {
             header: self.header,
-            started: false,
+            started: Vec::new(),
         }
     }
 
@@ -491,9 +491,10 @@ impl StreamHeader {
         }))
     }
 
-    /// The last chunk, then usage when asked for (`stream_options.include_usage`), then `[DONE]`.
-    fn closing(&self, last_choice: Value, completion: &Completion) -> Vec<SseEvent> {
-        let mut events = vec![self.chunk(last_choice)];
+    /// After every choice's last chunk: usage when asked for
+    /// (`stream_options.include_usage`), then `[DONE]`.
+    fn closing(&self, completion: &Completion) -> Vec<SseEvent> {
+        let mut events = Vec::new();
         if self.include_usage {
             events.push(json_event(&json!({
                 "id": self.id, "object": self.object, "created": self.created, "model": self.model,
@@ -512,29 +513,34 @@ impl StreamHeader {
 
 struct ChatStream {
     header: StreamHeader,
-    started: bool,
+    /// The choices whose first chunk (with the role) has been sent.
+    started: Vec<usize>,
 }
 
 impl StreamFormat for ChatStream {
-    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
-        if token.text.is_empty() && self.started {
+    fn token(&mut self, choice: usize, token: &TokenEvent) -> Vec<SseEvent> {
+        let started = self.started.contains(&choice);
+        if token.text.is_empty() && started {
             return Vec::new();
         }
-        let delta = if self.started {
+        let delta = if started {
             json!({"content": token.text})
         } else {
+            self.started.push(choice);
             json!({"role": "assistant", "content": token.text})
         };
-        self.started = true;
-        vec![self
-            .header
-            .chunk(json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}))]
+        vec![self.header.chunk(
+            json!({"index": choice, "delta": delta, "logprobs": null, "finish_reason": null}),
+        )]
     }
 
-    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
-        let last = json!({"index": 0, "delta": {"content": completion.trailing_text}, "logprobs": null,
-                          "finish_reason": finish_reason(completion.finish_reason)});
-        self.header.closing(last, completion)
+    fn end(&mut self, choice: usize, completion: &Completion) -> Vec<SseEvent> {
+        vec![self.header.chunk(json!({"index": choice, "delta": {"content": completion.trailing_text}, "logprobs": null,
+                          "finish_reason": finish_reason(completion.finish_reason)}))]
+    }
+
+    fn finish(&mut self, total: &Completion) -> Vec<SseEvent> {
+        self.header.closing(total)
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {
@@ -558,6 +564,12 @@ async fn run_completion(
     if !(1..=16).contains(&best_of) || best_of < n {
         return Err(ApiError::validation(
             format!("`best_of` ({best_of}) must be between `n` ({n}) and 16"),
+            "best_of",
+        ));
+    }
+    if request.common.stream && best_of > n {
+        return Err(ApiError::validation(
+            "`best_of` picks among finished samples, so it cannot be streamed: set `stream: false` or `best_of` = `n`",
             "best_of",
         ));
     }
@@ -612,7 +624,8 @@ impl Answer for CompletionAnswer {
     fn streamed(self, _: &Prepared) -> CompletionStream {
         CompletionStream {
             header: self.header,
-            echo: self.echoed.into_iter().next(),
+            echo: self.echoed,
+            choices: self.choices,
         }
     }
 
@@ -694,36 +707,44 @@ fn completion_logprobs(generated: &Generated, echo: bool) -> Value {
 
 struct CompletionStream {
     header: StreamHeader,
-    /// The prompt's text, sent first when `echo`.
-    echo: Option<String>,
+    /// Each prompt's text, sent first (for each of its choices) when `echo`.
+    echo: Vec<String>,
+    /// Choices per prompt (`n`).
+    choices: usize,
 }
 
 impl StreamFormat for CompletionStream {
     fn start(&mut self) -> Vec<SseEvent> {
-        self.echo
-            .take()
-            .map(|text| {
-                self.header.chunk(
-                    json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null}),
-                )
-            })
-            .into_iter()
-            .collect()
+        let mut events = Vec::new();
+        for (prompt, text) in self.echo.iter().enumerate() {
+            for j in 0..self.choices {
+                let index = prompt * self.choices + j;
+                events.push(self.header.chunk(
+                    json!({"index": index, "text": text, "logprobs": null, "finish_reason": null}),
+                ));
+            }
+        }
+        events
     }
 
-    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+    fn token(&mut self, choice: usize, token: &TokenEvent) -> Vec<SseEvent> {
         if token.text.is_empty() {
             return Vec::new();
         }
         vec![self.header.chunk(
-            json!({"index": 0, "text": token.text, "logprobs": null, "finish_reason": null}),
+            json!({"index": choice, "text": token.text, "logprobs": null, "finish_reason": null}),
         )]
     }
 
-    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
-        let last = json!({"index": 0, "text": completion.trailing_text, "logprobs": null,
-                          "finish_reason": finish_reason(completion.finish_reason)});
-        self.header.closing(last, completion)
+    fn end(&mut self, choice: usize, completion: &Completion) -> Vec<SseEvent> {
+        vec![self.header.chunk(
+            json!({"index": choice, "text": completion.trailing_text, "logprobs": null,
+                          "finish_reason": finish_reason(completion.finish_reason)}),
+        )]
+    }
+
+    fn finish(&mut self, total: &Completion) -> Vec<SseEvent> {
+        self.header.closing(total)
     }
 
     fn error(&mut self, message: &str) -> Vec<SseEvent> {

@@ -79,34 +79,29 @@ pub trait Answer: Send + 'static {
 }
 
 /// Runs `prepared` (one request, or one per prompt of a list) and answers as `answer` spells
-/// it: streamed when `stream` (one request of one sample: the APIs refuse more), otherwise
-/// collected into one JSON response that carries the [`Completion`] of the whole (for the
-/// request log, metrics and SageMaker's custom attributes) and TGI's timing headers.
+/// it: streamed when `stream` (every sample of every request as a choice of its own),
+/// otherwise collected into one JSON response that carries the [`Completion`] of the whole
+/// (for the request log, metrics and SageMaker's custom attributes) and TGI's timing headers.
 pub async fn answer(
     state: &AppState,
-    mut prepared: Vec<Prepared>,
+    prepared: Vec<Prepared>,
     stream: bool,
     answer: impl Answer,
 ) -> Result<Response, ApiError> {
+    let Some(first) = prepared.first() else {
+        return Err(ApiError::validation("no prompt to answer", "prompt"));
+    };
+    let samples = first.samples;
     if stream {
-        let one = match prepared.pop() {
-            Some(one) if prepared.is_empty() && one.samples == 1 => one,
-            _ => {
-                return Err(ApiError::validation(
-                    "streaming answers one prompt with one sample: `n`, `best_of` and prompt lists need `stream: false`",
-                    "stream",
-                ))
-            }
-        };
-        let events = submit(state, &one)?
-            .pop()
-            .ok_or_else(|| ApiError::Generation("the engine queued no sequence".into()))?;
-        let format = answer.streamed(&one);
-        return Ok(respond(state, one, events, format));
+        let format = answer.streamed(first);
+        let mut streams = Vec::new();
+        for request in &prepared {
+            streams.push(submit(state, request)?);
+        }
+        return Ok(respond(state, prepared, streams, format));
     }
-    let samples = prepared.first().map_or(1, |p| p.samples);
     let generated = complete(state, prepared).await?;
-    let total = combined(&generated, samples);
+    let total = combined(generated.iter().map(|g| &g.completion), samples);
     let response = Json(answer.collected(&generated)).into_response();
     Ok(match total {
         Some(total) => with_completion(response, total),

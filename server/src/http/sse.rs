@@ -1,26 +1,33 @@
 //! Server-Sent Events for every schema: a task forwards engine events through a schema's
-//! [`StreamFormat`] into the response. When the client goes away the response stream is
-//! dropped, the forwarding task's send fails, it drops the engine stream, and the engine
-//! cancels the sequence at its next step.
+//! [`StreamFormat`] into the response; a request streaming several choices (OpenAI's `n`, a
+//! list of prompts) interleaves them as they come. When the client goes away the response
+//! stream is dropped, the forwarding task's send fails, it drops the engine streams, and the
+//! engine cancels the sequences at its next step.
 
-use super::generate::{cut_by_deadline, Prepared};
+use super::generate::{combined, cut_by_deadline, Prepared};
 use super::state::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lantern_engine::{Completion, Event, EventStream, TokenEvent};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How one API spells a stream.
+/// How one API spells a stream. Choices are numbered from 0; APIs that stream one choice
+/// only ever see 0.
 pub trait StreamFormat: Send + 'static {
     /// Events to send before the first token (e.g. Bedrock's `message_start`).
     fn start(&mut self) -> Vec<SseEvent> {
         Vec::new()
     }
-    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent>;
-    /// The final events; `completion.trailing_text` still needs sending.
-    fn end(&mut self, completion: &Completion) -> Vec<SseEvent>;
+    fn token(&mut self, choice: usize, token: &TokenEvent) -> Vec<SseEvent>;
+    /// Choice `choice` has ended; `completion.trailing_text` still needs sending.
+    fn end(&mut self, choice: usize, completion: &Completion) -> Vec<SseEvent>;
+    /// Every choice has ended; `total` counts them all (each prompt once).
+    fn finish(&mut self, _total: &Completion) -> Vec<SseEvent> {
+        Vec::new()
+    }
     fn error(&mut self, message: &str) -> Vec<SseEvent>;
 }
 
@@ -28,12 +35,41 @@ pub fn json_event(value: &serde_json::Value) -> SseEvent {
     SseEvent::default().data(value.to_string())
 }
 
-/// Streams `events` to the client through `format`, holding the request's in-flight slot until
-/// the end; cut at `--request-timeout` (with a final event saying so) and at shutdown.
+/// One streamed choice: what its deadline cut needs, and how it ended.
+struct Choice {
+    prompt_tokens: usize,
+    seed: Option<u64>,
+    generated: usize,
+    end: Option<Completion>,
+}
+
+/// The engine streams of all choices as one, each event tagged with its choice (`None` when a
+/// stream ended without an end event). Forwarding stops when the receiver is dropped, which
+/// drops the engine streams.
+fn merged(streams: Vec<EventStream>) -> UnboundedReceiver<(usize, Option<Event>)> {
+    let (sender, receiver) = unbounded_channel();
+    for (choice, mut stream) in streams.into_iter().enumerate() {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = stream.recv().await;
+                let last = !matches!(event, Some(Event::Token(_)));
+                if sender.send((choice, event)).is_err() || last {
+                    return;
+                }
+            }
+        });
+    }
+    receiver
+}
+
+/// Streams the choices of `prepared` (its requests' `streams`, in order: each request's
+/// samples) to the client through `format`, holding the requests' in-flight slots until the
+/// end; cut at `--request-timeout` (every unfinished choice ends, saying so) and at shutdown.
 pub fn respond(
     state: &AppState,
-    prepared: Prepared,
-    mut events: EventStream,
+    prepared: Vec<Prepared>,
+    streams: Vec<Vec<EventStream>>,
     mut format: impl StreamFormat,
 ) -> Response {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
@@ -44,12 +80,21 @@ pub fn respond(
     // Streams still running this long after SIGTERM are cut, so the process exits in time.
     let cut_after_shutdown =
         Duration::from_secs(state.config.shutdown_grace_seconds.saturating_sub(1));
-    let Prepared {
-        permit,
-        prompt_tokens,
-        request,
-        ..
-    } = prepared;
+    let samples = prepared.first().map_or(1, |p| p.samples);
+    let mut choices = Vec::new();
+    for (request, streams) in prepared.iter().zip(&streams) {
+        for _ in streams {
+            choices.push(Choice {
+                prompt_tokens: request.prompt_tokens.len(),
+                seed: request.request.sampling.seed,
+                generated: 0,
+                end: None,
+            });
+        }
+    }
+    let mut events = merged(streams.into_iter().flatten().collect());
+    // Held until the stream ends: the requests' in-flight slots.
+    let permits: Vec<_> = prepared.into_iter().map(|p| p.permit).collect();
     // In the request's span: the stream's own log lines name the request.
     let span = tracing::Span::current();
     let context = super::request_id::current();
@@ -61,7 +106,7 @@ pub fn respond(
     };
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let _permit = permit;
+            let _permits = permits;
             let send_all = |batch: Vec<SseEvent>| {
                 let sender = sender.clone();
                 async move {
@@ -76,20 +121,29 @@ pub fn respond(
             if !send_all(format.start()).await {
                 return;
             }
-            let mut generated = 0;
             let shutting_down = async {
                 let _ = shutdown.wait_for(|&down| down).await;
                 tokio::time::sleep(cut_after_shutdown).await;
             };
             tokio::pin!(shutting_down);
             loop {
-                let event = tokio::select! {
-                    event = events.recv() => event,
+                let (choice, event) = tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
                     () = tokio::time::sleep_until(deadline) => {
-                        let completion = cut_by_deadline(prompt_tokens.len(), generated, started, request.sampling.seed);
-                        metrics.observe(&completion);
-                        report(Some(&completion));
-                        let _ = send_all(format.end(&completion)).await;
+                        let mut batch = Vec::new();
+                        for (index, c) in choices.iter_mut().enumerate().filter(|(_, c)| c.end.is_none()) {
+                            let completion = cut_by_deadline(c.prompt_tokens, c.generated, started, c.seed);
+                            metrics.observe(&completion);
+                            batch.extend(format.end(index, &completion));
+                            c.end = Some(completion);
+                        }
+                        let total = combined(choices.iter().filter_map(|c| c.end.as_ref()), samples);
+                        report(total.as_ref());
+                        batch.extend(total.map(|t| format.finish(&t)).unwrap_or_default());
+                        let _ = send_all(batch).await;
                         return;
                     }
                     () = &mut shutting_down => {
@@ -98,17 +152,20 @@ pub fn respond(
                         return;
                     }
                 };
-                let Some(event) = event else { return };
-                let (batch, last) = match event {
-                    Event::Token(token) => {
-                        generated += 1;
-                        (format.token(&token), false)
+                let Some(state) = choices.get_mut(choice) else {
+                    return;
+                };
+                let batch = match event {
+                    Some(Event::Token(token)) => {
+                        state.generated += 1;
+                        format.token(choice, &token)
                     }
-                    Event::End(completion) => {
+                    Some(Event::End(completion)) => {
                         metrics.observe(&completion);
-                        report(Some(&completion));
                         tracing::info!(
+                            choice,
                             prompt_tokens = completion.prompt_tokens,
+                            cached_tokens = completion.cached_tokens,
                             generated_tokens = completion.generated_tokens,
                             finish_reason = completion.finish_reason.as_str(),
                             queue_ms = completion.queue_time.as_millis() as u64,
@@ -117,15 +174,30 @@ pub fn respond(
                             seconds = completion.total_time.as_secs_f64(),
                             "stream finished"
                         );
-                        (format.end(&completion), true)
+                        let mut batch = format.end(choice, &completion);
+                        state.end = Some(completion);
+                        if choices.iter().all(|c| c.end.is_some()) {
+                            let total =
+                                combined(choices.iter().filter_map(|c| c.end.as_ref()), samples);
+                            report(total.as_ref());
+                            batch.extend(total.map(|t| format.finish(&t)).unwrap_or_default());
+                            let _ = send_all(batch).await;
+                            return;
+                        }
+                        batch
                     }
-                    Event::Failed(message) => {
+                    failed => {
+                        let message = match failed {
+                            Some(Event::Failed(message)) => message,
+                            _ => "the engine dropped the request".to_string(),
+                        };
                         tracing::warn!(error = message, "stream failed");
                         report(None);
-                        (format.error(&message), true)
+                        let _ = send_all(format.error(&message)).await;
+                        return;
                     }
                 };
-                if !send_all(batch).await || last {
+                if !send_all(batch).await {
                     return;
                 }
             }

@@ -74,7 +74,7 @@ pub struct TgiParameters {
 }
 
 impl TgiParameters {
-    fn to_params(&self) -> Result<Params, ApiError> {
+    fn to_params(&self, stream: bool) -> Result<Params, ApiError> {
         // TGI samples only when asked to (do_sample, or a sampling setting given).
         let sampling = self.do_sample.unwrap_or(
             self.temperature.is_some_and(|t| t > 0.0)
@@ -86,6 +86,12 @@ impl TgiParameters {
         if best_of == 0 || best_of > 8 {
             return Err(ApiError::validation(
                 format!("`best_of` must be between 1 and 8, got {best_of}"),
+                "best_of",
+            ));
+        }
+        if best_of > 1 && stream {
+            return Err(ApiError::validation(
+                "`best_of` picks among finished samples, so it cannot be streamed",
                 "best_of",
             ));
         }
@@ -182,7 +188,12 @@ async fn run_tgi(
     } else {
         String::new()
     };
-    let prepared = prepare(state, Prompt::Text(request.inputs), parameters.to_params()?).await?;
+    let prepared = prepare(
+        state,
+        Prompt::Text(request.inputs),
+        parameters.to_params(request.stream)?,
+    )
+    .await?;
     let spelling = TgiAnswer {
         prefix,
         parameters,
@@ -277,7 +288,7 @@ impl TgiStream {
 }
 
 impl StreamFormat for TgiStream {
-    fn token(&mut self, token: &TokenEvent) -> Vec<SseEvent> {
+    fn token(&mut self, _: usize, token: &TokenEvent) -> Vec<SseEvent> {
         self.text.push_str(&token.text);
         match self.pending.replace(token.clone()) {
             Some(previous) => vec![self.event(&previous, None)],
@@ -285,7 +296,7 @@ impl StreamFormat for TgiStream {
         }
     }
 
-    fn end(&mut self, completion: &Completion) -> Vec<SseEvent> {
+    fn end(&mut self, _: usize, completion: &Completion) -> Vec<SseEvent> {
         self.text.push_str(&completion.trailing_text);
         let mut last = self.pending.take().unwrap_or(TokenEvent {
             id: 0,
