@@ -20,14 +20,8 @@ LLAMA=target/llama-cpp/bin/llama-server
 LANTERN_PORT=18090
 LLAMA_PORT=18091
 
-wait_ready() { # url
-    for _ in $(seq 1 600); do
-        if curl -sf -o /dev/null "$1"; then return 0; fi
-        sleep 0.2
-    done
-    echo "server at $1 did not become ready" >&2
-    return 1
-}
+# shellcheck source=benches/http/common.sh
+source benches/http/common.sh
 
 # Lantern with its defaults on CPU (the GGUF expanded at load, CPU kernels).
 # shellcheck disable=SC2086

@@ -19,14 +19,8 @@ LANTERN=target/release/lantern
 ON_PORT=18092
 OFF_PORT=18093
 
-wait_ready() { # url
-    for _ in $(seq 1 600); do
-        if curl -sf -o /dev/null "$1"; then return 0; fi
-        sleep 0.2
-    done
-    echo "server at $1 did not become ready" >&2
-    return 1
-}
+# shellcheck source=benches/http/common.sh
+source benches/http/common.sh
 
 # The prompt tokens a server prefilled so far (sent minus taken from its prefix cache).
 prefilled() { # port

@@ -5,10 +5,8 @@
 
 mod common;
 
-use common::{collect, config, tiny_engine, Outcome, TestResult};
-use lantern_engine::{
-    Completion, EngineConfig, EngineHandle, Event, EventStream, GenerateRequest, SamplingParams,
-};
+use common::{collect, collect_with_end, config, tiny_engine, Outcome, TestResult};
+use lantern_engine::{EngineConfig, EngineHandle, EventStream, GenerateRequest, SamplingParams};
 
 /// A request's outcome and how many of its prompt tokens came from the cache.
 async fn run_counting_cache(
@@ -21,31 +19,6 @@ async fn run_counting_cache(
 async fn collect_counting_cache(stream: EventStream) -> TestResult<(Outcome, usize)> {
     let (outcome, end) = collect_with_end(stream).await?;
     Ok((outcome, end.cached_tokens))
-}
-
-async fn collect_with_end(mut stream: EventStream) -> TestResult<(Outcome, Completion)> {
-    let (mut tokens, mut logprobs, mut text) = (Vec::new(), Vec::new(), String::new());
-    while let Some(event) = stream.recv().await {
-        match event {
-            Event::Token(token) => {
-                tokens.push(token.id);
-                logprobs.push(token.logprob);
-                text.push_str(&token.text);
-            }
-            Event::End(end) => {
-                text.push_str(&end.trailing_text);
-                let outcome = Outcome {
-                    tokens,
-                    logprobs,
-                    text,
-                    finish: end.finish_reason,
-                };
-                return Ok((outcome, end));
-            }
-            Event::Failed(message) => return Err(message.into()),
-        }
-    }
-    Err("stream ended without an end event".into())
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {

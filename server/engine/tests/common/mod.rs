@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use lantern_engine::{
-    start, CacheSize, EngineConfig, EngineHandle, Event, EventStream, FinishReason, GenerateRequest,
+    start, CacheSize, Completion, EngineConfig, EngineHandle, Event, EventStream, FinishReason,
+    GenerateRequest,
 };
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{
@@ -97,7 +98,12 @@ pub async fn run(handle: &EngineHandle, request: GenerateRequest) -> TestResult<
 }
 
 /// Reads a submitted request's events to its end.
-pub async fn collect(mut stream: EventStream) -> TestResult<Outcome> {
+pub async fn collect(stream: EventStream) -> TestResult<Outcome> {
+    Ok(collect_with_end(stream).await?.0)
+}
+
+/// [`collect`], with the request's end event (cached tokens, prompt log-probabilities).
+pub async fn collect_with_end(mut stream: EventStream) -> TestResult<(Outcome, Completion)> {
     let mut tokens = Vec::new();
     let mut logprobs = Vec::new();
     let mut text = String::new();
@@ -110,12 +116,13 @@ pub async fn collect(mut stream: EventStream) -> TestResult<Outcome> {
             }
             Event::End(end) => {
                 text.push_str(&end.trailing_text);
-                return Ok(Outcome {
+                let outcome = Outcome {
                     tokens,
                     logprobs,
                     text,
                     finish: end.finish_reason,
-                });
+                };
+                return Ok((outcome, end));
             }
             Event::Failed(message) => return Err(message.into()),
         }
