@@ -720,8 +720,8 @@ mod tests {
         }
     }
 
-    /// 100k seeded operations (admit, share a running or cached prefix, finish, cancel, and
-    /// the preemptions and evictions a small cache forces), every invariant checked after
+    /// 100k seeded operations (admit, share a running or cached prefix, fork a parallel
+    /// sample, finish, cancel, and the preemptions and evictions a small cache forces), every invariant checked after
     /// each; then everything drains and no block stays held.
     #[test]
     fn a_seeded_workload_of_100k_operations_keeps_every_invariant() {
@@ -738,7 +738,8 @@ mod tests {
         let mut prompts: Vec<Vec<u32>> = Vec::new();
         let mut budgets: HashMap<SequenceId, usize> = HashMap::new();
         let mut next_id = 0;
-        let mut counts = (0u64, 0u64, 0u64); // (shared prompts, steps, cancels)
+        let mut counts = (0u64, 0u64, 0u64, 0u64); // (shared prompts, steps, cancels, forks)
+        let mut prompts_of: HashMap<SequenceId, Vec<u32>> = HashMap::new();
         for _ in 0..100_000 {
             let mut plan = Plan::default();
             match rng.random_range(0..10) {
@@ -759,10 +760,24 @@ mod tests {
                             .map(|_| rng.random_range(0..50))
                             .collect(),
                     };
-                    let tokens: Vec<u32> = tokens.into_iter().take(40).collect();
+                    let mut tokens: Vec<u32> = tokens.into_iter().take(40).collect();
                     let max_new = rng.random_range(1..20);
-                    if s.add(next_id, tokens.clone(), max_new).is_ok() {
+                    // A fifth of the time, a parallel sample of a live sequence's prompt.
+                    let mut options = SequenceOptions::default();
+                    let live: Vec<SequenceId> = s.ids().collect();
+                    if !live.is_empty() && rng.random_bool(0.2) {
+                        let leader = live[rng.random_range(0..live.len())];
+                        if let Some(prompt) = prompts_of.get(&leader) {
+                            tokens = prompt.clone();
+                            options.leader = Some(leader);
+                            counts.3 += 1;
+                        }
+                    }
+                    if s.add_with(next_id, tokens.clone(), max_new, options)
+                        .is_ok()
+                    {
                         budgets.insert(next_id, max_new);
+                        prompts_of.insert(next_id, tokens.clone());
                         prompts.push(tokens);
                         if prompts.len() > 32 {
                             prompts.swap_remove(rng.random_range(0..32));

@@ -139,10 +139,10 @@ pub struct Unsupported {
     #[schemars(length(max = 0))]
     pub functions: Option<Vec<Value>>,
     /// Only `"none"` or `"auto"` (with no tools, both mean no tool call).
-    #[schemars(extend("enum" = ["none", "auto"]))]
+    #[schemars(extend("enum" = ["none", "auto", null]))]
     pub tool_choice: Option<Value>,
     /// Only `"none"` or `"auto"` (the deprecated form of `tool_choice`).
-    #[schemars(extend("enum" = ["none", "auto"]))]
+    #[schemars(extend("enum" = ["none", "auto", null]))]
     pub function_call: Option<Value>,
     /// Only `{"type": "text"}`: structured output is not supported yet.
     pub response_format: Option<TextFormat>,
