@@ -501,7 +501,6 @@ async fn openai_fields_that_cannot_be_honoured_are_refused_by_name() {
             "tools",
             json!([{"type": "function", "function": {"name": "f"}}]),
         ),
-        ("response_format", json!({"type": "json_object"})),
     ] {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
         body[field] = value;
@@ -647,5 +646,120 @@ async fn tgi_best_of_returns_the_best_sample_with_the_others_in_details() {
             .get("x-cached-tokens")
             .and_then(|v| v.to_str().ok()),
         Some(cached.to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn structured_output_on_tgi_and_openai() {
+    let (_model, app) = app(&[]);
+    let schema = json!({"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 6},
+        "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "rank"], "additionalProperties": false});
+    let holds = |text: &str| {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        value["city"]
+            .as_str()
+            .is_some_and(|c| c.chars().count() <= 6)
+            && value["rank"].as_u64().is_some_and(|r| (1..=9).contains(&r))
+            && value.as_object().is_some_and(|o| o.len() == 2)
+    };
+    // TGI: parameters.grammar, collected and streamed.
+    for path in ["/generate", "/generate_stream"] {
+        let answer = post(
+            &app,
+            path,
+            json!({"inputs": "hi", "parameters": {"max_new_tokens": 200, "grammar": {"type": "json", "value": schema}}}),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        let text = if path == "/generate" {
+            answer.body["generated_text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            last_event(&answer.text)["generated_text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(holds(&text), "{path}: {text:?}");
+    }
+    let regex = post(
+        &app,
+        "/generate",
+        json!({"inputs": "hi", "parameters": {"max_new_tokens": 20, "grammar": {"type": "regex", "value": "[0-9]{3}-[0-9]{4}"}}}),
+    )
+    .await;
+    let text = regex.body["generated_text"].as_str().unwrap_or_default();
+    assert!(
+        text.len() == 8
+            && text.chars().enumerate().all(|(i, c)| if i == 3 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }),
+        "{text:?}"
+    );
+    // OpenAI: response_format json_schema on chat, json_object on completions.
+    let chat = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
+               "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}}),
+    )
+    .await;
+    let content = chat.body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(holds(content), "{}", chat.body);
+    assert_eq!(chat.body["choices"][0]["finish_reason"], "stop");
+    let object = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 200, "temperature": 0.7, "seed": 1, "response_format": {"type": "json_object"}}),
+    )
+    .await;
+    // Nothing bounds an object's keys: a random model may run out of tokens inside one; the
+    // output is an object whenever it stopped by itself, and always starts as one.
+    let text = choice_texts(&object).pop().unwrap_or_default();
+    assert!(text.starts_with('{'), "{text:?}");
+    if object.body["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<serde_json::Map<String, Value>>(&text).is_ok(),
+            "{text:?}"
+        );
+    }
+    // An invalid grammar is the client's error, naming the field and the problem.
+    let invalid = post(
+        &app,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "hi"}],
+               "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "array", "uniqueItems": true}}}}),
+    )
+    .await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    assert_eq!(invalid.body["error"]["param"], "response_format");
+    assert!(
+        invalid.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("uniqueItems")),
+        "{}",
+        invalid.body
+    );
+    let bad_regex = post(
+        &app,
+        "/generate",
+        json!({"inputs": "hi", "parameters": {"grammar": {"type": "regex", "value": "(unclosed"}}}),
+    )
+    .await;
+    assert_eq!(bad_regex.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        bad_regex.body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("parameters.grammar")),
+        "{}",
+        bad_regex.body
     );
 }

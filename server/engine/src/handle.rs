@@ -2,6 +2,7 @@
 //! returns a stream of events; dropping the stream cancels the request.
 
 use crate::config::{EngineConfig, StartError};
+use crate::constraint::Constraints;
 use crate::request::{Event, GenerateRequest};
 use crate::scheduler::{Refusal, Scheduler, SchedulerConfig, SchedulerStats, SequenceId};
 use crate::worker::{Command, Worker};
@@ -58,6 +59,8 @@ pub struct EngineHandle {
     /// The limits requests are checked against before they queue.
     limits: SchedulerConfig,
     vocab_size: usize,
+    /// Compiles grammars for this model's vocabulary; `Err` says why there is none.
+    constraints: Result<Arc<Constraints>, String>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -96,10 +99,20 @@ pub fn start(
     });
     let (commands, receiver) = std::sync::mpsc::channel();
     let vocab_size = decoder.config().vocab_size;
+    let shared_tokenizer = Arc::new(tokenizer.tokenizer.clone());
+    let constraints = Constraints::new(
+        shared_tokenizer.clone(),
+        &tokenizer.eos_token_ids,
+        vocab_size,
+    )
+    .map(Arc::new);
+    if let Err(error) = &constraints {
+        tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
+    }
     let worker = Worker::new(
         decoder,
         cache,
-        Arc::new(tokenizer.tokenizer.clone()),
+        shared_tokenizer,
         tokenizer.eos_token_ids.clone(),
         Scheduler::new(scheduler_config),
         receiver,
@@ -118,6 +131,7 @@ pub fn start(
         next_id: Arc::new(AtomicU64::new(0)),
         limits: scheduler_config,
         vocab_size,
+        constraints,
     })
 }
 
@@ -238,6 +252,11 @@ impl EngineHandle {
             .send(command)
             .map_err(|_| SubmitError::Unavailable("the engine thread has stopped".into()))?;
         Ok(EventStream { receiver })
+    }
+
+    /// The grammar compiler for this model (structured output), or why there is none.
+    pub fn constraints(&self) -> Result<Arc<Constraints>, String> {
+        self.constraints.clone()
     }
 
     /// False after a failed step or panic: the HTTP layer's `/ping` reports it.

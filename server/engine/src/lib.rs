@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod config;
+pub mod constraint;
 pub mod detokenize;
 pub mod handle;
 pub mod request;

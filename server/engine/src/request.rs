@@ -1,6 +1,7 @@
 //! What goes into the engine (a [`GenerateRequest`]) and what comes out (a stream of
 //! [`Event`]s: tokens, then one end).
 
+use crate::constraint::Constraint;
 use crate::sampling::SamplingParams;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ pub struct GenerateRequest {
     /// `echo` with `logprobs`). Such a prompt is computed whole: its cached prefix would
     /// have no logits.
     pub prompt_logprobs: bool,
+    /// The grammar the output is held to (compiled by `EngineHandle::constraints`).
+    pub constraint: Option<Constraint>,
     /// The request's tracing span: what the engine logs about the request goes in it.
     pub span: tracing::Span,
 }
@@ -30,6 +33,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             prompt_logprobs: false,
+            constraint: None,
             span: tracing::Span::none(),
         }
     }

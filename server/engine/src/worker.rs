@@ -7,6 +7,7 @@
 //! everything and mark the engine unhealthy: nobody is left waiting either way.
 
 use crate::config::FaultPolicy;
+use crate::constraint::Constraint;
 use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
 use crate::request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
@@ -51,6 +52,8 @@ struct Active {
     first_token_at: Option<Instant>,
     /// Filled by steps that computed the prompt with every row's logits, when asked for.
     prompt_logprobs: Vec<Option<PromptLogprob>>,
+    /// The grammar the output is held to, if any.
+    constraint: Option<Constraint>,
     /// The request's span (its id), for what the engine logs about it.
     span: tracing::Span,
 }
@@ -79,10 +82,15 @@ pub(crate) struct Worker {
 }
 
 /// One chosen token with what the client may want to know about it.
+#[derive(Default)]
 struct Choice {
     token: u32,
     logprob: f32,
     top: Vec<(u32, f32)>,
+    /// The sequence's grammar is finished with this token.
+    grammar_done: bool,
+    /// The sequence's grammar failed (its request fails; the others go on).
+    failed: Option<String>,
 }
 
 impl Worker {
@@ -222,6 +230,7 @@ impl Worker {
                 scheduled_at: None,
                 first_token_at: None,
                 prompt_logprobs: Vec::new(),
+                constraint: request.constraint,
                 span: request.span,
             },
         );
@@ -346,7 +355,7 @@ impl Worker {
         let plain = ids.iter().all(|id| {
             self.active.get(id).is_none_or(|a| {
                 let p = a.sampler.params();
-                p.is_greedy() && !p.has_penalties() && p.top_n_tokens == 0
+                p.is_greedy() && !p.has_penalties() && p.top_n_tokens == 0 && a.constraint.is_none()
             })
         });
         if plain {
@@ -363,7 +372,7 @@ impl Worker {
                 Choice {
                     token,
                     logprob: row[token as usize] - kernels.logsumexp(row),
-                    top: Vec::new(),
+                    ..Choice::default()
                 }
             };
             return Ok(lantern_kernels::cpu::install(|| {
@@ -377,11 +386,7 @@ impl Worker {
             .map(|(id, mut row)| {
                 let log_probs = log_softmax(&row);
                 let Some(active) = self.active.get_mut(id) else {
-                    return Choice {
-                        token: 0,
-                        logprob: 0.0,
-                        top: Vec::new(),
-                    };
+                    return Choice::default();
                 };
                 let context: Vec<u32> = active
                     .prompt
@@ -392,7 +397,25 @@ impl Worker {
                 active
                     .sampler
                     .apply_penalties(&mut row, &context, &active.generated);
+                if let Some(constraint) = &mut active.constraint {
+                    if let Err(error) = constraint.mask(&mut row) {
+                        return Choice {
+                            failed: Some(format!("the grammar failed: {error}")),
+                            ..Choice::default()
+                        };
+                    }
+                }
                 let token = active.sampler.choose(&row);
+                let grammar_done = match active.constraint.as_mut().map(|c| c.advance(token)) {
+                    None => false,
+                    Some(Ok(done)) => done,
+                    Some(Err(error)) => {
+                        return Choice {
+                            failed: Some(format!("the grammar failed: {error}")),
+                            ..Choice::default()
+                        }
+                    }
+                };
                 Choice {
                     token,
                     logprob: log_probs
@@ -400,6 +423,8 @@ impl Worker {
                         .copied()
                         .unwrap_or(f32::NEG_INFINITY),
                     top: top_n(&log_probs, active.sampler.params().top_n_tokens.min(5)),
+                    grammar_done,
+                    failed: None,
                 }
             })
             .collect())
@@ -410,8 +435,16 @@ impl Worker {
         let Some(active) = self.active.get_mut(&id) else {
             return;
         };
+        if let Some(message) = choice.failed {
+            let _ = active.events.send(Event::Failed(message));
+            self.scheduler.remove(id);
+            self.active.remove(&id);
+            return;
+        }
         active.first_token_at.get_or_insert_with(Instant::now);
-        let is_eos = !active.ignore_eos && self.eos_token_ids.contains(&choice.token);
+        // Under a grammar, EOS ends the output even with ignore_eos: the grammar allowed it.
+        let is_eos = (!active.ignore_eos || choice.grammar_done)
+            && self.eos_token_ids.contains(&choice.token);
         let mut finish = None;
         let text = if is_eos {
             finish = Some(FinishReason::EosToken);
@@ -427,6 +460,9 @@ impl Worker {
                 }
             }
         };
+        if finish.is_none() && choice.grammar_done {
+            finish = Some(FinishReason::EosToken);
+        }
         if finish.is_none() && active.generated.len() >= active.max_new_tokens {
             finish = Some(FinishReason::Length);
         }

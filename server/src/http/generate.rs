@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::state::{AppState, ServingModel};
+use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
     Completion, Event, EventStream, FinishReason, GenerateRequest, SamplingParams, TokenEvent,
 };
@@ -38,6 +39,8 @@ pub struct Params {
     /// Each prompt token's log-probability (TGI's `decoder_input_details`, OpenAI's `echo`
     /// with `logprobs`).
     pub prompt_logprobs: bool,
+    /// The grammar the output must match, and the request field that gave it (for errors).
+    pub grammar: Option<(Grammar, &'static str)>,
 }
 
 /// A prompt as text, or as token ids already (OpenAI completions accept both).
@@ -109,6 +112,25 @@ pub async fn render_chat(
     .await
     .and_then(|rendered| rendered)
     .map_err(|e| ApiError::validation(e, "messages"))
+}
+
+/// `grammar` compiled for the model's vocabulary, on the blocking pool (a large schema takes
+/// a while); an invalid one is the client's error, naming `field`.
+async fn compile(
+    model: &Arc<ServingModel>,
+    grammar: Grammar,
+    field: &'static str,
+) -> Result<Constraint, ApiError> {
+    let constraints = model.engine.constraints().map_err(|e| {
+        ApiError::validation(
+            format!("structured output is unavailable for this model: {e}"),
+            field,
+        )
+    })?;
+    off_the_runtime(move || constraints.compile(grammar))
+        .await
+        .map_err(ApiError::Generation)?
+        .map_err(|e| ApiError::validation(format!("`{field}` cannot be used: {e}"), field))
 }
 
 /// `text` tokenized by the model's tokenizer on the blocking pool (see [`off_the_runtime`]).
@@ -258,6 +280,10 @@ pub async fn prepare(
         seed: params.seed,
         top_n_tokens,
     };
+    let constraint = match params.grammar {
+        None => None,
+        Some((grammar, field)) => Some(compile(&model, grammar, field).await?),
+    };
     let permit = state.admit()?;
     Ok(Prepared {
         samples: params.samples.max(1),
@@ -268,6 +294,7 @@ pub async fn prepare(
             stop: params.stop,
             ignore_eos: params.ignore_eos,
             prompt_logprobs: params.prompt_logprobs,
+            constraint,
             span: tracing::Span::current(),
         },
         prompt_tokens,

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use lantern_engine::constraint::Grammar;
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ChatMessage;
 use schemars::JsonSchema;
@@ -118,6 +119,7 @@ pub struct Common {
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
     pub ignore_eos: bool,
+    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub unsupported: Unsupported,
     // Accepted and ignored (README): `user`, `metadata`, `service_tier`, `store`,
@@ -144,17 +146,42 @@ pub struct Unsupported {
     /// Only `"none"` or `"auto"` (the deprecated form of `tool_choice`).
     #[schemars(extend("enum" = ["none", "auto", null]))]
     pub function_call: Option<Value>,
-    /// Only `{"type": "text"}`: structured output is not supported yet.
-    pub response_format: Option<TextFormat>,
     /// Only `["text"]`.
     pub modalities: Option<Vec<TextModality>>,
 }
 
+/// `response_format`: free text, any JSON object, or JSON matching a schema (compact JSON).
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct TextFormat {
-    #[serde(rename = "type")]
-    #[schemars(extend("const" = "text"))]
-    pub kind: String,
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// OpenAI's `json_schema`: only `schema` matters here; the others are part of the documented
+/// shape, accepted and not needed.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[allow(dead_code)]
+pub struct JsonSchemaFormat {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// The schema the output matches; absent: any JSON value.
+    pub schema: Option<Value>,
+    /// Accepted; the output always matches the schema.
+    pub strict: Option<bool>,
+}
+
+impl ResponseFormat {
+    fn grammar(&self) -> Option<Grammar> {
+        match self {
+            Self::Text => None,
+            Self::JsonObject => Some(Grammar::JsonSchema(json!({"type": "object"}))),
+            Self::JsonSchema { json_schema } => Some(Grammar::JsonSchema(
+                json_schema.schema.clone().unwrap_or_else(|| json!({})),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -188,16 +215,6 @@ impl Unsupported {
         }
         if not_none(&self.function_call) {
             return refuse("function_call", "tool calling is not implemented yet");
-        }
-        if self
-            .response_format
-            .as_ref()
-            .is_some_and(|f| f.kind != "text")
-        {
-            return refuse(
-                "response_format",
-                "only {\"type\": \"text\"}: structured output is not implemented yet",
-            );
         }
         if self
             .modalities
@@ -332,6 +349,11 @@ impl Common {
             top_n_tokens: Some(top_n),
             ignore_eos: self.ignore_eos,
             samples: self.choices(),
+            grammar: self
+                .response_format
+                .as_ref()
+                .and_then(ResponseFormat::grammar)
+                .map(|g| (g, "response_format")),
             ..Params::default()
         })
     }

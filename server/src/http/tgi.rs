@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use lantern_engine::constraint::Grammar;
 use lantern_engine::{Completion, TokenEvent};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -66,11 +67,40 @@ pub struct TgiParameters {
     pub truncate: Option<usize>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Output held to a JSON schema (`{"type": "json", "value": <schema>}`) or a regular
+    /// expression (`{"type": "regex", "value": "..."}`); compact JSON.
+    pub grammar: Option<TgiGrammar>,
     /// Samples to draw; the one with the highest cumulative log-probability is returned
     /// (with `details`, the others in `best_of_sequences`). Needs sampling, no streaming.
     #[schemars(range(min = 1, max = 8))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub best_of: Option<usize>,
+}
+
+/// TGI's `parameters.grammar`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum TgiGrammar {
+    /// A JSON schema, as an object or as JSON text.
+    Json(Value),
+    Regex(String),
+}
+
+impl TgiGrammar {
+    fn grammar(&self) -> Result<Grammar, ApiError> {
+        match self {
+            Self::Json(Value::String(text)) => serde_json::from_str(text)
+                .map(Grammar::JsonSchema)
+                .map_err(|e| {
+                    ApiError::validation(
+                        format!("`parameters.grammar.value` is not a JSON schema: {e}"),
+                        "parameters.grammar",
+                    )
+                }),
+            Self::Json(schema) => Ok(Grammar::JsonSchema(schema.clone())),
+            Self::Regex(regex) => Ok(Grammar::Regex(regex.clone())),
+        }
+    }
 }
 
 impl TgiParameters {
@@ -117,6 +147,11 @@ impl TgiParameters {
             truncate: self.truncate,
             ignore_eos: self.ignore_eos,
             prompt_logprobs: self.decoder_input_details,
+            grammar: self
+                .grammar
+                .as_ref()
+                .map(|g| g.grammar().map(|g| (g, "parameters.grammar")))
+                .transpose()?,
             ..Params::default()
         })
     }
