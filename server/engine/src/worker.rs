@@ -380,54 +380,26 @@ impl Worker {
             }));
         }
         let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        Ok(ids
-            .iter()
-            .zip(rows)
-            .map(|(id, mut row)| {
-                let log_probs = log_softmax(&row);
-                let Some(active) = self.active.get_mut(id) else {
-                    return Choice::default();
-                };
-                let context: Vec<u32> = active
-                    .prompt
-                    .iter()
-                    .chain(&active.generated)
-                    .copied()
-                    .collect();
-                active
-                    .sampler
-                    .apply_penalties(&mut row, &context, &active.generated);
-                if let Some(constraint) = &mut active.constraint {
-                    if let Err(error) = constraint.mask(&mut row) {
-                        return Choice {
-                            failed: Some(format!("the grammar failed: {error}")),
-                            ..Choice::default()
-                        };
-                    }
-                }
-                let token = active.sampler.choose(&row);
-                let grammar_done = match active.constraint.as_mut().map(|c| c.advance(token)) {
-                    None => false,
-                    Some(Ok(done)) => done,
-                    Some(Err(error)) => {
-                        return Choice {
-                            failed: Some(format!("the grammar failed: {error}")),
-                            ..Choice::default()
-                        }
-                    }
-                };
-                Choice {
-                    token,
-                    logprob: log_probs
-                        .get(token as usize)
-                        .copied()
-                        .unwrap_or(f32::NEG_INFINITY),
-                    top: top_n(&log_probs, active.sampler.params().top_n_tokens.min(5)),
-                    grammar_done,
-                    failed: None,
-                }
-            })
-            .collect())
+        // Row by row in parallel (grammar masks take most of the time): each sequence's
+        // state is taken out of the map for the step and put back after.
+        let mut taken: Vec<Option<Active>> = ids.iter().map(|id| self.active.remove(id)).collect();
+        let choices = lantern_kernels::cpu::install(|| {
+            taken
+                .par_iter_mut()
+                .zip(rows)
+                .map(|(active, row)| {
+                    active
+                        .as_mut()
+                        .map_or_else(Choice::default, |a| choose_row(a, row))
+                })
+                .collect()
+        });
+        for (id, active) in ids.iter().zip(taken) {
+            if let Some(active) = active {
+                self.active.insert(*id, active);
+            }
+        }
+        Ok(choices)
     }
 
     /// Sends a sampled token to its request and decides whether the request ends here.
@@ -595,6 +567,51 @@ impl Worker {
                 ..self.scheduler.stats()
             };
         }
+    }
+}
+
+/// One sequence's next token from its logits row: penalties, the grammar's mask, sampling,
+/// and the grammar advanced past the choice. Log-probabilities are the model's, before any of
+/// that.
+fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
+    let log_probs = log_softmax(&row);
+    let context: Vec<u32> = active
+        .prompt
+        .iter()
+        .chain(&active.generated)
+        .copied()
+        .collect();
+    active
+        .sampler
+        .apply_penalties(&mut row, &context, &active.generated);
+    if let Some(constraint) = &mut active.constraint {
+        if let Err(error) = constraint.mask(&mut row) {
+            return Choice {
+                failed: Some(format!("the grammar failed: {error}")),
+                ..Choice::default()
+            };
+        }
+    }
+    let token = active.sampler.choose(&row);
+    let grammar_done = match active.constraint.as_mut().map(|c| c.advance(token)) {
+        None => false,
+        Some(Ok(done)) => done,
+        Some(Err(error)) => {
+            return Choice {
+                failed: Some(format!("the grammar failed: {error}")),
+                ..Choice::default()
+            }
+        }
+    };
+    Choice {
+        token,
+        logprob: log_probs
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY),
+        top: top_n(&log_probs, active.sampler.params().top_n_tokens.min(5)),
+        grammar_done,
+        failed: None,
     }
 }
 

@@ -151,12 +151,14 @@ pub struct Unsupported {
 }
 
 /// `response_format`: free text, any JSON object, or JSON matching a schema (compact JSON).
+/// (A struct rather than a tagged enum: serde would take `"type": 0` for the first variant.)
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ResponseFormat {
-    Text,
-    JsonObject,
-    JsonSchema { json_schema: JsonSchemaFormat },
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["text", "json_object", "json_schema"]))]
+    pub kind: String,
+    /// With `"type": "json_schema"`.
+    pub json_schema: Option<JsonSchemaFormat>,
 }
 
 /// OpenAI's `json_schema`: only `schema` matters here; the others are part of the documented
@@ -173,12 +175,22 @@ pub struct JsonSchemaFormat {
 }
 
 impl ResponseFormat {
-    fn grammar(&self) -> Option<Grammar> {
-        match self {
-            Self::Text => None,
-            Self::JsonObject => Some(Grammar::JsonSchema(json!({"type": "object"}))),
-            Self::JsonSchema { json_schema } => Some(Grammar::JsonSchema(
-                json_schema.schema.clone().unwrap_or_else(|| json!({})),
+    fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+        match (self.kind.as_str(), &self.json_schema) {
+            ("text", _) => Ok(None),
+            ("json_object", _) => Ok(Some(Grammar::JsonSchema(json!({"type": "object"})))),
+            ("json_schema", Some(format)) => Ok(Some(Grammar::JsonSchema(
+                format.schema.clone().unwrap_or_else(|| json!({})),
+            ))),
+            ("json_schema", None) => Err(ApiError::validation(
+                "`response_format.json_schema` is required with `\"type\": \"json_schema\"`",
+                "response_format",
+            )),
+            (other, _) => Err(ApiError::validation(
+                format!(
+                    "`response_format.type` `{other}` is not one of text, json_object, json_schema"
+                ),
+                "response_format",
             )),
         }
     }
@@ -349,11 +361,10 @@ impl Common {
             top_n_tokens: Some(top_n),
             ignore_eos: self.ignore_eos,
             samples: self.choices(),
-            grammar: self
-                .response_format
-                .as_ref()
-                .and_then(ResponseFormat::grammar)
-                .map(|g| (g, "response_format")),
+            grammar: match &self.response_format {
+                Some(format) => format.grammar()?.map(|g| (g, "response_format")),
+                None => None,
+            },
             ..Params::default()
         })
     }

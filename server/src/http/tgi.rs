@@ -77,28 +77,32 @@ pub struct TgiParameters {
     pub best_of: Option<usize>,
 }
 
-/// TGI's `parameters.grammar`.
+/// TGI's `parameters.grammar`: `{"type": "json", "value": <schema, as an object or JSON
+/// text>}` or `{"type": "regex", "value": "..."}`. (A struct rather than a tagged enum: serde
+/// would take `"type": 0` for the first variant.)
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(tag = "type", content = "value", rename_all = "lowercase")]
-pub enum TgiGrammar {
-    /// A JSON schema, as an object or as JSON text.
-    Json(Value),
-    Regex(String),
+pub struct TgiGrammar {
+    #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["json", "regex"]))]
+    pub kind: String,
+    pub value: Value,
 }
 
 impl TgiGrammar {
     fn grammar(&self) -> Result<Grammar, ApiError> {
-        match self {
-            Self::Json(Value::String(text)) => serde_json::from_str(text)
+        let invalid = |message: String| ApiError::validation(message, "parameters.grammar");
+        match (self.kind.as_str(), &self.value) {
+            ("json", Value::String(text)) => serde_json::from_str(text)
                 .map(Grammar::JsonSchema)
-                .map_err(|e| {
-                    ApiError::validation(
-                        format!("`parameters.grammar.value` is not a JSON schema: {e}"),
-                        "parameters.grammar",
-                    )
-                }),
-            Self::Json(schema) => Ok(Grammar::JsonSchema(schema.clone())),
-            Self::Regex(regex) => Ok(Grammar::Regex(regex.clone())),
+                .map_err(|e| invalid(format!("`parameters.grammar.value` is not JSON: {e}"))),
+            ("json", schema) => Ok(Grammar::JsonSchema(schema.clone())),
+            ("regex", Value::String(regex)) => Ok(Grammar::Regex(regex.clone())),
+            ("regex", _) => Err(invalid(
+                "`parameters.grammar.value` must be a string for a regex".into(),
+            )),
+            (other, _) => Err(invalid(format!(
+                "`parameters.grammar.type` `{other}` is not one of json, regex"
+            ))),
         }
     }
 }
