@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// SageMaker cuts real-time invocations at 60 s. Default 55, or 600 with SAGEMAKER_BATCH=true.
     #[arg(long, env = "LANTERN_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
+    /// Milliseconds a grammar (JSON schema, regex) may take to compile before its request is
+    /// refused (422/400); compiled grammars are kept for reuse, so a schema pays this once.
+    #[arg(long, env = "LANTERN_MAX_GRAMMAR_COMPILE_MS", default_value_t = 2000)]
+    pub max_grammar_compile_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,6 +216,7 @@ pub struct ServerConfig {
     pub cloudwatch_emf: bool,
     pub exit_on_stdin_eof: bool,
     pub request_timeout: std::time::Duration,
+    pub max_grammar_compile: std::time::Duration,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
 }
@@ -337,6 +342,7 @@ impl ServeArgs {
             cloudwatch_emf: self.cloudwatch_emf,
             client_read_timeout: std::time::Duration::from_secs(self.client_read_timeout),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
+            max_grammar_compile: std::time::Duration::from_millis(self.max_grammar_compile_ms),
             request_timeout: std::time::Duration::from_secs(
                 self.request_timeout
                     .unwrap_or(if sagemaker_batch.is_some() { 600 } else { 55 }),

@@ -755,11 +755,29 @@ async fn structured_output_on_tgi_and_openai() {
     )
     .await;
     assert_eq!(bad_regex.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        bad_regex.body["error"]
-            .as_str()
-            .is_some_and(|m| m.contains("parameters.grammar")),
+}
+
+/// A grammar that cannot compile within --max-grammar-compile-ms is refused, saying so.
+#[tokio::test]
+async fn grammars_compile_within_the_limit_or_are_refused() {
+    let (_model, impatient) = app(&["--max-grammar-compile-ms", "0"]);
+    let slow = post(
+        &impatient,
+        "/generate",
+        json!({"inputs": "hi", "parameters": {"grammar": {"type": "regex", "value": "[a-z]{1,40}"}}}),
+    )
+    .await;
+    assert_eq!(
+        slow.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
         "{}",
-        bad_regex.body
+        slow.body
+    );
+    assert!(
+        slow.body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("--max-grammar-compile-ms")),
+        "{}",
+        slow.body
     );
 }

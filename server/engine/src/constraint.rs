@@ -10,7 +10,8 @@
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokenizers::Tokenizer;
 
 /// What a request's output must match.
@@ -88,9 +89,34 @@ impl TokenizerEnv for TokenBytes {
     }
 }
 
-/// Compiles grammars for one model's vocabulary.
+/// Compiles grammars for one model's vocabulary, keeping the most recently used compiled
+/// (clients send the same schema request after request).
 pub struct Constraints {
     factory: ParserFactory,
+    compiled: Mutex<Compiled>,
+}
+
+/// Compiled grammars in their initial state, by their text, with when each was last used.
+#[derive(Default)]
+struct Compiled {
+    by_text: HashMap<String, (u64, Matcher)>,
+    clock: u64,
+    /// Grammars actually compiled (not found here).
+    compilations: u64,
+}
+
+/// Compiled grammars kept for reuse.
+const KEPT_GRAMMARS: usize = 64;
+
+impl Grammar {
+    /// The grammar as text, naming it in the cache.
+    fn text(&self) -> String {
+        match self {
+            Self::JsonSchema(schema) => format!("json:{schema}"),
+            Self::Regex(regex) => format!("regex:{regex}"),
+            Self::Lark(lark) => format!("lark:{lark}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Constraints {
@@ -135,12 +161,38 @@ impl Constraints {
         let env: TokEnv = Arc::new(TokenBytes { trie, tokenizer });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
-        Ok(Self { factory })
+        Ok(Self {
+            factory,
+            compiled: Mutex::default(),
+        })
+    }
+
+    /// Grammars compiled so far (those found already compiled do not count).
+    pub fn compilations(&self) -> u64 {
+        self.lock().compilations
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Compiled> {
+        // The cache holds no invariant a panic could break halfway.
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `grammar` compiled into a fresh constraint, or why it cannot be (an invalid schema,
     /// regex or grammar, or a schema feature llguidance does not implement).
     pub fn compile(&self, grammar: Grammar) -> Result<Constraint, String> {
+        let text = grammar.text();
+        {
+            let mut compiled = self.lock();
+            compiled.clock += 1;
+            let now = compiled.clock;
+            if let Some((used, matcher)) = compiled.by_text.get_mut(&text) {
+                *used = now;
+                let matcher = matcher.clone();
+                return Ok(Constraint { matcher, grammar });
+            }
+        }
         let top = match &grammar {
             Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
             Grammar::Regex(regex) => TopLevelGrammar::from_regex(regex),
@@ -148,10 +200,24 @@ impl Constraints {
         };
         let parser = self.factory.create_parser(top).map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
-        match matcher.get_error() {
-            Some(error) => Err(error),
-            None => Ok(Constraint { matcher, grammar }),
+        if let Some(error) = matcher.get_error() {
+            return Err(error);
         }
+        let mut compiled = self.lock();
+        compiled.compilations += 1;
+        if compiled.by_text.len() >= KEPT_GRAMMARS {
+            let oldest = compiled
+                .by_text
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(text, _)| text.clone());
+            if let Some(oldest) = oldest {
+                compiled.by_text.remove(&oldest);
+            }
+        }
+        let now = compiled.clock;
+        compiled.by_text.insert(text, (now, matcher.clone()));
+        Ok(Constraint { matcher, grammar })
     }
 }
 

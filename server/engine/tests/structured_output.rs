@@ -152,6 +152,32 @@ fn request_for(handle: &EngineHandle, schema: Value, seed: u64) -> TestResult<Ge
 }
 
 #[test]
+fn a_grammar_compiled_once_is_reused_in_its_initial_state() -> TestResult {
+    let engine = tiny_engine(&config(64, 64))?;
+    let constraints = engine.handle.constraints()?;
+    let schema = schemas()[0].clone();
+    let before = constraints.compilations();
+    let mut first = constraints.compile(Grammar::JsonSchema(schema.clone()))?;
+    // Advancing one copy leaves the kept one at the start: `{` is the only first token.
+    let mut row = vec![0.0f32; 512];
+    first.mask(&mut row)?;
+    let opening = row
+        .iter()
+        .position(|v| v.is_finite())
+        .ok_or("no token allowed")? as u32;
+    first.advance(opening)?;
+    let mut second = constraints.compile(Grammar::JsonSchema(schema))?;
+    assert_eq!(constraints.compilations(), before + 1);
+    let mut again = vec![0.0f32; 512];
+    second.mask(&mut again)?;
+    assert_eq!(
+        again, row,
+        "the reused grammar starts where a fresh one does"
+    );
+    Ok(())
+}
+
+#[test]
 fn invalid_grammars_are_refused_with_the_reason() -> TestResult {
     let engine = tiny_engine(&config(64, 64))?;
     let constraints = engine.handle.constraints()?;

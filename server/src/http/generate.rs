@@ -115,11 +115,14 @@ pub async fn render_chat(
 }
 
 /// `grammar` compiled for the model's vocabulary, on the blocking pool (a large schema takes
-/// a while); an invalid one is the client's error, naming `field`.
+/// a while), within `limit`; an invalid one is the client's error, naming `field`. Past the
+/// limit the compilation finishes in the background (it cannot be interrupted) and is kept
+/// for the next request with the same grammar.
 async fn compile(
     model: &Arc<ServingModel>,
     grammar: Grammar,
     field: &'static str,
+    limit: Duration,
 ) -> Result<Constraint, ApiError> {
     let constraints = model.engine.constraints().map_err(|e| {
         ApiError::validation(
@@ -127,8 +130,18 @@ async fn compile(
             field,
         )
     })?;
-    off_the_runtime(move || constraints.compile(grammar))
+    let compiling = off_the_runtime(move || constraints.compile(grammar));
+    tokio::time::timeout(limit, compiling)
         .await
+        .map_err(|_| {
+            ApiError::validation(
+                format!(
+                    "`{field}` took longer than {} ms to compile (--max-grammar-compile-ms): simplify it",
+                    limit.as_millis()
+                ),
+                field,
+            )
+        })?
         .map_err(ApiError::Generation)?
         .map_err(|e| ApiError::validation(format!("`{field}` cannot be used: {e}"), field))
 }
@@ -282,7 +295,9 @@ pub async fn prepare(
     };
     let constraint = match params.grammar {
         None => None,
-        Some((grammar, field)) => Some(compile(&model, grammar, field).await?),
+        Some((grammar, field)) => {
+            Some(compile(&model, grammar, field, config.max_grammar_compile).await?)
+        }
     };
     let permit = state.admit()?;
     Ok(Prepared {
