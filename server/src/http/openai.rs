@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lantern_engine::constraint::Grammar;
+
+mod fields;
+pub use fields::{ResponseFormat, Unsupported};
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ChatMessage;
 use schemars::JsonSchema;
@@ -124,119 +126,6 @@ pub struct Common {
     pub unsupported: Unsupported,
     // Accepted and ignored (README): `user`, `metadata`, `service_tier`, `store`,
     // `parallel_tool_calls`, `reasoning_effort`, and any field OpenAI adds later.
-}
-
-/// OpenAI fields Lantern cannot honour yet. Their default values are accepted; any other is
-/// refused with a 400 naming the field, never silently dropped. The schema states the
-/// defaults, so API fuzzers know.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct Unsupported {
-    /// Only `{}`: no token biasing.
-    #[schemars(extend("maxProperties" = 0))]
-    pub logit_bias: Option<serde_json::Map<String, Value>>,
-    /// Only `[]`: tool calling is not supported yet.
-    #[schemars(length(max = 0))]
-    pub tools: Option<Vec<Value>>,
-    /// Only `[]` (the deprecated form of `tools`).
-    #[schemars(length(max = 0))]
-    pub functions: Option<Vec<Value>>,
-    /// Only `"none"` or `"auto"` (with no tools, both mean no tool call).
-    #[schemars(extend("enum" = ["none", "auto", null]))]
-    pub tool_choice: Option<Value>,
-    /// Only `"none"` or `"auto"` (the deprecated form of `tool_choice`).
-    #[schemars(extend("enum" = ["none", "auto", null]))]
-    pub function_call: Option<Value>,
-    /// Only `["text"]`.
-    pub modalities: Option<Vec<TextModality>>,
-}
-
-/// `response_format`: free text, any JSON object, or JSON matching a schema (compact JSON).
-/// (A struct rather than a tagged enum: serde would take `"type": 0` for the first variant.)
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    #[schemars(extend("enum" = ["text", "json_object", "json_schema"]))]
-    pub kind: String,
-    /// With `"type": "json_schema"`.
-    pub json_schema: Option<JsonSchemaFormat>,
-}
-
-/// OpenAI's `json_schema`: only `schema` matters here; the others are part of the documented
-/// shape, accepted and not needed.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[allow(dead_code)]
-pub struct JsonSchemaFormat {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    /// The schema the output matches; absent: any JSON value.
-    pub schema: Option<Value>,
-    /// Accepted; the output always matches the schema.
-    pub strict: Option<bool>,
-}
-
-impl ResponseFormat {
-    fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
-        match (self.kind.as_str(), &self.json_schema) {
-            ("text", _) => Ok(None),
-            ("json_object", _) => Ok(Some(Grammar::JsonSchema(json!({"type": "object"})))),
-            ("json_schema", Some(format)) => Ok(Some(Grammar::JsonSchema(
-                format.schema.clone().unwrap_or_else(|| json!({})),
-            ))),
-            ("json_schema", None) => Err(ApiError::validation(
-                "`response_format.json_schema` is required with `\"type\": \"json_schema\"`",
-                "response_format",
-            )),
-            (other, _) => Err(ApiError::validation(
-                format!(
-                    "`response_format.type` `{other}` is not one of text, json_object, json_schema"
-                ),
-                "response_format",
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct TextModality(#[schemars(extend("const" = "text"))] pub String);
-
-impl Unsupported {
-    /// The first field set to something Lantern cannot honour, as a 400 naming it.
-    fn check(&self) -> Result<(), ApiError> {
-        let refuse = |field: &str, what: &str| {
-            Err(ApiError::validation(
-                format!("`{field}` is not supported: {what}"),
-                field,
-            ))
-        };
-        let not_none = |choice: &Option<Value>| {
-            choice
-                .as_ref()
-                .is_some_and(|c| c != "none" && c != "auto" && !c.is_null())
-        };
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return refuse("logit_bias", "token biasing is not implemented");
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return refuse("tools", "tool calling is not implemented yet");
-        }
-        if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-            return refuse("functions", "tool calling is not implemented yet");
-        }
-        if not_none(&self.tool_choice) {
-            return refuse("tool_choice", "tool calling is not implemented yet");
-        }
-        if not_none(&self.function_call) {
-            return refuse("function_call", "tool calling is not implemented yet");
-        }
-        if self
-            .modalities
-            .as_ref()
-            .is_some_and(|m| m.iter().any(|m| m.0 != "text"))
-        {
-            return refuse("modalities", "text only");
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

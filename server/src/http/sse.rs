@@ -63,6 +63,19 @@ fn merged(streams: Vec<EventStream>) -> UnboundedReceiver<(usize, Option<Event>)
     receiver
 }
 
+/// Once every choice has ended: the stream's record (EMF) and its last events, for the
+/// completion of all choices together.
+fn closing(
+    choices: &[Choice],
+    samples: usize,
+    format: &mut impl StreamFormat,
+    report: &impl Fn(Option<&Completion>),
+) -> Vec<SseEvent> {
+    let total = combined(choices.iter().filter_map(|c| c.end.as_ref()), samples);
+    report(total.as_ref());
+    total.map(|t| format.finish(&t)).unwrap_or_default()
+}
+
 /// Streams the choices of `prepared` (its requests' `streams`, in order: each request's
 /// samples) to the client through `format`, holding the requests' in-flight slots until the
 /// end; cut at `--request-timeout` (every unfinished choice ends, saying so) and at shutdown.
@@ -140,9 +153,7 @@ pub fn respond(
                             batch.extend(format.end(index, &completion));
                             c.end = Some(completion);
                         }
-                        let total = combined(choices.iter().filter_map(|c| c.end.as_ref()), samples);
-                        report(total.as_ref());
-                        batch.extend(total.map(|t| format.finish(&t)).unwrap_or_default());
+                        batch.extend(closing(&choices, samples, &mut format, &report));
                         let _ = send_all(batch).await;
                         return;
                     }
@@ -177,10 +188,7 @@ pub fn respond(
                         let mut batch = format.end(choice, &completion);
                         state.end = Some(completion);
                         if choices.iter().all(|c| c.end.is_some()) {
-                            let total =
-                                combined(choices.iter().filter_map(|c| c.end.as_ref()), samples);
-                            report(total.as_ref());
-                            batch.extend(total.map(|t| format.finish(&t)).unwrap_or_default());
+                            batch.extend(closing(&choices, samples, &mut format, &report));
                             let _ = send_all(batch).await;
                             return;
                         }
