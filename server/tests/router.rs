@@ -2,92 +2,11 @@
 //! model: validation errors in each API's shape and status, the headers every response
 //! carries, the limits on bodies and routes.
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
-use axum::Router;
-use clap::Parser;
-use lantern::config::ServeArgs;
-use lantern::http::{router, AppState};
-use lantern::metrics::Metrics;
-use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
-use lantern_models::Architecture;
+mod common;
+
+use axum::http::StatusCode;
+use common::{app, choice_texts, events, last_event, post, send};
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-#[derive(Parser)]
-struct Args {
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-/// The router over a freshly loaded tiny model; the directory lives as long as the guard.
-fn app(extra: &[&str]) -> (tempfile::TempDir, Router) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let spec = DummySpec {
-        architecture: Architecture::Llama,
-        size: DummySize::Tiny,
-        seed: 41,
-    };
-    write_dummy_model(spec, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let model = dir.path().to_string_lossy().into_owned();
-    let mut argv = vec![
-        "serve",
-        "--model-id",
-        model.as_str(),
-        "--kv-cache-memory",
-        "16Mi",
-    ];
-    argv.extend_from_slice(extra);
-    let config = Args::parse_from(argv)
-        .serve
-        .resolve()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (_sender, shutdown) = tokio::sync::watch::channel(false);
-    let state = AppState::new(
-        config.clone(),
-        Metrics::new().unwrap_or_else(|e| panic!("{e}")),
-        shutdown,
-    );
-    let model = lantern::serve::load_model(&config).unwrap_or_else(|e| panic!("{e}"));
-    state.set_model(model);
-    (dir, router(state))
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-    text: String,
-}
-
-async fn send(app: &Router, method: &str, path: &str, content_type: &str, body: &str) -> Answer {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body.to_string()))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let response = app
-        .clone()
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-async fn post(app: &Router, path: &str, body: Value) -> Answer {
-    send(app, "POST", path, "application/json", &body.to_string()).await
-}
 
 #[tokio::test]
 async fn each_api_refuses_a_bad_field_in_its_own_shape() {
@@ -230,15 +149,6 @@ async fn bodies_and_routes_outside_the_limits_are_refused() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
-/// The last `data:` event of a Server-Sent Events body, as JSON.
-fn last_event(text: &str) -> Value {
-    text.lines()
-        .rev()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .find_map(|data| serde_json::from_str(data.trim()).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// A stream whose engine step fails ends with an error event in its API's own shape (the same
 /// bodies error.rs gives collected responses).
 #[tokio::test]
@@ -311,16 +221,6 @@ async fn every_documented_operation_is_served() {
             );
         }
     }
-}
-
-/// The text of each choice of an OpenAI completion response.
-fn choice_texts(answer: &Answer) -> Vec<String> {
-    answer.body["choices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| c["text"].as_str().unwrap_or_default().to_string())
-        .collect()
 }
 
 /// Sum of a completion choice's token log-probabilities.
@@ -498,8 +398,8 @@ async fn openai_fields_that_cannot_be_honoured_are_refused_by_name() {
     for (field, value) in [
         ("logit_bias", json!({"5": 10})),
         (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
+            "functions",
+            json!([{"name": "f", "parameters": {"type": "object"}}]),
         ),
     ] {
         let mut body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
@@ -528,14 +428,6 @@ async fn openai_fields_that_cannot_be_honoured_are_refused_by_name() {
     .await;
     assert_eq!(streamed_best_of.status, StatusCode::BAD_REQUEST);
     assert_eq!(streamed_best_of.body["error"]["param"], "best_of");
-}
-
-/// Every `data:` event of a Server-Sent Events body that is JSON.
-fn events(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .filter_map(|data| serde_json::from_str(data.trim()).ok())
-        .collect()
 }
 
 #[tokio::test]
@@ -646,138 +538,5 @@ async fn tgi_best_of_returns_the_best_sample_with_the_others_in_details() {
             .get("x-cached-tokens")
             .and_then(|v| v.to_str().ok()),
         Some(cached.to_string().as_str())
-    );
-}
-
-#[tokio::test]
-async fn structured_output_on_tgi_and_openai() {
-    let (_model, app) = app(&[]);
-    let schema = json!({"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 6},
-        "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
-        "required": ["city", "rank"], "additionalProperties": false});
-    let holds = |text: &str| {
-        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-        value["city"]
-            .as_str()
-            .is_some_and(|c| c.chars().count() <= 6)
-            && value["rank"].as_u64().is_some_and(|r| (1..=9).contains(&r))
-            && value.as_object().is_some_and(|o| o.len() == 2)
-    };
-    // TGI: parameters.grammar, collected and streamed.
-    for path in ["/generate", "/generate_stream"] {
-        let answer = post(
-            &app,
-            path,
-            json!({"inputs": "hi", "parameters": {"max_new_tokens": 200, "grammar": {"type": "json", "value": schema}}}),
-        )
-        .await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
-        let text = if path == "/generate" {
-            answer.body["generated_text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        } else {
-            last_event(&answer.text)["generated_text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
-        assert!(holds(&text), "{path}: {text:?}");
-    }
-    let regex = post(
-        &app,
-        "/generate",
-        json!({"inputs": "hi", "parameters": {"max_new_tokens": 20, "grammar": {"type": "regex", "value": "[0-9]{3}-[0-9]{4}"}}}),
-    )
-    .await;
-    let text = regex.body["generated_text"].as_str().unwrap_or_default();
-    assert!(
-        text.len() == 8
-            && text.chars().enumerate().all(|(i, c)| if i == 3 {
-                c == '-'
-            } else {
-                c.is_ascii_digit()
-            }),
-        "{text:?}"
-    );
-    // OpenAI: response_format json_schema on chat, json_object on completions.
-    let chat = post(
-        &app,
-        "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200,
-               "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}}),
-    )
-    .await;
-    let content = chat.body["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(holds(content), "{}", chat.body);
-    assert_eq!(chat.body["choices"][0]["finish_reason"], "stop");
-    let object = post(
-        &app,
-        "/v1/completions",
-        json!({"prompt": "x", "max_tokens": 200, "temperature": 0.7, "seed": 1, "response_format": {"type": "json_object"}}),
-    )
-    .await;
-    // Nothing bounds an object's keys: a random model may run out of tokens inside one; the
-    // output is an object whenever it stopped by itself, and always starts as one.
-    let text = choice_texts(&object).pop().unwrap_or_default();
-    assert!(text.starts_with('{'), "{text:?}");
-    if object.body["choices"][0]["finish_reason"] == "stop" {
-        assert!(
-            serde_json::from_str::<serde_json::Map<String, Value>>(&text).is_ok(),
-            "{text:?}"
-        );
-    }
-    // An invalid grammar is the client's error, naming the field and the problem.
-    let invalid = post(
-        &app,
-        "/v1/chat/completions",
-        json!({"messages": [{"role": "user", "content": "hi"}],
-               "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "array", "uniqueItems": true}}}}),
-    )
-    .await;
-    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
-    assert_eq!(invalid.body["error"]["param"], "response_format");
-    assert!(
-        invalid.body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("uniqueItems")),
-        "{}",
-        invalid.body
-    );
-    let bad_regex = post(
-        &app,
-        "/generate",
-        json!({"inputs": "hi", "parameters": {"grammar": {"type": "regex", "value": "(unclosed"}}}),
-    )
-    .await;
-    assert_eq!(bad_regex.status, StatusCode::UNPROCESSABLE_ENTITY);
-}
-
-/// A grammar that cannot compile within --max-grammar-compile-ms is refused, saying so.
-#[tokio::test]
-async fn grammars_compile_within_the_limit_or_are_refused() {
-    let (_model, impatient) = app(&["--max-grammar-compile-ms", "0"]);
-    let slow = post(
-        &impatient,
-        "/generate",
-        json!({"inputs": "hi", "parameters": {"grammar": {"type": "regex", "value": "[a-z]{1,40}"}}}),
-    )
-    .await;
-    assert_eq!(
-        slow.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        slow.body
-    );
-    assert!(
-        slow.body["error"]
-            .as_str()
-            .is_some_and(|m| m.contains("--max-grammar-compile-ms")),
-        "{}",
-        slow.body
     );
 }

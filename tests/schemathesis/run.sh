@@ -7,8 +7,9 @@ VENV_BIN=$1
 LANTERN=${2:-target/debug/lantern}
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-"$LANTERN" dummy-model --arch llama --out "$work/model" >/dev/null
-# Short generations: every generated request stays fast.
+"$LANTERN" dummy-model --arch qwen2 --out "$work/model" >/dev/null
+# Short generations: every generated request stays fast. Qwen2: its template without tools is
+# ChatML, short enough for chat prompts to fit the 64 tokens.
 "$LANTERN" serve --model-id "$work/model" --host 127.0.0.1 --port 0 --kv-cache-memory 32Mi \
     --max-total-tokens 64 >"$work/stdout" 2>"$work/stderr" &
 server=$!

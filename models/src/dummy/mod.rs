@@ -5,7 +5,6 @@
 //! rand_chacha guarantees across versions), JSON is written with sorted keys, and the
 //! tokenizer is a byte-level BPE trained on `corpus.txt`, which is kept in the repository.
 
-use crate::chat::CHATML_TEMPLATE;
 use crate::config::Architecture;
 use crate::error::{ModelError, Result};
 use rand::{Rng, SeedableRng};
@@ -16,6 +15,9 @@ use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, TokenizerBuilder};
+
+mod templates;
+pub use templates::chat_template;
 
 const CORPUS: &str = include_str!("corpus.txt");
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -97,7 +99,10 @@ pub fn write_dummy_model(spec: DummySpec, out: &Path) -> Result<()> {
     write_json(&out.join("config.json"), &config)?;
     write_weights(spec, &shape, &config, &out.join("model.safetensors"))?;
     write_tokenizer(&out.join("tokenizer.json"))?;
-    write_json(&out.join("tokenizer_config.json"), &tokenizer_config_json())?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &tokenizer_config_json(spec.architecture),
+    )?;
     write_json(
         &out.join("generation_config.json"),
         &json!({"bos_token_id": 1, "eos_token_id": [2, 0], "max_new_tokens": 256}),
@@ -163,7 +168,7 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
     config
 }
 
-fn tokenizer_config_json() -> Value {
+fn tokenizer_config_json(architecture: Architecture) -> Value {
     let added: serde_json::Map<String, Value> = SPECIAL_TOKENS
         .iter()
         .enumerate()
@@ -180,7 +185,7 @@ fn tokenizer_config_json() -> Value {
         "bos_token": "<|im_start|>",
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": chat_template(architecture),
         "clean_up_tokenization_spaces": false,
         "model_max_length": 8192,
         "tokenizer_class": "PreTrainedTokenizerFast",

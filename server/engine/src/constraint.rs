@@ -46,15 +46,35 @@ impl PartialEq for Constraint {
     }
 }
 
-impl Constraint {
-    /// Sets every token the grammar does not allow next to minus infinity in `logits`.
-    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
-        let allowed = self.matcher.compute_mask().map_err(|e| e.to_string())?;
+/// The tokens a grammar allows next: one bit per token of the vocabulary (the form a GPU
+/// sampler takes in one upload).
+#[derive(Debug, Clone)]
+pub struct AllowedTokens(llguidance::toktrie::SimpleVob);
+
+impl AllowedTokens {
+    /// Sets every token not allowed to minus infinity in `logits`.
+    pub fn apply(&self, logits: &mut [f32]) {
         for (token, logit) in logits.iter_mut().enumerate() {
-            if !allowed.is_allowed(token as TokenId) {
+            if !self.0.is_allowed(token as TokenId) {
                 *logit = f32::NEG_INFINITY;
             }
         }
+    }
+}
+
+impl Constraint {
+    /// The tokens the grammar allows next. It depends only on the tokens consumed so far, so
+    /// it can be computed while the model computes the logits.
+    pub fn allowed(&mut self) -> Result<AllowedTokens, String> {
+        self.matcher
+            .compute_mask()
+            .map(AllowedTokens)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sets every token the grammar does not allow next to minus infinity in `logits`.
+    pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        self.allowed()?.apply(logits);
         Ok(())
     }
 
@@ -109,6 +129,18 @@ struct Compiled {
 const KEPT_GRAMMARS: usize = 64;
 
 impl Grammar {
+    /// A JSON schema grammar: compact JSON, or with `flexible_whitespace` whitespace allowed
+    /// between tokens (where the schema does not set llguidance's own options).
+    pub fn json(schema: serde_json::Value, flexible_whitespace: bool) -> Self {
+        let mut schema = schema;
+        if let Some(object) = schema.as_object_mut() {
+            object
+                .entry("x-guidance")
+                .or_insert_with(|| serde_json::json!({"whitespace_flexible": flexible_whitespace}));
+        }
+        Self::JsonSchema(schema)
+    }
+
     /// The grammar as text, naming it in the cache.
     fn text(&self) -> String {
         match self {

@@ -197,3 +197,57 @@ fn invalid_grammars_are_refused_with_the_reason() -> TestResult {
     }
     Ok(())
 }
+
+/// Opting into free whitespace widens what JSON may contain, never narrows it: at the start
+/// and after `{`, every token compact JSON allows is allowed, and after `{` whitespace beside.
+/// Outputs still validate.
+#[tokio::test]
+async fn flexible_whitespace_allows_more_and_still_validates() -> TestResult {
+    let engine = tiny_engine(&config(256, 512))?;
+    let constraints = engine.handle.constraints()?;
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+                        "required": ["a"], "additionalProperties": false});
+    let mut compact = constraints.compile(Grammar::json(schema.clone(), false))?;
+    let mut flexible = constraints.compile(Grammar::json(schema.clone(), true))?;
+    for step in 0..2 {
+        let (mut c, mut f) = (vec![0.0f32; 512], vec![0.0f32; 512]);
+        compact.mask(&mut c)?;
+        flexible.mask(&mut f)?;
+        let allowed = |row: &[f32]| row.iter().filter(|v| v.is_finite()).count();
+        assert!(c
+            .iter()
+            .zip(&f)
+            .all(|(c, f)| !c.is_finite() || f.is_finite()));
+        if step == 1 {
+            assert!(
+                allowed(&f) > allowed(&c),
+                "{} vs {}",
+                allowed(&f),
+                allowed(&c)
+            );
+        }
+        // Advance both past the same token (the one compact JSON allows: `{`).
+        let token = c
+            .iter()
+            .position(|v| v.is_finite())
+            .ok_or("nothing allowed")? as u32;
+        compact.advance(token)?;
+        flexible.advance(token)?;
+    }
+    let mut validated = 0;
+    for seed in 0..4 {
+        let req = request(
+            &engine.handle,
+            Grammar::json(schema.clone(), true),
+            Some(seed),
+        )?;
+        let outcome = run(&engine.handle, req).await?;
+        // Free whitespace may run out of tokens (what the compact default prevents).
+        if outcome.finish != FinishReason::Length {
+            check_json(&schema, &outcome)?;
+            validated += 1;
+        }
+    }
+    assert!(validated > 0, "every sample ran out of tokens");
+    Ok(())
+}

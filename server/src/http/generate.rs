@@ -43,6 +43,24 @@ pub struct Params {
     pub grammar: Option<(Grammar, &'static str)>,
 }
 
+/// Whitespace between the tokens of JSON under a JSON grammar (a Lantern extension of TGI's
+/// `grammar` and OpenAI's `response_format`): `compact`, the default, so that a model cannot
+/// spend its tokens on spaces, or `flexible`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonWhitespace {
+    #[default]
+    Compact,
+    Flexible,
+}
+
+impl JsonWhitespace {
+    /// The JSON grammar of `schema` with this whitespace.
+    pub fn grammar(self, schema: serde_json::Value) -> Grammar {
+        Grammar::json(schema, self == Self::Flexible)
+    }
+}
+
 /// A prompt as text, or as token ids already (OpenAI completions accept both).
 #[derive(Debug, Clone)]
 pub enum Prompt {
@@ -99,6 +117,7 @@ pub async fn off_the_runtime<T: Send + 'static>(
 pub async fn render_chat(
     model: &Arc<ServingModel>,
     messages: Vec<ChatMessage>,
+    tools: Vec<serde_json::Value>,
     no_template: &'static str,
 ) -> Result<String, ApiError> {
     if model.tokenizer.chat_template.is_none() {
@@ -106,7 +125,9 @@ pub async fn render_chat(
     }
     let rendering = model.clone();
     off_the_runtime(move || match &rendering.tokenizer.chat_template {
-        Some(template) => template.render(&messages, true).map_err(|e| e.to_string()),
+        Some(template) => template
+            .render_with_tools(&messages, &tools, true)
+            .map_err(|e| e.to_string()),
         None => Err(no_template.to_string()),
     })
     .await

@@ -15,6 +15,7 @@ mod sagemaker;
 mod sse;
 pub mod state;
 mod tgi;
+mod tools;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;

@@ -6,19 +6,22 @@ use super::generate::{combined, prepare, render_chat, Generated, Params, Prepare
 use super::pipeline::{answer, Answer, Api};
 use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
+use super::tools::{answer_parts, IdentifiedCall, StreamedCalls, StreamedPiece};
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 mod fields;
+mod tool_calls;
 pub use fields::{ResponseFormat, Unsupported};
 use lantern_engine::{Completion, FinishReason, TokenEvent};
-use lantern_models::ChatMessage;
+use lantern_models::ToolSyntax;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
+pub use tool_calls::{Message, Tool, ToolChoiceField};
 
 /// `"stop"` as a string or a list.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -63,12 +66,6 @@ impl Content {
                 .map(|texts| texts.concat()),
         }
     }
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct Message {
-    pub role: String,
-    pub content: Content,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -122,10 +119,15 @@ pub struct Common {
     #[serde(default)]
     pub ignore_eos: bool,
     pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (chat completions only).
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoiceField>,
+    /// More than one call per answer (default true).
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub unsupported: Unsupported,
     // Accepted and ignored (README): `user`, `metadata`, `service_tier`, `store`,
-    // `parallel_tool_calls`, `reasoning_effort`, and any field OpenAI adds later.
+    // `reasoning_effort`, and any field OpenAI adds later.
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -271,6 +273,26 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// A chat choice's finish reason: `tool_calls` when it ended after calling tools.
+fn chat_finish_reason(reason: FinishReason, calls: usize) -> &'static str {
+    match finish_reason(reason) {
+        "stop" if calls > 0 => "tool_calls",
+        other => other,
+    }
+}
+
+/// A call as OpenAI writes it in `message.tool_calls`, and (with `index`) in stream deltas.
+fn tool_call_json(call: &IdentifiedCall, index: Option<usize>) -> Value {
+    let mut value = json!({
+        "id": call.id, "type": "function",
+        "function": {"name": call.call.name, "arguments": call.arguments_json()},
+    });
+    if let Some(index) = index {
+        value["index"] = json!(index);
+    }
+    value
+}
+
 /// Usage of a whole response: each prompt counted once, every choice's tokens.
 fn usage_of(generated: &[Generated], samples: usize) -> Value {
     combined(generated.iter().map(|g| &g.completion), samples).map_or(Value::Null, |c| usage(&c))
@@ -322,14 +344,18 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
             "messages",
         ));
     }
-    let messages = request
-        .messages
-        .iter()
-        .map(|m| Ok(ChatMessage::new(&m.role, &m.content.text()?)))
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let common = &request.common;
+    let tools = tool_calls::tools(
+        common.tools.as_deref(),
+        common.tool_choice.as_ref(),
+        common.parallel_tool_calls,
+    )?;
+    let tool_syntax = tools.syntax(&model, "tools")?;
+    let messages = tool_calls::chat_messages(&request.messages)?;
     let prompt = render_chat(
         &model,
         messages,
+        tools.for_prompt(),
         "this model has no chat template: use /v1/completions",
     )
     .await?;
@@ -345,6 +371,15 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
         .common
         .to_params(model.generation.temperature, top_n)?;
     params.templated = true;
+    if let Some(grammar) = tool_syntax.and_then(|syntax| tools.grammar(syntax)) {
+        if params.grammar.is_some() {
+            return Err(ApiError::validation(
+                "`response_format` and a `tool_choice` that forces a call cannot both hold the answer",
+                "tool_choice",
+            ));
+        }
+        params.grammar = Some((grammar, "tools"));
+    }
     let prepared = prepare(state, Prompt::Text(prompt), params).await?;
     let spelling = ChatAnswer {
         header: request
@@ -352,6 +387,7 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
             .header("chatcmpl", &model.name, "chat.completion.chunk"),
         logprobs: request.logprobs,
         choices: request.common.choices(),
+        tool_syntax,
     };
     answer(state, vec![prepared], request.common.stream, spelling).await
 }
@@ -362,6 +398,8 @@ struct ChatAnswer {
     header: StreamHeader,
     logprobs: bool,
     choices: usize,
+    /// With tools offered: how the model writes calls.
+    tool_syntax: Option<ToolSyntax>,
 }
 
 impl Answer for ChatAnswer {
@@ -371,6 +409,8 @@ impl Answer for ChatAnswer {
         ChatStream {
             header: self.header,
             started: Vec::new(),
+            tool_syntax: self.tool_syntax,
+            calls: Vec::new(),
         }
     }
 
@@ -378,12 +418,26 @@ impl Answer for ChatAnswer {
         let choices: Vec<Value> = generated
             .iter()
             .enumerate()
-            .map(|(index, g)| json!({
-                "index": index,
-                "message": {"role": "assistant", "content": g.text},
-                "logprobs": if self.logprobs { chat_logprobs(&g.tokens, &g.model) } else { Value::Null },
-                "finish_reason": finish_reason(g.completion.finish_reason),
-            }))
+            .map(|(index, g)| {
+                let (text, calls) = match self.tool_syntax {
+                    Some(syntax) => answer_parts(syntax, &g.text, "call_"),
+                    None => (g.text.clone(), Vec::new()),
+                };
+                let mut message = json!({"role": "assistant", "content": text});
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] =
+                        calls.iter().map(|c| tool_call_json(c, None)).collect();
+                }
+                json!({
+                    "index": index,
+                    "message": message,
+                    "logprobs": if self.logprobs { chat_logprobs(&g.tokens, &g.model) } else { Value::Null },
+                    "finish_reason": chat_finish_reason(g.completion.finish_reason, calls.len()),
+                })
+            })
             .collect();
         json!({
             "id": self.header.id,
@@ -437,28 +491,89 @@ struct ChatStream {
     header: StreamHeader,
     /// The choices whose first chunk (with the role) has been sent.
     started: Vec<usize>,
+    tool_syntax: Option<ToolSyntax>,
+    /// Each choice's answer split into text and tool calls (with tools offered).
+    calls: Vec<(usize, StreamedCalls)>,
+}
+
+impl ChatStream {
+    /// `text` of `choice` as deltas: content, or tool calls once complete.
+    fn deltas(&mut self, choice: usize, text: &str) -> Vec<Value> {
+        let pieces = match self.tool_syntax {
+            None => vec![StreamedPiece::Text(text.to_string())],
+            Some(syntax) => self.calls_of(choice, syntax).push(text),
+        };
+        self.deltas_of(choice, pieces)
+    }
+
+    fn calls_of(&mut self, choice: usize, syntax: ToolSyntax) -> &mut StreamedCalls {
+        let at = match self.calls.iter().position(|(c, _)| *c == choice) {
+            Some(at) => at,
+            None => {
+                self.calls
+                    .push((choice, StreamedCalls::new(syntax, "call_")));
+                self.calls.len() - 1
+            }
+        };
+        &mut self.calls[at].1
+    }
+
+    fn deltas_of(&mut self, choice: usize, pieces: Vec<StreamedPiece>) -> Vec<Value> {
+        let mut deltas = Vec::new();
+        for piece in pieces {
+            let mut delta = match piece {
+                StreamedPiece::Text(text) if text.is_empty() => continue,
+                StreamedPiece::Text(text) => json!({"content": text}),
+                StreamedPiece::Call(index, call) => {
+                    json!({"tool_calls": [tool_call_json(&call, Some(index))]})
+                }
+            };
+            if !self.started.contains(&choice) {
+                self.started.push(choice);
+                delta["role"] = json!("assistant");
+            }
+            deltas.push(delta);
+        }
+        deltas
+    }
+
+    fn chunk(&self, choice: usize, delta: Value, finish: Option<&str>) -> SseEvent {
+        self.header.chunk(
+            json!({"index": choice, "delta": delta, "logprobs": null, "finish_reason": finish}),
+        )
+    }
 }
 
 impl StreamFormat for ChatStream {
     fn token(&mut self, choice: usize, token: &TokenEvent) -> Vec<SseEvent> {
-        let started = self.started.contains(&choice);
-        if token.text.is_empty() && started {
-            return Vec::new();
-        }
-        let delta = if started {
-            json!({"content": token.text})
-        } else {
+        let mut deltas = self.deltas(choice, &token.text);
+        // The first chunk of a choice carries the role, even before any text.
+        if deltas.is_empty() && !self.started.contains(&choice) {
             self.started.push(choice);
-            json!({"role": "assistant", "content": token.text})
-        };
-        vec![self.header.chunk(
-            json!({"index": choice, "delta": delta, "logprobs": null, "finish_reason": null}),
-        )]
+            deltas.push(json!({"role": "assistant", "content": ""}));
+        }
+        deltas
+            .into_iter()
+            .map(|delta| self.chunk(choice, delta, None))
+            .collect()
     }
 
     fn end(&mut self, choice: usize, completion: &Completion) -> Vec<SseEvent> {
-        vec![self.header.chunk(json!({"index": choice, "delta": {"content": completion.trailing_text}, "logprobs": null,
-                          "finish_reason": finish_reason(completion.finish_reason)}))]
+        let mut deltas = self.deltas(choice, &completion.trailing_text);
+        let mut calls = 0;
+        if let Some(syntax) = self.tool_syntax {
+            let streamed = self.calls_of(choice, syntax);
+            let rest = streamed.finish();
+            calls = streamed.calls;
+            deltas.extend(self.deltas_of(choice, rest));
+        }
+        let reason = chat_finish_reason(completion.finish_reason, calls);
+        let mut events: Vec<SseEvent> = deltas
+            .into_iter()
+            .map(|delta| self.chunk(choice, delta, None))
+            .collect();
+        events.push(self.chunk(choice, json!({}), Some(reason)));
+        events
     }
 
     fn finish(&mut self, total: &Completion) -> Vec<SseEvent> {
@@ -479,6 +594,17 @@ async fn run_completion(
         return Err(ApiError::validation(
             "`suffix` is not supported: text after the insertion point",
             "suffix",
+        ));
+    }
+    let tools = tool_calls::tools(
+        request.common.tools.as_deref(),
+        request.common.tool_choice.as_ref(),
+        request.common.parallel_tool_calls,
+    )?;
+    if !tools.specs.is_empty() {
+        return Err(ApiError::validation(
+            "`tools` need chat completions (/v1/chat/completions): a completion has no chat template to offer them in",
+            "tools",
         ));
     }
     let n = request.common.choices();

@@ -3,7 +3,7 @@
 //! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
 
 use super::error::{ApiError, Flavor};
-use super::generate::{encode, prepare, Generated, Params, Prepared, Prompt};
+use super::generate::{encode, prepare, Generated, JsonWhitespace, Params, Prepared, Prompt};
 use super::pipeline::{answer, Answer, Api};
 use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
@@ -86,16 +86,23 @@ pub struct TgiGrammar {
     #[schemars(extend("enum" = ["json", "regex"]))]
     pub kind: String,
     pub value: Value,
+    /// With `"type": "json"`: `compact` (default) or `flexible` whitespace between tokens.
+    #[serde(default)]
+    pub whitespace: Option<JsonWhitespace>,
 }
 
 impl TgiGrammar {
     fn grammar(&self) -> Result<Grammar, ApiError> {
         let invalid = |message: String| ApiError::validation(message, "parameters.grammar");
+        let whitespace = self.whitespace.unwrap_or_default();
         match (self.kind.as_str(), &self.value) {
             ("json", Value::String(text)) => serde_json::from_str(text)
-                .map(Grammar::JsonSchema)
+                .map(|schema| whitespace.grammar(schema))
                 .map_err(|e| invalid(format!("`parameters.grammar.value` is not JSON: {e}"))),
-            ("json", schema) => Ok(Grammar::JsonSchema(schema.clone())),
+            ("json", schema) => Ok(whitespace.grammar(schema.clone())),
+            ("regex", _) if self.whitespace.is_some() => Err(invalid(
+                "`parameters.grammar.whitespace` applies to JSON grammars, not regexes".into(),
+            )),
             ("regex", Value::String(regex)) => Ok(Grammar::Regex(regex.clone())),
             ("regex", _) => Err(invalid(
                 "`parameters.grammar.value` must be a string for a regex".into(),

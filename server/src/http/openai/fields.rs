@@ -1,7 +1,8 @@
 //! The OpenAI request fields beyond sampling: `response_format` (structured output) and the
-//! fields Lantern cannot honour yet, refused by name unless at their defaults.
+//! fields Lantern does not honour, refused by name unless at their defaults.
 
 use crate::http::error::ApiError;
+use crate::http::generate::JsonWhitespace;
 use lantern_engine::constraint::Grammar;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -15,15 +16,9 @@ pub struct Unsupported {
     /// Only `{}`: no token biasing.
     #[schemars(extend("maxProperties" = 0))]
     pub logit_bias: Option<serde_json::Map<String, Value>>,
-    /// Only `[]`: tool calling is not supported yet.
-    #[schemars(length(max = 0))]
-    pub tools: Option<Vec<Value>>,
     /// Only `[]` (the deprecated form of `tools`).
     #[schemars(length(max = 0))]
     pub functions: Option<Vec<Value>>,
-    /// Only `"none"` or `"auto"` (with no tools, both mean no tool call).
-    #[schemars(extend("enum" = ["none", "auto", null]))]
-    pub tool_choice: Option<Value>,
     /// Only `"none"` or `"auto"` (the deprecated form of `tool_choice`).
     #[schemars(extend("enum" = ["none", "auto", null]))]
     pub function_call: Option<Value>,
@@ -40,6 +35,10 @@ pub struct ResponseFormat {
     pub kind: String,
     /// With `"type": "json_schema"`.
     pub json_schema: Option<JsonSchemaFormat>,
+    /// With JSON: `compact` (default) or `flexible` whitespace between tokens (a Lantern
+    /// extension).
+    #[serde(default)]
+    pub whitespace: Option<JsonWhitespace>,
 }
 
 /// OpenAI's `json_schema`: only `schema` matters here; the others are part of the documented
@@ -57,12 +56,17 @@ pub struct JsonSchemaFormat {
 
 impl ResponseFormat {
     pub(super) fn grammar(&self) -> Result<Option<Grammar>, ApiError> {
+        let whitespace = self.whitespace.unwrap_or_default();
         match (self.kind.as_str(), &self.json_schema) {
+            ("text", _) if self.whitespace.is_some() => Err(ApiError::validation(
+                "`response_format.whitespace` applies to JSON formats, not text",
+                "response_format",
+            )),
             ("text", _) => Ok(None),
-            ("json_object", _) => Ok(Some(Grammar::JsonSchema(json!({"type": "object"})))),
-            ("json_schema", Some(format)) => Ok(Some(Grammar::JsonSchema(
-                format.schema.clone().unwrap_or_else(|| json!({})),
-            ))),
+            ("json_object", _) => Ok(Some(whitespace.grammar(json!({"type": "object"})))),
+            ("json_schema", Some(format)) => Ok(Some(
+                whitespace.grammar(format.schema.clone().unwrap_or_else(|| json!({}))),
+            )),
             ("json_schema", None) => Err(ApiError::validation(
                 "`response_format.json_schema` is required with `\"type\": \"json_schema\"`",
                 "response_format",
@@ -97,17 +101,17 @@ impl Unsupported {
         if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
             return refuse("logit_bias", "token biasing is not implemented");
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return refuse("tools", "tool calling is not implemented yet");
-        }
         if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-            return refuse("functions", "tool calling is not implemented yet");
-        }
-        if not_none(&self.tool_choice) {
-            return refuse("tool_choice", "tool calling is not implemented yet");
+            return refuse(
+                "functions",
+                "the deprecated form of tool calling: use `tools`",
+            );
         }
         if not_none(&self.function_call) {
-            return refuse("function_call", "tool calling is not implemented yet");
+            return refuse(
+                "function_call",
+                "the deprecated form of tool calling: use `tool_choice`",
+            );
         }
         if self
             .modalities
