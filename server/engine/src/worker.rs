@@ -7,9 +7,10 @@
 //! everything and mark the engine unhealthy: nobody is left waiting either way.
 
 use crate::config::FaultPolicy;
-use crate::constraint::Constraint;
+use crate::constraint::{AllowedTokens, Constraint};
 use crate::detokenize::IncrementalDecoder;
 use crate::handle::Shared;
+use crate::masks_ahead::{beside_forward, Pending};
 use crate::request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 use crate::sampling::{argmax, log_softmax, top_n, Sampler};
 use crate::scheduler::{Plan, Scheduler, SchedulerStats, SequenceId, SequenceOptions};
@@ -54,6 +55,8 @@ struct Active {
     prompt_logprobs: Vec<Option<PromptLogprob>>,
     /// The grammar the output is held to, if any.
     constraint: Option<Constraint>,
+    /// The grammar's mask for this step, computed during the forward pass.
+    allowed: Option<Result<AllowedTokens, String>>,
     /// The request's span (its id), for what the engine logs about it.
     span: tracing::Span,
 }
@@ -231,6 +234,7 @@ impl Worker {
                 first_token_at: None,
                 prompt_logprobs: Vec::new(),
                 constraint: request.constraint,
+                allowed: None,
                 span: request.span,
             },
         );
@@ -264,7 +268,16 @@ impl Worker {
         self.model_steps += 1;
         self.holds_step_memory = true;
         self.maybe_inject_fault()?;
-        let logits = self.decoder.forward(&steps, &self.cache)?;
+        let mut pending = self.lend_constraints(&plan);
+        let (decoder, cache) = (&self.decoder, &self.cache);
+        let logits = beside_forward(&mut pending, || decoder.forward(&steps, cache));
+        for p in pending {
+            if let Some(active) = self.active.get_mut(&p.key) {
+                active.constraint = Some(p.constraint);
+                active.allowed = p.allowed;
+            }
+        }
+        let logits = logits?;
         self.scheduler.complete(&plan);
         let (sampled, logits) = self.take_prompt_logprobs(&plan, logits)?;
         let choices = self.choose(&sampled, &logits)?;
@@ -272,6 +285,23 @@ impl Worker {
             self.deliver(id, choice);
         }
         Ok(())
+    }
+
+    /// The constraints of the sequences this step may sample, lent for their masks to be
+    /// computed beside the forward pass (given back right after it).
+    fn lend_constraints(&mut self, plan: &Plan) -> Vec<Pending<SequenceId>> {
+        plan.steps
+            .iter()
+            .filter(|s| s.step.logits != LogitsWanted::None)
+            .filter_map(|s| {
+                let constraint = self.active.get_mut(&s.id)?.constraint.take()?;
+                Some(Pending {
+                    key: s.id,
+                    constraint,
+                    allowed: None,
+                })
+            })
+            .collect()
     }
 
     /// The logits of `All` steps (a row per token) hold prompt log-probabilities: records them,
@@ -585,11 +615,19 @@ fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
         .sampler
         .apply_penalties(&mut row, &context, &active.generated);
     if let Some(constraint) = &mut active.constraint {
-        if let Err(error) = constraint.mask(&mut row) {
-            return Choice {
-                failed: Some(format!("the grammar failed: {error}")),
-                ..Choice::default()
-            };
+        // The mask computed during the forward pass, or now if there is none.
+        let allowed = active
+            .allowed
+            .take()
+            .unwrap_or_else(|| constraint.allowed());
+        match allowed {
+            Ok(allowed) => allowed.apply(&mut row),
+            Err(error) => {
+                return Choice {
+                    failed: Some(format!("the grammar failed: {error}")),
+                    ..Choice::default()
+                }
+            }
         }
     }
     let token = active.sampler.choose(&row);
