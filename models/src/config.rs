@@ -3,7 +3,7 @@
 //! transformers 5.x shape with `rope_parameters`) or from GGUF metadata (`gguf.rs`).
 //!
 //! Families differ only by toggles here: q/k norm, qkv bias, sliding window, tied embeddings,
-//! rotary style. The decoder never branches on the family name.
+//! rotary style and scaling, fused projections. The decoder never branches on the family name.
 
 use crate::error::{ModelError, Result};
 use serde::Deserialize;
@@ -16,10 +16,17 @@ pub enum Architecture {
     Mistral,
     Qwen2,
     Qwen3,
+    Phi3,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 4] = [Self::Llama, Self::Mistral, Self::Qwen2, Self::Qwen3];
+    pub const ALL: [Architecture; 5] = [
+        Self::Llama,
+        Self::Mistral,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Phi3,
+    ];
 
     /// The `model_type` of `config.json`, and the GGUF `general.architecture` too.
     pub fn name(self) -> &'static str {
@@ -28,6 +35,7 @@ impl Architecture {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::Phi3 => "phi3",
         }
     }
 
@@ -52,7 +60,7 @@ pub enum RotaryStyle {
 }
 
 /// Frequency scaling of rotary embeddings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
@@ -66,9 +74,24 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// One divisor per frequency (`head_dim / 2`), as GGUF files store them in
+    /// `rope_freqs.weight` (llama.cpp's converter writes Llama 3.1's scaling this way).
+    Factors(Vec<f32>),
+    /// Phi-3's LongRoPE: per-frequency divisors for positions below
+    /// `original_max_position_embeddings` (`short`) and from there on (`long`); cos and sin
+    /// multiplied by `attention_factor`. The choice is made per position, so a token's
+    /// rotation never depends on how long its sequence is yet, how it was chunked or batched.
+    /// (transformers instead switches every position to `long` once a sequence grows past the
+    /// original length; candle-transformers and vLLM choose per position, as here.)
+    LongRope {
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     pub theta: f64,
     pub scaling: RopeScaling,
@@ -101,9 +124,57 @@ pub struct DecoderConfig {
     /// Sliding attention window of each layer; `None` means full attention.
     pub sliding_window: Vec<Option<usize>>,
     pub tie_word_embeddings: bool,
+    /// Q, K and V stored as one `qkv` matrix and gate and up as one `gate_up` (Phi-3); read
+    /// as their parts.
+    pub fused_projections: bool,
 }
 
 impl DecoderConfig {
+    /// The toggles this config turns on, as `/info` and the startup log name them.
+    pub fn toggles(&self) -> Vec<String> {
+        let mut toggles = Vec::new();
+        if self.attention_bias.qkv {
+            toggles.push("qkv_bias".to_string());
+        }
+        if self.attention_bias.output {
+            toggles.push("output_bias".into());
+        }
+        if self.qk_norm {
+            toggles.push("qk_norm".into());
+        }
+        if self.fused_projections {
+            toggles.push("fused_projections".into());
+        }
+        if self.tie_word_embeddings {
+            toggles.push("tied_embeddings".into());
+        }
+        let sliding: Vec<usize> = self.sliding_window.iter().flatten().copied().collect();
+        if let Some(window) = sliding.first() {
+            toggles.push(format!(
+                "sliding_window({window}) on {} of {} layers",
+                sliding.len(),
+                self.num_layers
+            ));
+        }
+        match &self.rope.scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => toggles.push(format!("rope_linear({factor})")),
+            RopeScaling::Llama3 { factor, .. } => toggles.push(format!("rope_llama3({factor})")),
+            RopeScaling::Factors(_) => toggles.push("rope_frequency_factors".into()),
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            } => toggles.push(format!(
+                "rope_longrope(long from position {original_max_position_embeddings}, attention factor {attention_factor:.4})"
+            )),
+        }
+        if self.rope.style == RotaryStyle::Interleaved {
+            toggles.push("rope_interleaved".into());
+        }
+        toggles
+    }
+
     pub fn validate(&self, origin: &Path) -> Result<()> {
         let bad = |message: String| Err(ModelError::config(origin, message));
         if self.num_heads == 0
@@ -123,6 +194,24 @@ impl DecoderConfig {
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return bad("vocab_size, hidden_size and num_hidden_layers must be positive".into());
+        }
+        let factor_lists: Vec<(&str, &Vec<f32>)> = match &self.rope.scaling {
+            RopeScaling::Factors(factors) => vec![("rope frequency factors", factors)],
+            RopeScaling::LongRope { short, long, .. } => {
+                vec![("rope short_factor", short), ("rope long_factor", long)]
+            }
+            _ => Vec::new(),
+        };
+        for (what, factors) in factor_lists {
+            let positive = factors.iter().all(|f| f.is_finite() && *f > 0.0);
+            if factors.len() != self.head_dim / 2 || !positive {
+                return bad(format!(
+                    "{what}: {} positive numbers expected (head_dim / 2), got {} values{}",
+                    self.head_dim / 2,
+                    factors.len(),
+                    if positive { "" } else { ", not all positive" }
+                ));
+            }
         }
         if self.sliding_window.len() != self.num_layers {
             return bad("one sliding-window entry per layer is required".into());
@@ -198,6 +287,9 @@ struct HfConfig {
     #[serde(default)]
     use_sliding_window: bool,
     max_window_layers: Option<usize>,
+    /// Phi-3 keeps it beside `rope_scaling` rather than inside.
+    original_max_position_embeddings: Option<f64>,
+    partial_rotary_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +301,10 @@ struct HfRopeParameters {
     low_freq_factor: Option<f64>,
     high_freq_factor: Option<f64>,
     original_max_position_embeddings: Option<f64>,
+    short_factor: Option<Vec<f32>>,
+    long_factor: Option<Vec<f32>>,
+    attention_factor: Option<f64>,
+    partial_rotary_factor: Option<f64>,
 }
 
 fn default_rms_norm_eps() -> f64 {
@@ -248,7 +344,7 @@ impl DecoderConfig {
                 qkv: raw.attention_bias,
                 output: raw.attention_bias,
             },
-            Architecture::Mistral => AttentionBias::default(),
+            Architecture::Mistral | Architecture::Phi3 => AttentionBias::default(),
             // Qwen2 always has q/k/v biases and no output bias.
             Architecture::Qwen2 => AttentionBias {
                 qkv: true,
@@ -271,6 +367,7 @@ impl DecoderConfig {
             qk_norm: architecture == Architecture::Qwen3,
             sliding_window,
             tie_word_embeddings: raw.tie_word_embeddings,
+            fused_projections: architecture == Architecture::Phi3,
         };
         config.validate(origin)?;
         Ok(config)
@@ -289,7 +386,7 @@ fn hf_class_to_model_type(class: &str) -> String {
 fn layer_window(architecture: Architecture, raw: &HfConfig, layer: usize) -> Option<usize> {
     match architecture {
         Architecture::Llama => None,
-        Architecture::Mistral => raw.sliding_window,
+        Architecture::Mistral | Architecture::Phi3 => raw.sliding_window,
         Architecture::Qwen2 | Architecture::Qwen3 => {
             let from_layer = raw.max_window_layers.unwrap_or(0);
             (raw.use_sliding_window && layer >= from_layer)
@@ -305,9 +402,19 @@ fn rope_from_hf(raw: &HfConfig, origin: &Path) -> Result<RopeConfig> {
         .rope_theta
         .or_else(|| params.and_then(|p| p.rope_theta))
         .unwrap_or(10_000.0);
+    let partial = raw
+        .partial_rotary_factor
+        .or_else(|| params.and_then(|p| p.partial_rotary_factor))
+        .unwrap_or(1.0);
+    if partial != 1.0 {
+        return Err(ModelError::config(
+            origin,
+            format!("partial_rotary_factor {partial}: rotary embeddings over part of a head are not supported"),
+        ));
+    }
     let scaling = match params {
         None => RopeScaling::None,
-        Some(p) => rope_scaling(p, origin)?,
+        Some(p) => rope_scaling(p, raw, origin)?,
     };
     Ok(RopeConfig {
         theta,
@@ -316,7 +423,7 @@ fn rope_from_hf(raw: &HfConfig, origin: &Path) -> Result<RopeConfig> {
     })
 }
 
-fn rope_scaling(p: &HfRopeParameters, origin: &Path) -> Result<RopeScaling> {
+fn rope_scaling(p: &HfRopeParameters, raw: &HfConfig, origin: &Path) -> Result<RopeScaling> {
     let need = |value: Option<f64>, field: &str| {
         value.ok_or_else(|| ModelError::config(origin, format!("rope scaling needs `{field}`")))
     };
@@ -334,9 +441,38 @@ fn rope_scaling(p: &HfRopeParameters, origin: &Path) -> Result<RopeScaling> {
                 "original_max_position_embeddings",
             )?,
         }),
+        "longrope" | "su" => {
+            let original = need(
+                p.original_max_position_embeddings
+                    .or(raw.original_max_position_embeddings),
+                "original_max_position_embeddings",
+            )?;
+            // transformers' default: the stretch of the context over the original length.
+            let factor = p
+                .factor
+                .unwrap_or(raw.max_position_embeddings as f64 / original);
+            let attention_factor = p.attention_factor.unwrap_or(if factor <= 1.0 {
+                1.0
+            } else {
+                (1.0 + factor.ln() / original.ln()).sqrt()
+            });
+            let factors = |list: &Option<Vec<f32>>, field: &str| {
+                list.clone().ok_or_else(|| {
+                    ModelError::config(origin, format!("rope scaling needs `{field}`"))
+                })
+            };
+            Ok(RopeScaling::LongRope {
+                short: factors(&p.short_factor, "short_factor")?,
+                long: factors(&p.long_factor, "long_factor")?,
+                original_max_position_embeddings: original as usize,
+                attention_factor,
+            })
+        }
         other => Err(ModelError::config(
             origin,
-            format!("rope type `{other}` is not supported (supported: default, linear, llama3)"),
+            format!(
+                "rope type `{other}` is not supported (supported: default, linear, llama3, longrope)"
+            ),
         )),
     }
 }
@@ -384,6 +520,65 @@ mod tests {
         Ok(())
     }
 
+    /// Phi-3.5-mini's shape: LongRoPE under its old name `su` (accepted too), the original
+    /// length beside `rope_scaling`, the attention factor from the context stretch.
+    const PHI3_SHAPE: &str = r#"{
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+        "vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
+        "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 32,
+        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+        "rope_theta": 10000.0, "sliding_window": 262144,
+        "rope_scaling": {"type": "su", "short_factor": [1.0, 1.5], "long_factor": [2.0, 3.0]}
+    }"#;
+
+    #[test]
+    fn reads_phi3_longrope_and_names_its_toggles() -> Result<()> {
+        let text = PHI3_SHAPE
+            .replace("[1.0, 1.5]", &format!("{:?}", vec![1.0; 48]))
+            .replace("[2.0, 3.0]", &format!("{:?}", vec![2.0; 48]));
+        let c = DecoderConfig::from_hf_str(&text, Path::new("config.json"))?;
+        assert_eq!(c.architecture, Architecture::Phi3);
+        let RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } = c.rope.scaling.clone()
+        else {
+            panic!("{:?}", c.rope.scaling);
+        };
+        assert_eq!(original_max_position_embeddings, 4096);
+        // sqrt(1 + ln(32) / ln(4096)), as transformers computes it for this config.
+        assert!((attention_factor - (1.0f64 + 32f64.ln() / 4096f64.ln()).sqrt()).abs() < 1e-12);
+        let toggles = c.toggles();
+        assert!(
+            toggles.contains(&"fused_projections".to_string()),
+            "{toggles:?}"
+        );
+        assert!(
+            toggles
+                .iter()
+                .any(|t| t.starts_with("rope_longrope(long from position 4096")),
+            "{toggles:?}"
+        );
+        assert!(
+            toggles
+                .iter()
+                .any(|t| t.starts_with("sliding_window(262144) on 2 of 2")),
+            "{toggles:?}"
+        );
+        // Factor lists must cover half a head.
+        let short = DecoderConfig::from_hf_str(PHI3_SHAPE, Path::new("config.json")).err();
+        assert!(short.is_some_and(|e| e.to_string().contains("short_factor")));
+        // Rotary over part of a head (Phi-4-mini) is refused, not run wrong.
+        let partial = text.replace(
+            "\"rope_theta\"",
+            "\"partial_rotary_factor\": 0.75, \"rope_theta\"",
+        );
+        let refused = DecoderConfig::from_hf_str(&partial, Path::new("config.json")).err();
+        assert!(refused.is_some_and(|e| e.to_string().contains("partial_rotary_factor")));
+        Ok(())
+    }
+
     #[test]
     fn unknown_architecture_lists_the_supported_ones() {
         let text = HUB_SHAPE.replace("\"llama\"", "\"gpt_neox\"");
@@ -392,7 +587,7 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("gpt_neox"), "{err}");
-        assert!(err.contains("llama, mistral, qwen2, qwen3"), "{err}");
+        assert!(err.contains("llama, mistral, qwen2, qwen3, phi3"), "{err}");
     }
 
     #[test]

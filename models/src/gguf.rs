@@ -124,7 +124,11 @@ impl<'a> Metadata<'a> {
 }
 
 /// The decoder config a GGUF file describes.
-pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
+pub fn decoder_config<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    reader: &mut R,
+    path: &Path,
+) -> Result<DecoderConfig> {
     let meta = Metadata::new(content, path);
     let arch_name = meta.string("general.architecture")?;
     let architecture = Architecture::parse(arch_name)?;
@@ -148,12 +152,6 @@ pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
             }
         },
     };
-    if content.tensor_infos.contains_key("rope_freqs.weight") {
-        return Err(ModelError::file(
-            path,
-            "per-frequency rope factors (`rope_freqs.weight`, Llama 3.1 long context in GGUF) are not supported yet; load the safetensors checkpoint instead",
-        ));
-    }
     let scaling = match meta.string_opt(&key("rope.scaling.type"))? {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {
@@ -166,10 +164,24 @@ pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
             ))
         }
     };
+    let scaling =
+        match (rope_frequency_factors(content, reader, path)?, scaling) {
+            (None, scaling) => scaling,
+            (Some(factors), RopeScaling::None) => RopeScaling::Factors(factors),
+            (Some(_), _) => return Err(ModelError::file(
+                path,
+                "`rope_freqs.weight` together with a rope scaling type: one of them is expected",
+            )),
+        };
+    let context_length = meta.usize_opt(&key("context_length"))?.unwrap_or(4096);
+    let scaling = match long_rope(content, reader, path, &meta, &key, context_length)? {
+        Some(long_rope) => long_rope,
+        None => scaling,
+    };
     // llama.cpp permutes llama Q/K weights for interleaved rotary; qwen files keep the HF layout.
     let style = match architecture {
         Architecture::Llama | Architecture::Mistral => RotaryStyle::Interleaved,
-        Architecture::Qwen2 | Architecture::Qwen3 => RotaryStyle::Half,
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Phi3 => RotaryStyle::Half,
     };
     let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
     let window = meta.usize_opt(&key("attention.sliding_window"))?;
@@ -194,7 +206,7 @@ pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
             scaling,
             style,
         },
-        max_position_embeddings: meta.usize_opt(&key("context_length"))?.unwrap_or(4096),
+        max_position_embeddings: context_length,
         attention_bias: AttentionBias {
             qkv: qkv_bias,
             output: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
@@ -204,9 +216,77 @@ pub fn decoder_config(content: &Content, path: &Path) -> Result<DecoderConfig> {
             .contains_key("blk.0.attn_q_norm.weight"),
         sliding_window: vec![window; num_layers],
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        fused_projections: architecture == Architecture::Phi3,
     };
     config.validate(path)?;
     Ok(config)
+}
+
+/// The per-frequency rope divisors of `rope_freqs.weight`, when the file has them.
+fn rope_frequency_factors<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    reader: &mut R,
+    path: &Path,
+) -> Result<Option<Vec<f32>>> {
+    vector_tensor(content, reader, path, "rope_freqs.weight")
+}
+
+/// Phi-3's LongRoPE, when the file has its two factor tensors (`rope_factors_short.weight`,
+/// `rope_factors_long.weight`, as llama.cpp's converter writes them) and the original context
+/// length; the attention factor from the metadata, else transformers' default.
+fn long_rope<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    reader: &mut R,
+    path: &Path,
+    meta: &Metadata<'_>,
+    key: &dyn Fn(&str) -> String,
+    context_length: usize,
+) -> Result<Option<RopeScaling>> {
+    let short = vector_tensor(content, reader, path, "rope_factors_short.weight")?;
+    let long = vector_tensor(content, reader, path, "rope_factors_long.weight")?;
+    let (Some(short), Some(long)) = (short, long) else {
+        return Ok(None);
+    };
+    let original = meta.usize(&key("rope.scaling.original_context_length"))?;
+    let factor = context_length as f64 / original.max(1) as f64;
+    let attention_factor = match meta.f64_opt(&key("rope.scaling.attn_factor"))? {
+        Some(factor) => factor,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(Some(RopeScaling::LongRope {
+        short,
+        long,
+        original_max_position_embeddings: original,
+        attention_factor,
+    }))
+}
+
+/// A one-dimensional f32 tensor of the file, when it has it.
+fn vector_tensor<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    reader: &mut R,
+    path: &Path,
+    name: &str,
+) -> Result<Option<Vec<f32>>> {
+    if !content.tensor_infos.contains_key(name) {
+        return Ok(None);
+    }
+    let failed = |message: String| ModelError::Tensor {
+        name: name.into(),
+        file: path.to_path_buf(),
+        message,
+    };
+    let device = candle_core::Device::Cpu;
+    let tensor = content
+        .tensor(reader, name, &device)
+        .map_err(|e| failed(e.to_string()))?;
+    let values = tensor
+        .dequantize(&device)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(Some(values))
 }
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -77,7 +77,47 @@ impl RmsNorm {
 #[derive(Debug, Clone)]
 pub struct Rotary {
     inv_freq: Tensor,
+    /// LongRoPE: from this position on, these frequencies.
+    long: Option<(f32, Tensor)>,
+    /// What cos and sin are multiplied by (LongRoPE's attention factor).
+    magnitude: f64,
     style: RotaryStyle,
+}
+
+/// The rotary frequencies of a position: `short` below `long`'s first position (or always),
+/// `long`'s from there on; cos and sin multiplied by `magnitude`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotaryFrequencies {
+    pub short: Vec<f32>,
+    pub long: Option<(usize, Vec<f32>)>,
+    pub magnitude: f32,
+}
+
+/// See [`RotaryFrequencies`].
+pub fn rotary_frequencies(config: &RopeConfig, head_dim: usize) -> RotaryFrequencies {
+    match &config.scaling {
+        RopeScaling::LongRope {
+            short,
+            long,
+            original_max_position_embeddings,
+            attention_factor,
+        } => {
+            let divided = |factors: &[f32]| {
+                let scaling = RopeScaling::Factors(factors.to_vec());
+                inverse_frequencies(&RopeConfig { scaling, ..*config }, head_dim)
+            };
+            RotaryFrequencies {
+                short: divided(short),
+                long: Some((*original_max_position_embeddings, divided(long))),
+                magnitude: *attention_factor as f32,
+            }
+        }
+        _ => RotaryFrequencies {
+            short: inverse_frequencies(config, head_dim),
+            long: None,
+            magnitude: 1.0,
+        },
+    }
 }
 
 /// Inverse frequencies of one head's rotary embedding (`head_dim / 2`), with scaling applied.
@@ -86,16 +126,22 @@ pub fn inverse_frequencies(config: &RopeConfig, head_dim: usize) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| {
             let freq = 1.0 / (config.theta as f32).powf((2 * i) as f32 / head_dim as f32);
-            scale_frequency(f64::from(freq), config.scaling) as f32
+            scale_frequency(f64::from(freq), i, &config.scaling) as f32
         })
         .collect()
 }
 
 impl Rotary {
     pub fn new(config: &RopeConfig, head_dim: usize, device: &Device) -> Result<Self> {
-        let inv_freq = inverse_frequencies(config, head_dim);
+        let frequencies = rotary_frequencies(config, head_dim);
+        let table = |values: Vec<f32>| Tensor::from_vec(values, (1, head_dim / 2), device);
         Ok(Self {
-            inv_freq: Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?,
+            inv_freq: table(frequencies.short)?,
+            long: match frequencies.long {
+                Some((from, values)) => Some((from as f32, table(values)?)),
+                None => None,
+            },
+            magnitude: f64::from(frequencies.magnitude),
             style: config.style,
         })
     }
@@ -103,9 +149,20 @@ impl Rotary {
     /// Rotates `x` (`(n, heads, head_dim)`), row `i` at position `positions[i]` (`(n,)` f32).
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let n = positions.dim(0)?;
-        let angles = positions.reshape((n, 1))?.broadcast_mul(&self.inv_freq)?;
-        let cos = angles.cos()?.to_dtype(x.dtype())?;
-        let sin = angles.sin()?.to_dtype(x.dtype())?;
+        let positions = positions.reshape((n, 1))?;
+        let mut angles = positions.broadcast_mul(&self.inv_freq)?;
+        if let Some((from, long)) = &self.long {
+            let long_angles = positions.broadcast_mul(long)?;
+            let is_long = positions.ge(*from)?.broadcast_as(angles.shape())?;
+            angles = is_long.where_cond(&long_angles, &angles)?;
+        }
+        let (mut cos, mut sin) = (angles.cos()?, angles.sin()?);
+        if self.magnitude != 1.0 {
+            cos = (cos * self.magnitude)?;
+            sin = (sin * self.magnitude)?;
+        }
+        let cos = cos.to_dtype(x.dtype())?;
+        let sin = sin.to_dtype(x.dtype())?;
         // candle's rope kernels take (batch, heads, seq, head_dim): the flat batch is one "sequence".
         let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let rotated = match self.style {
@@ -116,10 +173,16 @@ impl Rotary {
     }
 }
 
-fn scale_frequency(freq: f64, scaling: RopeScaling) -> f64 {
-    match scaling {
+/// The `index`-th frequency of a head, `freq`, scaled.
+fn scale_frequency(freq: f64, index: usize, scaling: &RopeScaling) -> f64 {
+    match *scaling {
         RopeScaling::None => freq,
         RopeScaling::Linear { factor } => freq / factor,
+        // A missing factor cannot happen past `DecoderConfig::validate`; unscaled if it did.
+        RopeScaling::Factors(ref factors)
+        | RopeScaling::LongRope {
+            short: ref factors, ..
+        } => freq / factors.get(index).copied().map_or(1.0, f64::from),
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -174,9 +237,62 @@ mod tests {
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192.0,
         };
-        assert_eq!(scale_frequency(1.0, scaling), 1.0);
+        assert_eq!(scale_frequency(1.0, 0, &scaling), 1.0);
         let low = 2.0 * std::f64::consts::PI / 100_000.0;
-        assert!((scale_frequency(low, scaling) - low / 8.0).abs() < 1e-15);
+        assert!((scale_frequency(low, 0, &scaling) - low / 8.0).abs() < 1e-15);
+    }
+
+    /// LongRoPE per position: the short factors below the original length, the long ones from
+    /// it, cos and sin scaled by the attention factor; the CPU kernels' table agrees.
+    #[test]
+    fn long_rope_switches_factors_by_position_on_both_paths() -> Result<()> {
+        let (short, long) = (vec![1.0f32, 2.0], vec![4.0f32, 8.0]);
+        let config = RopeConfig {
+            theta: 10_000.0,
+            scaling: RopeScaling::LongRope {
+                short: short.clone(),
+                long: long.clone(),
+                original_max_position_embeddings: 10,
+                attention_factor: 1.5,
+            },
+            style: RotaryStyle::Half,
+        };
+        let rotary = Rotary::new(&config, 4, &Device::Cpu)?;
+        let frequencies = rotary_frequencies(&config, 4);
+        let mut table = lantern_kernels::cpu::RotaryTable::with_long_context(
+            frequencies.short,
+            frequencies.long,
+            frequencies.magnitude,
+            lantern_kernels::cpu::RotaryPairing::Half,
+        );
+        table.cover(30);
+        let base = [1.0f32, 1.0 / 100.0]; // 10000^(-2i/4)
+        for position in [0usize, 3, 9, 10, 11, 30] {
+            let factors = if position < 10 { &short } else { &long };
+            // A head (1, 0, 0, 0) + (0, 1, 0, 0): dimension i pairs with i + 2.
+            let x = Tensor::new(&[[[1f32, 1., 0., 0.]]], &Device::Cpu)?;
+            let y = rotary.apply(&x, &Tensor::new(&[position as f32], &Device::Cpu)?)?;
+            let y: Vec<f32> = y.flatten_all()?.to_vec1()?;
+            let mut expected = [0f32; 4];
+            for i in 0..2 {
+                let angle = position as f32 * (base[i] / factors[i]);
+                expected[i] = 1.5 * angle.cos();
+                expected[i + 2] = 1.5 * angle.sin();
+            }
+            let mut on_cpu = vec![1f32, 1., 0., 0.];
+            table.rotate(&mut on_cpu, position);
+            for i in 0..4 {
+                assert!(
+                    (y[i] - expected[i]).abs() < 1e-5,
+                    "{position}: {y:?} vs {expected:?}"
+                );
+                assert!(
+                    (on_cpu[i] - y[i]).abs() < 1e-6,
+                    "{position}: {on_cpu:?} vs {y:?}"
+                );
+            }
+        }
+        Ok(())
     }
 
     #[test]

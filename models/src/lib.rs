@@ -1,5 +1,5 @@
 //! Lantern's models: configs, weight and tokenizer loading, and the one batched, paged decoder
-//! that serves the Llama, Mistral, Qwen2 and Qwen3 families.
+//! that serves the Llama, Mistral, Qwen2, Qwen3 and Phi-3 families.
 
 pub mod batch;
 pub mod chat;
@@ -7,6 +7,7 @@ pub mod config;
 pub mod decoder;
 pub mod dummy;
 pub mod error;
+mod fused;
 pub mod gguf;
 pub mod hub;
 pub mod layers;

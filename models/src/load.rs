@@ -239,7 +239,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::file(path, format!("not a valid GGUF file: {e}")))?;
-    let config = crate::gguf::decoder_config(&content, path)?;
+    let config = crate::gguf::decoder_config(&content, &mut file, path)?;
     // A tokenizer.json beside the file wins: it is the model's own, the metadata a rebuild.
     let beside = path.parent().map(|dir| dir.join("tokenizer.json"));
     let tokenizer = match beside {

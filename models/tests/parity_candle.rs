@@ -6,9 +6,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{llama, mistral, qwen2, qwen3};
+use candle_transformers::models::{llama, mistral, phi3, qwen2, qwen3};
 use common::scenarios::{chunked_prefill, mixed_batch, prefill_then_decode, split_batch};
-use common::{assert_close, load_goldens, tiny_model_on, to_u32, TestResult, KERNEL_PATHS};
+use common::{assert_close, load_goldens, tiny_model_with, to_u32, TestResult, KERNEL_PATHS};
 use lantern_models::{Architecture, KernelPath};
 use std::path::Path;
 
@@ -21,6 +21,7 @@ enum Reference {
     Mistral(mistral::Model),
     Qwen2(qwen2::ModelForCausalLM),
     Qwen3(qwen3::ModelForCausalLM),
+    Phi3(phi3::Model),
 }
 
 impl Reference {
@@ -53,6 +54,9 @@ impl Reference {
                 &serde_json::from_str(&config)?,
                 vb,
             )?),
+            Architecture::Phi3 => {
+                Self::Phi3(phi3::Model::new(&serde_json::from_str(&config)?, vb)?)
+            }
         })
     }
 
@@ -64,6 +68,7 @@ impl Reference {
             Self::Mistral(m) => m.clear_kv_cache(),
             Self::Qwen2(m) => m.clear_kv_cache(),
             Self::Qwen3(m) => m.clear_kv_cache(),
+            Self::Phi3(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -76,6 +81,7 @@ impl Reference {
             Self::Mistral(m) => m.forward(&input, offset)?,
             Self::Qwen2(m) => m.forward(&input, offset)?,
             Self::Qwen3(m) => m.forward(&input, offset)?,
+            Self::Phi3(m) => m.forward(&input, offset)?,
         };
         Ok(logits.flatten_all()?.unsqueeze(0)?.to_dtype(DType::F32)?)
     }
@@ -88,8 +94,21 @@ fn matches_candle(arch: Architecture) -> TestResult {
     Ok(())
 }
 
+/// The dummy config as candle's model of the family can take it. candle-transformers' phi3
+/// multiplies the frequencies by LongRoPE's factors where transformers divides, leaves out the
+/// attention factor, and has no sliding window: it is compared without those (the
+/// transformers goldens cover them).
+fn comparable_with_candle(arch: Architecture) -> impl Fn(&mut serde_json::Value) {
+    move |config| {
+        if arch == Architecture::Phi3 {
+            config["rope_scaling"] = serde_json::Value::Null;
+            config["sliding_window"] = serde_json::json!(4096);
+        }
+    }
+}
+
 fn matches_candle_on(arch: Architecture, kernels: KernelPath) -> TestResult {
-    let (dir, model) = tiny_model_on(arch, kernels)?;
+    let (dir, model) = tiny_model_with(arch, kernels, &comparable_with_candle(arch))?;
     let decoder = &model.decoder;
     let mut reference = Reference::load(arch, dir.path())?;
     // The token sequences of the goldens are a convenient seeded source of prompts.
@@ -178,4 +197,9 @@ fn qwen2_matches_candle() -> TestResult {
 #[test]
 fn qwen3_matches_candle() -> TestResult {
     matches_candle(Architecture::Qwen3)
+}
+
+#[test]
+fn phi3_matches_candle() -> TestResult {
+    matches_candle(Architecture::Phi3)
 }

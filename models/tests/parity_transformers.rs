@@ -94,3 +94,8 @@ fn qwen2_matches_transformers() -> TestResult {
 fn qwen3_matches_transformers() -> TestResult {
     matches_transformers(Architecture::Qwen3)
 }
+
+#[test]
+fn phi3_matches_transformers() -> TestResult {
+    matches_transformers(Architecture::Phi3)
+}

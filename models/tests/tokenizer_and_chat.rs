@@ -29,6 +29,7 @@ fn dummy_models_render_their_family_layout_and_keep_special_tokens_whole() -> Te
                 "<|start_header_id|>assistant<|end_header_id|>\n\n"
             ),
             Architecture::Mistral => "<|im_start|>[INST] Hello there[/INST]",
+            Architecture::Phi3 => "<|im_start|><|user|>\nHello there<|end|>\n<|assistant|>\n",
         };
         assert_eq!(text, expected, "{arch:?}");
         let ids = bundle

@@ -53,6 +53,7 @@ enum ArchArg {
     Mistral,
     Qwen2,
     Qwen3,
+    Phi3,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -82,6 +83,7 @@ impl Cli {
                         ArchArg::Mistral => Architecture::Mistral,
                         ArchArg::Qwen2 => Architecture::Qwen2,
                         ArchArg::Qwen3 => Architecture::Qwen3,
+                        ArchArg::Phi3 => Architecture::Phi3,
                     },
                     size: match args.size {
                         SizeArg::Tiny => DummySize::Tiny,

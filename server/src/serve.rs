@@ -83,6 +83,8 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         .map(|(class, format)| (class.to_string(), format))
         .collect();
     tracing::info!(?weight_formats, "weight formats");
+    let family = model.decoder.config().architecture.name().to_string();
+    let toggles = model.decoder.config().toggles();
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &config.engine)?;
     Ok(ServingModel {
         engine,
@@ -91,6 +93,8 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         name: model.name,
         dtype,
         weight_formats,
+        family,
+        toggles,
     })
 }
 

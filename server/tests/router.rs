@@ -540,3 +540,26 @@ async fn tgi_best_of_returns_the_best_sample_with_the_others_in_details() {
         Some(cached.to_string().as_str())
     );
 }
+
+/// `/info` names the model family and the toggles its config turned on.
+#[tokio::test]
+async fn info_names_the_family_and_its_toggles() {
+    let (_model, app) = common::app_for(lantern_models::Architecture::Phi3, &[]);
+    let info = send(&app, "GET", "/info", "application/json", "").await;
+    assert_eq!(info.status, StatusCode::OK);
+    assert_eq!(info.body["model_family"], "phi3", "{}", info.body);
+    let toggles: Vec<String> = info.body["model_toggles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    assert!(
+        toggles.contains(&"fused_projections".to_string()),
+        "{toggles:?}"
+    );
+    assert!(
+        toggles.iter().any(|t| t.starts_with("rope_longrope")),
+        "{toggles:?}"
+    );
+}

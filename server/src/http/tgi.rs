@@ -405,6 +405,8 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         "model_id": model.name,
         "model_dtype": model.dtype,
         "weight_formats": model.weight_formats,
+        "model_family": model.family,
+        "model_toggles": model.toggles,
         "model_device_type": if cfg!(feature = "cuda") { "cuda" } else { "cpu" },
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_stop_sequences": c.max_stop_sequences,
