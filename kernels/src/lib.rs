@@ -84,6 +84,8 @@ pub struct AttentionParams {
     pub scale: f64,
     /// A query at position `p` sees keys at positions `> p - window` only (Mistral, Qwen2).
     pub sliding_window: Option<usize>,
+    /// Scores (after `scale`) become `cap * tanh(score / cap)` before the softmax (Gemma 2).
+    pub softcap: Option<f64>,
 }
 
 /// Paged attention over tensors. Implementations must agree with [`Portable`].

@@ -149,7 +149,10 @@ fn attend_one(
         let q = queries.narrow(1, i, 1)?.squeeze(1)?; // (kv_heads, group, head_dim)
         let k = key.narrow(1, first, visible)?;
         let v = value.narrow(1, first, visible)?;
-        let scores = (q.matmul(&k.t()?)? * params.scale)?.to_dtype(DType::F32)?;
+        let mut scores = (q.matmul(&k.t()?)? * params.scale)?.to_dtype(DType::F32)?;
+        if let Some(cap) = params.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         rows.push(probs.matmul(&v)?.reshape((1, num_heads, head_dim))?);
     }
@@ -205,6 +208,7 @@ mod tests {
         let params = AttentionParams {
             scale: 0.5,
             sliding_window: None,
+            softcap: None,
         };
         let run = |block_size: usize, block_table: &[u32]| -> Result<Tensor> {
             let cache = LayerKvCache::zeros(shape(8, block_size), DType::F32, &device)?;
@@ -255,6 +259,7 @@ mod tests {
             let params = AttentionParams {
                 scale: 0.5,
                 sliding_window: window,
+                softcap: None,
             };
             Portable
                 .write_and_attend(&query, key, key, &cache, &[seq], params)?

@@ -17,15 +17,20 @@ pub enum Architecture {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma2,
+    /// Gemma 3's text model (`gemma3_text`; GGUF `gemma3`).
+    Gemma3,
 }
 
 impl Architecture {
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 7] = [
         Self::Llama,
         Self::Mistral,
         Self::Qwen2,
         Self::Qwen3,
         Self::Phi3,
+        Self::Gemma2,
+        Self::Gemma3,
     ];
 
     /// The `model_type` of `config.json`, and the GGUF `general.architecture` too.
@@ -36,13 +41,24 @@ impl Architecture {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Phi3 => "phi3",
+            Self::Gemma2 => "gemma2",
+            Self::Gemma3 => "gemma3_text",
         }
     }
 
+    /// The name of GGUF's `general.architecture`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Gemma3 => "gemma3",
+            other => other.name(),
+        }
+    }
+
+    /// The family a `model_type` (or GGUF architecture) names.
     pub fn parse(name: &str) -> Result<Self> {
         Self::ALL
             .into_iter()
-            .find(|arch| arch.name() == name)
+            .find(|arch| arch.name() == name || arch.gguf_name() == name)
             .ok_or_else(|| ModelError::UnknownArchitecture {
                 found: name.to_string(),
                 supported: Self::ALL.map(Self::name).join(", "),
@@ -91,6 +107,14 @@ pub enum RopeScaling {
     },
 }
 
+/// The activation of the gated MLP's gate: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     pub theta: f64,
@@ -127,6 +151,24 @@ pub struct DecoderConfig {
     /// Q, K and V stored as one `qkv` matrix and gate and up as one `gate_up` (Phi-3); read
     /// as their parts.
     pub fused_projections: bool,
+    /// Norm weights are stored as offsets from one: norms multiply by `1 + w` (Gemma's
+    /// checkpoints; llama.cpp adds the one when it writes GGUF).
+    pub norm_weights_offset: bool,
+    /// Token embeddings are multiplied by this (Gemma: the square root of the hidden size).
+    pub embedding_scale: Option<f32>,
+    pub mlp_activation: MlpActivation,
+    /// A norm after attention and after the MLP too (before each joins the residual), the MLP's
+    /// own norm before it (Gemma 2 and 3).
+    pub sandwich_norms: bool,
+    /// What attention scores are multiplied by: `1 / sqrt(head_dim)`, or Gemma's
+    /// `query_pre_attn_scalar ^ -0.5`.
+    pub attention_scale: f64,
+    /// Scores become `cap * tanh(score / cap)` before the softmax (Gemma 2).
+    pub attention_softcap: Option<f64>,
+    /// Logits become `cap * tanh(logit / cap)` (Gemma 2).
+    pub final_logit_softcap: Option<f64>,
+    /// The rotary of sliding-window layers when it differs from `rope` (Gemma 3's local base).
+    pub local_rope: Option<RopeConfig>,
 }
 
 impl DecoderConfig {
@@ -171,6 +213,33 @@ impl DecoderConfig {
         }
         if self.rope.style == RotaryStyle::Interleaved {
             toggles.push("rope_interleaved".into());
+        }
+        if let Some(local) = &self.local_rope {
+            toggles.push(format!(
+                "local_rope(base {}) on sliding layers",
+                local.theta
+            ));
+        }
+        if self.norm_weights_offset {
+            toggles.push("norm_weights_plus_one".into());
+        }
+        if let Some(scale) = self.embedding_scale {
+            toggles.push(format!("embedding_scale({scale})"));
+        }
+        if self.mlp_activation == MlpActivation::GeluTanh {
+            toggles.push("gelu_tanh".into());
+        }
+        if self.sandwich_norms {
+            toggles.push("sandwich_norms".into());
+        }
+        if (self.attention_scale - 1.0 / (self.head_dim as f64).sqrt()).abs() > 1e-12 {
+            toggles.push(format!("attention_scale({:.6})", self.attention_scale));
+        }
+        if let Some(cap) = self.attention_softcap {
+            toggles.push(format!("attention_softcap({cap})"));
+        }
+        if let Some(cap) = self.final_logit_softcap {
+            toggles.push(format!("final_logit_softcap({cap})"));
         }
         toggles
     }
@@ -275,8 +344,20 @@ struct HfConfig {
     rms_norm_eps: f64,
     rope_theta: Option<f64>,
     rope_scaling: Option<HfRopeParameters>,
-    /// transformers 5.x: `{rope_theta, rope_type, ...}` replaces `rope_theta` + `rope_scaling`.
-    rope_parameters: Option<HfRopeParameters>,
+    /// transformers 5.x: `{rope_theta, rope_type, ...}` replaces `rope_theta` + `rope_scaling`;
+    /// per layer type (`{"full_attention": {...}, "sliding_attention": {...}}`) for Gemma 3.
+    rope_parameters: Option<serde_json::Value>,
+    /// Gemma 3's base for its sliding-window layers (transformers 4.x).
+    rope_local_base_freq: Option<f64>,
+    hidden_act: Option<String>,
+    /// Gemma's name for the MLP activation (wins over `hidden_act`).
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    /// `sliding_attention` or `full_attention` per layer.
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
     #[serde(default = "default_max_position_embeddings")]
     max_position_embeddings: usize,
     #[serde(default)]
@@ -330,8 +411,15 @@ impl DecoderConfig {
             .clone()
             .or_else(|| raw.architectures.first().map(|a| hf_class_to_model_type(a)))
             .ok_or_else(|| ModelError::config(origin, "neither model_type nor architectures"))?;
+        if arch_name == "gemma3" {
+            return Err(ModelError::config(
+                origin,
+                "a Gemma 3 checkpoint with vision (`gemma3`): serve its text model (`gemma3_text`, e.g. google/gemma-3-1b-it) or a GGUF file of it",
+            ));
+        }
         let architecture = Architecture::parse(&arch_name)?;
-        let rope = rope_from_hf(&raw, origin)?;
+        let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+        let (rope, local_rope) = rope_from_hf(&raw, architecture, origin)?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let head_dim = raw
             .head_dim
@@ -339,12 +427,33 @@ impl DecoderConfig {
         let sliding_window = (0..raw.num_hidden_layers)
             .map(|layer| layer_window(architecture, &raw, layer))
             .collect();
+        let activation = raw
+            .hidden_activation
+            .as_deref()
+            .or(raw.hidden_act.as_deref())
+            .unwrap_or("silu");
+        let mlp_activation =
+            match activation {
+                "silu" | "swish" => MlpActivation::Silu,
+                "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => MlpActivation::GeluTanh,
+                // Gemma 1 configs say `gelu` and mean the tanh approximation (transformers too).
+                "gelu" if gemma => MlpActivation::GeluTanh,
+                other => return Err(ModelError::config(
+                    origin,
+                    format!(
+                        "hidden activation `{other}` is not supported (silu, gelu_pytorch_tanh)"
+                    ),
+                )),
+            };
         let attention_bias = match architecture {
             Architecture::Llama | Architecture::Qwen3 => AttentionBias {
                 qkv: raw.attention_bias,
                 output: raw.attention_bias,
             },
-            Architecture::Mistral | Architecture::Phi3 => AttentionBias::default(),
+            Architecture::Mistral
+            | Architecture::Phi3
+            | Architecture::Gemma2
+            | Architecture::Gemma3 => AttentionBias::default(),
             // Qwen2 always has q/k/v biases and no output bias.
             Architecture::Qwen2 => AttentionBias {
                 qkv: true,
@@ -364,10 +473,24 @@ impl DecoderConfig {
             rope,
             max_position_embeddings: raw.max_position_embeddings,
             attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
             sliding_window,
-            tie_word_embeddings: raw.tie_word_embeddings,
+            // Gemma ties its head to the embeddings whatever the config says.
+            tie_word_embeddings: raw.tie_word_embeddings || gemma,
             fused_projections: architecture == Architecture::Phi3,
+            norm_weights_offset: gemma,
+            embedding_scale: gemma.then(|| (raw.hidden_size as f64).sqrt() as f32),
+            mlp_activation,
+            sandwich_norms: gemma,
+            attention_scale: 1.0
+                / raw
+                    .query_pre_attn_scalar
+                    .filter(|_| gemma)
+                    .unwrap_or(head_dim as f64)
+                    .sqrt(),
+            attention_softcap: raw.attn_logit_softcapping.filter(|_| gemma),
+            final_logit_softcap: raw.final_logit_softcapping.filter(|_| gemma),
+            local_rope,
         };
         config.validate(origin)?;
         Ok(config)
@@ -387,6 +510,23 @@ fn layer_window(architecture: Architecture, raw: &HfConfig, layer: usize) -> Opt
     match architecture {
         Architecture::Llama => None,
         Architecture::Mistral | Architecture::Phi3 => raw.sliding_window,
+        // Gemma: by `layer_types`, else every other layer (Gemma 2) or five of every six
+        // (Gemma 3) slide, as transformers' defaults.
+        Architecture::Gemma2 | Architecture::Gemma3 => {
+            let sliding = match &raw.layer_types {
+                Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+                None => {
+                    let default_pattern = if architecture == Architecture::Gemma2 {
+                        2
+                    } else {
+                        6
+                    };
+                    let pattern = raw.sliding_window_pattern.unwrap_or(default_pattern).max(1);
+                    !(layer + 1).is_multiple_of(pattern)
+                }
+            };
+            sliding.then_some(raw.sliding_window).flatten()
+        }
         Architecture::Qwen2 | Architecture::Qwen3 => {
             let from_layer = raw.max_window_layers.unwrap_or(0);
             (raw.use_sliding_window && layer >= from_layer)
@@ -396,8 +536,29 @@ fn layer_window(architecture: Architecture, raw: &HfConfig, layer: usize) -> Opt
     }
 }
 
-fn rope_from_hf(raw: &HfConfig, origin: &Path) -> Result<RopeConfig> {
-    let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+/// The rotary of the model's layers, and (Gemma 3) the other one of its sliding-window layers.
+fn rope_from_hf(
+    raw: &HfConfig,
+    architecture: Architecture,
+    origin: &Path,
+) -> Result<(RopeConfig, Option<RopeConfig>)> {
+    let parse = |value: &serde_json::Value| -> Result<HfRopeParameters> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| ModelError::config(origin, format!("rope_parameters: {e}")))
+    };
+    // transformers 5 writes Gemma 3's parameters per layer type.
+    let nested = raw
+        .rope_parameters
+        .as_ref()
+        .filter(|p| p.get("full_attention").is_some());
+    let (global, local) = match nested {
+        Some(p) => (
+            Some(parse(&p["full_attention"])?),
+            p.get("sliding_attention").map(parse).transpose()?,
+        ),
+        None => (raw.rope_parameters.as_ref().map(parse).transpose()?, None),
+    };
+    let params = global.as_ref().or(raw.rope_scaling.as_ref());
     let theta = raw
         .rope_theta
         .or_else(|| params.and_then(|p| p.rope_theta))
@@ -416,11 +577,30 @@ fn rope_from_hf(raw: &HfConfig, origin: &Path) -> Result<RopeConfig> {
         None => RopeScaling::None,
         Some(p) => rope_scaling(p, raw, origin)?,
     };
-    Ok(RopeConfig {
+    let rope = RopeConfig {
         theta,
         scaling,
         style: RotaryStyle::Half,
-    })
+    };
+    if architecture != Architecture::Gemma3 {
+        return Ok((rope, None));
+    }
+    // Gemma 3's sliding-window layers: their own base, no scaling unless stated.
+    let local_theta = local
+        .as_ref()
+        .and_then(|p| p.rope_theta)
+        .or(raw.rope_local_base_freq)
+        .unwrap_or(10_000.0);
+    let local_scaling = match &local {
+        Some(p) => rope_scaling(p, raw, origin)?,
+        None => RopeScaling::None,
+    };
+    let local = RopeConfig {
+        theta: local_theta,
+        scaling: local_scaling,
+        style: RotaryStyle::Half,
+    };
+    Ok((rope, Some(local)))
 }
 
 fn rope_scaling(p: &HfRopeParameters, raw: &HfConfig, origin: &Path) -> Result<RopeScaling> {
@@ -579,6 +759,38 @@ mod tests {
         Ok(())
     }
 
+    /// Gemma 3 1B's shape (transformers 4.x keys): GELU, the local base, the layer pattern,
+    /// the score scale from `query_pre_attn_scalar`, the tied head.
+    const GEMMA3_SHAPE: &str = r#"{
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+        "vocab_size": 262144, "hidden_size": 1152, "intermediate_size": 6912,
+        "num_hidden_layers": 26, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
+        "sliding_window": 512, "sliding_window_pattern": 6, "rms_norm_eps": 1e-6,
+        "final_logit_softcapping": null, "attn_logit_softcapping": null
+    }"#;
+
+    #[test]
+    fn reads_gemma3_text_with_its_local_rotary_and_layer_pattern() -> Result<()> {
+        let c = DecoderConfig::from_hf_str(GEMMA3_SHAPE, Path::new("config.json"))?;
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        assert_eq!(c.mlp_activation, MlpActivation::GeluTanh);
+        assert!(c.norm_weights_offset && c.sandwich_norms && c.qk_norm && c.tie_word_embeddings);
+        assert_eq!(c.embedding_scale, Some((1152f64).sqrt() as f32));
+        assert_eq!(c.local_rope.as_ref().map(|r| r.theta), Some(10_000.0));
+        assert_eq!(c.rope.theta, 1_000_000.0);
+        // Five of every six layers slide.
+        let full: Vec<usize> = (0..26).filter(|&l| c.sliding_window[l].is_none()).collect();
+        assert_eq!(full, vec![5, 11, 17, 23]);
+        assert!((c.attention_scale - 1.0 / 16.0).abs() < 1e-12);
+        assert_eq!((c.attention_softcap, c.final_logit_softcap), (None, None));
+        // A vision checkpoint names what to serve instead.
+        let vision = DecoderConfig::from_hf_str(r#"{"model_type": "gemma3", "vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1}"#, Path::new("config.json")).err();
+        assert!(vision.is_some_and(|e| e.to_string().contains("gemma3_text")));
+        Ok(())
+    }
+
     #[test]
     fn unknown_architecture_lists_the_supported_ones() {
         let text = HUB_SHAPE.replace("\"llama\"", "\"gpt_neox\"");
@@ -587,7 +799,10 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("gpt_neox"), "{err}");
-        assert!(err.contains("llama, mistral, qwen2, qwen3, phi3"), "{err}");
+        assert!(
+            err.contains("llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text"),
+            "{err}"
+        );
     }
 
     #[test]

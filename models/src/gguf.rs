@@ -4,7 +4,7 @@
 
 use crate::chat::ChatTemplate;
 use crate::config::{
-    Architecture, AttentionBias, DecoderConfig, RopeConfig, RopeScaling, RotaryStyle,
+    Architecture, AttentionBias, DecoderConfig, MlpActivation, RopeConfig, RopeScaling, RotaryStyle,
 };
 use crate::error::{ModelError, Result};
 use crate::tokenizer::TokenizerBundle;
@@ -181,10 +181,42 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
     // llama.cpp permutes llama Q/K weights for interleaved rotary; qwen files keep the HF layout.
     let style = match architecture {
         Architecture::Llama | Architecture::Mistral => RotaryStyle::Interleaved,
-        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Phi3 => RotaryStyle::Half,
+        Architecture::Qwen2
+        | Architecture::Qwen3
+        | Architecture::Phi3
+        | Architecture::Gemma2
+        | Architecture::Gemma3 => RotaryStyle::Half,
     };
     let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
     let window = meta.usize_opt(&key("attention.sliding_window"))?;
+    let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+    let head_dim = meta
+        .usize_opt(&key("attention.key_length"))?
+        .unwrap_or(hidden_size / num_heads.max(1));
+    // Gemma slides on every other layer (2) or five of six (3) unless the file says.
+    let pattern = match architecture {
+        Architecture::Gemma2 => Some(2),
+        Architecture::Gemma3 => Some(6),
+        _ => None,
+    };
+    let pattern = match meta.usize_opt(&key("attention.sliding_window_pattern"))? {
+        Some(p) if pattern.is_some() => Some(p.max(1)),
+        _ => pattern,
+    };
+    let sliding_window = (0..num_layers)
+        .map(|layer| match pattern {
+            Some(p) => window.filter(|_| !(layer + 1).is_multiple_of(p)),
+            None => window,
+        })
+        .collect();
+    // GGUF has no query_pre_attn_scalar: as llama.cpp, the 27B Gemmas (46 and 62 layers)
+    // scale by hidden_size / heads, the others by head_dim.
+    let query_scalar = if gemma && matches!(num_layers, 46 | 62) {
+        hidden_size / num_heads.max(1)
+    } else {
+        head_dim
+    };
+    let theta = meta.f64_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0);
     let config = DecoderConfig {
         architecture,
         vocab_size,
@@ -195,14 +227,12 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
         num_kv_heads: meta
             .usize_opt(&key("attention.head_count_kv"))?
             .unwrap_or(num_heads),
-        head_dim: meta
-            .usize_opt(&key("attention.key_length"))?
-            .unwrap_or(hidden_size / num_heads.max(1)),
+        head_dim,
         rms_norm_eps: meta
             .f64_opt(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-6),
         rope: RopeConfig {
-            theta: meta.f64_opt(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            theta,
             scaling,
             style,
         },
@@ -214,9 +244,29 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
         qk_norm: content
             .tensor_infos
             .contains_key("blk.0.attn_q_norm.weight"),
-        sliding_window: vec![window; num_layers],
+        sliding_window,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         fused_projections: architecture == Architecture::Phi3,
+        // llama.cpp's converter already added the one to Gemma's norm weights.
+        norm_weights_offset: false,
+        embedding_scale: gemma.then(|| (hidden_size as f64).sqrt() as f32),
+        mlp_activation: if gemma {
+            MlpActivation::GeluTanh
+        } else {
+            MlpActivation::Silu
+        },
+        sandwich_norms: content
+            .tensor_infos
+            .contains_key("blk.0.post_attention_norm.weight"),
+        attention_scale: 1.0 / (query_scalar as f64).sqrt(),
+        attention_softcap: meta.f64_opt(&key("attn_logit_softcapping"))?,
+        final_logit_softcap: meta.f64_opt(&key("final_logit_softcapping"))?,
+        // Gemma 3's sliding-window layers: llama.cpp's fixed local base.
+        local_rope: (architecture == Architecture::Gemma3).then_some(RopeConfig {
+            theta: 10_000.0,
+            scaling: RopeScaling::None,
+            style,
+        }),
     };
     config.validate(path)?;
     Ok(config)

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{llama, mistral, phi3, qwen2, qwen3};
+use candle_transformers::models::{gemma2, gemma3, llama, mistral, phi3, qwen2, qwen3};
 use common::scenarios::{chunked_prefill, mixed_batch, prefill_then_decode, split_batch};
 use common::{assert_close, load_goldens, tiny_model_with, to_u32, TestResult, KERNEL_PATHS};
 use lantern_models::{Architecture, KernelPath};
@@ -22,6 +22,8 @@ enum Reference {
     Qwen2(qwen2::ModelForCausalLM),
     Qwen3(qwen3::ModelForCausalLM),
     Phi3(phi3::Model),
+    Gemma2(gemma2::Model),
+    Gemma3(gemma3::Model),
 }
 
 impl Reference {
@@ -57,6 +59,16 @@ impl Reference {
             Architecture::Phi3 => {
                 Self::Phi3(phi3::Model::new(&serde_json::from_str(&config)?, vb)?)
             }
+            Architecture::Gemma2 => Self::Gemma2(gemma2::Model::new(
+                false,
+                &serde_json::from_str(&config)?,
+                vb,
+            )?),
+            Architecture::Gemma3 => Self::Gemma3(gemma3::Model::new(
+                false,
+                &serde_json::from_str(&config)?,
+                vb,
+            )?),
         })
     }
 
@@ -69,6 +81,8 @@ impl Reference {
             Self::Qwen2(m) => m.clear_kv_cache(),
             Self::Qwen3(m) => m.clear_kv_cache(),
             Self::Phi3(m) => m.clear_kv_cache(),
+            Self::Gemma2(m) => m.clear_kv_cache(),
+            Self::Gemma3(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -82,6 +96,8 @@ impl Reference {
             Self::Qwen2(m) => m.forward(&input, offset)?,
             Self::Qwen3(m) => m.forward(&input, offset)?,
             Self::Phi3(m) => m.forward(&input, offset)?,
+            Self::Gemma2(m) => m.forward(&input, offset)?,
+            Self::Gemma3(m) => m.forward(&input, offset)?,
         };
         Ok(logits.flatten_all()?.unsqueeze(0)?.to_dtype(DType::F32)?)
     }
@@ -94,17 +110,51 @@ fn matches_candle(arch: Architecture) -> TestResult {
     Ok(())
 }
 
-/// The dummy config as candle's model of the family can take it. candle-transformers' phi3
-/// multiplies the frequencies by LongRoPE's factors where transformers divides, leaves out the
-/// attention factor, and has no sliding window: it is compared without those (the
-/// transformers goldens cover them).
-fn comparable_with_candle(arch: Architecture) -> impl Fn(&mut serde_json::Value) {
-    move |config| {
-        if arch == Architecture::Phi3 {
-            config["rope_scaling"] = serde_json::Value::Null;
-            config["sliding_window"] = serde_json::json!(4096);
+/// The dummy model as candle's model of the family can take it, leaving out what candle does
+/// not implement or does differently (the transformers goldens cover those):
+/// - phi3 multiplies the frequencies by LongRoPE's factors where transformers divides, leaves
+///   out the attention factor, and has no sliding window;
+/// - gemma2 and gemma3 scale scores by the head size, ignoring `query_pre_attn_scalar`;
+/// - gemma3 has no rope scaling, reads the layer pattern from `sliding_window_pattern`, and
+///   appends a non-contiguous value tensor to its KV cache, which fails for a prompt of more
+///   than one token unless there is one KV head: the model keeps its first KV head only.
+fn comparable_with_candle(
+    arch: Architecture,
+) -> impl Fn(&Path, &mut serde_json::Value) -> TestResult {
+    move |dir, config| {
+        match arch {
+            Architecture::Phi3 => {
+                config["rope_scaling"] = serde_json::Value::Null;
+                config["sliding_window"] = serde_json::json!(4096);
+            }
+            Architecture::Gemma2 => {
+                config["query_pre_attn_scalar"] = config["head_dim"].clone();
+            }
+            Architecture::Gemma3 => {
+                config["query_pre_attn_scalar"] = config["head_dim"].clone();
+                config["rope_scaling"] = serde_json::Value::Null;
+                config["sliding_window_pattern"] = serde_json::json!(2);
+                keep_first_kv_head(dir, config)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites the model in `dir` with one KV head: the first rows of each K and V projection.
+fn keep_first_kv_head(dir: &Path, config: &mut serde_json::Value) -> TestResult {
+    let head_dim = config["head_dim"].as_u64().ok_or("head_dim")? as usize;
+    config["num_key_value_heads"] = serde_json::json!(1);
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    for (name, tensor) in tensors.iter_mut() {
+        if name.ends_with("k_proj.weight") || name.ends_with("v_proj.weight") {
+            *tensor = tensor.narrow(0, 0, head_dim)?.contiguous()?;
         }
     }
+    candle_core::safetensors::save(&tensors, &path)?;
+    Ok(())
 }
 
 fn matches_candle_on(arch: Architecture, kernels: KernelPath) -> TestResult {
@@ -163,10 +213,15 @@ fn matches_candle_on(arch: Architecture, kernels: KernelPath) -> TestResult {
             &whole,
             TOLERANCE,
         )?;
-        // candle's Mistral mask lets a query see `sliding_window + 1` keys where transformers
-        // (and we) see `sliding_window`; past the window of the tiny Mistral (64) only the
-        // transformers goldens are the authority.
-        if arch != Architecture::Mistral {
+        // candle's Mistral and Gemma masks let a query see `sliding_window + 1` keys where
+        // transformers (and we) see `sliding_window` (and its gemma2 slides on every layer);
+        // past the window of the tiny models (64) only the transformers goldens are the
+        // authority.
+        let window_differs = matches!(
+            arch,
+            Architecture::Mistral | Architecture::Gemma2 | Architecture::Gemma3
+        );
+        if !window_differs {
             let last = chunked.narrow(0, long.len() - 1, 1)?;
             assert_close(
                 &what("100-token prompt in chunks of 7"),
@@ -202,4 +257,14 @@ fn qwen3_matches_candle() -> TestResult {
 #[test]
 fn phi3_matches_candle() -> TestResult {
     matches_candle(Architecture::Phi3)
+}
+
+#[test]
+fn gemma2_matches_candle() -> TestResult {
+    matches_candle(Architecture::Gemma2)
+}
+
+#[test]
+fn gemma3_matches_candle() -> TestResult {
+    matches_candle(Architecture::Gemma3)
 }

@@ -99,3 +99,13 @@ fn qwen3_matches_transformers() -> TestResult {
 fn phi3_matches_transformers() -> TestResult {
     matches_transformers(Architecture::Phi3)
 }
+
+#[test]
+fn gemma2_matches_transformers() -> TestResult {
+    matches_transformers(Architecture::Gemma2)
+}
+
+#[test]
+fn gemma3_matches_transformers() -> TestResult {
+    matches_transformers(Architecture::Gemma3)
+}

@@ -30,6 +30,9 @@ fn dummy_models_render_their_family_layout_and_keep_special_tokens_whole() -> Te
             ),
             Architecture::Mistral => "<|im_start|>[INST] Hello there[/INST]",
             Architecture::Phi3 => "<|im_start|><|user|>\nHello there<|end|>\n<|assistant|>\n",
+            Architecture::Gemma2 | Architecture::Gemma3 => {
+                "<|im_start|><start_of_turn>user\nHello there<end_of_turn>\n<start_of_turn>model\n"
+            }
         };
         assert_eq!(text, expected, "{arch:?}");
         let ids = bundle

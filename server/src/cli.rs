@@ -54,6 +54,10 @@ enum ArchArg {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma2,
+    /// Gemma 3's text model (`gemma3_text`).
+    #[value(name = "gemma3_text", alias = "gemma3")]
+    Gemma3,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -84,6 +88,8 @@ impl Cli {
                         ArchArg::Qwen2 => Architecture::Qwen2,
                         ArchArg::Qwen3 => Architecture::Qwen3,
                         ArchArg::Phi3 => Architecture::Phi3,
+                        ArchArg::Gemma2 => Architecture::Gemma2,
+                        ArchArg::Gemma3 => Architecture::Gemma3,
                     },
                     size: match args.size {
                         SizeArg::Tiny => DummySize::Tiny,

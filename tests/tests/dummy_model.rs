@@ -18,7 +18,15 @@ fn read(dir: &Path, file: &str) -> Vec<u8> {
 #[test]
 fn same_seed_same_bytes_other_seed_other_weights() {
     let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    for arch in ["llama", "mistral", "qwen2", "qwen3", "phi3"] {
+    for arch in [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma2",
+        "gemma3_text",
+    ] {
         let (a, b, c) = (
             root.path().join(format!("{arch}-a")),
             root.path().join(format!("{arch}-b")),

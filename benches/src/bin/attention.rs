@@ -101,6 +101,7 @@ fn measure(
         head_dim: D,
         scale: 0.125,
         sliding_window: None,
+        softcap: None,
     };
     let kernels = CpuKernels::active();
     let mut out = vec![0f32; query.len()];
@@ -148,6 +149,7 @@ fn measure(
     let params = AttentionParams {
         scale: 0.125,
         sliding_window: None,
+        softcap: None,
     };
     let portable = time(args.seconds, || {
         Portable.write_and_attend(&q, &k, &k, &cache, &sequences, params)?;

@@ -26,6 +26,8 @@ pub struct AttentionShape {
     pub scale: f32,
     /// A query at position `p` sees keys at positions `> p - window` only.
     pub sliding_window: Option<usize>,
+    /// Scores become `cap * tanh(score / cap)` before the softmax (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 /// Per-row bookkeeping a call reuses: the sequence and position of every query row.
@@ -180,6 +182,10 @@ impl CpuKernels {
                     (k.scores[size - 1])(q, d, keys, shape.scale, out, visible);
                 }
             }
+            if let Some(cap) = shape.softcap {
+                // libm's tanh: the same bits whichever ISA computed the scores.
+                scores.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+            }
             for (row, sum) in scores.chunks_exact_mut(visible).zip(sums.iter_mut()) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 *sum = (k.exp_and_sum)(row, max);
@@ -229,6 +235,7 @@ mod tests {
         kv_heads: usize,
         d: usize,
         window: Option<usize>,
+        softcap: Option<f32>,
     }
 
     impl Heads {
@@ -239,6 +246,7 @@ mod tests {
                 head_dim: self.d,
                 scale: 1.0 / (self.d as f32).sqrt(),
                 sliding_window: self.window,
+                softcap: self.softcap,
             }
         }
     }
@@ -394,6 +402,7 @@ mod tests {
         let params = AttentionParams {
             scale: 1.0 / (h.d as f64).sqrt(),
             sliding_window: h.window,
+            softcap: h.softcap.map(f64::from),
         };
         let out = Portable.write_and_attend(
             &Tensor::from_vec(q, (n, h.heads, h.d), &device)?,
@@ -416,7 +425,20 @@ mod tests {
                         kv_heads,
                         d,
                         window,
+                        softcap: None,
                     });
+                }
+                // Gemma 2's soft-capped scores, with and without a window.
+                if kv_heads == 2 && heads == 8 {
+                    for window in [None, Some(5)] {
+                        all.push(Heads {
+                            heads,
+                            kv_heads,
+                            d,
+                            window,
+                            softcap: Some(0.5),
+                        });
+                    }
                 }
             }
         }
@@ -445,11 +467,12 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(
                     worst < 1e-5,
-                    "{isa:?} heads {} kv {} d {} window {:?}: {worst}",
+                    "{isa:?} heads {} kv {} d {} window {:?} softcap {:?}: {worst}",
                     h.heads,
                     h.kv_heads,
                     h.d,
-                    h.window
+                    h.window,
+                    h.softcap
                 );
             }
         }
@@ -468,18 +491,21 @@ mod tests {
                 kv_heads: 3,
                 d: 64,
                 window: None,
+                softcap: None,
             },
             Heads {
                 heads: 8,
                 kv_heads: 1,
                 d: 128,
                 window: Some(40),
+                softcap: Some(0.5),
             },
             Heads {
                 heads: 4,
                 kv_heads: 4,
                 d: 16,
                 window: None,
+                softcap: None,
             },
         ] {
             let seq = sequence(h, 130, &mut rng);
@@ -538,6 +564,7 @@ mod tests {
             kv_heads: 2,
             d: 16,
             window: None,
+            softcap: None,
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let s = sequence(h, 5, &mut rng);

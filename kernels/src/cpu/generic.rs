@@ -125,6 +125,18 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
+/// `gate[i] = gelu(gate[i]) * up[i]`, GELU with the tanh approximation
+/// (`0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))`, as transformers' `gelu_pytorch_tanh`);
+/// libm's tanh, so the same bits on every ISA.
+pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+        *g = 0.5 * x * (1.0 + inner.tanh()) * u;
+    }
+}
+
 /// `gate[i] = silu(gate[i]) * up[i]`, SiLU as `g / (1 + e^-g)`.
 #[inline(always)]
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {

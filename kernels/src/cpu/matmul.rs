@@ -11,7 +11,7 @@
 use super::arch::{Kernels, TileTable, MAX_ROWS, PANEL_GROUPS};
 use super::generic::{Weight, PANEL};
 use super::packed::{Activation, PanelData};
-pub use super::packed::{PackedMatrix, WeightFormat};
+pub use super::packed::{GatedActivation, PackedMatrix, WeightFormat};
 use super::quant::QuantizedRows;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -197,10 +197,13 @@ fn epilogue_in_place(
             }
         }
     }
-    if w.activation == Activation::SwiGlu {
+    if w.activation.is_gated() {
         for pair in chunk.chunks_exact_mut(2 * stride) {
             let (gate, up) = pair.split_at_mut(stride);
-            (kernels.silu_mul)(gate, up);
+            match w.activation {
+                Activation::GeGluTanh => super::generic::gelu_tanh_mul(gate, up),
+                _ => (kernels.silu_mul)(gate, up),
+            }
         }
     }
 }
@@ -212,7 +215,7 @@ fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], o
     // Output panel j lives at stored panel j (plain) or 2j (gate/up: the gate's slot).
     let step = match w.activation {
         Activation::None => 1,
-        Activation::SwiGlu => 2,
+        Activation::SwiGlu | Activation::GeGluTanh => 2,
     };
     let write_row = |(r, dst): (usize, &mut [f32])| {
         for (j, cols) in dst.chunks_mut(PANEL).enumerate() {
@@ -387,6 +390,11 @@ pub(crate) mod tests {
             PackedMatrix::pack(&w, n, k, WeightFormat::F32),
             PackedMatrix::pack(&up_w, n, k, WeightFormat::F32),
         );
+        let gelu_up = PackedMatrix::gated(
+            PackedMatrix::pack(&w, n, k, WeightFormat::F32),
+            PackedMatrix::pack(&up_w, n, k, WeightFormat::F32),
+            GatedActivation::GeluTanh,
+        );
         for kernels in every_isa() {
             let mut out = residual.clone();
             kernels.matmul(
@@ -408,6 +416,22 @@ pub(crate) mod tests {
                     g / (1.0 + exp(-g)) * up_chains[i],
                     "{:?}",
                     kernels.isa()
+                );
+            }
+            // GELU (tanh approximation), against its formula in f64.
+            let geglu = run(kernels, &x, rows, &gelu_up);
+            for i in 0..rows * n {
+                let g = f64::from(chains[i]);
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                let expected = 0.5
+                    * g
+                    * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh())
+                    * f64::from(up_chains[i]);
+                assert!(
+                    (f64::from(geglu[i]) - expected).abs() < 1e-5 * (1.0 + expected.abs()),
+                    "{:?}: {} vs {expected}",
+                    kernels.isa(),
+                    geglu[i]
                 );
             }
         }

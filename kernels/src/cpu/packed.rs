@@ -28,6 +28,23 @@ pub(super) enum Activation {
     None,
     /// Panels alternate gate, up, gate, up...; output `silu(gate) * up`, half the columns.
     SwiGlu,
+    /// As `SwiGlu` with GELU (tanh approximation) on the gate (Gemma).
+    GeGluTanh,
+}
+
+/// The activation of a gated MLP's gate: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatedActivation {
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// Gate and up panels interleaved.
+    pub(super) fn is_gated(self) -> bool {
+        self != Self::None
+    }
 }
 
 /// A weight matrix `(n, k)` packed for [`super::CpuKernels::matmul`].
@@ -123,6 +140,11 @@ impl PackedMatrix {
     /// Gate and up projections (each `(n, k)`) as one product whose output is
     /// `silu(x gate^T) * (x up^T)`: `n` columns from one pass over both weights.
     pub fn gate_up(gate: PackedMatrix, up: PackedMatrix) -> Self {
+        Self::gated(gate, up, GatedActivation::Silu)
+    }
+
+    /// [`Self::gate_up`] with the gate's activation chosen.
+    pub fn gated(gate: PackedMatrix, up: PackedMatrix, activation: GatedActivation) -> Self {
         assert_eq!((gate.n, gate.k), (up.n, up.k), "gate and up shapes");
         assert!(gate.bias.is_none() && up.bias.is_none(), "gate/up bias");
         fn interleave<W: Copy>(gate: &[W], up: &[W], panel_len: usize) -> Vec<W> {
@@ -149,7 +171,10 @@ impl PackedMatrix {
             k: gate.k,
             data,
             bias: None,
-            activation: Activation::SwiGlu,
+            activation: match activation {
+                GatedActivation::Silu => Activation::SwiGlu,
+                GatedActivation::GeluTanh => Activation::GeGluTanh,
+            },
         }
     }
 
@@ -195,9 +220,10 @@ impl PackedMatrix {
     /// Number of stored panels (twice the output panels for gate/up).
     pub(super) fn panels(&self) -> usize {
         let per = self.n.div_ceil(PANEL);
-        match self.activation {
-            Activation::None => per,
-            Activation::SwiGlu => 2 * per,
+        if self.activation.is_gated() {
+            2 * per
+        } else {
+            per
         }
     }
 

@@ -10,14 +10,14 @@
 
 use super::cpu_weights::Weight;
 use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
-use crate::config::{DecoderConfig, RotaryStyle};
+use crate::config::{DecoderConfig, MlpActivation, RopeConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{rotary_frequencies, Linear};
 use crate::weights::{bias_name, Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
-    self, AttentionScratch, AttentionShape, CpuKernels, KvBlocks, Output, PackedMatrix,
-    RotaryPairing, RotaryTable, WeightFormat,
+    self, AttentionScratch, AttentionShape, CpuKernels, GatedActivation, KvBlocks, Output,
+    PackedMatrix, RotaryPairing, RotaryTable, WeightFormat,
 };
 use lantern_kernels::SequenceAttention;
 use std::sync::Mutex;
@@ -33,6 +33,11 @@ struct CpuLayer {
     gate_up: PackedMatrix,
     down: PackedMatrix,
     sliding_window: Option<usize>,
+    /// Gemma's norms of the attention and MLP outputs, before they join the residual.
+    post_attention_norm: Option<Vec<f32>>,
+    post_mlp_norm: Option<Vec<f32>>,
+    /// Rotates with the local table (Gemma 3's sliding-window layers).
+    local_rotary: bool,
 }
 
 /// Where token embeddings are read from.
@@ -92,6 +97,7 @@ struct Step<'a> {
     /// Each sequence's rows and block table, for attention.
     sequences: &'a [SequenceAttention<'a>],
     rotary: &'a RotaryTable,
+    local_rotary: Option<&'a RotaryTable>,
 }
 
 /// Buffers a step reuses; they grow to the largest batch seen and stay.
@@ -104,6 +110,8 @@ struct Workspace {
     query: Vec<f32>,
     attention: Vec<f32>,
     activated: Vec<f32>,
+    /// An attention or MLP output waiting for its norm (Gemma).
+    branch: Vec<f32>,
     scratch: Vec<f32>,
     attention_scratch: AttentionScratch,
 }
@@ -116,6 +124,7 @@ pub(crate) struct CpuModel {
     final_norm: Vec<f32>,
     lm_head: PackedMatrix,
     rotary: Mutex<RotaryTable>,
+    local_rotary: Option<Mutex<RotaryTable>>,
     workspace: Mutex<Workspace>,
 }
 
@@ -137,8 +146,13 @@ impl CpuModel {
         let naming = weights.naming();
         let c = config;
         let format = weight_format(dtype);
+        // Norm weights (the only vectors read here); Gemma's are offsets from one.
         let vector = |role: Role, layer: usize, size: usize| -> Result<Vec<f32>> {
-            to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)
+            let mut weight = to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)?;
+            if c.norm_weights_offset {
+                weight.iter_mut().for_each(|w| *w += 1.0);
+            }
+            Ok(weight)
         };
         // An (out, in) weight, as blocks when the file stores it in a format the integer
         // kernels take (and it is not to be expanded), else dense; and its bias.
@@ -214,13 +228,34 @@ impl CpuModel {
                     .then(|| vector(Role::KeyNorm, l, c.head_dim))
                     .transpose()?,
                 output: pack(output, hidden, q_size)?,
-                mlp_norm: vector(Role::MlpNorm, l, hidden)?,
-                gate_up: PackedMatrix::gate_up(
+                mlp_norm: vector(
+                    if c.sandwich_norms {
+                        Role::PreFeedforwardNorm
+                    } else {
+                        Role::MlpNorm
+                    },
+                    l,
+                    hidden,
+                )?,
+                gate_up: PackedMatrix::gated(
                     pack((gate, None), c.intermediate_size, hidden)?,
                     pack((up, None), c.intermediate_size, hidden)?,
+                    match c.mlp_activation {
+                        MlpActivation::Silu => GatedActivation::Silu,
+                        MlpActivation::GeluTanh => GatedActivation::GeluTanh,
+                    },
                 ),
                 down: pack(down, hidden, c.intermediate_size)?,
                 sliding_window: c.sliding_window[l],
+                post_attention_norm: c
+                    .sandwich_norms
+                    .then(|| vector(Role::PostAttentionNorm, l, hidden))
+                    .transpose()?,
+                post_mlp_norm: c
+                    .sandwich_norms
+                    .then(|| vector(Role::PostFeedforwardNorm, l, hidden))
+                    .transpose()?,
+                local_rotary: c.local_rope.is_some() && c.sliding_window[l].is_some(),
             });
         }
         let embedding_name = naming.weight(Role::Embedding, 0);
@@ -257,15 +292,11 @@ impl CpuModel {
             layers,
             final_norm: vector(Role::FinalNorm, 0, hidden)?,
             lm_head,
-            rotary: Mutex::new({
-                let frequencies = rotary_frequencies(&c.rope, c.head_dim);
-                RotaryTable::with_long_context(
-                    frequencies.short,
-                    frequencies.long,
-                    frequencies.magnitude,
-                    pairing,
-                )
-            }),
+            rotary: Mutex::new(rotary_table(&c.rope, c.head_dim, pairing)),
+            local_rotary: c
+                .local_rope
+                .as_ref()
+                .map(|rope| Mutex::new(rotary_table(rope, c.head_dim, pairing))),
             workspace: Mutex::new(Workspace::default()),
         })
     }
@@ -366,6 +397,10 @@ impl CpuModel {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut rotary = self.rotary.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut local_rotary = self
+            .local_rotary
+            .as_ref()
+            .map(|table| table.lock().unwrap_or_else(PoisonError::into_inner));
         let ws = &mut *ws;
         let rows = steps.iter().map(|s| s.tokens.len()).sum();
         let last_position = steps
@@ -374,6 +409,9 @@ impl CpuModel {
             .max();
         if let Some(end) = last_position {
             rotary.cover(end.saturating_sub(1));
+            if let Some(local) = local_rotary.as_mut() {
+                local.cover(end.saturating_sub(1));
+            }
         }
         let sequences = attention_views(steps);
         let mut phases = ws.phases.take();
@@ -392,6 +430,7 @@ impl CpuModel {
                     rows,
                     sequences: &sequences,
                     rotary: &rotary,
+                    local_rotary: local_rotary.as_deref(),
                 };
                 self.layer(&step, layer, &mut blocks, ws, &mut clock)?;
             }
@@ -431,6 +470,9 @@ impl CpuModel {
                 Embedding::TiedToHead => self.lm_head.row(token, row),
                 Embedding::Packed(table) => table.row(token, row),
             }
+            if let Some(scale) = config.embedding_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
         }
     }
 
@@ -448,7 +490,12 @@ impl CpuModel {
             rows,
             sequences,
             rotary,
+            local_rotary,
         } = *step;
+        let rotary = match local_rotary {
+            Some(local) if layer.local_rotary => local,
+            _ => rotary,
+        };
         let k = &self.kernels;
         let (hidden, d) = (c.hidden_size, c.head_dim);
         let (q_size, kv_size) = (c.num_heads * d, c.num_kv_heads * d);
@@ -499,8 +546,9 @@ impl CpuModel {
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: d,
-            scale: (1.0 / (d as f64).sqrt()) as f32,
+            scale: c.attention_scale as f32,
             sliding_window: layer.sliding_window,
+            softcap: c.attention_softcap.map(|cap| cap as f32),
         };
         k.paged_attention(
             blocks,
@@ -512,13 +560,18 @@ impl CpuModel {
         )
         .map_err(ModelError::Batch)?;
         clock.lap(4);
-        k.matmul(
+        add_to_residual(
+            k,
             &ws.attention,
             rows,
             &layer.output,
-            &mut ws.hidden,
-            Output::Accumulate,
-            &mut ws.scratch,
+            layer.post_attention_norm.as_deref(),
+            eps,
+            Buffers {
+                hidden: &mut ws.hidden,
+                branch: &mut ws.branch,
+                scratch: &mut ws.scratch,
+            },
         );
         clock.lap(5);
         k.rms_norm(&ws.hidden, &layer.mlp_norm, eps, &mut ws.normed);
@@ -532,13 +585,18 @@ impl CpuModel {
             &mut ws.scratch,
         );
         clock.lap(6);
-        k.matmul(
+        add_to_residual(
+            k,
             &ws.activated,
             rows,
             &layer.down,
-            &mut ws.hidden,
-            Output::Accumulate,
-            &mut ws.scratch,
+            layer.post_mlp_norm.as_deref(),
+            eps,
+            Buffers {
+                hidden: &mut ws.hidden,
+                branch: &mut ws.branch,
+                scratch: &mut ws.scratch,
+            },
         );
         clock.lap(7);
         Ok(())
@@ -569,6 +627,64 @@ impl CpuModel {
             Output::Store,
             &mut ws.scratch,
         );
+        if let Some(cap) = c.final_logit_softcap {
+            let cap = cap as f32;
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
         logits
+    }
+}
+
+/// The rotary table of `rope`.
+fn rotary_table(rope: &RopeConfig, head_dim: usize, pairing: RotaryPairing) -> RotaryTable {
+    let frequencies = rotary_frequencies(rope, head_dim);
+    RotaryTable::with_long_context(
+        frequencies.short,
+        frequencies.long,
+        frequencies.magnitude,
+        pairing,
+    )
+}
+
+/// The buffers a residual branch goes through.
+struct Buffers<'a> {
+    hidden: &'a mut Vec<f32>,
+    branch: &'a mut Vec<f32>,
+    scratch: &'a mut Vec<f32>,
+}
+
+/// `hidden += input W^T`, or with a post-norm (Gemma) `hidden += norm(input W^T)`.
+fn add_to_residual(
+    k: &CpuKernels,
+    input: &[f32],
+    rows: usize,
+    matrix: &PackedMatrix,
+    post_norm: Option<&[f32]>,
+    eps: f32,
+    buffers: Buffers<'_>,
+) {
+    let Some(norm) = post_norm else {
+        k.matmul(
+            input,
+            rows,
+            matrix,
+            buffers.hidden,
+            Output::Accumulate,
+            buffers.scratch,
+        );
+        return;
+    };
+    buffers.branch.resize(buffers.hidden.len(), 0.0);
+    k.matmul(
+        input,
+        rows,
+        matrix,
+        buffers.branch,
+        Output::Store,
+        buffers.scratch,
+    );
+    k.rms_norm_in_place(buffers.branch, norm, eps);
+    for (h, b) in buffers.hidden.iter_mut().zip(buffers.branch.iter()) {
+        *h += b;
     }
 }

@@ -2,7 +2,7 @@
 //! on any device candle supports. It is the reference the CPU kernels are checked against.
 
 use crate::batch::{attention_views, FlatBatch, SequenceStep};
-use crate::config::DecoderConfig;
+use crate::config::{DecoderConfig, MlpActivation};
 use crate::error::Result;
 use crate::layers::{Linear, RmsNorm, Rotary};
 use crate::weights::{Role, WeightSource};
@@ -42,8 +42,14 @@ struct Mlp {
 struct Layer {
     attention_norm: RmsNorm,
     attention: Attention,
+    /// Gemma: normalises the attention output before it joins the residual.
+    post_attention_norm: Option<RmsNorm>,
     mlp_norm: RmsNorm,
     mlp: Mlp,
+    /// Gemma: normalises the MLP output before it joins the residual.
+    post_mlp_norm: Option<RmsNorm>,
+    /// Rotates with the local rotary (Gemma 3's sliding-window layers).
+    local_rotary: bool,
 }
 
 #[derive(Debug)]
@@ -53,6 +59,7 @@ pub(crate) struct PortableModel {
     final_norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
+    local_rotary: Option<Rotary>,
     kernels: Box<dyn PagedAttention>,
 }
 
@@ -66,8 +73,15 @@ impl PortableModel {
         let naming = weights.naming();
         let c = config;
         let norm = |role: Role, layer: usize, size: usize| -> Result<RmsNorm> {
+            let weight = weights.dense(&naming.weight(role, layer), &[size])?;
+            // Gemma stores `w` for a norm that multiplies by `1 + w`.
+            let weight = if c.norm_weights_offset {
+                (weight + 1.0)?
+            } else {
+                weight
+            };
             Ok(RmsNorm {
-                weight: weights.dense(&naming.weight(role, layer), &[size])?,
+                weight,
                 eps: c.rms_norm_eps,
             })
         };
@@ -109,11 +123,20 @@ impl PortableModel {
                 up: linear(Role::Up, l, (c.intermediate_size, hidden), false)?,
                 down: linear(Role::Down, l, (hidden, c.intermediate_size), false)?,
             };
+            let sandwich = |role: Role| c.sandwich_norms.then(|| norm(role, l, hidden)).transpose();
+            let mlp_norm_role = if c.sandwich_norms {
+                Role::PreFeedforwardNorm
+            } else {
+                Role::MlpNorm
+            };
             layers.push(Layer {
                 attention_norm: norm(Role::AttentionNorm, l, hidden)?,
                 attention,
-                mlp_norm: norm(Role::MlpNorm, l, hidden)?,
+                post_attention_norm: sandwich(Role::PostAttentionNorm)?,
+                mlp_norm: norm(mlp_norm_role, l, hidden)?,
                 mlp,
+                post_mlp_norm: sandwich(Role::PostFeedforwardNorm)?,
+                local_rotary: c.local_rope.is_some() && c.sliding_window[l].is_some(),
             });
         }
         let head_role = if c.tie_word_embeddings {
@@ -126,6 +149,11 @@ impl PortableModel {
         Ok(Self {
             final_norm: norm(Role::FinalNorm, 0, hidden)?,
             rotary: Rotary::new(&c.rope, c.head_dim, device)?,
+            local_rotary: c
+                .local_rope
+                .as_ref()
+                .map(|rope| Rotary::new(rope, c.head_dim, device))
+                .transpose()?,
             kernels: lantern_kernels::for_device(device),
             embedding,
             layers,
@@ -145,6 +173,15 @@ impl PortableModel {
         let batch = FlatBatch::new(steps, config, shape, device)?;
         let sequences = attention_views(steps);
         let mut hidden = self.embedding.index_select(&batch.token_ids, 0)?;
+        if let Some(scale) = config.embedding_scale {
+            hidden = (hidden * f64::from(scale))?;
+        }
+        let after = |norm: &Option<RmsNorm>, x: Tensor| -> Result<Tensor> {
+            Ok(match norm {
+                Some(norm) => norm.forward(&x)?,
+                None => x,
+            })
+        };
         for (layer, layer_cache) in self.layers.iter().zip(cache) {
             let attention_in = layer.attention_norm.forward(&hidden)?;
             let step = Step {
@@ -153,13 +190,22 @@ impl PortableModel {
                 sequences: &sequences,
                 cache: layer_cache,
             };
-            let attention_out = self.attention(&layer.attention, &attention_in, &step)?;
-            hidden = (hidden + attention_out)?;
+            let rotary = match (&self.local_rotary, layer.local_rotary) {
+                (Some(local), true) => local,
+                _ => &self.rotary,
+            };
+            let attention_out = self.attention(&layer.attention, rotary, &attention_in, &step)?;
+            hidden = (hidden + after(&layer.post_attention_norm, attention_out)?)?;
             let mlp_in = layer.mlp_norm.forward(&hidden)?;
             let mlp = &layer.mlp;
-            let activated =
-                (candle_nn::ops::silu(&mlp.gate.forward(&mlp_in)?)? * mlp.up.forward(&mlp_in)?)?;
-            hidden = (hidden + mlp.down.forward(&activated)?)?;
+            let gate = mlp.gate.forward(&mlp_in)?;
+            let gate = match config.mlp_activation {
+                MlpActivation::Silu => candle_nn::ops::silu(&gate)?,
+                MlpActivation::GeluTanh => gate.gelu()?,
+            };
+            let activated = (gate * mlp.up.forward(&mlp_in)?)?;
+            let mlp_out = mlp.down.forward(&activated)?;
+            hidden = (hidden + after(&layer.post_mlp_norm, mlp_out)?)?;
         }
         let vocab = config.vocab_size;
         if batch.logit_rows.is_empty() {
@@ -167,10 +213,20 @@ impl PortableModel {
         }
         let rows = Tensor::new(batch.logit_rows.as_slice(), device)?;
         let last = self.final_norm.forward(&hidden.index_select(&rows, 0)?)?;
-        Ok(self.lm_head.forward(&last)?.to_dtype(DType::F32)?)
+        let logits = self.lm_head.forward(&last)?.to_dtype(DType::F32)?;
+        Ok(match config.final_logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
     }
 
-    fn attention(&self, attention: &Attention, x: &Tensor, step: &Step<'_>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        attention: &Attention,
+        rotary: &Rotary,
+        x: &Tensor,
+        step: &Step<'_>,
+    ) -> Result<Tensor> {
         let c = step.config;
         let n = x.dim(0)?;
         let heads = |t: Tensor, count: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
@@ -179,7 +235,7 @@ impl PortableModel {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            Ok(self.rotary.apply(&t, &step.batch.positions)?)
+            Ok(rotary.apply(&t, &step.batch.positions)?)
         };
         let query = heads(
             attention.query.forward(x)?,
@@ -196,8 +252,9 @@ impl PortableModel {
             .forward(x)?
             .reshape((n, c.num_kv_heads, c.head_dim))?;
         let params = AttentionParams {
-            scale: 1.0 / (c.head_dim as f64).sqrt(),
+            scale: c.attention_scale,
             sliding_window: attention.sliding_window,
+            softcap: c.attention_softcap,
         };
         let out = self.kernels.write_and_attend(
             &query,

@@ -117,7 +117,8 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// A config every reader accepts: transformers, candle-transformers and ours. Each family gets
 /// the toggles that exercise its differences (Llama 3 rope scaling, a sliding window shorter
 /// than the test prompts, Qwen2 biases, Qwen3 q/k norm, tied or separate heads, Phi-3's fused
-/// projections and LongRoPE).
+/// projections and LongRoPE, Gemma's sandwich norms, GELU, scalings and soft-caps, Gemma 3's
+/// local and global rotary).
 fn config_json(spec: DummySpec, s: &Shape) -> Value {
     let tiny = spec.size != DummySize::Small;
     let arch = spec.architecture;
@@ -127,10 +128,14 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
         Architecture::Qwen2 => "Qwen2ForCausalLM",
         Architecture::Qwen3 => "Qwen3ForCausalLM",
         Architecture::Phi3 => "Phi3ForCausalLM",
+        Architecture::Gemma2 => "Gemma2ForCausalLM",
+        Architecture::Gemma3 => "Gemma3ForCausalLM",
     };
     let tie = match arch {
         Architecture::Llama | Architecture::Mistral => !tiny,
-        Architecture::Qwen2 | Architecture::Qwen3 => true,
+        Architecture::Qwen2 | Architecture::Qwen3 | Architecture::Gemma2 | Architecture::Gemma3 => {
+            true
+        }
         Architecture::Phi3 => false,
     };
     let mut config = json!({
@@ -156,7 +161,14 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
         "max_window_layers": s.layers,
     });
     let window = match arch {
-        Architecture::Mistral | Architecture::Phi3 if tiny => json!(64),
+        Architecture::Mistral
+        | Architecture::Phi3
+        | Architecture::Gemma2
+        | Architecture::Gemma3
+            if tiny =>
+        {
+            json!(64)
+        }
         Architecture::Mistral => Value::Null,
         Architecture::Phi3 => json!(2047),
         _ => json!(4096),
@@ -175,6 +187,37 @@ fn config_json(spec: DummySpec, s: &Shape) -> Value {
         config["original_max_position_embeddings"] = json!(128);
         // transformers' Phi-3 default (32000) lies outside the dummy vocabulary.
         config["pad_token_id"] = json!(0);
+    }
+    if matches!(arch, Architecture::Gemma2 | Architecture::Gemma3) {
+        let gelu = json!("gelu_pytorch_tanh");
+        config["hidden_act"] = gelu.clone();
+        config["hidden_activation"] = gelu;
+        config["pad_token_id"] = json!(0);
+        // Not the head size, so that the scale is really read from here.
+        config["query_pre_attn_scalar"] = json!(if tiny { 24 } else { s.head_dim });
+        // One sliding layer and one full one (Gemma 2 alternates; Gemma 3 has five of six
+        // sliding, which two layers cannot show).
+        let types: Vec<&str> = (0..s.layers)
+            .map(|l| {
+                if l % 2 == 0 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        config["layer_types"] = json!(types);
+        if arch == Architecture::Gemma2 {
+            // Caps the tiny model's scores and logits actually reach.
+            config["attn_logit_softcapping"] = json!(if tiny { 2.0 } else { 50.0 });
+            config["final_logit_softcapping"] = json!(if tiny { 3.0 } else { 30.0 });
+        } else {
+            config["attn_logit_softcapping"] = Value::Null;
+            config["final_logit_softcapping"] = Value::Null;
+            config["rope_theta"] = json!(1_000_000.0);
+            config["rope_local_base_freq"] = json!(10_000.0);
+            config["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+        }
     }
     if arch == Architecture::Llama && tiny {
         // Scaled so that head_dim 16 has frequencies in all three Llama 3 bands.
@@ -224,6 +267,15 @@ fn tensor_shapes(spec: DummySpec, s: &Shape, config: &Value) -> Vec<(String, Vec
             format!("{p}.post_attention_layernorm.weight"),
             vec![s.hidden],
         ));
+        let gemma = matches!(
+            spec.architecture,
+            Architecture::Gemma2 | Architecture::Gemma3
+        );
+        if gemma {
+            for norm in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                shapes.push((format!("{p}.{norm}.weight"), vec![s.hidden]));
+            }
+        }
         let fused = spec.architecture == Architecture::Phi3;
         if fused {
             shapes.push((
@@ -241,7 +293,10 @@ fn tensor_shapes(spec: DummySpec, s: &Shape, config: &Value) -> Vec<(String, Vec
             }
         }
         shapes.push((format!("{p}.self_attn.o_proj.weight"), vec![s.hidden, q]));
-        if spec.architecture == Architecture::Qwen3 {
+        if matches!(
+            spec.architecture,
+            Architecture::Qwen3 | Architecture::Gemma3
+        ) {
             shapes.push((format!("{p}.self_attn.q_norm.weight"), vec![s.head_dim]));
             shapes.push((format!("{p}.self_attn.k_norm.weight"), vec![s.head_dim]));
         }
@@ -273,11 +328,17 @@ fn tensor_shapes(spec: DummySpec, s: &Shape, config: &Value) -> Vec<(String, Vec
 }
 
 /// Values with a scale that keeps activations near unit size, so logits are far from uniform
-/// and greedy decoding is stable: norms near 1, weights ~ U(±sqrt(3/fan_in)), biases small.
-fn sample_tensor(rng: &mut ChaCha8Rng, name: &str, shape: &[usize]) -> Vec<f32> {
+/// and greedy decoding is stable: norms near 1 (Gemma stores them as offsets from 1: near 0),
+/// weights ~ U(±sqrt(3/fan_in)), biases small.
+fn sample_tensor(
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    shape: &[usize],
+    norm_offsets: bool,
+) -> Vec<f32> {
     let count: usize = shape.iter().product();
     let (center, half_width) = if name.ends_with("norm.weight") {
-        (1.0, 0.2)
+        (if norm_offsets { 0.0 } else { 1.0 }, 0.2)
     } else if name.ends_with(".bias") {
         (0.0, 0.2)
     } else if name.contains("embed_tokens") {
@@ -294,7 +355,11 @@ fn write_weights(spec: DummySpec, s: &Shape, config: &Value, path: &Path) -> Res
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, shape) in tensor_shapes(spec, s, config) {
-        let values = sample_tensor(&mut rng, &name, &shape);
+        let norm_offsets = matches!(
+            spec.architecture,
+            Architecture::Gemma2 | Architecture::Gemma3
+        );
+        let values = sample_tensor(&mut rng, &name, &shape, norm_offsets);
         let bytes: Vec<u8> = match s.dtype {
             Dtype::BF16 => values
                 .iter()

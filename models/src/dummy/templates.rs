@@ -103,6 +103,20 @@ const PHI3: &str = r#"{{- bos_token }}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- else %}{{- eos_token }}{%- endif %}"#;
 
+/// Gemma style: `<start_of_turn>user` / `<start_of_turn>model` turns closed by
+/// `<end_of_turn>`, a system message folded into the first user turn (Gemma takes no tools).
+const GEMMA: &str = r#"{{- bos_token }}
+{%- set ns = namespace(system='') %}
+{%- for message in messages %}
+{%- if message.role == 'system' %}{%- set ns.system = message.content + '\n\n' %}
+{%- else %}
+{%- set role = 'model' if message.role == 'assistant' else message.role %}
+{{- '<start_of_turn>' + role + '\n' + ns.system + message.content | trim + '<end_of_turn>\n' }}
+{%- set ns.system = '' %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<start_of_turn>model\n' }}{%- endif %}"#;
+
 /// The chat template written into a dummy model of `architecture`.
 pub fn chat_template(architecture: Architecture) -> &'static str {
     match architecture {
@@ -110,6 +124,7 @@ pub fn chat_template(architecture: Architecture) -> &'static str {
         Architecture::Llama => LLAMA,
         Architecture::Mistral => MISTRAL,
         Architecture::Phi3 => PHI3,
+        Architecture::Gemma2 | Architecture::Gemma3 => GEMMA,
     }
 }
 
@@ -172,10 +187,17 @@ mod tests {
     /// parser reads the same call back: template and parser agree.
     #[test]
     fn every_template_writes_calls_its_parser_reads_back() {
+        let without = [
+            Architecture::Phi3,
+            Architecture::Gemma2,
+            Architecture::Gemma3,
+        ];
         let with_tools = Architecture::ALL
             .into_iter()
-            .filter(|a| *a != Architecture::Phi3);
-        assert_eq!(template(Architecture::Phi3).tool_syntax(), None);
+            .filter(|a| !without.contains(a));
+        for architecture in without {
+            assert_eq!(template(architecture).tool_syntax(), None);
+        }
         for architecture in with_tools {
             let t = template(architecture);
             let syntax = t

@@ -51,11 +51,12 @@ pub fn tiny_model_on(
     Ok((dir, model))
 }
 
-/// [`tiny_model_on`] with its `config.json` changed by `edit` before loading.
+/// [`tiny_model_on`] with its `config.json` (and the files beside it) changed by `edit` before
+/// loading.
 pub fn tiny_model_with(
     arch: Architecture,
     kernels: KernelPath,
-    edit: &dyn Fn(&mut serde_json::Value),
+    edit: &dyn Fn(&Path, &mut serde_json::Value) -> TestResult,
 ) -> TestResult<(tempfile::TempDir, LoadedModel)> {
     let dir = tempfile::tempdir()?;
     let spec = DummySpec {
@@ -66,7 +67,7 @@ pub fn tiny_model_with(
     write_dummy_model(spec, dir.path())?;
     let path = dir.path().join("config.json");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    edit(&mut config);
+    edit(dir.path(), &mut config)?;
     std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
     let options = LoadOptions {
         dtype: Some(DType::F32),
