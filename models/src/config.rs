@@ -432,19 +432,20 @@ impl DecoderConfig {
             .as_deref()
             .or(raw.hidden_act.as_deref())
             .unwrap_or("silu");
-        let mlp_activation =
-            match activation {
-                "silu" | "swish" => MlpActivation::Silu,
-                "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => MlpActivation::GeluTanh,
-                // Gemma 1 configs say `gelu` and mean the tanh approximation (transformers too).
-                "gelu" if gemma => MlpActivation::GeluTanh,
-                other => return Err(ModelError::config(
+        let mlp_activation = match activation {
+            "silu" | "swish" => MlpActivation::Silu,
+            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => MlpActivation::GeluTanh,
+            // Gemma 1 configs say `gelu` and mean the tanh approximation (transformers too).
+            "gelu" if gemma => MlpActivation::GeluTanh,
+            other => {
+                return Err(ModelError::config(
                     origin,
                     format!(
                         "hidden activation `{other}` is not supported (silu, gelu_pytorch_tanh)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let attention_bias = match architecture {
             Architecture::Llama | Architecture::Qwen3 => AttentionBias {
                 qkv: raw.attention_bias,
