@@ -2,20 +2,14 @@
 //! template are all rebuilt from its metadata (`{arch}.*`, `tokenizer.ggml.*`,
 //! `tokenizer.chat_template`), the way llama.cpp and transformers read the same keys.
 
-use crate::chat::ChatTemplate;
 use crate::config::{
     Architecture, AttentionBias, DecoderConfig, MlpActivation, RopeConfig, RopeScaling, RotaryStyle,
 };
 use crate::error::{ModelError, Result};
-use crate::tokenizer::TokenizerBundle;
 use candle_core::quantized::gguf_file::{Content, Value};
 use std::path::Path;
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+pub use crate::gguf_tokenizer::tokenizer;
 
 /// Typed access to GGUF metadata with errors that name the file and key.
 pub struct Metadata<'a> {
@@ -61,6 +55,14 @@ impl<'a> Metadata<'a> {
             .map_err(|_| self.wrong_type(key, "a non-negative integer"))
     }
 
+    pub fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.wrong_type(key, "a boolean")),
+        }
+    }
+
     pub fn usize(&self, key: &str) -> Result<usize> {
         self.usize_opt(key)?.ok_or_else(|| self.missing(key))
     }
@@ -88,7 +90,7 @@ impl<'a> Metadata<'a> {
         self.string_opt(key)?.ok_or_else(|| self.missing(key))
     }
 
-    fn strings(&self, key: &str) -> Result<Vec<&'a str>> {
+    pub(crate) fn strings(&self, key: &str) -> Result<Vec<&'a str>> {
         let values = self
             .get(key)
             .ok_or_else(|| self.missing(key))?
@@ -104,7 +106,25 @@ impl<'a> Metadata<'a> {
             .collect()
     }
 
-    fn integers(&self, key: &str) -> Result<Vec<i64>> {
+    /// A numeric array as f64 (sentencepiece scores); empty when the key is absent.
+    pub(crate) fn floats(&self, key: &str) -> Result<Vec<f64>> {
+        let Some(values) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let values = values
+            .to_vec()
+            .map_err(|_| self.wrong_type(key, "an array"))?;
+        values
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(f64::from(*x)),
+                Value::F64(x) => Ok(*x),
+                _ => Err(self.wrong_type(key, "an array of numbers")),
+            })
+            .collect()
+    }
+
+    pub(crate) fn integers(&self, key: &str) -> Result<Vec<i64>> {
         let Some(values) = self.get(key) else {
             return Ok(Vec::new());
         };
@@ -337,122 +357,4 @@ fn vector_tensor<R: std::io::Read + std::io::Seek>(
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| failed(e.to_string()))?;
     Ok(Some(values))
-}
-
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The regex a vocabulary's merges were learned with, by `tokenizer.ggml.pre`; `None` is GPT-2's.
-fn pre_tokenizer_split(pre: &str) -> Option<&'static str> {
-    match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
-            Some(LLAMA3_SPLIT)
-        }
-        "qwen2" | "deepseek-r1-qwen" | "megrez" => Some(QWEN2_SPLIT),
-        _ => None,
-    }
-}
-
-/// GGUF `token_type` values (llama.cpp's `llama_token_type`).
-const TOKEN_TYPE_CONTROL: i64 = 3;
-const TOKEN_TYPE_USER_DEFINED: i64 = 4;
-
-/// Builds the tokenizer, EOS ids and chat template from GGUF metadata.
-pub fn tokenizer(content: &Content, path: &Path) -> Result<TokenizerBundle> {
-    let meta = Metadata::new(content, path);
-    let model = meta.string("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(ModelError::file(
-            path,
-            format!("GGUF tokenizer model `{model}` is not supported (supported: gpt2 byte-level BPE); put the model's tokenizer.json beside the GGUF file"),
-        ));
-    }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges = meta
-        .strings("tokenizer.ggml.merges")?
-        .into_iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| ModelError::file(path, format!("malformed merge `{m}`")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let vocab: Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.to_string(), id as u32))
-        .collect();
-    let pre = meta.string_opt("tokenizer.ggml.pre")?.unwrap_or("default");
-    let split = pre_tokenizer_split(pre);
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(split == Some(LLAMA3_SPLIT))
-        .build()
-        .map_err(|e| ModelError::file(path, format!("GGUF vocabulary is inconsistent: {e}")))?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    match split {
-        Some(regex) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
-                split.into(),
-                ByteLevel::new(false, true, false).into(),
-            ])));
-        }
-        None => {
-            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        }
-    }
-    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    let token_types = meta.integers("tokenizer.ggml.token_type")?;
-    let added = |wanted: i64, special: bool| -> Vec<AddedToken> {
-        tokens
-            .iter()
-            .zip(&token_types)
-            .filter(|(_, &kind)| kind == wanted)
-            .map(|(t, _)| AddedToken::from(t.to_string(), special).normalized(false))
-            .collect()
-    };
-    let tokenizer_error = |e: tokenizers::Error| ModelError::Tokenizer(e.to_string());
-    tokenizer
-        .add_special_tokens(added(TOKEN_TYPE_CONTROL, true))
-        .map_err(tokenizer_error)?;
-    tokenizer
-        .add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))
-        .map_err(tokenizer_error)?;
-
-    let token_text = |key: &str| -> Result<Option<(u32, String)>> {
-        Ok(meta
-            .usize_opt(key)?
-            .and_then(|id| tokens.get(id).map(|t| (id as u32, t.to_string()))))
-    };
-    let bos = token_text("tokenizer.ggml.bos_token_id")?;
-    let eos = token_text("tokenizer.ggml.eos_token_id")?;
-    let mut eos_token_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
-    eos_token_ids.extend(
-        meta.usize_opt("tokenizer.ggml.eot_token_id")?
-            .map(|id| id as u32),
-    );
-    eos_token_ids.sort_unstable();
-    eos_token_ids.dedup();
-    let chat_template = meta
-        .string_opt("tokenizer.chat_template")?
-        .map(|source| {
-            ChatTemplate::new(
-                source.to_string(),
-                bos.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
-                eos.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
-            )
-        })
-        .transpose()?;
-    Ok(TokenizerBundle {
-        tokenizer,
-        chat_template,
-        eos_token_ids,
-        bos_token_id: bos.map(|(id, _)| id),
-    })
 }

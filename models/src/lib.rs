@@ -9,6 +9,7 @@ pub mod dummy;
 pub mod error;
 mod fused;
 pub mod gguf;
+mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
 pub mod load;

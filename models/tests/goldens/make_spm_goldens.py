@@ -9,7 +9,9 @@ Trains a small BPE sentencepiece model with byte fallback on the dummy models' c
 it into three GGUF files the way llama.cpp's converter does (one per tokenizer flavour
 transformers builds from such files: `llama`, `gemma2`, `phi3`; the Gemma file spells
 whitespace-only tokens with spaces, as llama.cpp's Gemma files do) with no tensors, and
-records transformers' ids and decoded text for varied samples in `spm_tokenizers.json`.
+records transformers' ids (without and with the special tokens it adds: BOS, as
+`tokenizer.ggml.add_bos_token` says) and decoded text for varied samples in
+`spm_tokenizers.json`.
 """
 
 import json
@@ -18,20 +20,15 @@ import tempfile
 
 import gguf
 import sentencepiece as spm
+from make_goldens import TOKENIZER_SAMPLES
 from transformers import AutoTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "..", "..", "src", "dummy", "corpus.txt")
 OUT = os.path.join(HERE, "spm")
 
-SAMPLES = [
-    "What is the capital of France?",
-    "  leading spaces, trailing spaces   and\ttabs\nnew lines\n\n",
-    "Numbers 0 12 345 6789 2026-11-25 3.14159 1e-5 $19.99",
-    "Emoji 🙂🚀 👍🏽 🇫🇷 ❤️ and symbols ©®™ → ∞",
-    "中文：语言模型预测下一个词。日本語：東京は日本の首都です。한국어",
-    "fn main() {\n    println!(\"{}\", 1 + 2); // comment\n}\n",
-    "Café naïve Größe smörgåsbord Русский текст العربия",
+# make_goldens' samples, and tokens a sentencepiece vocabulary treats apart.
+SAMPLES = TOKENIZER_SAMPLES + [
     "<think>user-defined</think> stays whole, <s> is control",
     " x",
 ]
@@ -105,7 +102,9 @@ def main():
             tokenizer = AutoTokenizer.from_pretrained(OUT, gguf_file=name)
             for text in SAMPLES:
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                goldens.append({"file": name, "text": text, "ids": ids, "decoded": tokenizer.decode(ids)})
+                with_special = tokenizer(text)["input_ids"]
+                goldens.append({"file": name, "text": text, "ids": ids, "with_special_tokens": with_special,
+                                "decoded": tokenizer.decode(ids)})
             print("wrote", name)
     with open(os.path.join(HERE, "spm_tokenizers.json"), "w") as f:
         json.dump(goldens, f, ensure_ascii=False, indent=1)
