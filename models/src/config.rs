@@ -404,19 +404,16 @@ impl DecoderConfig {
     }
 
     pub fn from_hf_str(text: &str, origin: &Path) -> Result<Self> {
-        let raw: HfConfig =
+        let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ModelError::config(origin, e))?;
+        let value = text_model_config(value, origin)?;
+        let raw: HfConfig =
+            serde_json::from_value(value).map_err(|e| ModelError::config(origin, e))?;
         let arch_name = raw
             .model_type
             .clone()
             .or_else(|| raw.architectures.first().map(|a| hf_class_to_model_type(a)))
             .ok_or_else(|| ModelError::config(origin, "neither model_type nor architectures"))?;
-        if arch_name == "gemma3" {
-            return Err(ModelError::config(
-                origin,
-                "a Gemma 3 checkpoint with vision (`gemma3`): serve its text model (`gemma3_text`, e.g. google/gemma-3-1b-it) or a GGUF file of it",
-            ));
-        }
         let architecture = Architecture::parse(&arch_name)?;
         let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
         let (rope, local_rope) = rope_from_hf(&raw, architecture, origin)?;
@@ -496,6 +493,46 @@ impl DecoderConfig {
         config.validate(origin)?;
         Ok(config)
     }
+}
+
+/// The config of the text model: a Gemma 3 checkpoint with vision (`gemma3`) keeps it in
+/// `text_config`; Gemma 3's text configs leave out what transformers' defaults say (the hub's
+/// `gemma-3-4b-it` gives only sizes, layer count, window and rope scaling), so those are
+/// filled in.
+fn text_model_config(mut value: serde_json::Value, origin: &Path) -> Result<serde_json::Value> {
+    if value["model_type"] == "gemma3" {
+        let Some(text) = value.get("text_config").filter(|t| t.is_object()) else {
+            return Err(ModelError::config(
+                origin,
+                "a `gemma3` config without `text_config`",
+            ));
+        };
+        let mut text = text.clone();
+        text["model_type"] = serde_json::json!("gemma3_text");
+        value = text;
+    }
+    if value["model_type"] == "gemma3_text" {
+        let defaults = serde_json::json!({
+            "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216,
+            "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 131_072, "rms_norm_eps": 1e-6,
+            "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": true,
+            "rope_local_base_freq": 10_000.0,
+        });
+        if let (Some(config), Some(defaults)) = (value.as_object_mut(), defaults.as_object()) {
+            for (key, default) in defaults {
+                config.entry(key.clone()).or_insert_with(|| default.clone());
+            }
+            // The global base, unless given by either spelling.
+            if !config.contains_key("rope_parameters") {
+                config
+                    .entry("rope_theta")
+                    .or_insert(serde_json::json!(1_000_000.0));
+            }
+        }
+    }
+    Ok(value)
 }
 
 /// `LlamaForCausalLM` -> `llama`, for configs that lack `model_type`.
@@ -786,9 +823,25 @@ mod tests {
         assert_eq!(full, vec![5, 11, 17, 23]);
         assert!((c.attention_scale - 1.0 / 16.0).abs() < 1e-12);
         assert_eq!((c.attention_softcap, c.final_logit_softcap), (None, None));
-        // A vision checkpoint names what to serve instead.
-        let vision = DecoderConfig::from_hf_str(r#"{"model_type": "gemma3", "vocab_size": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1}"#, Path::new("config.json")).err();
-        assert!(vision.is_some_and(|e| e.to_string().contains("gemma3_text")));
+        // A checkpoint with vision: its text model, transformers' defaults filling the gaps
+        // (gemma-3-4b-it's config gives only these).
+        let vision = r#"{"model_type": "gemma3", "text_config": {"hidden_size": 2560,
+            "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "vision_config": {"model_type": "siglip_vision_model"}}"#;
+        let c = DecoderConfig::from_hf_str(vision, Path::new("config.json"))?;
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        assert_eq!(
+            (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size),
+            (8, 4, 256, 262_208)
+        );
+        assert_eq!(c.rope.theta, 1_000_000.0);
+        assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(
+            c.local_rope.as_ref().map(|r| (r.theta, r.scaling.clone())),
+            Some((10_000.0, RopeScaling::None))
+        );
+        assert_eq!(c.sliding_window[0], Some(1024));
         Ok(())
     }
 

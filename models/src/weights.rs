@@ -167,8 +167,9 @@ impl SafetensorsWeights {
 
     /// The dtype `name` is stored in, if the files hold it.
     pub fn stored_dtype(&self, name: &str) -> Option<DType> {
-        let (_, file) = &self.files[*self.routing.get(name)?];
-        let view = file.get(name).ok()?;
+        let name = self.stored_name(name);
+        let (_, file) = &self.files[*self.routing.get(name.as_ref())?];
+        let view = file.get(&name).ok()?;
         match view.dtype() {
             safetensors::Dtype::BF16 => Some(DType::BF16),
             safetensors::Dtype::F16 => Some(DType::F16),
@@ -182,7 +183,26 @@ impl SafetensorsWeights {
         Self { dtype, ..self }
     }
 
+    /// `name` as the files spell it: a Gemma 3 checkpoint with vision keeps its text model
+    /// under `language_model.model.` (transformers 4) or `model.language_model.` (5).
+    fn stored_name<'n>(&self, name: &'n str) -> Cow<'n, str> {
+        if self.routing.contains_key(name) {
+            return Cow::Borrowed(name);
+        }
+        if let Some(rest) = name.strip_prefix("model.") {
+            for prefix in ["language_model.model.", "model.language_model."] {
+                let candidate = format!("{prefix}{rest}");
+                if self.routing.contains_key(&candidate) {
+                    return Cow::Owned(candidate);
+                }
+            }
+        }
+        Cow::Borrowed(name)
+    }
+
     fn load(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let stored = self.stored_name(name);
+        let name = stored.as_ref();
         let Some(&index) = self.routing.get(name) else {
             let listed: Vec<String> = self
                 .files

@@ -109,3 +109,48 @@ fn gemma2_matches_transformers() -> TestResult {
 fn gemma3_matches_transformers() -> TestResult {
     matches_transformers(Architecture::Gemma3)
 }
+
+/// A Gemma 3 checkpoint with vision serves its text model: the same weights under
+/// `language_model.model.` (with vision tensors beside) and the text config in `text_config`
+/// give the text model's logits.
+#[test]
+fn gemma3_text_part_of_a_vision_checkpoint_matches_transformers() -> TestResult {
+    use candle_core::{Device, Tensor};
+    let (dir, _) = common::tiny_model(Architecture::Gemma3)?;
+    let path = dir.path().join("model.safetensors");
+    let text = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    let mut renamed: std::collections::HashMap<String, Tensor> = text
+        .into_iter()
+        .map(|(name, t)| (format!("language_model.{name}"), t))
+        .collect();
+    renamed.insert(
+        "vision_tower.vision_model.embeddings.patch_embedding.weight".into(),
+        Tensor::zeros((4, 3, 2, 2), candle_core::DType::F32, &Device::Cpu)?,
+    );
+    candle_core::safetensors::save(&renamed, &path)?;
+    let config_path = dir.path().join("config.json");
+    let text_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    let vision = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "text_config": text_config, "vision_config": {"model_type": "siglip_vision_model"},
+    });
+    std::fs::write(&config_path, vision.to_string())?;
+    let model = lantern_models::load(
+        &lantern_models::ModelSource::Directory(dir.path().to_path_buf()),
+        &lantern_models::LoadOptions {
+            dtype: Some(candle_core::DType::F32),
+            ..lantern_models::LoadOptions::cpu()
+        },
+    )?;
+    let golden = load_goldens(Architecture::Gemma3)?;
+    let get = |name: &str| golden.get(name).ok_or(format!("golden {name} missing"));
+    let decode_tokens = to_u32(get("decode_tokens")?)?;
+    let decoded = prefill_then_decode(&model.decoder, &decode_tokens, DECODE_PROMPT, 16)?;
+    assert_close(
+        "gemma3 vision checkpoint's text model",
+        &decoded,
+        get("decode_logits")?,
+        TOLERANCE,
+    )
+}
