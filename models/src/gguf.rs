@@ -108,23 +108,29 @@ impl<'a> Metadata<'a> {
 
     /// A numeric array as f64 (sentencepiece scores); empty when the key is absent.
     pub(crate) fn floats(&self, key: &str) -> Result<Vec<f64>> {
-        let Some(values) = self.get(key) else {
-            return Ok(Vec::new());
-        };
-        let values = values
-            .to_vec()
-            .map_err(|_| self.wrong_type(key, "an array"))?;
-        values
-            .iter()
-            .map(|v| match v {
-                Value::F32(x) => Ok(f64::from(*x)),
-                Value::F64(x) => Ok(*x),
-                _ => Err(self.wrong_type(key, "an array of numbers")),
-            })
-            .collect()
+        self.numbers(key, "an array of numbers", |v| match v {
+            Value::F32(x) => Some(f64::from(*x)),
+            Value::F64(x) => Some(*x),
+            _ => None,
+        })
     }
 
+    /// An integer array (token types); empty when the key is absent.
     pub(crate) fn integers(&self, key: &str) -> Result<Vec<i64>> {
+        self.numbers(key, "an array of integers", |v| match v {
+            Value::I32(n) => Some(i64::from(*n)),
+            Value::U32(n) => Some(i64::from(*n)),
+            Value::I64(n) => Some(*n),
+            _ => None,
+        })
+    }
+
+    fn numbers<T>(
+        &self,
+        key: &str,
+        wanted: &str,
+        number: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let Some(values) = self.get(key) else {
             return Ok(Vec::new());
         };
@@ -133,12 +139,7 @@ impl<'a> Metadata<'a> {
             .map_err(|_| self.wrong_type(key, "an array"))?;
         values
             .iter()
-            .map(|v| match v {
-                Value::I32(n) => Ok(i64::from(*n)),
-                Value::U32(n) => Ok(i64::from(*n)),
-                Value::I64(n) => Ok(*n),
-                _ => Err(self.wrong_type(key, "an array of integers")),
-            })
+            .map(|v| number(v).ok_or_else(|| self.wrong_type(key, wanted)))
             .collect()
     }
 }

