@@ -151,20 +151,29 @@ async fn compile(
             field,
         )
     })?;
-    let compiling = off_the_runtime(move || constraints.compile(grammar));
-    tokio::time::timeout(limit, compiling)
+    // The compilation's own time counts too, not only the wait: a compile that finished just
+    // as the timer fired is refused the same way, whichever the scheduler ran first.
+    let compiling = off_the_runtime(move || {
+        let started = Instant::now();
+        (constraints.compile(grammar), started.elapsed())
+    });
+    let too_slow = || {
+        ApiError::validation(
+            format!(
+                "`{field}` took longer than {} ms to compile (--max-grammar-compile-ms): simplify it",
+                limit.as_millis()
+            ),
+            field,
+        )
+    };
+    let (compiled, took) = tokio::time::timeout(limit, compiling)
         .await
-        .map_err(|_| {
-            ApiError::validation(
-                format!(
-                    "`{field}` took longer than {} ms to compile (--max-grammar-compile-ms): simplify it",
-                    limit.as_millis()
-                ),
-                field,
-            )
-        })?
-        .map_err(ApiError::Generation)?
-        .map_err(|e| ApiError::validation(format!("`{field}` cannot be used: {e}"), field))
+        .map_err(|_| too_slow())?
+        .map_err(ApiError::Generation)?;
+    if took > limit {
+        return Err(too_slow());
+    }
+    compiled.map_err(|e| ApiError::validation(format!("`{field}` cannot be used: {e}"), field))
 }
 
 /// `text` tokenized by the model's tokenizer on the blocking pool (see [`off_the_runtime`]).
