@@ -22,6 +22,8 @@ use lantern_kernels::cpu::{
 use lantern_kernels::SequenceAttention;
 use std::sync::Mutex;
 
+mod load;
+
 #[derive(Debug)]
 struct CpuLayer {
     attention_norm: Vec<f32>,
@@ -128,179 +130,7 @@ pub(crate) struct CpuModel {
     workspace: Mutex<Workspace>,
 }
 
-fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// The weight format of packed matrices for a model loaded in `dtype`: bf16 stays bf16 (exact,
-/// half the bytes); anything else is widened to f32.
-fn weight_format(dtype: DType) -> WeightFormat {
-    match dtype {
-        DType::BF16 => WeightFormat::Bf16,
-        _ => WeightFormat::F32,
-    }
-}
-
 impl CpuModel {
-    pub fn load(config: &DecoderConfig, weights: &dyn WeightSource, dtype: DType) -> Result<Self> {
-        let naming = weights.naming();
-        let c = config;
-        let format = weight_format(dtype);
-        // Norm weights (the only vectors read here); Gemma's are offsets from one.
-        let vector = |role: Role, layer: usize, size: usize| -> Result<Vec<f32>> {
-            let mut weight = to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)?;
-            if c.norm_weights_offset {
-                weight.iter_mut().for_each(|w| *w += 1.0);
-            }
-            Ok(weight)
-        };
-        // An (out, in) weight, as blocks when the file stores it in a format the integer
-        // kernels take (and it is not to be expanded), else dense; and its bias.
-        let matrix = |role: Role, layer: usize, (out, inp): (usize, usize), bias: bool| {
-            let name = naming.weight(role, layer);
-            if let Some(blocks) = weights.quantized_blocks(&name, (out, inp))? {
-                let bias = bias
-                    .then(|| to_f32_vec(&weights.dense(&bias_name(&name), &[out])?))
-                    .transpose()?;
-                return Ok((Weight::blocks(blocks), bias));
-            }
-            match weights.linear(&name, (out, inp), bias)? {
-                Linear::Dense { weight, bias } => Ok((
-                    Weight::Dense(to_f32_vec(&weight)?),
-                    bias.as_ref().map(to_f32_vec).transpose()?,
-                )),
-                Linear::Quantized { .. } => Err(ModelError::Kernels(format!(
-                    "{name} is quantized in a format the CPU kernels lack: dequantize the GGUF file or use --kernels portable"
-                ))),
-            }
-        };
-        let pack = |(w, bias): (Weight, Option<Vec<f32>>), n: usize, k: usize| -> Result<_> {
-            let packed = w.pack(n, k, format)?;
-            Ok(match bias {
-                Some(b) => packed.with_bias(b),
-                None => packed,
-            })
-        };
-        let (hidden, q_size, kv_size) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let qkv_bias = c.attention_bias.qkv;
-            let (q, qb) = matrix(Role::Query, l, (q_size, hidden), qkv_bias)?;
-            let (k, kb) = matrix(Role::Key, l, (kv_size, hidden), qkv_bias)?;
-            let (v, vb) = matrix(Role::Value, l, (kv_size, hidden), qkv_bias)?;
-            let qkv_bias = match (qb, kb, vb) {
-                (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
-                _ => None,
-            };
-            let qkv = pack(
-                (Weight::stack(vec![q, k, v], hidden), qkv_bias),
-                q_size + 2 * kv_size,
-                hidden,
-            )?;
-            let output = matrix(
-                Role::AttentionOutput,
-                l,
-                (hidden, q_size),
-                c.attention_bias.output,
-            )?;
-            let (gate, _) = matrix(Role::Gate, l, (c.intermediate_size, hidden), false)?;
-            let (up, _) = matrix(Role::Up, l, (c.intermediate_size, hidden), false)?;
-            // Gate and up share one product, panel by panel: both quantized (each panel in its
-            // own format) or both dense.
-            let (gate, up) = match (gate, up) {
-                (g @ Weight::Blocks(_), u @ Weight::Blocks(_)) => (g, u),
-                (g, u) => (Weight::Dense(g.into_dense()), Weight::Dense(u.into_dense())),
-            };
-            let down = matrix(Role::Down, l, (hidden, c.intermediate_size), false)?;
-            layers.push(CpuLayer {
-                attention_norm: vector(Role::AttentionNorm, l, hidden)?,
-                qkv,
-                query_norm: c
-                    .qk_norm
-                    .then(|| vector(Role::QueryNorm, l, c.head_dim))
-                    .transpose()?,
-                key_norm: c
-                    .qk_norm
-                    .then(|| vector(Role::KeyNorm, l, c.head_dim))
-                    .transpose()?,
-                output: pack(output, hidden, q_size)?,
-                mlp_norm: vector(
-                    if c.sandwich_norms {
-                        Role::PreFeedforwardNorm
-                    } else {
-                        Role::MlpNorm
-                    },
-                    l,
-                    hidden,
-                )?,
-                gate_up: PackedMatrix::gated(
-                    pack((gate, None), c.intermediate_size, hidden)?,
-                    pack((up, None), c.intermediate_size, hidden)?,
-                    match c.mlp_activation {
-                        MlpActivation::Silu => GatedActivation::Silu,
-                        MlpActivation::GeluTanh => GatedActivation::GeluTanh,
-                    },
-                ),
-                down: pack(down, hidden, c.intermediate_size)?,
-                sliding_window: c.sliding_window[l],
-                post_attention_norm: c
-                    .sandwich_norms
-                    .then(|| vector(Role::PostAttentionNorm, l, hidden))
-                    .transpose()?,
-                post_mlp_norm: c
-                    .sandwich_norms
-                    .then(|| vector(Role::PostFeedforwardNorm, l, hidden))
-                    .transpose()?,
-                local_rotary: c.local_rope.is_some() && c.sliding_window[l].is_some(),
-            });
-        }
-        let embedding_name = naming.weight(Role::Embedding, 0);
-        let vocab_hidden = (c.vocab_size, hidden);
-        // The table: quantized panels read a row at a time when the file stores it so.
-        let table = match weights.quantized_blocks(&embedding_name, vocab_hidden)? {
-            Some(blocks) => Weight::blocks(blocks),
-            None => Weight::Dense(to_f32_vec(
-                &weights.dense(&embedding_name, &[c.vocab_size, hidden])?,
-            )?),
-        };
-        let (embedding, lm_head) = if c.tie_word_embeddings {
-            let head = table.pack(c.vocab_size, hidden, format)?;
-            (Embedding::TiedToHead, head)
-        } else {
-            let head = pack(
-                matrix(Role::LmHead, 0, vocab_hidden, false)?,
-                c.vocab_size,
-                hidden,
-            )?;
-            let embedding = match table {
-                Weight::Dense(values) => Embedding::Table(values),
-                blocks => Embedding::Packed(blocks.pack(c.vocab_size, hidden, format)?),
-            };
-            (embedding, head)
-        };
-        let pairing = match c.rope.style {
-            RotaryStyle::Half => RotaryPairing::Half,
-            RotaryStyle::Interleaved => RotaryPairing::Interleaved,
-        };
-        Ok(Self {
-            kernels: CpuKernels::active(),
-            embedding,
-            layers,
-            final_norm: vector(Role::FinalNorm, 0, hidden)?,
-            lm_head,
-            rotary: Mutex::new(rotary_table(&c.rope, c.head_dim, pairing)),
-            local_rotary: c
-                .local_rope
-                .as_ref()
-                .map(|rope| Mutex::new(rotary_table(rope, c.head_dim, pairing))),
-            workspace: Mutex::new(Workspace::default()),
-        })
-    }
-
     /// See [`crate::Decoder::weight_formats`]: each class's formats across all layers, joined
     /// by `+` where they differ (a Q4_K_M file: `q4_k+q6_k`).
     pub fn weight_formats(&self) -> Vec<(&'static str, String)> {
@@ -633,17 +463,6 @@ impl CpuModel {
         }
         logits
     }
-}
-
-/// The rotary table of `rope`.
-fn rotary_table(rope: &RopeConfig, head_dim: usize, pairing: RotaryPairing) -> RotaryTable {
-    let frequencies = rotary_frequencies(rope, head_dim);
-    RotaryTable::with_long_context(
-        frequencies.short,
-        frequencies.long,
-        frequencies.magnitude,
-        pairing,
-    )
 }
 
 /// The buffers a residual branch goes through.

@@ -35,20 +35,7 @@ pub fn tiny_model_on(
     arch: Architecture,
     kernels: KernelPath,
 ) -> TestResult<(tempfile::TempDir, LoadedModel)> {
-    let dir = tempfile::tempdir()?;
-    let spec = DummySpec {
-        architecture: arch,
-        size: DummySize::Tiny,
-        seed: GOLDEN_SEED,
-    };
-    write_dummy_model(spec, dir.path())?;
-    let options = LoadOptions {
-        dtype: Some(DType::F32),
-        kernels,
-        ..LoadOptions::cpu()
-    };
-    let model = load(&ModelSource::Directory(dir.path().to_path_buf()), &options)?;
-    Ok((dir, model))
+    tiny_model_with(arch, kernels, &|_, _| Ok(()))
 }
 
 /// [`tiny_model_on`] with its `config.json` (and the files beside it) changed by `edit` before

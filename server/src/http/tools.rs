@@ -86,7 +86,8 @@ impl Tools {
         })
     }
 
-    /// The tools go into the prompt and calls are read from the answer.
+    /// The tools go into the prompt and calls are read from the answer (`auto` with no tools
+    /// offers none).
     pub fn active(&self) -> bool {
         !self.specs.is_empty() && self.choice != ToolChoice::None
     }
@@ -142,6 +143,15 @@ impl Tools {
         let parallel = self.parallel && matches!(self.choice, ToolChoice::Required);
         Some(Grammar::Lark(syntax.call_grammar(&specs, parallel)))
     }
+}
+
+/// A tool name as the APIs allow it: 1 to 64 ASCII letters, digits and the `punctuation`
+/// each API admits.
+pub fn is_tool_name(name: &str, punctuation: &[u8]) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(&b))
 }
 
 /// A call with the id the response gives it.

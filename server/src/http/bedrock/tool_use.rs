@@ -3,7 +3,7 @@
 //! blocks from the user.
 
 use crate::http::error::ApiError;
-use crate::http::tools::{ToolChoice, Tools};
+use crate::http::tools::{is_tool_name, ToolChoice, Tools};
 use lantern_models::{ChatMessage, TemplateToolCall};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -79,19 +79,12 @@ pub struct Message {
     pub content: MessageContent,
 }
 
-fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// The request's tools, validated.
 pub fn tools(tools: Option<&[Tool]>, choice: Option<&ToolChoiceField>) -> Result<Tools, ApiError> {
     let tools = tools.unwrap_or_default();
     let mut specs = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
-        if !is_valid_name(&tool.name) {
+        if !is_tool_name(&tool.name, b"_-") {
             return Err(ApiError::validation(
                 format!("`tools[{i}].name` must be 1 to 64 letters, digits, `_` or `-`"),
                 "tools",
@@ -123,11 +116,6 @@ pub fn tools(tools: Option<&[Tool]>, choice: Option<&ToolChoiceField>) -> Result
             };
             (choice, !c.disable_parallel_tool_use)
         }
-    };
-    let choice = if specs.is_empty() && choice == ToolChoice::Auto {
-        ToolChoice::None
-    } else {
-        choice
     };
     Tools::new(specs, choice, parallel, "tools", "tool_choice")
 }

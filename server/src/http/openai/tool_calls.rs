@@ -3,7 +3,7 @@
 
 use super::Content;
 use crate::http::error::ApiError;
-use crate::http::tools::{past_arguments, ToolChoice, Tools};
+use crate::http::tools::{is_tool_name, past_arguments, ToolChoice, Tools};
 use lantern_models::{ChatMessage, TemplateToolCall};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -84,13 +84,6 @@ pub struct Message {
     pub name: Option<String>,
 }
 
-fn is_valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-}
-
 /// The request's tools, validated (an empty list or `tool_choice: "none"` offers none).
 pub fn tools(
     tools: Option<&[Tool]>,
@@ -107,7 +100,7 @@ pub fn tools(
             ));
         }
         let f = &tool.function;
-        if !is_valid_name(&f.name) {
+        if !is_tool_name(&f.name, b"_.-") {
             return Err(ApiError::validation(
                 format!(
                     "`tools[{i}].function.name` must be 1 to 64 letters, digits, `_`, `.` or `-`"
@@ -141,11 +134,6 @@ pub fn tools(
                 "tool_choice",
             ))
         }
-    };
-    let choice = if specs.is_empty() && choice == ToolChoice::Auto {
-        ToolChoice::None
-    } else {
-        choice
     };
     Tools::new(
         specs,
