@@ -14,9 +14,14 @@
 //! `[kv_head][block][slot][head_dim]` (see [`cpu::KvBlocks`]).
 
 pub mod cpu;
+pub mod device;
+#[cfg(feature = "flash-attn")]
+mod flash;
 mod portable;
+pub mod step;
 
 pub use portable::Portable;
+pub use step::{CountingUploads, DirectUploads, StepMetadata, Uploads};
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -90,10 +95,34 @@ pub struct AttentionParams {
 
 /// Paged attention over tensors. Implementations must agree with [`Portable`].
 pub trait PagedAttention: Send + Sync + std::fmt::Debug {
+    /// For logs and `/info`.
+    fn name(&self) -> &'static str;
+
+    /// Checks the step's sequences against the cache and uploads what every layer's
+    /// [`Self::attend`] reads: once per forward call.
+    fn prepare(
+        &self,
+        sequences: &[SequenceAttention<'_>],
+        shape: &KvCacheShape,
+        device: &Device,
+        uploads: &dyn Uploads,
+    ) -> Result<StepMetadata>;
+
     /// Writes this step's `key`/`value` rows (`(n, num_kv_heads, head_dim)`, the flat batch)
     /// into each sequence's blocks, then runs causal attention of `query`
     /// (`(n, num_heads, head_dim)`) over every sequence's cached context. Returns
     /// `(n, num_heads, head_dim)`.
+    fn attend(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        cache: &LayerKvCache,
+        step: &StepMetadata,
+        params: AttentionParams,
+    ) -> Result<Tensor>;
+
+    /// [`Self::prepare`] then [`Self::attend`], for one layer (tests, benchmarks).
     fn write_and_attend(
         &self,
         query: &Tensor,
@@ -102,11 +131,58 @@ pub trait PagedAttention: Send + Sync + std::fmt::Debug {
         cache: &LayerKvCache,
         sequences: &[SequenceAttention<'_>],
         params: AttentionParams,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        let shape = KvCacheShape {
+            num_blocks: cache.num_slots() / cache.block_size.max(1),
+            block_size: cache.block_size,
+            num_kv_heads: cache.key.dim(1)?,
+            head_dim: cache.key.dim(2)?,
+        };
+        let step = self.prepare(sequences, &shape, query.device(), &DirectUploads)?;
+        self.attend(query, key, value, cache, &step, params)
+    }
 }
 
-/// The tensor implementation for `device`. Today that is [`Portable`] everywhere; the CPU
-/// forward pass calls [`cpu`] directly instead of going through tensors.
-pub fn for_device(_device: &Device) -> Box<dyn PagedAttention> {
+/// `(rows, num_kv_heads, head_dim)` u32 cache-write index for `rows` of `like`'s shape going
+/// to `slots` (tests and benchmarks that fill a cache directly).
+pub fn slot_index(slots: &[u32], like: &Tensor) -> Result<Tensor> {
+    let (rows, heads, dim) = like.dims3()?;
+    Tensor::from_slice(slots, (rows, 1, 1), like.device())?
+        .broadcast_as((rows, heads, dim))?
+        .contiguous()
+}
+
+/// What the model's attention layers need to know to pick an implementation.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionNeeds {
+    pub dtype: DType,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+/// The tensor implementation for `device`: FlashAttention (paged, one launch per layer for
+/// the whole batch) on CUDA GPUs of compute capability 8.0 and up when built with the
+/// `flash-attn` feature and the model fits its limits (f16/bf16, head size a multiple of 8 up
+/// to 256, blocks a multiple of 32 tokens); [`Portable`] otherwise. The CPU forward pass calls
+/// [`cpu`] directly instead of going through tensors.
+pub fn for_device(device: &Device, needs: AttentionNeeds) -> Box<dyn PagedAttention> {
+    #[cfg(feature = "flash-attn")]
+    if flash::FlashAttention::supports(device, needs) {
+        return Box::new(flash::FlashAttention);
+    }
+    let _ = (device, needs);
     Box::new(Portable)
+}
+
+/// Whether [`for_device`] would pick FlashAttention with blocks of `block_size` tokens.
+pub fn flash_attention_available(device: &Device, needs: AttentionNeeds) -> bool {
+    #[cfg(feature = "flash-attn")]
+    {
+        flash::FlashAttention::supports(device, needs)
+    }
+    #[cfg(not(feature = "flash-attn"))]
+    {
+        let _ = (device, needs);
+        false
+    }
 }

@@ -1,111 +1,85 @@
 //! The portable paged attention: candle tensor ops only, one sequence at a time.
 //!
 //! Each sequence gathers its keys and values out of the block pool (`index_select` on its
-//! slots), then runs plain masked attention. The cost is a copy of the sequence's context per
-//! layer per step: fine as a reference and on CPU, where the matmuls dominate.
-//! Every sequence is computed the same way whatever else is in the batch, which keeps its
-//! output independent of its batch-mates.
+//! slots, uploaded once per step for the whole batch), then runs plain masked attention. The
+//! cost is a copy of the sequence's context per layer per step: fine as a reference and on
+//! CPU, where the matmuls dominate. Every sequence is computed the same way whatever else is
+//! in the batch, which keeps its output independent of its batch-mates.
 
-use crate::{AttentionParams, LayerKvCache, PagedAttention, SequenceAttention};
-use candle_core::{bail, DType, Result, Tensor};
+use crate::step::{self, SequenceRows, StepMetadata, Uploads, Wanted};
+use crate::{AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention};
+use candle_core::{bail, DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Portable;
 
 impl Portable {
-    /// Writes rows of `key`/`value` (`(n, num_kv_heads, head_dim)`) into the slots `slot_mapping` (`n` u32 ids).
+    /// Writes rows of `key`/`value` (`(n, num_kv_heads, head_dim)`) into the slots
+    /// `slot_index` (`(n, num_kv_heads, head_dim)` u32, each row's slot repeated): one
+    /// scatter each.
     pub fn write_kv(
         &self,
         cache: &LayerKvCache,
         key: &Tensor,
         value: &Tensor,
-        slot_mapping: &Tensor,
+        slot_index: &Tensor,
     ) -> Result<()> {
-        let rows = key.dim(0)?;
-        if slot_mapping.dims() != [rows] {
+        if slot_index.dims() != key.dims() {
             bail!(
-                "slot mapping has shape {:?}, expected [{rows}]",
-                slot_mapping.dims()
+                "slot index has shape {:?}, expected {:?}",
+                slot_index.dims(),
+                key.dims()
             )
         }
-        if rows == 0 {
+        if key.dim(0)? == 0 {
             return Ok(());
         }
-        let indexes = slot_mapping
-            .reshape((rows, 1, 1))?
-            .broadcast_as(key.shape())?
-            .contiguous()?;
-        cache.key.scatter_set(&indexes, &key.contiguous()?, 0)?;
-        cache.value.scatter_set(&indexes, &value.contiguous()?, 0)?;
+        cache.key.scatter_set(slot_index, &key.contiguous()?, 0)?;
+        cache.value.scatter_set(slot_index, &value.contiguous()?, 0)?;
         Ok(())
     }
 }
 
-/// Slot of every position `0..context` of a sequence.
-pub(crate) fn slots_of(
-    block_table: &[u32],
-    block_size: usize,
-    context: usize,
-    num_slots: usize,
-) -> Result<Vec<u32>> {
-    (0..context)
-        .map(|p| {
-            let Some(&block) = block_table.get(p / block_size) else {
-                bail!(
-                    "block table of {} blocks cannot hold {context} tokens",
-                    block_table.len()
-                )
-            };
-            let slot = block as usize * block_size + p % block_size;
-            if slot >= num_slots {
-                bail!("block {block} is outside the cache")
-            }
-            Ok(slot as u32)
-        })
-        .collect()
-}
-
 impl PagedAttention for Portable {
-    fn write_and_attend(
+    fn name(&self) -> &'static str {
+        "portable"
+    }
+
+    fn prepare(
+        &self,
+        sequences: &[SequenceAttention<'_>],
+        shape: &KvCacheShape,
+        device: &Device,
+        uploads: &dyn Uploads,
+    ) -> Result<StepMetadata> {
+        let wanted = Wanted {
+            context_slots: true,
+            flash: false,
+        };
+        step::build(sequences, shape, wanted, device, uploads)
+    }
+
+    fn attend(
         &self,
         query: &Tensor,
         key: &Tensor,
         value: &Tensor,
         cache: &LayerKvCache,
-        sequences: &[SequenceAttention<'_>],
+        step: &StepMetadata,
         params: AttentionParams,
     ) -> Result<Tensor> {
         let (rows, _, _) = query.dims3()?;
-        let mut slots = Vec::with_capacity(sequences.len());
-        let mut new_slots = Vec::with_capacity(rows);
-        let mut next_row = 0;
-        for seq in sequences {
-            if seq.query_offset != next_row {
-                bail!(
-                    "sequences must cover the batch in order: expected offset {next_row}, got {}",
-                    seq.query_offset
-                )
-            }
-            next_row += seq.query_len;
-            let context = seq.context_before + seq.query_len;
-            let s = slots_of(
-                seq.block_table,
-                cache.block_size,
-                context,
-                cache.num_slots(),
-            )?;
-            new_slots.extend_from_slice(&s[seq.context_before..]);
-            slots.push(s);
+        if rows != step.rows {
+            bail!("the step has {} rows, the query {rows}", step.rows)
         }
-        if next_row != rows {
-            bail!("sequences cover {next_row} query rows of {rows}")
-        }
-        let slot_mapping = Tensor::from_vec(new_slots, rows, query.device())?;
-        self.write_kv(cache, key, value, &slot_mapping)?;
-        let outputs = sequences
+        let Some(slots) = &step.context_slots else {
+            bail!("the step was prepared for another attention implementation")
+        };
+        self.write_kv(cache, key, value, &step.write_slots)?;
+        let outputs = step
+            .sequences
             .iter()
-            .zip(&slots)
-            .map(|(seq, slots)| attend_one(query, cache, seq, slots, params))
+            .map(|seq| attend_one(query, cache, seq, slots, params))
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&outputs, 0)
     }
@@ -114,15 +88,15 @@ impl PagedAttention for Portable {
 fn attend_one(
     query: &Tensor,
     cache: &LayerKvCache,
-    seq: &SequenceAttention<'_>,
-    slots: &[u32],
+    seq: &SequenceRows,
+    context_slots: &Tensor,
     params: AttentionParams,
 ) -> Result<Tensor> {
     let (_, num_heads, head_dim) = query.dims3()?;
     let num_kv_heads = cache.key.dim(1)?;
     let group = num_heads / num_kv_heads;
-    let context = seq.context_before + seq.query_len;
-    let slots = Tensor::from_slice(slots, context, query.device())?;
+    let context = seq.context();
+    let slots = context_slots.narrow(0, seq.slots_offset, context)?;
     // (kv_heads, context, head_dim): the sequence's keys and values, gathered once per call.
     let gather = |cache: &Tensor| -> Result<Tensor> {
         cache.index_select(&slots, 0)?.transpose(0, 1)?.contiguous()
@@ -162,7 +136,8 @@ fn attend_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KvCacheShape, LayerKvCache};
+    use crate::step::slots_of;
+    use crate::{slot_index, KvCacheShape, LayerKvCache};
     use candle_core::{Device, IndexOp};
 
     fn shape(num_blocks: usize, block_size: usize) -> KvCacheShape {
@@ -180,7 +155,7 @@ mod tests {
         let cache = LayerKvCache::zeros(shape(4, 2), DType::F32, &device)?;
         let key = Tensor::arange(1f32, 17., &device)?.reshape((2, 2, 4))?;
         let value = key.neg()?;
-        let slots = Tensor::new(&[5u32, 2], &device)?;
+        let slots = slot_index(&[5, 2], &key)?;
         Portable.write_kv(&cache, &key, &value, &slots)?;
         assert_eq!(
             cache.key.i(5)?.to_vec2::<f32>()?,
@@ -214,13 +189,9 @@ mod tests {
             let cache = LayerKvCache::zeros(shape(8, block_size), DType::F32, &device)?;
             // The first 3 tokens were cached by earlier steps; this step brings 2.
             let earlier = slots_of(block_table, block_size, 3, cache.num_slots())?;
-            let earlier = Tensor::new(earlier.as_slice(), &device)?;
-            Portable.write_kv(
-                &cache,
-                &key.narrow(0, 0, 3)?,
-                &value.narrow(0, 0, 3)?,
-                &earlier,
-            )?;
+            let earlier_key = key.narrow(0, 0, 3)?;
+            let earlier = slot_index(&earlier, &earlier_key)?;
+            Portable.write_kv(&cache, &earlier_key, &value.narrow(0, 0, 3)?, &earlier)?;
             let seq = SequenceAttention {
                 query_offset: 0,
                 query_len: 2,

@@ -8,7 +8,7 @@ use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::KvBlocks;
-use lantern_kernels::{KvCacheShape, LayerKvCache, SequenceAttention};
+use lantern_kernels::{KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention, Uploads};
 use std::sync::Mutex;
 
 /// Which positions of a sequence need logits this step.
@@ -45,8 +45,12 @@ pub struct KvCache {
 
 #[derive(Debug)]
 pub(crate) enum CacheStorage {
-    /// Slot-major tensors, for the portable path (any device).
-    Tensors(Vec<LayerKvCache>),
+    /// Slot-major tensors, for the portable path (any device), with the attention
+    /// implementation that reads them (FlashAttention on capable GPUs, else portable).
+    Tensors {
+        layers: Vec<LayerKvCache>,
+        attention: Box<dyn PagedAttention>,
+    },
     /// `[kv_head][block][slot][head_dim]` f32 pools, for the CPU kernels. The lock is taken
     /// once per layer per step by the forward pass, never contended.
     Cpu(Vec<Mutex<KvBlocks>>),
@@ -74,14 +78,23 @@ impl KvCache {
         shape: KvCacheShape,
         dtype: DType,
         device: &Device,
+        attention: Box<dyn PagedAttention>,
     ) -> Result<Self> {
         let layers = (0..config.num_layers)
             .map(|_| LayerKvCache::zeros(shape, dtype, device))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             shape,
-            storage: CacheStorage::Tensors(layers),
+            storage: CacheStorage::Tensors { layers, attention },
         })
+    }
+
+    /// The attention implementation reading this cache: `flash-attn`, `portable` or `cpu`.
+    pub fn attention_name(&self) -> &'static str {
+        match &self.storage {
+            CacheStorage::Tensors { attention, .. } => attention.name(),
+            CacheStorage::Cpu(_) => "cpu",
+        }
     }
 
     pub(crate) fn cpu(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
@@ -181,6 +194,7 @@ impl FlatBatch {
         config: &DecoderConfig,
         shape: &KvCacheShape,
         device: &Device,
+        uploads: &dyn Uploads,
     ) -> Result<Self> {
         let logit_rows = logit_rows(steps, config, shape)?;
         let tokens: Vec<u32> = steps
@@ -193,8 +207,8 @@ impl FlatBatch {
             .collect();
         let n = tokens.len();
         Ok(Self {
-            token_ids: Tensor::from_vec(tokens, n, device)?,
-            positions: Tensor::from_vec(positions, n, device)?,
+            token_ids: uploads.u32s(tokens, &[n], device)?,
+            positions: uploads.f32s(positions, &[n], device)?,
             logit_rows,
         })
     }

@@ -30,11 +30,13 @@ fn min_rows(out_features: usize) -> usize {
     (256 / out_features.max(1) + 1).max(2)
 }
 
-/// `x W^T` with `x` padded with zero rows up to [`min_rows`].
+/// `x W^T` with `x` padded with zero rows up to [`min_rows`], on the CPU. On a GPU, cuBLAS
+/// picks its kernel (and split) by the row count anyway, so padding buys nothing there and
+/// costs launches.
 fn batch_invariant_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let (rows, _) = x.dims2()?;
     let wanted = min_rows(weight.dim(0)?);
-    if rows >= wanted {
+    if rows >= wanted || !x.device().is_cpu() {
         return x.matmul(&weight.t()?);
     }
     let padding = Tensor::zeros((wanted - rows, x.dim(1)?), x.dtype(), x.device())?;
@@ -148,6 +150,12 @@ impl Rotary {
 
     /// Rotates `x` (`(n, heads, head_dim)`), row `i` at position `positions[i]` (`(n,)` f32).
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        self.angles(positions, x.dtype())?.rotate(x)
+    }
+
+    /// Cos and sin of every row's angles, in `dtype`: computed once per step and shared by
+    /// every layer.
+    pub fn angles(&self, positions: &Tensor, dtype: DType) -> Result<Angles> {
         let n = positions.dim(0)?;
         let positions = positions.reshape((n, 1))?;
         let mut angles = positions.broadcast_mul(&self.inv_freq)?;
@@ -161,13 +169,31 @@ impl Rotary {
             cos = (cos * self.magnitude)?;
             sin = (sin * self.magnitude)?;
         }
-        let cos = cos.to_dtype(x.dtype())?;
-        let sin = sin.to_dtype(x.dtype())?;
+        Ok(Angles {
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            style: self.style,
+        })
+    }
+}
+
+/// A step's rotary cos and sin, `(n, head_dim / 2)` each.
+#[derive(Debug, Clone)]
+pub struct Angles {
+    cos: Tensor,
+    sin: Tensor,
+    style: RotaryStyle,
+}
+
+impl Angles {
+    /// Rotates `x` (`(n, heads, head_dim)`), row `i` by the angles of row `i`.
+    pub fn rotate(&self, x: &Tensor) -> Result<Tensor> {
+        let (cos, sin) = (&self.cos, &self.sin);
         // candle's rope kernels take (batch, heads, seq, head_dim): the flat batch is one "sequence".
         let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
         let rotated = match self.style {
-            RotaryStyle::Half => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
-            RotaryStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+            RotaryStyle::Half => candle_nn::rotary_emb::rope(&x, cos, sin)?,
+            RotaryStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
         };
         rotated.squeeze(0)?.transpose(0, 1)
     }

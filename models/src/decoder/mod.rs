@@ -84,7 +84,7 @@ impl Decoder {
                 ))
             }
             KernelPath::Auto | KernelPath::Portable => {
-                Execution::Portable(PortableModel::load(&config, weights, device)?)
+                Execution::Portable(PortableModel::load(&config, weights, dtype, device)?)
             }
         };
         let decoder = Self {
@@ -196,25 +196,68 @@ impl Decoder {
         }
     }
 
+    /// Whether a cache of blocks of `block_size` tokens would be read by FlashAttention
+    /// (which needs a multiple of 32): the engine picks its block size by it.
+    pub fn flash_attention_with(&self, block_size: usize) -> bool {
+        let needs = lantern_kernels::AttentionNeeds {
+            dtype: self.dtype,
+            head_dim: self.config.head_dim,
+            block_size,
+        };
+        matches!(self.execution, Execution::Portable(_))
+            && lantern_kernels::flash_attention_available(&self.device, needs)
+    }
+
     /// A zeroed KV cache in the layout this decoder's forward pass reads.
     pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
         let shape = self.cache_shape(num_blocks, block_size);
-        match self.execution {
-            Execution::Portable(_) => {
-                KvCache::tensors(&self.config, shape, self.cache_dtype(), &self.device)
+        match &self.execution {
+            Execution::Portable(model) => {
+                let attention = model.attention_kernels(&self.config, &self.device, block_size);
+                KvCache::tensors(
+                    &self.config,
+                    shape,
+                    self.cache_dtype(),
+                    &self.device,
+                    attention,
+                )
             }
             Execution::Cpu(_) => KvCache::cpu(&self.config, shape),
         }
+    }
+
+    /// Waits for the device to finish the work queued so far (a no-op on the CPU). The
+    /// model is loaded on one thread and run on the engine thread: synchronising after load
+    /// and warm-up hands the engine a device with nothing in flight.
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
     }
 
     /// Runs every sequence's new tokens through the model, writing their keys and values into
     /// `cache`. Returns f32 logits `(rows, vocab)`: for each sequence in order, the rows its
     /// [`crate::LogitsWanted`] asks for.
     pub fn forward(&self, steps: &[SequenceStep], cache: &KvCache) -> Result<Tensor> {
+        self.forward_with_uploads(steps, cache, &lantern_kernels::DirectUploads)
+    }
+
+    /// [`Self::forward`], with every host-to-device copy of the step made through `uploads`.
+    pub fn forward_with_uploads(
+        &self,
+        steps: &[SequenceStep],
+        cache: &KvCache,
+        uploads: &dyn lantern_kernels::Uploads,
+    ) -> Result<Tensor> {
         match (&self.execution, &cache.storage) {
-            (Execution::Portable(model), CacheStorage::Tensors(layers)) => {
-                model.forward(&self.config, steps, &cache.shape, layers, &self.device)
-            }
+            (Execution::Portable(model), CacheStorage::Tensors { layers, attention }) => model
+                .forward(
+                    &self.config,
+                    steps,
+                    &cache.shape,
+                    layers,
+                    attention.as_ref(),
+                    &self.device,
+                    uploads,
+                ),
             (Execution::Cpu(model), CacheStorage::Cpu(layers)) => {
                 model.forward(&self.config, steps, cache, layers)
             }

@@ -4,18 +4,18 @@
 use crate::batch::{attention_views, FlatBatch, SequenceStep};
 use crate::config::{DecoderConfig, MlpActivation};
 use crate::error::Result;
-use crate::layers::{Linear, RmsNorm, Rotary};
+use crate::layers::{Angles, Linear, RmsNorm, Rotary};
 use crate::weights::{Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{
-    AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention,
+    AttentionNeeds, AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, StepMetadata,
+    Uploads,
 };
 
-/// What one layer's attention needs from the step.
+/// What one layer's attention needs from the step (built once per step).
 struct Step<'a> {
     config: &'a DecoderConfig,
-    batch: &'a FlatBatch,
-    sequences: &'a [SequenceAttention<'a>],
+    metadata: &'a StepMetadata,
     cache: &'a LayerKvCache,
 }
 
@@ -60,7 +60,8 @@ pub(crate) struct PortableModel {
     lm_head: Linear,
     rotary: Rotary,
     local_rotary: Option<Rotary>,
-    kernels: Box<dyn PagedAttention>,
+    /// Chosen per block size (FlashAttention wants blocks of a multiple of 32 tokens).
+    dtype: DType,
 }
 
 impl PortableModel {
@@ -68,6 +69,7 @@ impl PortableModel {
     pub fn load(
         config: &DecoderConfig,
         weights: &dyn WeightSource,
+        dtype: DType,
         device: &Device,
     ) -> Result<Self> {
         let naming = weights.naming();
@@ -154,24 +156,52 @@ impl PortableModel {
                 .as_ref()
                 .map(|rope| Rotary::new(rope, c.head_dim, device))
                 .transpose()?,
-            kernels: lantern_kernels::for_device(device),
+            dtype,
             embedding,
             layers,
             lm_head,
         })
     }
 
-    /// See [`crate::Decoder::forward`].
+    /// The attention implementation for a cache of blocks of `block_size` tokens.
+    pub fn attention_kernels(
+        &self,
+        config: &DecoderConfig,
+        device: &Device,
+        block_size: usize,
+    ) -> Box<dyn PagedAttention> {
+        let needs = AttentionNeeds {
+            dtype: self.dtype,
+            head_dim: config.head_dim,
+            block_size,
+        };
+        lantern_kernels::for_device(device, needs)
+    }
+
+    /// See [`crate::Decoder::forward`]. Everything the step uploads goes through `uploads`:
+    /// a fixed handful of copies per step, none per layer or per sequence.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         config: &DecoderConfig,
         steps: &[SequenceStep],
         shape: &KvCacheShape,
         cache: &[LayerKvCache],
+        kernels: &dyn PagedAttention,
         device: &Device,
+        uploads: &dyn Uploads,
     ) -> Result<Tensor> {
-        let batch = FlatBatch::new(steps, config, shape, device)?;
+        let batch = FlatBatch::new(steps, config, shape, device, uploads)?;
         let sequences = attention_views(steps);
+        let metadata = kernels.prepare(&sequences, shape, device, uploads)?;
+        // Rotary angles depend only on positions: once per step, not per layer.
+        let dtype = self.embedding.dtype();
+        let angles = self.rotary.angles(&batch.positions, dtype)?;
+        let local_angles = self
+            .local_rotary
+            .as_ref()
+            .map(|r| r.angles(&batch.positions, dtype))
+            .transpose()?;
         let mut hidden = self.embedding.index_select(&batch.token_ids, 0)?;
         if let Some(scale) = config.embedding_scale {
             hidden = (hidden * f64::from(scale))?;
@@ -186,15 +216,15 @@ impl PortableModel {
             let attention_in = layer.attention_norm.forward(&hidden)?;
             let step = Step {
                 config,
-                batch: &batch,
-                sequences: &sequences,
+                metadata: &metadata,
                 cache: layer_cache,
             };
-            let rotary = match (&self.local_rotary, layer.local_rotary) {
+            let angles = match (&local_angles, layer.local_rotary) {
                 (Some(local), true) => local,
-                _ => &self.rotary,
+                _ => &angles,
             };
-            let attention_out = self.attention(&layer.attention, rotary, &attention_in, &step)?;
+            let attention_out =
+                self.attention(&layer.attention, angles, kernels, &attention_in, &step)?;
             hidden = (hidden + after(&layer.post_attention_norm, attention_out)?)?;
             let mlp_in = layer.mlp_norm.forward(&hidden)?;
             let mlp = &layer.mlp;
@@ -211,7 +241,8 @@ impl PortableModel {
         if batch.logit_rows.is_empty() {
             return Ok(Tensor::zeros((0, vocab), DType::F32, device)?);
         }
-        let rows = Tensor::new(batch.logit_rows.as_slice(), device)?;
+        let count = batch.logit_rows.len();
+        let rows = uploads.u32s(batch.logit_rows, &[count], device)?;
         let last = self.final_norm.forward(&hidden.index_select(&rows, 0)?)?;
         let logits = self.lm_head.forward(&last)?.to_dtype(DType::F32)?;
         Ok(match config.final_logit_softcap {
@@ -223,7 +254,8 @@ impl PortableModel {
     fn attention(
         &self,
         attention: &Attention,
-        rotary: &Rotary,
+        angles: &Angles,
+        kernels: &dyn PagedAttention,
         x: &Tensor,
         step: &Step<'_>,
     ) -> Result<Tensor> {
@@ -235,7 +267,7 @@ impl PortableModel {
                 Some(norm) => norm.forward(&t)?,
                 None => t,
             };
-            Ok(rotary.apply(&t, &step.batch.positions)?)
+            Ok(angles.rotate(&t)?)
         };
         let query = heads(
             attention.query.forward(x)?,
@@ -256,14 +288,7 @@ impl PortableModel {
             sliding_window: attention.sliding_window,
             softcap: c.attention_softcap,
         };
-        let out = self.kernels.write_and_attend(
-            &query,
-            &key,
-            &value,
-            step.cache,
-            step.sequences,
-            params,
-        )?;
+        let out = kernels.attend(&query, &key, &value, step.cache, step.metadata, params)?;
         Ok(attention
             .output
             .forward(&out.reshape((n, c.num_heads * c.head_dim))?)?)

@@ -22,7 +22,20 @@ pub const GOLDEN_SEED: u64 = 7;
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Writes the tiny dummy model of `arch` into a fresh directory and loads it in f32 on CPU.
+/// The device the portable path's suites run on: `LANTERN_TEST_DEVICE=cuda` (a CUDA build on
+/// a GPU machine) puts them on GPU 0; otherwise the CPU. The CPU kernels always run on the CPU.
+pub fn test_device() -> Device {
+    match std::env::var("LANTERN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => match lantern_kernels::device::DeviceChoice::Cuda(0).open() {
+            Ok(opened) => opened.device,
+            Err(error) => panic!("LANTERN_TEST_DEVICE=cuda: {error}"),
+        },
+        _ => Device::Cpu,
+    }
+}
+
+/// Writes the tiny dummy model of `arch` into a fresh directory and loads it in f32 (on the
+/// [`test_device`] for the portable path).
 pub fn tiny_model(arch: Architecture) -> TestResult<(tempfile::TempDir, LoadedModel)> {
     tiny_model_on(arch, KernelPath::Auto)
 }
@@ -59,6 +72,10 @@ pub fn tiny_model_with(
     let options = LoadOptions {
         dtype: Some(DType::F32),
         kernels,
+        device: match kernels {
+            KernelPath::Cpu => Device::Cpu,
+            _ => test_device(),
+        },
         ..LoadOptions::cpu()
     };
     let model = load(&ModelSource::Directory(dir.path().to_path_buf()), &options)?;

@@ -52,6 +52,11 @@ impl PartialEq for Constraint {
 pub struct AllowedTokens(llguidance::toktrie::SimpleVob);
 
 impl AllowedTokens {
+    /// The mask as bit words: token `t` is allowed when bit `t % 32` of word `t / 32` is set.
+    pub fn words(&self) -> &[u32] {
+        self.0.as_slice()
+    }
+
     /// Sets every token not allowed to minus infinity in `logits`.
     pub fn apply(&self, logits: &mut [f32]) {
         for (token, logit) in logits.iter_mut().enumerate() {

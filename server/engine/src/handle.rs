@@ -61,6 +61,10 @@ pub struct EngineHandle {
     vocab_size: usize,
     /// Compiles grammars for this model's vocabulary; `Err` says why there is none.
     constraints: Result<Arc<Constraints>, String>,
+    /// Where the model runs (`cpu`, `cuda:0`) and what reads its KV cache (`cpu`,
+    /// `flash-attn`, `portable`), for logs and `/info`.
+    device: String,
+    attention: &'static str,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -78,8 +82,7 @@ pub fn start(
     tokenizer: &TokenizerBundle,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
-    let num_blocks = config.num_blocks(&decoder)?;
-    let scheduler_config = SchedulerConfig {
+    let scheduler_config = |num_blocks| SchedulerConfig {
         block_size: config.block_size,
         num_blocks,
         max_num_seqs: config.max_num_seqs,
@@ -87,8 +90,22 @@ pub fn start(
         max_total_tokens: config.max_total_tokens,
         prefix_caching: config.prefix_caching,
     };
+    if !decoder.device().is_cpu() {
+        // A first warm-up on a cache just big enough for it: what the runtime keeps after a
+        // step (cuBLAS workspaces, loaded kernels) is then in use when the cache is sized.
+        let blocks = config.max_batch_prefill_tokens.div_ceil(config.block_size.max(1))
+            + config.max_num_seqs;
+        let probe = decoder.new_cache(blocks, config.block_size)?;
+        warm_up(&decoder, &probe, &scheduler_config(blocks))?;
+        drop(probe);
+        decoder.synchronize()?;
+    }
+    let num_blocks = config.num_blocks(&decoder)?;
+    let scheduler_config = scheduler_config(num_blocks);
     let cache = decoder.new_cache(num_blocks, config.block_size)?;
     warm_up(&decoder, &cache, &scheduler_config)?;
+    // Loaded on one thread, run on the engine thread: nothing may still be in flight.
+    decoder.synchronize()?;
     let shared = Arc::new(Shared {
         healthy: AtomicBool::new(true),
         stats: Mutex::new(SchedulerStats {
@@ -109,6 +126,11 @@ pub fn start(
     if let Err(error) = &constraints {
         tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
     }
+    let cache_attention = cache.attention_name();
+    let device = lantern_kernels::device::name(decoder.device());
+    let sample_on_device = config
+        .sample_on_device
+        .unwrap_or(!decoder.device().is_cpu());
     let worker = Worker::new(
         decoder,
         cache,
@@ -119,12 +141,20 @@ pub fn start(
         shared.clone(),
     )
     .with_fault_policy(config.faults)
-    .with_idle_release(config.release_memory_after_idle);
+    .with_idle_release(config.release_memory_after_idle)
+    .with_sampling_place(sample_on_device);
     std::thread::Builder::new()
         .name("lantern-engine".into())
         .spawn(move || worker.run())
         .map_err(|e| StartError::Setting(format!("cannot start the engine thread: {e}")))?;
-    tracing::info!(num_blocks, block_size = config.block_size, "engine started");
+    tracing::info!(
+        num_blocks,
+        block_size = config.block_size,
+        kv_cache_tokens = num_blocks * config.block_size,
+        attention = cache_attention,
+        device = %device,
+        "engine started"
+    );
     Ok(EngineHandle {
         commands,
         shared,
@@ -132,6 +162,8 @@ pub fn start(
         limits: scheduler_config,
         vocab_size,
         constraints,
+        device,
+        attention: cache_attention,
     })
 }
 
@@ -271,5 +303,13 @@ impl EngineHandle {
 
     pub fn limits(&self) -> &SchedulerConfig {
         &self.limits
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub fn attention(&self) -> &'static str {
+        self.attention
     }
 }

@@ -8,6 +8,7 @@ pub mod blocks;
 pub mod config;
 pub mod constraint;
 pub mod detokenize;
+pub mod device_sampling;
 pub mod handle;
 mod masks_ahead;
 pub mod request;
@@ -16,7 +17,7 @@ pub mod scheduler;
 pub mod stop;
 mod worker;
 
-pub use config::{CacheSize, EngineConfig, FaultPolicy, StartError};
+pub use config::{gpu_cache_blocks, CacheSize, EngineConfig, FaultPolicy, GpuMemory, StartError};
 pub use handle::{start, EngineHandle, EventStream, SubmitError};
 pub use request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 pub use sampling::SamplingParams;

@@ -113,6 +113,15 @@ impl Sampler {
         }
     }
 
+    /// The uniform number a sampled (not greedy) token is drawn with: the same one draw per
+    /// token as [`Self::choose`], for the device sampler.
+    pub fn next_uniform(&mut self) -> f32 {
+        if self.params.is_greedy() {
+            return 0.0;
+        }
+        self.rng.random::<f32>()
+    }
+
     /// Picks the next token from (already penalised) `logits`.
     pub fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.params.is_greedy() {

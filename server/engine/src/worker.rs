@@ -25,6 +25,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 mod choose;
+mod choose_on_device;
 use choose::Choice;
 
 pub(crate) enum Command {
@@ -82,6 +83,8 @@ pub(crate) struct Worker {
     /// Steps ran since memory was last released.
     holds_step_memory: bool,
     idle_releases: u64,
+    /// Next tokens chosen where the logits are (the GPU) rather than on the host.
+    sample_on_device: bool,
 }
 
 impl Worker {
@@ -112,7 +115,13 @@ impl Worker {
             // Warm-up ran steps on this cache and decoder.
             holds_step_memory: true,
             idle_releases: 0,
+            sample_on_device: false,
         }
+    }
+
+    pub fn with_sampling_place(mut self, on_device: bool) -> Self {
+        self.sample_on_device = on_device;
+        self
     }
 
     pub fn with_fault_policy(mut self, faults: FaultPolicy) -> Self {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::cpu::Isa;
-use crate::portable::slots_of;
+use crate::step::slots_of;
 use crate::{
     AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
 };
@@ -158,12 +158,9 @@ fn run_portable(
             let t = |data: &[f32]| {
                 Tensor::from_slice(&data[..from * kv], (from, h.kv_heads, h.d), &device)
             };
-            Portable.write_kv(
-                &cache,
-                &t(&s.key)?,
-                &t(&s.value)?,
-                &Tensor::new(earlier.as_slice(), &device)?,
-            )?;
+            let key = t(&s.key)?;
+            let index = crate::slot_index(&earlier, &key)?;
+            Portable.write_kv(&cache, &key, &t(&s.value)?, &index)?;
         }
         q.extend_from_slice(&s.query[from * qw..to * qw]);
         k.extend_from_slice(&s.key[from * kv..to * kv]);

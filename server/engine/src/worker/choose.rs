@@ -121,6 +121,15 @@ impl Worker {
         if ids.is_empty() {
             return Ok(Vec::new()); // a step of prefill chunks only
         }
+        if self.sample_on_device
+            && ids.iter().all(|id| {
+                self.active
+                    .get(id)
+                    .is_none_or(|a| crate::device_sampling::supported(a.sampler.params()))
+            })
+        {
+            return self.choose_on_device(ids, logits);
+        }
         let plain = ids.iter().all(|id| {
             self.active.get(id).is_none_or(|a| {
                 let p = a.sampler.params();
@@ -203,6 +212,19 @@ fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
         }
     }
     let token = active.sampler.choose(&row);
+    let mut choice = advance_grammar(active, token);
+    if choice.failed.is_none() {
+        choice.logprob = log_probs
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        choice.top = top_n(&log_probs, active.sampler.params().top_n_tokens.min(5));
+    }
+    choice
+}
+
+/// The choice of `token`, with the sequence's grammar (if any) moved past it.
+pub(super) fn advance_grammar(active: &mut Active, token: u32) -> Choice {
     let grammar_done = match active.constraint.as_mut().map(|c| c.advance(token)) {
         None => false,
         Some(Ok(done)) => done,
@@ -215,13 +237,8 @@ fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
     };
     Choice {
         token,
-        logprob: log_probs
-            .get(token as usize)
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY),
-        top: top_n(&log_probs, active.sampler.params().top_n_tokens.min(5)),
         grammar_done,
-        failed: None,
+        ..Choice::default()
     }
 }
 

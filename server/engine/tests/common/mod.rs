@@ -30,6 +30,22 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         faults: Default::default(),
         release_memory_after_idle: None,
         prefix_caching: true,
+        sample_on_device: None,
+    }
+}
+
+/// The device the engine suites run the portable path on: `LANTERN_TEST_DEVICE=cuda` (a
+/// CUDA build on a GPU machine) puts them on GPU 0; otherwise the CPU. The CPU kernels always
+/// run on the CPU.
+pub fn test_device(kernels: KernelPath) -> candle_core::Device {
+    match (std::env::var("LANTERN_TEST_DEVICE").as_deref(), kernels) {
+        (Ok("cuda"), KernelPath::Portable) => {
+            match lantern_kernels::device::DeviceChoice::Cuda(0).open() {
+                Ok(opened) => opened.device,
+                Err(error) => panic!("LANTERN_TEST_DEVICE=cuda: {error}"),
+            }
+        }
+        _ => candle_core::Device::Cpu,
     }
 }
 
@@ -72,6 +88,9 @@ pub fn tiny_engine_on(
         &LoadOptions {
             kernels: weights.kernels,
             quantize: weights.quantize,
+            device: test_device(weights.kernels),
+            // f32 on a GPU too: the suites compare tokens bit for bit across runs.
+            dtype: Some(candle_core::DType::F32),
             ..LoadOptions::cpu()
         },
     )?;
