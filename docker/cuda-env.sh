@@ -12,6 +12,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     "cuda-toolkit[nvcc,cudart,cublas,curand,cccl]==$CUDA_TOOLKIT_PIN"
+# cuobjdump (to list the SASS and PTX a binary carries) is on PyPI from 13.2 only; it reads
+# binaries of older toolkits.
+"$VENV/bin/pip" install --quiet --no-deps --disable-pip-version-check "nvidia-cuda-cuobjdump==13.2.*"
 CUDA_ROOT="$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 export CUDA_ROOT CUDA_PATH="$CUDA_ROOT" CUDA_HOME="$CUDA_ROOT"
 export PATH="$CUDA_ROOT/bin:$PATH"

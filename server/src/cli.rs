@@ -29,6 +29,9 @@ enum Command {
     /// TTFT, inter-token and end-to-end latency percentiles and throughput per concurrency or
     /// request rate, as a table, JSON and an HTML report with SVG charts.
     Benchmark(Box<crate::benchmark::BenchmarkArgs>),
+    /// The checks `benches/gpu/verify.sh` runs on a GPU machine (parity, engine, throughput).
+    #[command(hide = true)]
+    Selftest(crate::selftest::SelftestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +83,7 @@ impl Cli {
                 served
             }
             Command::Benchmark(args) => crate::benchmark::run(*args),
+            Command::Selftest(args) => crate::selftest::run(args),
             Command::DummyModel(args) => {
                 let spec = DummySpec {
                     architecture: match args.arch {

@@ -10,4 +10,5 @@ pub mod default_model;
 pub mod emf;
 pub mod http;
 pub mod metrics;
+pub mod selftest;
 pub mod serve;

@@ -8,6 +8,7 @@
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use lantern_kernels::device::DeviceChoice;
 use lantern_engine::{start, CacheSize, EngineConfig, Event, GenerateRequest};
 use lantern_models::{load, Dequantize, KernelPath, LoadOptions, ModelSource};
 use rand::{Rng, SeedableRng};
@@ -33,6 +34,9 @@ struct Args {
     /// Weights dtype: f32 or bf16 (unset: the loader's default).
     #[arg(long)]
     dtype: Option<String>,
+    /// auto, cpu, cuda or cuda:N (as `lantern serve --device`).
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 struct Run {
@@ -53,7 +57,12 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let source = ModelSource::resolve(&args.model, None)?;
+    let opened = DeviceChoice::parse(&args.device)
+        .and_then(DeviceChoice::open)
+        .map_err(anyhow::Error::msg)?;
+    let device = opened.device;
     let options = LoadOptions {
+        device: device.clone(),
         dequantize: if args.dequantize {
             Dequantize::On
         } else {
@@ -77,10 +86,17 @@ async fn run() -> anyhow::Result<()> {
         .vocab_size
         .min(model.tokenizer.tokenizer.get_vocab_size(true)) as u32;
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    // The block sizes `lantern serve` picks: 16 on the CPU, 32 (FlashAttention's) on a GPU.
+    let block_size = if device.is_cpu() { 16 } else { 32 };
     let config = EngineConfig {
-        cache: CacheSize::Blocks(
-            max_concurrency * (args.prompt_tokens + args.new_tokens).div_ceil(16) + 16,
-        ),
+        block_size,
+        cache: if device.is_cpu() {
+            CacheSize::Blocks(
+                max_concurrency * (args.prompt_tokens + args.new_tokens).div_ceil(block_size) + 16,
+            )
+        } else {
+            CacheSize::DeviceMemoryUtilization(0.9)
+        },
         max_num_seqs: max_concurrency,
         max_batch_prefill_tokens: 512,
         ..EngineConfig::default()
@@ -131,7 +147,7 @@ async fn run() -> anyhow::Result<()> {
         );
         runs.push(run);
     }
-    let peak = matmul_peak_gflops()?;
+    let peak = matmul_peak_gflops(&device)?;
     println!(
         "model: {} ({:.1} M parameters), prompt {} tokens, {} new tokens, greedy, ignore_eos",
         args.model,
@@ -140,8 +156,12 @@ async fn run() -> anyhow::Result<()> {
         args.new_tokens
     );
     println!(
-        "kernels {}, weights {:?}; f32 matmul peak measured here (candle): {peak:.1} GFLOP/s",
-        kernels_name, dtype
+        "device {}, kernels {}, attention {}, weights {:?}; f32 matmul peak measured here \
+         (candle): {peak:.1} GFLOP/s",
+        lantern_kernels::device::name(&device),
+        kernels_name,
+        engine.attention(),
+        dtype
     );
     println!(
         "| concurrency | tokens/s | x vs 1 | TTFT p50 (ms) | TTFT max (ms) | % of matmul peak |"
@@ -167,17 +187,18 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// GFLOP/s of a (64 x 576) x (576 x 1536) f32 product, best of several rounds.
-fn matmul_peak_gflops() -> anyhow::Result<f64> {
-    let device = Device::Cpu;
+fn matmul_peak_gflops(device: &Device) -> anyhow::Result<f64> {
     let (m, k, n) = (64usize, 576usize, 1536usize);
-    let a = Tensor::randn(0f32, 1., (m, k), &device)?;
-    let b = Tensor::randn(0f32, 1., (k, n), &device)?;
+    let a = Tensor::randn(0f32, 1., (m, k), device)?;
+    let b = Tensor::randn(0f32, 1., (k, n), device)?;
     let mut best = f64::MAX;
     for _ in 0..5 {
         let started = Instant::now();
         for _ in 0..50 {
             let _ = a.matmul(&b)?;
         }
+        // A GPU queues the products: wait for them before reading the clock.
+        device.synchronize()?;
         best = best.min(started.elapsed().as_secs_f64() / 50.0);
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
