@@ -26,5 +26,5 @@ echo "CUDA build took $seconds s (features $features; $LANTERN_CUDA_GENCODE; can
 echo "binary: $(du -h "$binary" | cut -f1) ($binary)"
 echo "needs:"; readelf -d "$binary" | grep NEEDED
 echo "kernel images in the binary (cuobjdump):"
-"$CUDA_ROOT/bin/cuobjdump" --list-elf "$binary" | sed 's/^/  /' | sort | uniq -c | sort -rn | head -20 || true
-"$CUDA_ROOT/bin/cuobjdump" --list-ptx "$binary" | sed 's/^/  /' | head -20 || true
+{ "$CUDA_ROOT/bin/cuobjdump" --list-elf "$binary" || true; } | grep -oE 'sm_[0-9]+a?' | sort | uniq -c | sed 's/$/ (SASS)/'
+{ "$CUDA_ROOT/bin/cuobjdump" --list-ptx "$binary" || true; } | grep -oE 'sm_[0-9]+a?' | sort | uniq -c | sed 's/$/ (PTX)/'

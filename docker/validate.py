@@ -39,6 +39,23 @@ def main():
                                   "--role", "arn:aws:iam::123456789012:role/SageMakerRole", *source])
         for call in deploy.requests(args):
             check(*call)
+        config = dict((op, params) for _, op, params in deploy.requests(args))["CreateEndpointConfig"]
+        assert config["ProductionVariants"][0]["InferenceAmiVersion"] == deploy.DEFAULT_GPU_AMI
+    # Every AMI deploy.py offers is one the API knows, with a driver that runs CUDA 12.4
+    # (natively from 550, through the image's cuda-compat libraries below).
+    sagemaker = botocore.session.get_session().get_service_model("sagemaker")
+    known = set(sagemaker.shape_for("ProductionVariantInferenceAmiVersion").enum)
+    assert set(deploy.GPU_AMIS) <= known, set(deploy.GPU_AMIS) - known
+    assert deploy.GPU_AMIS[deploy.DEFAULT_GPU_AMI] >= 550
+    # CPU instances get no GPU AMI.
+    args = deploy.parse_args(["--image", "i", "--role", "arn:aws:iam::123456789012:role/R",
+                              "--hf-model-id", "m", "--instance-type", "ml.c7i.4xlarge"])
+    calls = deploy.requests(args)
+    for call in calls:
+        check(*call)
+    config = dict((op, params) for _, op, params in calls)["CreateEndpointConfig"]
+    assert "InferenceAmiVersion" not in config["ProductionVariants"][0]
+    print("ok InferenceAmiVersion on GPU instances only")
     for body in invoke.BODIES.values():
         check("sagemaker-runtime", "InvokeEndpoint", invoke.invoke_params("lantern", body))
     check("sagemaker-runtime", "InvokeEndpointWithResponseStream", invoke.invoke_params("lantern", invoke.BODIES["tgi"], stream=True))

@@ -25,20 +25,25 @@ def requests(args):
     else:
         environment["HF_MODEL_ID"] = args.hf_model_id
     variant = "AllTraffic"
+    production_variant = {
+        "VariantName": variant,
+        "ModelName": args.name,
+        "InstanceType": args.instance_type,
+        "InitialInstanceCount": args.instances,
+        # Large models take long to download and load: room for both.
+        "ModelDataDownloadTimeoutInSeconds": 3600,
+        "ContainerStartupHealthCheckTimeoutInSeconds": 1800,
+    }
+    if is_gpu_instance(args.instance_type) and args.inference_ami_version:
+        # The GPU image is built with CUDA 12.4: an AMI whose driver runs it (SageMaker's
+        # default driver on some instance families is older).
+        production_variant["InferenceAmiVersion"] = args.inference_ami_version
     resource_id = f"endpoint/{args.name}/variant/{variant}"
     return [
         ("sagemaker", "CreateModel", {"ModelName": args.name, "ExecutionRoleArn": args.role, "PrimaryContainer": container}),
         ("sagemaker", "CreateEndpointConfig", {
             "EndpointConfigName": args.name,
-            "ProductionVariants": [{
-                "VariantName": variant,
-                "ModelName": args.name,
-                "InstanceType": args.instance_type,
-                "InitialInstanceCount": args.instances,
-                # Large models take long to download and load: room for both.
-                "ModelDataDownloadTimeoutInSeconds": 3600,
-                "ContainerStartupHealthCheckTimeoutInSeconds": 1800,
-            }],
+            "ProductionVariants": [production_variant],
         }),
         ("sagemaker", "CreateEndpoint", {"EndpointName": args.name, "EndpointConfigName": args.name}),
         ("application-autoscaling", "RegisterScalableTarget", {
@@ -64,6 +69,24 @@ def requests(args):
     ]
 
 
+# SageMaker's inference AMIs and their NVIDIA drivers (botocore's model of the API lists
+# them). The GPU image's CUDA 12.4 needs driver 550: gpu-3-1 (550) or gpu-4-1 (580). On the
+# 535 AMIs the image runs through its CUDA forward-compatibility libraries.
+GPU_AMIS = {
+    "al2-ami-sagemaker-inference-gpu-2": 535,
+    "al2-ami-sagemaker-inference-gpu-2-1": 535,
+    "al2-ami-sagemaker-inference-gpu-3-1": 550,
+    "al2023-ami-sagemaker-inference-gpu-4-1": 580,
+}
+DEFAULT_GPU_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+
+
+def is_gpu_instance(instance_type):
+    """ml.g5.xlarge, ml.p4d.24xlarge, ml.p5.48xlarge... (ml.c*, ml.m*, ml.r* are CPU)."""
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    return family[:1] in ("g", "p")
+
+
 def validate(calls):
     """Raises if any request does not match botocore's model of its operation."""
     session = botocore.session.get_session()
@@ -87,6 +110,8 @@ def parse_args(argv):
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-instances", type=int, default=4)
     p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--inference-ami-version", default=DEFAULT_GPU_AMI, choices=sorted(GPU_AMIS),
+                   help="GPU instances only: the AMI (and so the NVIDIA driver) the endpoint runs on")
     p.add_argument("--invocations-per-instance", type=int, default=100)
     p.add_argument("--region")
     p.add_argument("--dry-run", action="store_true")

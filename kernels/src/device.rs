@@ -89,7 +89,10 @@ pub fn explain_cuda_error(error: &str) -> String {
         || error.contains("CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE")
     {
         "the NVIDIA driver is older than this build's CUDA version: use a host with a newer driver (SageMaker: an InferenceAmiVersion with driver 550 or later, as docker/sagemaker/deploy.py sets)"
-    } else if error.contains("999") || error.contains("CUDA_ERROR_UNKNOWN") {
+    } else if error.contains("999")
+        || error.contains("CUDA_ERROR_UNKNOWN")
+        || error.contains("CUDA_ERROR_STUB_LIBRARY")
+    {
         "no NVIDIA driver was found (libcuda.so.1): run on a GPU host with the NVIDIA container toolkit (`docker run --gpus all`), or serve on the CPU with --device cpu"
     } else {
         "check `nvidia-smi` on the host"
@@ -99,9 +102,9 @@ pub fn explain_cuda_error(error: &str) -> String {
 
 #[cfg(feature = "cuda")]
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
-    let device =
-        Device::new_cuda(ordinal).map_err(|e| explain_cuda_error(&format!("{e:?}")))?;
-    let capability = compute_capability(&device).ok_or("cannot read the GPU's compute capability")?;
+    let device = Device::new_cuda(ordinal).map_err(|e| explain_cuda_error(&format!("{e:?}")))?;
+    let capability =
+        compute_capability(&device).ok_or("cannot read the GPU's compute capability")?;
     check_compute_capability(capability)?;
     Ok(device)
 }
@@ -160,17 +163,24 @@ mod tests {
             assert!(check_compute_capability(ok).is_ok(), "{ok:?}");
         }
         for old in [(7, 5), (7, 0), (6, 1)] {
-            let error = check_compute_capability(old).unwrap_err();
+            let Err(error) = check_compute_capability(old) else {
+                panic!("{old:?} must be refused");
+            };
             assert!(error.contains("ml.g5"), "{error}");
         }
     }
 
     #[test]
     fn driver_errors_name_a_fix() {
-        let no_gpu = explain_cuda_error("DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device is detected\")");
+        let no_gpu = explain_cuda_error(
+            "DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device is detected\")",
+        );
         assert!(no_gpu.contains("--gpus all"), "{no_gpu}");
         let old = explain_cuda_error("DriverError(CUDA_ERROR_INSUFFICIENT_DRIVER, \"\")");
         assert!(old.contains("InferenceAmiVersion"), "{old}");
+        // The GPU image's entrypoint puts the stub libcuda on the path when no driver is there.
+        let stub = explain_cuda_error("DriverError(CUDA_ERROR_STUB_LIBRARY, \"\")");
+        assert!(stub.contains("no NVIDIA driver"), "{stub}");
     }
 
     #[test]

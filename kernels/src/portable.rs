@@ -35,7 +35,9 @@ impl Portable {
             return Ok(());
         }
         cache.key.scatter_set(slot_index, &key.contiguous()?, 0)?;
-        cache.value.scatter_set(slot_index, &value.contiguous()?, 0)?;
+        cache
+            .value
+            .scatter_set(slot_index, &value.contiguous()?, 0)?;
         Ok(())
     }
 }

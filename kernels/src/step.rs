@@ -267,7 +267,10 @@ mod tests {
         assert_eq!((flash.max_query_len, flash.max_context_len), (3, 4));
         // Positions 1..4 of the first sequence, position 0 of the second.
         assert_eq!(
-            step.write_slots.narrow(2, 0, 1)?.flatten_all()?.to_vec1::<u32>()?,
+            step.write_slots
+                .narrow(2, 0, 1)?
+                .flatten_all()?
+                .to_vec1::<u32>()?,
             [7, 10, 11, 14]
         );
         assert_eq!(step.write_slots.dims(), [4, 1, 4]);

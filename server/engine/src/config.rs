@@ -109,7 +109,12 @@ impl EngineConfig {
                         )
                     })?;
                 let activations = self.peak_activation_bytes(decoder);
-                gpu_cache_blocks(GpuMemory { total, free }, utilization, activations, per_block)?
+                gpu_cache_blocks(
+                    GpuMemory { total, free },
+                    utilization,
+                    activations,
+                    per_block,
+                )?
             }
             CacheSize::FreeMemoryFraction(_) | CacheSize::DeviceMemoryUtilization(_)
                 if !decoder.device().is_cpu() =>
@@ -223,7 +228,9 @@ mod tests {
             total: 24 * GIB,
             free: 4 * GIB,
         };
-        let error = gpu_cache_blocks(memory, 0.8, GIB, 1 << 20).unwrap_err();
+        let Err(error) = gpu_cache_blocks(memory, 0.8, GIB, 1 << 20) else {
+            panic!("a budget below what is in use must be refused");
+        };
         assert!(
             error.to_string().contains("--gpu-memory-utilization"),
             "{error}"

@@ -64,7 +64,10 @@ pub fn choose(logits: &Tensor, rows: &[DeviceRow<'_>]) -> Result<Vec<(u32, f32)>
         let is_greedy = column(rows, &device, |r| f32::from(u8::from(r.params.is_greedy())))?;
         is_greedy
             .ne(0f32)?
-            .where_cond(&greedy.to_dtype(DType::F32)?, &sampled.to_dtype(DType::F32)?)?
+            .where_cond(
+                &greedy.to_dtype(DType::F32)?,
+                &sampled.to_dtype(DType::F32)?,
+            )?
             .to_dtype(DType::U32)?
     };
     let logprobs = (logits.gather(&tokens, 1)? - log_norm)?;
@@ -74,7 +77,11 @@ pub fn choose(logits: &Tensor, rows: &[DeviceRow<'_>]) -> Result<Vec<(u32, f32)>
 }
 
 /// `(batch, 1)` per-row values.
-fn column(rows: &[DeviceRow<'_>], device: &Device, f: impl Fn(&DeviceRow<'_>) -> f32) -> Result<Tensor> {
+fn column(
+    rows: &[DeviceRow<'_>],
+    device: &Device,
+    f: impl Fn(&DeviceRow<'_>) -> f32,
+) -> Result<Tensor> {
     let values: Vec<f32> = rows.iter().map(f).collect();
     Tensor::from_vec(values, (rows.len(), 1), device)
 }
@@ -109,7 +116,9 @@ fn sparse_rows(
     let count = index.len();
     let index = Tensor::from_vec(index, count, device)?;
     let values = Tensor::from_vec(values, count, device)?;
-    zeros.index_add(&index, &values, 0)?.reshape((rows.len(), vocab))
+    zeros
+        .index_add(&index, &values, 0)?
+        .reshape((rows.len(), vocab))
 }
 
 /// The host sampler's penalties, element-wise: repetition divides positive (multiplies
@@ -133,9 +142,8 @@ fn penalised(logits: &Tensor, rows: &[DeviceRow<'_>], device: &Device) -> Result
             .where_cond(&(&x / &penalty)?, &(&x * &penalty)?)?;
         x = seen.where_cond(&penalised, &x)?;
     }
-    let counting = |r: &DeviceRow<'_>| {
-        r.params.frequency_penalty != 0.0 || r.params.presence_penalty != 0.0
-    };
+    let counting =
+        |r: &DeviceRow<'_>| r.params.frequency_penalty != 0.0 || r.params.presence_penalty != 0.0;
     if rows.iter().any(counting) {
         let counts = sparse_rows(rows, vocab, device, |r| {
             if counting(r) {
@@ -147,8 +155,7 @@ fn penalised(logits: &Tensor, rows: &[DeviceRow<'_>], device: &Device) -> Result
         let frequency = column(rows, device, |r| r.params.frequency_penalty)?;
         let presence = column(rows, device, |r| r.params.presence_penalty)?;
         let present = counts.gt(0f32)?.to_dtype(DType::F32)?;
-        let subtract =
-            (counts.broadcast_mul(&frequency)? + present.broadcast_mul(&presence)?)?;
+        let subtract = (counts.broadcast_mul(&frequency)? + present.broadcast_mul(&presence)?)?;
         x = (x - subtract)?;
     }
     Ok(x)

@@ -93,7 +93,9 @@ pub fn start(
     if !decoder.device().is_cpu() {
         // A first warm-up on a cache just big enough for it: what the runtime keeps after a
         // step (cuBLAS workspaces, loaded kernels) is then in use when the cache is sized.
-        let blocks = config.max_batch_prefill_tokens.div_ceil(config.block_size.max(1))
+        let blocks = config
+            .max_batch_prefill_tokens
+            .div_ceil(config.block_size.max(1))
             + config.max_num_seqs;
         let probe = decoder.new_cache(blocks, config.block_size)?;
         warm_up(&decoder, &probe, &scheduler_config(blocks))?;

@@ -54,7 +54,11 @@ fn requests(handle: &EngineHandle, seed: Option<u64>) -> TestResult<Vec<Generate
     let schema = serde_json::json!({"type": "object", "properties": {
         "a": {"type": "integer", "minimum": 0, "maximum": 99},
         "b": {"enum": ["x", "y"]}}, "required": ["a", "b"], "additionalProperties": false});
-    json.constraint = Some(handle.constraints()?.compile(Grammar::json(schema, false))?);
+    json.constraint = Some(
+        handle
+            .constraints()?
+            .compile(Grammar::json(schema, false))?,
+    );
     out.push(json);
     Ok(out)
 }

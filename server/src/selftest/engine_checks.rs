@@ -40,7 +40,13 @@ pub fn run(device: &Device, args: &EngineArgs) -> anyhow::Result<Vec<Value>> {
         .collect();
     // `room`: how many whole sequences (200 tokens each) the cache holds.
     let run = |prefill: usize, room: usize| -> anyhow::Result<(Vec<Vec<u32>>, u64)> {
-        let model = tiny(Architecture::Llama, dir.path(), device, dtype, KernelPath::Auto)?;
+        let model = tiny(
+            Architecture::Llama,
+            dir.path(),
+            device,
+            dtype,
+            KernelPath::Auto,
+        )?;
         let block = block_size(&model);
         let config = EngineConfig {
             block_size: block,
@@ -97,6 +103,10 @@ pub fn run(device: &Device, args: &EngineArgs) -> anyhow::Result<Vec<Value>> {
     };
     Ok(vec![
         line("chunked_prefill", &chunked, json!({"chunk_tokens": 16})),
-        line("preemption", &preempted, json!({"preemptions": preemptions})),
+        line(
+            "preemption",
+            &preempted,
+            json!({"preemptions": preemptions}),
+        ),
     ])
 }

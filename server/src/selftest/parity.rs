@@ -19,7 +19,13 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
     let mut lines = Vec::new();
     for arch in Architecture::ALL {
         let dir = tempfile::tempdir()?;
-        let reference = tiny(arch, dir.path(), &Device::Cpu, DType::F32, KernelPath::Portable)?;
+        let reference = tiny(
+            arch,
+            dir.path(),
+            &Device::Cpu,
+            DType::F32,
+            KernelPath::Portable,
+        )?;
         let expected = run_steps(&reference.decoder, 16)?;
         for dtype in [DType::F32, DType::BF16] {
             let model = super::load_on(dir.path(), device, Some(dtype), KernelPath::Auto)?;
@@ -65,7 +71,8 @@ fn run_steps(decoder: &Decoder, block_size: usize) -> anyhow::Result<Vec<Vec<Vec
         })
         .collect();
     let vocab = decoder.config().vocab_size as u32;
-    let token = |seq: usize, position: usize| ((seq * 131 + position * 17) as u32 % (vocab - 3)) + 3;
+    let token =
+        |seq: usize, position: usize| ((seq * 131 + position * 17) as u32 % (vocab - 3)) + 3;
     let mut steps: Vec<SequenceStep> = PROMPTS
         .iter()
         .enumerate()
@@ -111,6 +118,12 @@ fn compare(expected: &[Vec<Vec<f32>>], got: &[Vec<Vec<f32>>]) -> anyhow::Result<
 fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
         .0
 }

@@ -55,23 +55,33 @@ pub fn run(device: &Device, args: &ThroughputArgs) -> anyhow::Result<Vec<Value>>
         },
         max_num_seqs: max_concurrency,
         max_total_tokens: args.prompt_tokens + args.new_tokens,
-        max_batch_prefill_tokens: (max_concurrency * args.prompt_tokens).clamp(args.prompt_tokens, 2048),
+        max_batch_prefill_tokens: (max_concurrency * args.prompt_tokens)
+            .clamp(args.prompt_tokens, 2048),
         ..EngineConfig::default()
     };
     let (name, dtype, kernels) = (
-        args.model.as_ref().map_or("dummy-small".to_string(), |_| model.name.clone()),
+        args.model
+            .as_ref()
+            .map_or("dummy-small".to_string(), |_| model.name.clone()),
         format!("{:?}", model.decoder.dtype()).to_lowercase(),
         model.decoder.kernels_name(),
     );
     let engine = start(model.decoder, &model.tokenizer, &config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut lines = Vec::new();
     for &concurrency in &args.concurrency {
         let prompts: Vec<Vec<u32>> = (0..concurrency)
-            .map(|_| (0..args.prompt_tokens).map(|_| rng.random_range(3..vocab)).collect())
+            .map(|_| {
+                (0..args.prompt_tokens)
+                    .map(|_| rng.random_range(3..vocab))
+                    .collect()
+            })
             .collect();
         let started = Instant::now();
+        let cpu_before = process_cpu_seconds();
         let mut ttft: Vec<Duration> = runtime.block_on(async {
             let mut tasks = Vec::new();
             for prompt in prompts {
@@ -113,7 +123,22 @@ pub fn run(device: &Device, args: &ThroughputArgs) -> anyhow::Result<Vec<Value>>
             "ttft_p50_ms": ms(ttft[ttft.len() / 2]),
             "ttft_max_ms": ttft.last().copied().map_or(0.0, ms),
             "wall_seconds": wall,
+            // The whole process (engine thread, tokio, the CPU sampler where it runs): how
+            // much host CPU the GPU path costs per token.
+            "process_cpu_seconds": process_cpu_seconds().zip(cpu_before).map(|(a, b)| a - b),
         }));
     }
     Ok(lines)
+}
+
+/// User plus system CPU time of this process so far (Linux `/proc/self/stat`, in the kernel's
+/// fixed 100 ticks per second); `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let after_name = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

@@ -176,7 +176,10 @@ fn sampled_tokens_stay_inside_the_host_samplers_candidates() -> Result<()> {
             .zip(logits.iter().zip(&params))
         {
             let candidates = host_candidates(row, p);
-            assert!(candidates.contains(&token), "{token} outside {candidates:?} for {p:?}");
+            assert!(
+                candidates.contains(&token),
+                "{token} outside {candidates:?} for {p:?}"
+            );
         }
     }
     Ok(())
@@ -214,7 +217,10 @@ fn draws_follow_the_distribution_and_repeat_with_the_same_uniforms() -> Result<(
     for (count, p) in counts.iter().zip(probabilities) {
         let share = *count as f32 / total;
         // 2560 draws: a standard error below 0.01.
-        assert!((share - p).abs() < 0.035, "share {share} vs {p}: {counts:?}");
+        assert!(
+            (share - p).abs() < 0.035,
+            "share {share} vs {p}: {counts:?}"
+        );
     }
     Ok(())
 }
