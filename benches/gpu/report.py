@@ -91,7 +91,7 @@ def main():
                 f"{line.get('process_cpu_seconds', float('nan')):.1f} | "
                 + (f"{hf['tokens_per_second']:.1f} | {line['tokens_per_second'] / hf['tokens_per_second']:.2f}x"
                    if hf else "SKIPPED | -")
-                + f" | {util.get('mean_percent', float('nan')):.0f} |")
+                + (f" | {util['mean_percent']:.0f} |" if util else " | - |"))
     if rows:
         first = next(l for n, ls in by_step.items() if n.startswith("lantern_") for l in ls)
         md += [f"Throughput: prompt {first['prompt_tokens']} tokens, {first['new_tokens']} new "
