@@ -210,6 +210,15 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
 pub const CPU_BLOCK_SIZE: usize = 16;
 pub const GPU_BLOCK_SIZE: usize = 32;
 
+/// The block size `serve` uses on `device` when none is configured.
+pub fn default_block_size(device: &candle_core::Device) -> usize {
+    if device.is_cpu() {
+        CPU_BLOCK_SIZE
+    } else {
+        GPU_BLOCK_SIZE
+    }
+}
+
 /// Settings after resolution and validation.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -97,11 +97,9 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let family = model.decoder.config().architecture.name().to_string();
     let toggles = model.decoder.config().toggles();
     let mut engine_config = config.engine.clone();
-    engine_config.block_size = config.block_size.unwrap_or(if device.is_cpu() {
-        crate::config::CPU_BLOCK_SIZE
-    } else {
-        crate::config::GPU_BLOCK_SIZE
-    });
+    engine_config.block_size = config
+        .block_size
+        .unwrap_or(crate::config::default_block_size(&device));
     // Loaded on this thread, run on the engine's: nothing may still be in flight.
     model.decoder.synchronize()?;
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;

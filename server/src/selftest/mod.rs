@@ -94,9 +94,5 @@ fn load_on(
 
 /// 32 on a device whose attention takes it (FlashAttention), else 16: what `serve` picks.
 fn block_size(model: &LoadedModel) -> usize {
-    if model.decoder.device().is_cpu() {
-        crate::config::CPU_BLOCK_SIZE
-    } else {
-        crate::config::GPU_BLOCK_SIZE
-    }
+    crate::config::default_block_size(model.decoder.device())
 }
