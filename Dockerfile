@@ -20,7 +20,9 @@
 #     GPUs. Not 90a: its PTX runs on no later GPU. docker/nvcc-gencode.sh applies the list.
 #   - candle's own kernels: PTX text for 8.0 (candle loads its kernels as PTX; the driver
 #     compiles them once per process start), which every 8.0+ GPU runs.
-# FlashAttention compiles ~50 large files per architecture: give the builder many cores.
+# FlashAttention: of candle-flash-attn's 52 kernel files the wrapper compiles the 12 split-KV
+# files Lantern launches (paged, head sizes up to 256) and stubs the rest; each is still a few
+# CPU-minutes per architecture: give the builder cores.
 ARG CUDA_VERSION=12.4.1
 ARG UBUNTU_VERSION=22.04
 ARG RUST_VERSION=1.95.0

@@ -10,8 +10,9 @@
 # FlashAttention kernels are linked once. Out: target/gpu-verify/carry/ (the stripped binary
 # xz-compressed, and verify.sh with its Python helpers), which must stay under 64 MiB.
 #
-#   benches/gpu/build.sh        # FlashAttention: ~50 files of ~2 CPU-minutes each, kept in
-#                               # target/flash-attn-sm90 between builds
+#   benches/gpu/build.sh        # ~30 min on 2 cores from a clean target; FlashAttention's 12
+#                               # split-KV files (the ones Lantern launches, see
+#                               # docker/nvcc-gencode.sh) are kept in target/flash-attn-sm90
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export LANTERN_CUDA_GENCODE="-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_90,code=compute_90"

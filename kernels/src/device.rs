@@ -80,8 +80,10 @@ pub fn check_compute_capability(capability: (i32, i32)) -> Result<(), String> {
     ))
 }
 
-/// A driver error in words a user can act on (the raw error stays in the message).
+/// A driver error in words a user can act on (the raw error stays in the message, without
+/// the backtrace candle appends to it when RUST_BACKTRACE is set: one line for the log).
 pub fn explain_cuda_error(error: &str) -> String {
+    let error = error.lines().next().unwrap_or_default().trim_end();
     let fix = if error.contains("CUDA_ERROR_NO_DEVICE") {
         "no GPU is visible to this process: run the container with `--gpus all` (ECS: a GPU resource requirement; EKS: an nvidia.com/gpu limit), or serve on the CPU with --device cpu"
     } else if error.contains("CUDA_ERROR_INSUFFICIENT_DRIVER")
@@ -181,6 +183,15 @@ mod tests {
         // The GPU image's entrypoint puts the stub libcuda on the path when no driver is there.
         let stub = explain_cuda_error("DriverError(CUDA_ERROR_STUB_LIBRARY, \"\")");
         assert!(stub.contains("no NVIDIA driver"), "{stub}");
+        // candle's error with its backtrace (RUST_BACKTRACE=1): still one line.
+        let traced = explain_cuda_error(
+            "DriverError(CUDA_ERROR_UNKNOWN, \"\")\n   0: candle_core::error::Error::bt\n  14: _start",
+        );
+        assert!(traced.contains("no NVIDIA driver"), "{traced}");
+        assert!(
+            !traced.contains('\n') && !traced.contains("_start"),
+            "{traced}"
+        );
     }
 
     #[test]

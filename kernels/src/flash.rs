@@ -17,7 +17,10 @@ pub struct FlashAttention;
 
 impl FlashAttention {
     /// FlashAttention 2's limits: Ampere or newer, half-precision, head sizes a multiple of 8
-    /// up to 256 (the sizes candle-flash-attn compiles), blocks a multiple of 32 tokens.
+    /// up to 256, blocks a multiple of 32 tokens. With a block table candle-flash-attn runs
+    /// its split-KV kernels for head sizes up to 64, 128 and 256 only, and those are the only
+    /// FlashAttention kernels our CUDA builds compile (docker/nvcc-gencode.sh): the others
+    /// abort, so every call here must pass a block table and stay within 256.
     pub fn supports(device: &Device, needs: AttentionNeeds) -> bool {
         let capable = crate::device::compute_capability(device).is_some_and(|c| c >= (8, 0));
         capable
