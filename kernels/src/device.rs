@@ -16,6 +16,20 @@ pub enum DeviceChoice {
 /// compute capability 8.0 (Ampere: A100, A10G), which the driver compiles for newer GPUs.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 
+/// KV block sizes when none is configured: 16 tokens on the CPU (less padding per sequence),
+/// 32 on a GPU (FlashAttention's paged layout needs a multiple of 32).
+pub const CPU_BLOCK_SIZE: usize = 16;
+pub const GPU_BLOCK_SIZE: usize = 32;
+
+/// The block size `serve`, the self-tests and the engine benchmark use on `device` by default.
+pub fn default_block_size(device: &Device) -> usize {
+    if device.is_cpu() {
+        CPU_BLOCK_SIZE
+    } else {
+        GPU_BLOCK_SIZE
+    }
+}
+
 impl DeviceChoice {
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -170,6 +184,13 @@ mod tests {
             };
             assert!(error.contains("ml.g5"), "{error}");
         }
+    }
+
+    #[test]
+    fn default_block_sizes_suit_each_device() {
+        assert_eq!(default_block_size(&Device::Cpu), CPU_BLOCK_SIZE);
+        // On a GPU the default must be one FlashAttention's paged layout accepts.
+        assert_eq!(GPU_BLOCK_SIZE % 32, 0);
     }
 
     #[test]

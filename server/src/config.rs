@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lantern_engine::{CacheSize, EngineConfig, FaultPolicy};
-use lantern_kernels::device::DeviceChoice;
+use lantern_kernels::device::{DeviceChoice, CPU_BLOCK_SIZE};
 use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
 
@@ -204,19 +204,6 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
         other => return Err(format!("unknown size unit `{other}`")),
     };
     Ok(number * scale)
-}
-
-/// KV block sizes when none is given.
-pub const CPU_BLOCK_SIZE: usize = 16;
-pub const GPU_BLOCK_SIZE: usize = 32;
-
-/// The block size `serve` uses on `device` when none is configured.
-pub fn default_block_size(device: &candle_core::Device) -> usize {
-    if device.is_cpu() {
-        CPU_BLOCK_SIZE
-    } else {
-        GPU_BLOCK_SIZE
-    }
 }
 
 /// Settings after resolution and validation.

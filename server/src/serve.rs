@@ -99,7 +99,7 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let mut engine_config = config.engine.clone();
     engine_config.block_size = config
         .block_size
-        .unwrap_or(crate::config::default_block_size(&device));
+        .unwrap_or(lantern_kernels::device::default_block_size(&device));
     // Loaded on this thread, run on the engine's: nothing may still be in flight.
     model.decoder.synchronize()?;
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;

@@ -86,8 +86,8 @@ async fn run() -> anyhow::Result<()> {
         .vocab_size
         .min(model.tokenizer.tokenizer.get_vocab_size(true)) as u32;
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
-    // The block sizes `lantern serve` picks: 16 on the CPU, 32 (FlashAttention's) on a GPU.
-    let block_size = if device.is_cpu() { 16 } else { 32 };
+    // The block size `lantern serve` picks on this device.
+    let block_size = lantern_kernels::device::default_block_size(&device);
     let config = EngineConfig {
         block_size,
         cache: if device.is_cpu() {

@@ -94,5 +94,5 @@ fn load_on(
 
 /// 32 on a device whose attention takes it (FlashAttention), else 16: what `serve` picks.
 fn block_size(model: &LoadedModel) -> usize {
-    crate::config::default_block_size(model.decoder.device())
+    lantern_kernels::device::default_block_size(model.decoder.device())
 }
