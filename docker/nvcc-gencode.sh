@@ -4,8 +4,7 @@
 # and turns 90 into sm_90a, whose code runs on H100 only and whose PTX no later GPU can load.
 # This wrapper (cudaforge runs `$NVCC`) swaps that flag:
 #  - object and library builds get every flag of LANTERN_CUDA_GENCODE (SASS per capability,
-#    plus PTX for the newest, which later GPUs JIT-compile); FlashAttention's files get
-#    LANTERN_FLASH_GENCODE instead when it is set (its PTX alone is hundreds of MB);
+#    plus PTX for the newest, which later GPUs JIT-compile);
 #  - `--ptx` builds (candle's own kernels, loaded as PTX text) keep one virtual architecture,
 #    with the `a` suffix dropped.
 # And it compiles only the FlashAttention kernels Lantern calls (see flash_stub below).
@@ -40,9 +39,6 @@ flash=false
 case "$source_path" in
     */candle-flash-attn-*/kernels/flash_*.cu) flash=true ;;
 esac
-if $flash && [ -n "${LANTERN_FLASH_GENCODE:-}" ]; then
-    gencode="$LANTERN_FLASH_GENCODE"
-fi
 
 # The stub: the file's own specialisation (same `template<>` signature line), its body
 # replaced by an abort; flash.h declares the template, CUTLASS the element types.

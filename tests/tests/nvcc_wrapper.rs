@@ -10,7 +10,10 @@ use std::process::Command;
 
 const SHIPPED: &str =
     "-gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=compute_90";
-const FLASH_SASS: &str = "-gencode=arch=compute_90,code=sm_90";
+
+fn shipped() -> Vec<&'static str> {
+    SHIPPED.split(' ').collect()
+}
 
 fn wrapper() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker/nvcc-gencode.sh")
@@ -36,13 +39,7 @@ impl Compiled {
 
 /// Runs the wrapper as cudaforge does: `-gencode=<its own> -c -o <object> ... <source>`, in
 /// the crate's directory with `source` relative to it.
-fn compile(
-    dir: &Path,
-    crate_dir: &Path,
-    source: &str,
-    ptx: bool,
-    flash_gencode: Option<&str>,
-) -> Compiled {
+fn compile(dir: &Path, crate_dir: &Path, source: &str, ptx: bool) -> Compiled {
     let real = dir.join("real-nvcc");
     let record = dir.join("args");
     std::fs::write(
@@ -61,7 +58,6 @@ fn compile(
         .current_dir(crate_dir)
         .env("LANTERN_REAL_NVCC", &real)
         .env("LANTERN_CUDA_GENCODE", SHIPPED)
-        .env_remove("LANTERN_FLASH_GENCODE")
         .arg("-gencode=arch=compute_90a,code=sm_90a");
     if ptx {
         command.args(["--ptx", "-o"]).arg(dir.join("out.ptx"));
@@ -69,9 +65,6 @@ fn compile(
         command.args(["-c", "-o"]).arg(&object);
     }
     command.args(["-std=c++17", "-O3"]).arg(source);
-    if let Some(flags) = flash_gencode {
-        command.env("LANTERN_FLASH_GENCODE", flags);
-    }
     let output = command.output().unwrap_or_else(|e| panic!("{e}"));
     assert!(output.status.success(), "{output:?}");
     let args = std::fs::read_to_string(&record).unwrap_or_else(|e| panic!("{e}"));
@@ -106,15 +99,11 @@ fn object_builds_get_the_shipped_architectures_and_ptx_builds_one_virtual_one() 
     let source = "src/mmq_instance_q4_0.cu";
     std::fs::write(crate_dir.join(source), "").unwrap_or_else(|e| panic!("{e}"));
 
-    let object = compile(dir.path(), &crate_dir, source, false, Some(FLASH_SASS));
-    assert_eq!(
-        object.gencodes(),
-        SHIPPED.split(' ').collect::<Vec<_>>(),
-        "not a FlashAttention file: the shipped list, whatever LANTERN_FLASH_GENCODE says"
-    );
+    let object = compile(dir.path(), &crate_dir, source, false);
+    assert_eq!(object.gencodes(), shipped());
     assert_eq!(object.source(), source);
 
-    let ptx = compile(dir.path(), &crate_dir, source, true, None);
+    let ptx = compile(dir.path(), &crate_dir, source, true);
     assert_eq!(ptx.gencodes(), ["-gencode=arch=compute_90,code=sm_90"]);
 }
 
@@ -129,12 +118,9 @@ fn flash_attention_kernels_lantern_launches_are_compiled_as_they_are() {
     ] {
         let source = flash_file(dir.path(), name, "void f()");
         let crate_dir = flash_crate(dir.path());
-        let kept = compile(dir.path(), &crate_dir, &source, false, Some(FLASH_SASS));
+        let kept = compile(dir.path(), &crate_dir, &source, false);
         assert_eq!(kept.source(), source, "{name}");
-        assert_eq!(kept.gencodes(), [FLASH_SASS], "{name}");
-        // Without LANTERN_FLASH_GENCODE, FlashAttention gets the shipped list too.
-        let shipped = compile(dir.path(), &crate_dir, &source, false, None);
-        assert_eq!(shipped.gencodes(), SHIPPED.split(' ').collect::<Vec<_>>());
+        assert_eq!(kept.gencodes(), shipped(), "{name}");
     }
 }
 
@@ -158,7 +144,7 @@ fn flash_attention_kernels_lantern_never_launches_become_aborting_stubs() {
     for (name, specialisation) in cases {
         let source = flash_file(dir.path(), name, specialisation);
         let crate_dir = flash_crate(dir.path());
-        let stubbed = compile(dir.path(), &crate_dir, &source, false, Some(FLASH_SASS));
+        let stubbed = compile(dir.path(), &crate_dir, &source, false);
         let stub = PathBuf::from(stubbed.source());
         assert_ne!(
             stub,
@@ -171,7 +157,7 @@ fn flash_attention_kernels_lantern_never_launches_become_aborting_stubs() {
             "{name}: {:?}",
             stubbed.args
         );
-        assert_eq!(stubbed.gencodes(), [FLASH_SASS], "{name}");
+        assert_eq!(stubbed.gencodes(), shipped(), "{name}");
 
         let text = std::fs::read_to_string(&stub).unwrap_or_else(|e| panic!("{e}"));
         // The same specialisation, so flash_api.cu's call still links...

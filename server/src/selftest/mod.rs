@@ -92,7 +92,7 @@ fn load_on(
     load(&source, &options).with_context(|| format!("loading {}", dir.display()))
 }
 
-/// 32 on a device whose attention takes it (FlashAttention), else 16: what `serve` picks.
+/// The block size `serve` picks on the model's device.
 fn block_size(model: &LoadedModel) -> usize {
     lantern_kernels::device::default_block_size(model.decoder.device())
 }
