@@ -1,8 +1,9 @@
 //! Lantern's models: configs, weight and tokenizer loading, and the one batched, paged decoder
-//! that serves the Llama, Mistral, Qwen2, Qwen3 and Phi-3 families.
+//! that serves the Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma families.
 
 pub mod batch;
 pub mod chat;
+pub mod chat_prompt;
 pub mod config;
 pub mod decoder;
 pub mod dummy;
@@ -13,6 +14,7 @@ mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
 pub mod load;
+pub mod output_schema;
 pub mod tokenizer;
 pub mod tool_calls;
 pub mod weights;

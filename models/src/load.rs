@@ -70,9 +70,10 @@ fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Whether GGUF weights are expanded to dense at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dequantize {
-    /// On CPU: files in the CPU kernels' quantized formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) stay
-    /// quantized; others are expanded when the dense weights take under half of the free
-    /// memory (candle's quantized matmul does not gain from batching on CPU). Never on GPU.
+    /// On CPU: files whose every matrix is in a format the CPU integer kernels take (Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stay quantized whatever the memory; others are
+    /// expanded when the dense weights take under half of the free memory (candle's quantized
+    /// matmul does not gain from batching on CPU). Never on GPU.
     Auto,
     On,
     Off,
@@ -127,7 +128,7 @@ impl LoadOptions {
                 "--kernels cpu needs the CPU device".into(),
             )),
             KernelPath::Cpu if !cpu_can_take => Err(ModelError::Kernels(
-                "--kernels cpu has no integer kernels for this GGUF file's quantization (they take Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and it stays quantized (--dequantize off); dequantize it or use --kernels portable".into(),
+                "--kernels cpu has no integer kernels for this GGUF file's quantization (they take Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and it stays quantized (--dequantize off); dequantize it or use --kernels portable".into(),
             )),
             KernelPath::Cpu => Ok(KernelPath::Cpu),
         }
@@ -257,8 +258,8 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
         }
         _ => crate::gguf::tokenizer(&content, path)?,
     };
-    // On CPU the integer kernels serve the legacy formats as they are; other types (K-quants)
-    // are expanded when they fit, else run on the portable path.
+    // On CPU the integer kernels serve their formats (legacy and K-quants) as they are; other
+    // types are expanded when they fit, else run on the portable path.
     let cpu_takes_blocks = options.device.is_cpu()
         && options.kernels != KernelPath::Portable
         && GgufWeights::cpu_kernels_take_every_tensor(&content);

@@ -28,6 +28,21 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+impl ToolSpec {
+    /// The schema a call's arguments follow: the parameters, or any object when a tool gives
+    /// none.
+    pub fn arguments_schema(&self) -> Value {
+        Self::schema_of(&self.parameters)
+    }
+
+    fn schema_of(parameters: &Value) -> Value {
+        match parameters {
+            Value::Object(_) => parameters.clone(),
+            _ => json!({"type": "object"}),
+        }
+    }
+}
+
 /// A call the model made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedCall {
@@ -177,19 +192,11 @@ fn lark_literal(text: &str) -> String {
     Value::String(text.to_string()).to_string()
 }
 
-/// A tool's parameter schema as a `%json` body: an object schema when none is given, and JSON
-/// without free whitespace unless the schema chose.
+/// A tool's parameter schema as a `%json` body, prepared like every output schema (objects
+/// closed, JSON without free whitespace unless it chose).
 fn compact_schema(parameters: &Value) -> Value {
-    let mut schema = match parameters {
-        Value::Object(_) => parameters.clone(),
-        _ => json!({"type": "object"}),
-    };
-    if let Some(object) = schema.as_object_mut() {
-        object
-            .entry("x-guidance")
-            .or_insert_with(|| json!({"whitespace_flexible": false}));
-    }
-    schema
+    let schema = ToolSpec::schema_of(parameters);
+    crate::output_schema::prepare_output_schema(&schema, crate::output_schema::Whitespace::Compact)
 }
 
 /// Tool calls found in text as it streams: text is passed on as soon as it cannot be the

@@ -33,7 +33,10 @@ pub struct ServeArgs {
     /// the CPU kernels (f32 arithmetic, half the bytes), else float32.
     #[arg(long, env = "DTYPE", value_enum)]
     pub dtype: Option<DtypeArg>,
-    /// Expand GGUF weights to dense at load. auto: on CPU when they take under half the free memory.
+    /// Expand GGUF weights to dense at load. auto: never on GPU; on CPU, never for files whose
+    /// every matrix is in a format the CPU integer kernels take (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// Q4_K, Q5_K, Q6_K: served quantized whatever the memory), else when the dense weights
+    /// take under half the free memory. on: always (more memory, the dense kernels); off: never.
     #[arg(long, env = "LANTERN_DEQUANTIZE", value_enum, default_value = "auto")]
     pub dequantize: DequantizeArg,
     /// What runs the forward pass. auto: the CPU kernels on CPU with dense weights or GGUF
@@ -137,6 +140,25 @@ pub struct ServeArgs {
     /// refused (422/400); compiled grammars are kept for reuse, so a schema pays this once.
     #[arg(long, env = "LANTERN_MAX_GRAMMAR_COMPILE_MS", default_value_t = 2000)]
     pub max_grammar_compile_ms: u64,
+    /// Special-token text (`<|im_start|>`, `[INST]`, ...) inside chat message content and tool
+    /// results. text: tokenized as the text it is, so a user cannot forge a turn boundary or a
+    /// system turn; parse: as control tokens, like TGI and vLLM (for callers that rely on it).
+    /// The chat template's own structure is always control tokens; raw prompts (TGI `inputs`,
+    /// OpenAI completions, `/tokenize`) are always parsed.
+    #[arg(
+        long,
+        env = "LANTERN_CONTENT_SPECIAL_TOKENS",
+        value_enum,
+        default_value = "text"
+    )]
+    pub content_special_tokens: ContentSpecialTokens,
+}
+
+/// How special-token text inside chat message content is tokenized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContentSpecialTokens {
+    Text,
+    Parse,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,6 +254,7 @@ pub struct ServerConfig {
     pub exit_on_stdin_eof: bool,
     pub request_timeout: std::time::Duration,
     pub max_grammar_compile: std::time::Duration,
+    pub content_special_tokens: ContentSpecialTokens,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
 }
@@ -325,6 +348,7 @@ impl ServeArgs {
                 b.max_payload_in_mb * 1024 * 1024
             });
         Ok(ServerConfig {
+            content_special_tokens: self.content_special_tokens,
             model,
             host: self.host,
             port,

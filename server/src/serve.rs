@@ -2,11 +2,12 @@
 //! load the model in the background while `/ping` answers 503, then serve until SIGTERM and
 //! let requests in flight finish.
 
-use crate::config::{ServeArgs, ServerConfig};
+use crate::config::{ContentSpecialTokens, ServeArgs, ServerConfig};
 use crate::connections::{self, ConnectionLimits};
 use crate::http::{router, AppState, ServingModel};
 use crate::metrics::Metrics;
 use anyhow::Context;
+use lantern_models::chat_prompt::ContentGuard;
 use lantern_models::{load, LoadOptions, ModelError, ModelSource};
 use std::time::Duration;
 
@@ -103,7 +104,12 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     // Loaded on this thread, run on the engine's: nothing may still be in flight.
     model.decoder.synchronize()?;
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;
+    let content_guard = match config.content_special_tokens {
+        ContentSpecialTokens::Text => ContentGuard::new(&model.tokenizer.tokenizer),
+        ContentSpecialTokens::Parse => None,
+    };
     Ok(ServingModel {
+        content_guard,
         engine,
         tokenizer: model.tokenizer,
         generation: model.generation,

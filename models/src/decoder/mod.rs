@@ -1,10 +1,11 @@
-//! The one decoder: Llama, Mistral, Qwen2 and Qwen3 are this code with different toggles in
-//! [`DecoderConfig`]. One [`Decoder::forward`] call runs a flat batch of tokens from many
-//! sequences over a paged KV cache and returns logits only for the rows that asked for them.
+//! The one decoder: Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma are this code with
+//! different toggles in [`DecoderConfig`]. One [`Decoder::forward`] call runs a flat batch of
+//! tokens from many sequences over a paged KV cache and returns logits only for the rows that
+//! asked for them.
 //!
-//! Two executions of the same layers: the CPU kernels (`cpu.rs`: packed weights, fused
-//! attention, the default on CPU) and the portable candle path (`portable.rs`: any device, the
-//! reference, and the path for GGUF weights kept quantized until the quantized kernels land).
+//! Two executions of the same layers: the CPU kernels (`cpu.rs`: packed dense or quantized
+//! weights, fused attention, the default on CPU) and the portable candle path (`portable.rs`:
+//! any device, the reference, and the path for GGUF formats the CPU kernels do not take).
 
 mod cpu;
 mod cpu_weights;
@@ -22,10 +23,12 @@ use portable::PortableModel;
 /// Which execution runs the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelPath {
-    /// The CPU kernels on CPU when the weights are dense; the portable path otherwise.
+    /// The CPU kernels on CPU when the weights are dense or in a quantized format they take
+    /// (`QuantFormat`); the portable path otherwise.
     #[default]
     Auto,
-    /// The CPU kernels (CPU device, dense weights).
+    /// The CPU kernels (CPU device; dense weights, or GGUF/at-load quantized blocks in the
+    /// formats of `QuantFormat`).
     Cpu,
     /// candle tensor ops: any device, any weights; the reference.
     Portable,

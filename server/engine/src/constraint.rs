@@ -7,6 +7,7 @@
 //! The token trie is built from our own tokenizer's vocabulary (its JSON form), not through
 //! `toktrie_hf_tokenizers`, which pins an older `tokenizers`.
 
+use lantern_models::output_schema::{prepare_output_schema, Whitespace};
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
@@ -22,8 +23,13 @@ pub enum Grammar {
     JsonSchema(serde_json::Value),
     /// A regular expression (Rust `regex` syntax) the whole output matches.
     Regex(String),
-    /// A Lark grammar (llguidance's dialect).
-    Lark(String),
+    /// A Lark grammar (llguidance's dialect), with the JSON schemas it embeds through `%json`:
+    /// each is compiled and dry-run on its own, since a dead one would only show once
+    /// generation reached it.
+    Lark {
+        grammar: String,
+        json_schemas: Vec<serde_json::Value>,
+    },
 }
 
 /// A compiled grammar's state for one sequence.
@@ -135,15 +141,15 @@ const KEPT_GRAMMARS: usize = 64;
 
 impl Grammar {
     /// A JSON schema grammar: compact JSON, or with `flexible_whitespace` whitespace allowed
-    /// between tokens (where the schema does not set llguidance's own options).
+    /// between tokens (where the schema does not set llguidance's own options); objects that
+    /// list their properties are closed (see [`prepare_output_schema`]).
     pub fn json(schema: serde_json::Value, flexible_whitespace: bool) -> Self {
-        let mut schema = schema;
-        if let Some(object) = schema.as_object_mut() {
-            object
-                .entry("x-guidance")
-                .or_insert_with(|| serde_json::json!({"whitespace_flexible": flexible_whitespace}));
-        }
-        Self::JsonSchema(schema)
+        let whitespace = if flexible_whitespace {
+            Whitespace::Flexible
+        } else {
+            Whitespace::Compact
+        };
+        Self::JsonSchema(prepare_output_schema(&schema, whitespace))
     }
 
     /// The grammar as text, naming it in the cache.
@@ -151,7 +157,7 @@ impl Grammar {
         match self {
             Self::JsonSchema(schema) => format!("json:{schema}"),
             Self::Regex(regex) => format!("regex:{regex}"),
-            Self::Lark(lark) => format!("lark:{lark}"),
+            Self::Lark { grammar, .. } => format!("lark:{grammar}"),
         }
     }
 }
@@ -217,7 +223,10 @@ impl Constraints {
     }
 
     /// `grammar` compiled into a fresh constraint, or why it cannot be (an invalid schema,
-    /// regex or grammar, or a schema feature llguidance does not implement).
+    /// regex or grammar, a schema feature llguidance does not implement, a grammar too large
+    /// for its lexer, one that allows no token). Compilation is complete: the lexer is built,
+    /// and a copy is walked through its first tokens ([`dry_run`]), so what fails there fails
+    /// here and not in a running request.
     pub fn compile(&self, grammar: Grammar) -> Result<Constraint, String> {
         let text = grammar.text();
         {
@@ -231,15 +240,23 @@ impl Constraints {
             }
         }
         let top = match &grammar {
-            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(compact(schema)),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(
+                prepare_output_schema(schema, Whitespace::Compact),
+            ),
             Grammar::Regex(regex) => TopLevelGrammar::from_regex(regex),
-            Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            Grammar::Lark {
+                grammar,
+                json_schemas,
+            } => {
+                for schema in json_schemas {
+                    self.compile(Grammar::json(schema.clone(), false))?;
+                }
+                TopLevelGrammar::from_lark(grammar.clone())
+            }
         };
         let parser = self.factory.create_parser(top).map_err(|e| e.to_string())?;
         let matcher = Matcher::new(Ok(parser));
-        if let Some(error) = matcher.get_error() {
-            return Err(error);
-        }
+        dry_run(&matcher)?;
         let mut compiled = self.lock();
         compiled.compilations += 1;
         if compiled.by_text.len() >= KEPT_GRAMMARS {
@@ -258,14 +275,149 @@ impl Constraints {
     }
 }
 
-/// The schema with llguidance's option for JSON without free whitespace (unless the schema
-/// sets its own options).
-fn compact(schema: &serde_json::Value) -> serde_json::Value {
-    let mut schema = schema.clone();
-    if let Some(object) = schema.as_object_mut() {
-        object
-            .entry("x-guidance")
-            .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
+/// Tokens a fresh grammar is walked through at compile time (see [`dry_run`]).
+const DRY_RUN_TOKENS: usize = 4;
+
+/// Walks a copy of a fresh matcher through its first masks, consuming the lowest allowed token
+/// each time. llguidance builds its lexer lazily, and the errors of a grammar too large for it
+/// (`a{1000000}` runs out of lexer fuel at the first token it consumes), of a schema that only
+/// refers to itself, or of one that allows no token surface only there. Found at admission
+/// they are the client's error; found at a step they would fail a running request.
+fn dry_run(matcher: &Matcher) -> Result<(), String> {
+    if let Some(error) = matcher.get_error() {
+        return Err(short_error(&error));
     }
-    schema
+    let mut probe = matcher.deep_clone();
+    for step in 0..DRY_RUN_TOKENS {
+        if probe.is_stopped() {
+            break;
+        }
+        let mask = probe
+            .compute_mask()
+            .map_err(|e| short_error(&e.to_string()))?;
+        let Some(token) = mask.first_bit_set() else {
+            if step == 0 && !probe.is_accepting().unwrap_or(false) {
+                return Err("the grammar allows no output at all".into());
+            }
+            break;
+        };
+        probe
+            .consume_token(token as TokenId)
+            .map_err(|e| short_error(&e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// llguidance's error without the parser state it appends (many lines of internals), and
+/// said plainly where it is terse.
+fn short_error(error: &str) -> String {
+    let first = error.lines().next().unwrap_or(error).trim();
+    match first {
+        "NoExtensionBias" => {
+            "the grammar allows no output at all (does a `$ref` only refer to itself?)".into()
+        }
+        "" => "the grammar failed".into(),
+        _ => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Constraints, Grammar};
+    use std::sync::Arc;
+
+    fn constraints() -> Constraints {
+        fixture().0
+    }
+
+    fn fixture() -> (Constraints, tokenizers::Tokenizer) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spec = lantern_models::dummy::DummySpec {
+            architecture: lantern_models::Architecture::Llama,
+            size: lantern_models::dummy::DummySize::Tiny,
+            seed: 1,
+        };
+        lantern_models::dummy::write_dummy_model(spec, dir.path())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tokenizer = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let constraints = Constraints::new(Arc::new(tokenizer.clone()), &[0, 2], 512)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (constraints, tokenizer)
+    }
+
+    /// Whether `grammar` lets the output be `text` (tokenized as the model would write it).
+    fn allows(
+        fixture: &(Constraints, tokenizers::Tokenizer),
+        grammar: Grammar,
+        text: &str,
+    ) -> bool {
+        let (constraints, tokenizer) = fixture;
+        let mut constraint = constraints
+            .compile(grammar)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ids = tokenizer
+            .encode(text, false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get_ids()
+            .to_vec();
+        ids.iter().all(|&id| {
+            let allowed = constraint.allowed().is_ok_and(|a| {
+                a.words()
+                    .get(id as usize / 32)
+                    .is_some_and(|w| w & (1 << (id % 32)) != 0)
+            });
+            allowed && constraint.advance(id).is_ok()
+        })
+    }
+
+    /// Objects that list their properties are closed unless the schema opens them itself.
+    #[test]
+    fn undeclared_keys_need_the_schema_s_own_additional_properties() {
+        let fixture = fixture();
+        let declared = serde_json::json!({"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let mut open = declared.clone();
+        open["additionalProperties"] = serde_json::json!(true);
+        let extra = r#"{"city":"Paris","x":1}"#;
+        let plain = r#"{"city":"Paris"}"#;
+        assert!(allows(
+            &fixture,
+            Grammar::json(declared.clone(), false),
+            plain
+        ));
+        assert!(!allows(&fixture, Grammar::json(declared, false), extra));
+        assert!(allows(&fixture, Grammar::json(open, false), extra));
+        // `json_object`'s schema lists no properties: any object.
+        let any = serde_json::json!({"type": "object"});
+        assert!(allows(&fixture, Grammar::json(any, false), extra));
+    }
+
+    /// Grammars that compile to a parser but fail when their lexer is built or their first
+    /// mask computed are refused by `compile`, so they never reach a running request.
+    #[test]
+    fn grammars_that_fail_at_their_first_mask_are_refused_at_compile() {
+        let constraints = constraints();
+        let bad = [
+            Grammar::Regex("a{1000000}".into()),
+            Grammar::Regex("((a{100}){100}){100}".into()),
+            Grammar::json(
+                serde_json::json!({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}),
+                false,
+            ),
+            Grammar::json(serde_json::json!({"$ref": "#"}), false),
+        ];
+        for grammar in bad {
+            let outcome = constraints.compile(grammar.clone());
+            assert!(outcome.is_err(), "{grammar:?} was accepted");
+        }
+        // Good grammars still compile, and give a mask.
+        for good in [
+            Grammar::Regex("[0-9]{2}".into()),
+            Grammar::json(serde_json::json!({"type": "object"}), false),
+        ] {
+            let mut constraint = constraints.compile(good).unwrap_or_else(|e| panic!("{e}"));
+            assert!(constraint.allowed().is_ok());
+        }
+    }
 }

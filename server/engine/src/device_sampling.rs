@@ -1,5 +1,5 @@
 //! Choosing next tokens where the logits are: on a GPU, a step's `(rows, vocab)` logits never
-//! come to the host; penalties, grammar masks, temperature, top-k, top-p, min-p and the draw
+//! come to the host; penalties, logit bias, grammar masks, temperature, top-k, top-p, min-p and the draw
 //! run as tensor ops over the whole batch, and only each row's token and log-probability come
 //! back.
 //!
@@ -121,9 +121,9 @@ fn sparse_rows(
         .reshape((rows.len(), vocab))
 }
 
-/// The host sampler's penalties, element-wise: repetition divides positive (multiplies
-/// negative) logits of seen tokens; frequency and presence subtract
-/// `frequency * count + presence` from generated tokens.
+/// The host sampler's penalties and logit bias, element-wise: repetition divides positive
+/// (multiplies negative) logits of seen tokens; frequency and presence subtract
+/// `frequency * count + presence` from generated tokens; the bias is added last.
 fn penalised(logits: &Tensor, rows: &[DeviceRow<'_>], device: &Device) -> Result<Tensor> {
     let vocab = logits.dim(1)?;
     let mut x = logits.clone();
@@ -157,6 +157,10 @@ fn penalised(logits: &Tensor, rows: &[DeviceRow<'_>], device: &Device) -> Result
         let present = counts.gt(0f32)?.to_dtype(DType::F32)?;
         let subtract = (counts.broadcast_mul(&frequency)? + present.broadcast_mul(&presence)?)?;
         x = (x - subtract)?;
+    }
+    if rows.iter().any(|r| !r.params.logit_bias.is_empty()) {
+        let bias = sparse_rows(rows, vocab, device, |r| r.params.logit_bias.clone())?;
+        x = (x + bias)?;
     }
     Ok(x)
 }

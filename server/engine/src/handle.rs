@@ -253,10 +253,13 @@ impl EngineHandle {
                 request.sampling.top_n_tokens,
             ));
         }
-        if let Some(&token) = request
+        let biased = request.sampling.logit_bias.iter().map(|&(t, _)| t);
+        if let Some(token) = request
             .prompt
             .iter()
-            .find(|&&t| t as usize >= self.vocab_size)
+            .copied()
+            .chain(biased)
+            .find(|&t| t as usize >= self.vocab_size)
         {
             return Err(SubmitError::UnknownToken {
                 token,
@@ -289,6 +292,11 @@ impl EngineHandle {
     }
 
     /// The grammar compiler for this model (structured output), or why there is none.
+    /// Entries in a row of the model's logits: token ids run below it.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     pub fn constraints(&self) -> Result<Arc<Constraints>, String> {
         self.constraints.clone()
     }

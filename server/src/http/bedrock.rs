@@ -4,7 +4,7 @@
 //! `tools` come back as `tool_use` blocks with `stop_reason: "tool_use"`.
 
 use super::error::{ApiError, Flavor};
-use super::generate::{prepare, render_chat, Generated, Params, Prepared, Prompt};
+use super::generate::{prepare, render_chat, Generated, Params, Prepared};
 use super::openai::Content;
 use super::pipeline::{answer, Answer, Api};
 use super::sse::StreamFormat;
@@ -30,11 +30,11 @@ pub struct MessagesRequest {
     #[serde(deserialize_with = "super::body::whole")]
     pub max_tokens: usize,
     #[schemars(range(min = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
     #[schemars(range(min = 1))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
@@ -92,13 +92,12 @@ async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Resp
         top_p: request.top_p,
         top_k: request.top_k,
         stop: request.stop_sequences.clone(),
-        templated: true,
         grammar: tool_syntax
             .and_then(|syntax| tools.grammar(syntax))
             .map(|grammar| (grammar, "tools")),
         ..Params::default()
     };
-    let prepared = prepare(state, Prompt::Text(prompt), params).await?;
+    let prepared = prepare(state, prompt, params).await?;
     let id = format!(
         "msg_{:x}",
         std::time::SystemTime::now()

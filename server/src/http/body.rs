@@ -64,15 +64,6 @@ fn timed_out(rejection: &BytesRejection) -> bool {
     false
 }
 
-/// For `#[serde(default, deserialize_with = "narrow_f32")]` on sampling floats: the JSON number
-/// read as f64, then narrowed to f32 without crossing zero or overflowing, so that a value the
-/// schema allows (a `top_p` of 1e-300, a `temperature` of 1e300) is not turned into one the
-/// validation refuses (0, infinity) by the narrowing alone.
-pub fn narrow_f32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
-    use serde::Deserialize;
-    Ok(Option::<f64>::deserialize(d)?.map(narrow))
-}
-
 /// For `#[serde(default, deserialize_with = "whole_opt")]` on counts: JSON Schema's `integer`
 /// includes numbers written `2.0` (JavaScript clients send them), which serde's integers
 /// refuse; a fraction or a negative number is still an error.
@@ -112,7 +103,11 @@ fn whole_number(n: &serde_json::Number) -> Option<u64> {
     })
 }
 
-fn narrow(value: f64) -> f32 {
+/// A request's float (read as f64, so that ranges are checked on the value the client sent:
+/// 2.0000000000000004 is above 2 only before narrowing) as f32 without crossing zero or overflowing, so that a value inside a range is not
+/// turned into one outside it (a `top_p` of 1e-300 into 0, a `temperature` of 1e300 into
+/// infinity) by the narrowing alone.
+pub fn narrow(value: f64) -> f32 {
     let narrowed = (value as f32).clamp(-f32::MAX, f32::MAX);
     if narrowed == 0.0 && value != 0.0 {
         f32::MIN_POSITIVE.copysign(value as f32)

@@ -2,6 +2,7 @@
 //! collected into one result or streamed. Schemas only translate to and from these types.
 
 use super::error::ApiError;
+use super::ranges::{in_range, Bounds};
 use super::state::{AppState, ServingModel};
 use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
@@ -16,24 +17,22 @@ use tokio::sync::OwnedSemaphorePermit;
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     pub max_new_tokens: Option<usize>,
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// TGI's `do_sample`: `Some(false)` forces greedy.
     pub do_sample: Option<bool>,
     pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub typical_p: Option<f32>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
+    pub top_p: Option<f64>,
+    pub typical_p: Option<f64>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub top_n_tokens: Option<usize>,
     /// Keep only the last this many prompt tokens.
     pub truncate: Option<usize>,
     pub ignore_eos: bool,
-    /// The prompt came out of a chat template, which already wrote any BOS token.
-    pub templated: bool,
     /// Sequences to sample from the prompt (OpenAI's `n` or `best_of`, TGI's `best_of`).
     pub samples: usize,
     /// Each prompt token's log-probability (TGI's `decoder_input_details`, OpenAI's `echo`
@@ -41,6 +40,8 @@ pub struct Params {
     pub prompt_logprobs: bool,
     /// The grammar the output must match, and the request field that gave it (for errors).
     pub grammar: Option<(Grammar, &'static str)>,
+    /// OpenAI's `logit_bias`, one entry per token (ids not yet checked against the vocabulary).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// Whitespace between the tokens of JSON under a JSON grammar (a Lantern extension of TGI's
@@ -61,11 +62,16 @@ impl JsonWhitespace {
     }
 }
 
-/// A prompt as text, or as token ids already (OpenAI completions accept both).
+/// A prompt as text, or as token ids already (OpenAI completions accept both), or as a chat
+/// template's output.
 #[derive(Debug, Clone)]
 pub enum Prompt {
+    /// Raw text: special-token text in it is parsed, and the tokenizer adds its BOS token.
     Text(String),
     Tokens(Vec<u32>),
+    /// A rendered chat template, which wrote any BOS token itself; its message content was
+    /// marked by the model's content guard, if it has one (see [`render_chat`]).
+    Chat(String),
 }
 
 /// A request ready for the engine.
@@ -77,21 +83,6 @@ pub struct Prepared {
     pub samples: usize,
     /// Held until the response is complete.
     pub permit: OwnedSemaphorePermit,
-}
-
-fn check_range(
-    value: Option<f32>,
-    name: &str,
-    valid: impl Fn(f32) -> bool,
-    rule: &str,
-) -> Result<(), ApiError> {
-    match value {
-        Some(v) if !v.is_finite() || !valid(v) => Err(ApiError::validation(
-            format!("`{name}` must be {rule}, got {v}"),
-            name,
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Runs CPU-heavy request preparation (tokenizing, rendering chat templates) on the blocking
@@ -113,22 +104,32 @@ pub async fn off_the_runtime<T: Send + 'static>(
 }
 
 /// The model's chat template applied to `messages`, with the assistant's turn opened; on the
-/// blocking pool like tokenization (long conversations take a while to render).
+/// blocking pool like tokenization (long conversations take a while to render). Special-token
+/// text in message content is marked as content first (`--content-special-tokens text`), so
+/// that it is tokenized as text.
 pub async fn render_chat(
     model: &Arc<ServingModel>,
-    messages: Vec<ChatMessage>,
+    mut messages: Vec<ChatMessage>,
     tools: Vec<serde_json::Value>,
     no_template: &'static str,
-) -> Result<String, ApiError> {
+) -> Result<Prompt, ApiError> {
     if model.tokenizer.chat_template.is_none() {
         return Err(ApiError::validation(no_template, "messages"));
     }
     let rendering = model.clone();
-    off_the_runtime(move || match &rendering.tokenizer.chat_template {
-        Some(template) => template
-            .render_with_tools(&messages, &tools, true)
-            .map_err(|e| e.to_string()),
-        None => Err(no_template.to_string()),
+    off_the_runtime(move || {
+        if let Some(guard) = &rendering.content_guard {
+            for message in &mut messages {
+                message.content = guard.mark(&message.content);
+            }
+        }
+        match &rendering.tokenizer.chat_template {
+            Some(template) => template
+                .render_with_tools(&messages, &tools, true)
+                .map(Prompt::Chat)
+                .map_err(|e| e.to_string()),
+            None => Err(no_template.to_string()),
+        }
     })
     .await
     .and_then(|rendered| rendered)
@@ -176,6 +177,25 @@ async fn compile(
     compiled.map_err(|e| ApiError::validation(format!("`{field}` cannot be used: {e}"), field))
 }
 
+/// A rendered chat prompt's ids, on the blocking pool: content marked by the model's content
+/// guard as text, the template's own special-token text as control tokens; no BOS added (the
+/// template writes its own).
+async fn encode_chat(model: &Arc<ServingModel>, rendered: String) -> Result<Vec<u32>, String> {
+    let model = model.clone();
+    off_the_runtime(move || {
+        let tokenizer = &model.tokenizer.tokenizer;
+        match &model.content_guard {
+            Some(guard) => guard.encode(tokenizer, &rendered),
+            None => tokenizer
+                .encode(rendered, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string()),
+        }
+    })
+    .await
+    .and_then(|ids| ids)
+}
+
 /// `text` tokenized by the model's tokenizer on the blocking pool (see [`off_the_runtime`]).
 pub async fn encode(
     model: &Arc<ServingModel>,
@@ -204,38 +224,21 @@ pub async fn prepare(
 ) -> Result<Prepared, ApiError> {
     let model = state.model()?;
     let config = &state.config;
-    check_range(params.temperature, "temperature", |t| t >= 0.0, ">= 0")?;
-    check_range(params.top_p, "top_p", |p| p > 0.0 && p <= 1.0, "in (0, 1]")?;
-    check_range(
-        params.typical_p,
-        "typical_p",
-        |p| p > 0.0 && p <= 1.0,
-        "in (0, 1]",
-    )?;
-    check_range(
-        params.min_p,
-        "min_p",
-        |p| (0.0..=1.0).contains(&p),
-        "in [0, 1]",
-    )?;
-    check_range(
+    let temperature = in_range(params.temperature, "temperature", Bounds::NON_NEGATIVE)?;
+    let top_p = in_range(params.top_p, "top_p", Bounds::POSITIVE_PROBABILITY)?;
+    let typical_p = in_range(params.typical_p, "typical_p", Bounds::POSITIVE_PROBABILITY)?;
+    let min_p = in_range(params.min_p, "min_p", Bounds::PROBABILITY)?;
+    let repetition_penalty = in_range(
         params.repetition_penalty,
         "repetition_penalty",
-        |p| p > 0.0,
-        "> 0",
+        Bounds::POSITIVE,
     )?;
-    check_range(
+    let frequency_penalty = in_range(
         params.frequency_penalty,
         "frequency_penalty",
-        |p| (-2.0..=2.0).contains(&p),
-        "in [-2, 2]",
+        Bounds::PENALTY,
     )?;
-    check_range(
-        params.presence_penalty,
-        "presence_penalty",
-        |p| (-2.0..=2.0).contains(&p),
-        "in [-2, 2]",
-    )?;
+    let presence_penalty = in_range(params.presence_penalty, "presence_penalty", Bounds::PENALTY)?;
     if params.top_k == Some(0) {
         return Err(ApiError::validation("`top_k` must be positive", "top_k"));
     }
@@ -262,14 +265,37 @@ pub async fn prepare(
             "top_n_tokens",
         ));
     }
+    let vocab_size = model.engine.vocab_size();
+    let outside = |token: u32, field: &str| {
+        ApiError::validation(
+            format!(
+                "token id {token} in `{field}` is outside the vocabulary (ids 0 to {})",
+                vocab_size.saturating_sub(1)
+            ),
+            field,
+        )
+    };
+    if let Some(&(token, _)) = params
+        .logit_bias
+        .iter()
+        .find(|(t, _)| *t as usize >= vocab_size)
+    {
+        return Err(outside(token, "logit_bias"));
+    }
+    if let Prompt::Tokens(tokens) = &prompt {
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(outside(token, "prompt"));
+        }
+    }
+    let untokenizable =
+        |e: String| ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs");
     let mut prompt_tokens = match prompt {
-        Prompt::Text(text) => encode(&model, text, !params.templated)
+        Prompt::Text(text) => encode(&model, text, true)
             .await
-            .map_err(|e| {
-                ApiError::validation(format!("the prompt cannot be tokenized: {e}"), "inputs")
-            })?
+            .map_err(untokenizable)?
             .get_ids()
             .to_vec(),
+        Prompt::Chat(rendered) => encode_chat(&model, rendered).await.map_err(untokenizable)?,
         Prompt::Tokens(tokens) => tokens,
     };
     if let Some(keep) = params
@@ -306,22 +332,23 @@ pub async fn prepare(
         Some(n) => n,
         None => config.default_max_new_tokens.min(room),
     };
-    let greedy = params.do_sample == Some(false) || params.temperature.is_some_and(|t| t == 0.0);
+    let greedy = params.do_sample == Some(false) || temperature.is_some_and(|t| t == 0.0);
     let sampling = SamplingParams {
         temperature: if greedy {
             0.0
         } else {
-            params.temperature.unwrap_or(1.0)
+            temperature.unwrap_or(1.0)
         },
         top_k: params.top_k,
-        top_p: params.top_p,
-        typical_p: params.typical_p,
-        min_p: params.min_p,
-        repetition_penalty: params.repetition_penalty,
-        frequency_penalty: params.frequency_penalty.unwrap_or(0.0),
-        presence_penalty: params.presence_penalty.unwrap_or(0.0),
+        top_p,
+        typical_p,
+        min_p,
+        repetition_penalty,
+        frequency_penalty: frequency_penalty.unwrap_or(0.0),
+        presence_penalty: presence_penalty.unwrap_or(0.0),
         seed: params.seed,
         top_n_tokens,
+        logit_bias: params.logit_bias,
     };
     let constraint = match params.grammar {
         None => None,

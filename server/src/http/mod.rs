@@ -9,6 +9,7 @@ mod openai;
 mod openapi;
 mod oversized;
 mod pipeline;
+mod ranges;
 mod request_id;
 mod routes;
 mod sagemaker;

@@ -86,17 +86,17 @@ pub struct Common {
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_completion_tokens: Option<usize>,
     #[schemars(range(min = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
     #[schemars(range(min = 1))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
     #[schemars(range(min = 0.0, max = 1.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub min_p: Option<f64>,
     /// Choices to return per prompt, each sampled with its own seed (`seed + i` when a seed
     /// is given). More than 1 needs `stream: false`.
     #[schemars(range(min = 1, max = 16))]
@@ -109,16 +109,18 @@ pub struct Common {
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub seed: Option<u64>,
     #[schemars(range(min = -2.0, max = 2.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
     #[schemars(range(min = -2.0, max = 2.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub presence_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
     #[schemars(extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<fields::LogitBias>,
     pub response_format: Option<ResponseFormat>,
     /// Functions the model may call (chat completions only).
     pub tools: Option<Vec<Tool>>,
@@ -145,7 +147,9 @@ pub struct ChatRequest {
 }
 
 /// The prompts of a completion request, in each form OpenAI accepts (LangChain sends lists).
-#[derive(Debug, Deserialize, JsonSchema)]
+/// Read by hand rather than by serde's `untagged`, whose only error is "did not match any
+/// variant": a client sending a negative or huge token id is told which.
+#[derive(Debug, JsonSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     One(#[schemars(length(min = 1))] String),
@@ -154,6 +158,52 @@ pub enum PromptField {
     Tokens(#[schemars(length(min = 1))] Vec<u32>),
     /// Several prompts as token ids.
     TokenLists(#[schemars(length(min = 1, max = 16), inner(length(min = 1)))] Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for PromptField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let shapes = "a string, a list of strings, a list of token ids or a list of token-id lists";
+        let token = |v: &Value| -> Result<u32, D::Error> {
+            v.as_u64()
+                .and_then(|t| u32::try_from(t).ok())
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "token ids are whole numbers from 0 to {}, got {v}",
+                        u32::MAX
+                    ))
+                })
+        };
+        let tokens = |list: &[Value]| list.iter().map(token).collect::<Result<Vec<u32>, _>>();
+        match Value::deserialize(d)? {
+            Value::String(text) => Ok(Self::One(text)),
+            Value::Array(items) => match items.first() {
+                Some(Value::String(_)) => items
+                    .into_iter()
+                    .map(|item| match item {
+                        Value::String(text) => Ok(text),
+                        other => Err(D::Error::custom(format!(
+                            "a list of prompts holds strings only, got {other}"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Self::Many),
+                Some(Value::Array(_)) => items
+                    .iter()
+                    .map(|item| match item {
+                        Value::Array(list) => tokens(list),
+                        other => Err(D::Error::custom(format!(
+                            "a list of token-id lists holds lists only, got {other}"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Self::TokenLists),
+                Some(Value::Number(_)) => tokens(&items).map(Self::Tokens),
+                _ => Err(D::Error::custom(format!("expected {shapes}"))),
+            },
+            _ => Err(D::Error::custom(format!("expected {shapes}"))),
+        }
+    }
 }
 
 impl PromptField {
@@ -236,7 +286,7 @@ impl Common {
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: Some(
                 self.temperature
-                    .unwrap_or(default_temperature.unwrap_or(1.0) as f32),
+                    .unwrap_or(default_temperature.unwrap_or(1.0)),
             ),
             top_k: self.top_k,
             top_p: self.top_p,
@@ -252,6 +302,10 @@ impl Common {
             },
             top_n_tokens: Some(top_n),
             ignore_eos: self.ignore_eos,
+            logit_bias: match &self.logit_bias {
+                Some(bias) => bias.entries()?,
+                None => Vec::new(),
+            },
             samples: self.choices(),
             grammar: match &self.response_format {
                 Some(format) => format.grammar()?.map(|g| (g, "response_format")),
@@ -360,6 +414,10 @@ async fn run_completion(
             "tools",
         ));
     }
+    // `n` is checked (by `to_params`) before `best_of`, which defaults to it.
+    let mut params = request
+        .common
+        .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     let n = request.common.choices();
     let best_of = request.best_of.unwrap_or(n);
     if !(1..=16).contains(&best_of) || best_of < n {
@@ -374,9 +432,6 @@ async fn run_completion(
             "best_of",
         ));
     }
-    let mut params = request
-        .common
-        .to_params(model.generation.temperature, request.logprobs.unwrap_or(0))?;
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
     params.samples = best_of;
     // echo with logprobs: the prompt's tokens get log-probabilities too.
@@ -386,7 +441,7 @@ async fn run_completion(
     for prompt in request.prompt.prompts() {
         if request.echo {
             echoed.push(match &prompt {
-                Prompt::Text(text) => text.clone(),
+                Prompt::Text(text) | Prompt::Chat(text) => text.clone(),
                 Prompt::Tokens(ids) => model
                     .tokenizer
                     .tokenizer

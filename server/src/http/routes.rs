@@ -84,7 +84,7 @@ pub fn operations() -> Vec<Operation> {
         op("/generate", Post, "TGI generate", Some(Tgi), serve::<tgi::Generate>),
         op("/generate_stream", Post, "TGI generate, streamed as Server-Sent Events", Some(Tgi), serve::<tgi::GenerateStream>),
         op("/info", Get, "TGI model and limits", None, tgi::info),
-        op("/tokenize", Post, "TGI tokenize", Some(Tokenize), serve::<tgi::Tokenize>),
+        op("/tokenize", Post, "TGI tokenize: `inputs` as a raw prompt (special-token text in it is parsed as control tokens and the BOS token added, as /generate does; chat message content is tokenized as text, see --content-special-tokens)", Some(Tokenize), serve::<tgi::Tokenize>),
         op("/health", Get, "Liveness: 200 while the engine is healthy", None, health),
         op("/metrics", Get, "Prometheus metrics (text format)", None, metrics),
         op("/v1/chat/completions", Post, "OpenAI chat completions (stream with \"stream\": true)", Some(Chat), serve::<openai::ChatCompletions>),

@@ -23,6 +23,9 @@ pub struct ServingModel {
     /// The model family (`llama`, `phi3`, ...) and the decoder toggles its config turned on.
     pub family: String,
     pub toggles: Vec<String>,
+    /// Keeps special-token text in chat message content as text; `None` with
+    /// `--content-special-tokens parse` or a tokenizer without special tokens.
+    pub content_guard: Option<lantern_models::chat_prompt::ContentGuard>,
 }
 
 #[derive(Clone)]

@@ -33,24 +33,24 @@ pub struct TgiParameters {
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_new_tokens: Option<usize>,
     #[schemars(range(min = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
     pub do_sample: Option<bool>,
     #[schemars(range(min = 1))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub top_k: Option<usize>,
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
     #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub typical_p: Option<f32>,
+    #[serde(default)]
+    pub typical_p: Option<f64>,
     #[schemars(extend("exclusiveMinimum" = 0.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub repetition_penalty: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
     #[schemars(range(min = -2.0, max = 2.0))]
-    #[serde(default, deserialize_with = "super::body::narrow_f32")]
-    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub seed: Option<u64>,
     #[serde(default)]
@@ -428,7 +428,8 @@ pub struct TokenizeRequest {
     pub inputs: String,
 }
 
-/// `POST /tokenize`: the prompt's tokens with their text and byte offsets.
+/// `POST /tokenize`: the prompt's tokens with their text and byte offsets, tokenized as
+/// `/generate` tokenizes `inputs`: a raw prompt, special-token text parsed as control tokens.
 pub struct Tokenize;
 
 impl Api for Tokenize {

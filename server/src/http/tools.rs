@@ -141,7 +141,10 @@ impl Tools {
                 .collect(),
         };
         let parallel = self.parallel && matches!(self.choice, ToolChoice::Required);
-        Some(Grammar::Lark(syntax.call_grammar(&specs, parallel)))
+        Some(Grammar::Lark {
+            grammar: syntax.call_grammar(&specs, parallel),
+            json_schemas: specs.iter().map(ToolSpec::arguments_schema).collect(),
+        })
     }
 }
 

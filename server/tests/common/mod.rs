@@ -27,11 +27,20 @@ pub fn app(extra: &[&str]) -> (tempfile::TempDir, Router) {
 
 /// The router over a freshly loaded tiny model of `architecture`.
 pub fn app_for(architecture: Architecture, extra: &[&str]) -> (tempfile::TempDir, Router) {
+    app_seeded(architecture, 41, extra)
+}
+
+/// The router over a freshly loaded tiny model of `architecture` with weights from `seed`.
+pub fn app_seeded(
+    architecture: Architecture,
+    seed: u64,
+    extra: &[&str],
+) -> (tempfile::TempDir, Router) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let spec = DummySpec {
         architecture,
         size: DummySize::Tiny,
-        seed: 41,
+        seed,
     };
     write_dummy_model(spec, dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let router = serve(dir.path(), extra);

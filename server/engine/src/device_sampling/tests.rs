@@ -35,7 +35,7 @@ fn allowed(words: &[u32], token: usize) -> bool {
 }
 
 #[test]
-fn greedy_rows_match_the_host_after_penalties_and_masks() -> Result<()> {
+fn greedy_rows_match_the_host_after_penalties_bias_and_masks() -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let vocab = 300;
     for round in 0..20 {
@@ -54,6 +54,11 @@ fn greedy_rows_match_the_host_after_penalties_and_masks() -> Result<()> {
                 repetition_penalty: (r % 3 != 0).then_some(1.3),
                 frequency_penalty: if r % 2 == 1 { 0.7 } else { 0.0 },
                 presence_penalty: if r >= 3 { 0.4 } else { 0.0 },
+                logit_bias: if r % 2 == 1 {
+                    vec![(rng.random_range(0..vocab as u32), 100.0), (3, -100.0)]
+                } else {
+                    Vec::new()
+                },
                 ..SamplingParams::default()
             })
             .collect();
@@ -90,7 +95,7 @@ fn greedy_rows_match_the_host_after_penalties_and_masks() -> Result<()> {
         for r in 0..6 {
             let mut row = logits[r].clone();
             let context: Vec<u32> = seen[r].iter().chain(&generated[r]).copied().collect();
-            Sampler::new(params[r].clone()).apply_penalties(&mut row, &context, &generated[r]);
+            Sampler::new(params[r].clone()).adjust_logits(&mut row, &context, &generated[r]);
             if let Some(words) = &masks[r] {
                 for (t, logit) in row.iter_mut().enumerate() {
                     if !allowed(words, t) {

@@ -133,7 +133,10 @@ impl Worker {
         let plain = ids.iter().all(|id| {
             self.active.get(id).is_none_or(|a| {
                 let p = a.sampler.params();
-                p.is_greedy() && !p.has_penalties() && p.top_n_tokens == 0 && a.constraint.is_none()
+                p.is_greedy()
+                    && !p.adjusts_logits()
+                    && p.top_n_tokens == 0
+                    && a.constraint.is_none()
             })
         });
         if plain {
@@ -194,7 +197,7 @@ fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
         .collect();
     active
         .sampler
-        .apply_penalties(&mut row, &context, &active.generated);
+        .adjust_logits(&mut row, &context, &active.generated);
     if let Some(constraint) = &mut active.constraint {
         // The mask computed during the forward pass, or now if there is none.
         let allowed = active

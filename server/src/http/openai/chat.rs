@@ -3,7 +3,7 @@
 
 use super::{finish_reason, tool_calls, usage_of, ChatRequest, StreamHeader};
 use crate::http::error::{ApiError, Flavor};
-use crate::http::generate::{prepare, render_chat, Generated, Prepared, Prompt};
+use crate::http::generate::{prepare, render_chat, Generated, Prepared};
 use crate::http::pipeline::{answer, Answer, Api};
 use crate::http::sse::StreamFormat;
 use crate::http::state::AppState;
@@ -84,7 +84,6 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
     let mut params = request
         .common
         .to_params(model.generation.temperature, top_n)?;
-    params.templated = true;
     if let Some(grammar) = tool_syntax.and_then(|syntax| tools.grammar(syntax)) {
         if params.grammar.is_some() {
             return Err(ApiError::validation(
@@ -94,7 +93,7 @@ async fn run_chat(state: &AppState, request: ChatRequest) -> Result<Response, Ap
         }
         params.grammar = Some((grammar, "tools"));
     }
-    let prepared = prepare(state, Prompt::Text(prompt), params).await?;
+    let prepared = prepare(state, prompt, params).await?;
     let spelling = ChatAnswer {
         header: request
             .common

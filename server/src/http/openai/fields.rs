@@ -1,8 +1,10 @@
-//! The OpenAI request fields beyond sampling: `response_format` (structured output) and the
-//! fields Lantern does not honour, refused by name unless at their defaults.
+//! The OpenAI request fields beyond sampling: `response_format` (structured output),
+//! `logit_bias`, and the fields Lantern does not honour, refused by name unless at their
+//! defaults.
 
 use crate::http::error::ApiError;
 use crate::http::generate::JsonWhitespace;
+use crate::http::ranges::{in_range, Bounds};
 use lantern_engine::constraint::Grammar;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -13,9 +15,6 @@ use serde_json::{json, Value};
 /// defaults, so API fuzzers know.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct Unsupported {
-    /// Only `{}`: no token biasing.
-    #[schemars(extend("maxProperties" = 0))]
-    pub logit_bias: Option<serde_json::Map<String, Value>>,
     /// Only `[]` (the deprecated form of `tools`).
     #[schemars(length(max = 0))]
     pub functions: Option<Vec<Value>>,
@@ -98,9 +97,6 @@ impl Unsupported {
                 .as_ref()
                 .is_some_and(|c| c != "none" && c != "auto" && !c.is_null())
         };
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return refuse("logit_bias", "token biasing is not implemented");
-        }
         if self.functions.as_ref().is_some_and(|f| !f.is_empty()) {
             return refuse(
                 "functions",
@@ -121,5 +117,43 @@ impl Unsupported {
             return refuse("modalities", "text only");
         }
         Ok(())
+    }
+}
+
+/// OpenAI's `logit_bias`: token ids (written as strings, JSON keys being strings) to a bias in
+/// [-100, 100] added to that token's logit before sampling. -100 all but bans a token and 100
+/// all but forces it.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct LogitBias(
+    #[schemars(extend(
+        "propertyNames" = {"pattern": "^[0-9]+$"},
+        "additionalProperties" = {"type": "number", "minimum": -100, "maximum": 100}
+    ))]
+    pub std::collections::BTreeMap<String, f64>,
+);
+
+impl LogitBias {
+    /// `(token, bias)` pairs, one per token; ids are checked against the vocabulary later,
+    /// with the model at hand.
+    pub(super) fn entries(&self) -> Result<Vec<(u32, f32)>, ApiError> {
+        let mut entries = Vec::with_capacity(self.0.len());
+        for (key, &bias) in &self.0 {
+            let token = key.parse::<u32>().map_err(|_| {
+                ApiError::validation(
+                    format!("`logit_bias` keys are token ids (whole numbers >= 0 written as strings), got \"{key}\""),
+                    "logit_bias",
+                )
+            })?;
+            let bias = in_range(Some(bias), "logit_bias", Bounds::LOGIT_BIAS)?.unwrap_or(0.0);
+            entries.push((token, bias));
+        }
+        entries.sort_unstable_by_key(|&(token, _)| token);
+        if let Some(pair) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(ApiError::validation(
+                format!("`logit_bias` names token {} twice", pair[0].0),
+                "logit_bias",
+            ));
+        }
+        Ok(entries)
     }
 }
