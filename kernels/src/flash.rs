@@ -7,7 +7,7 @@
 //! Causal masking is bottom-right aligned (query `i` of a sequence with `q` new rows and `k`
 //! keys sees keys up to `k - q + i`), which is our "new tokens after the cached context".
 
-use crate::step::{self, StepMetadata, Uploads, Wanted};
+use crate::attention_metadata::{self, StepMetadata, Uploads, Wanted};
 use crate::{AttentionNeeds, AttentionParams, KvCacheShape, LayerKvCache, PagedAttention};
 use crate::{Portable, SequenceAttention};
 use candle_core::{bail, DType, Device, Result, Tensor};
@@ -22,7 +22,7 @@ impl FlashAttention {
     /// FlashAttention kernels our CUDA builds compile (docker/nvcc-gencode.sh): the others
     /// abort, so every call here must pass a block table and stay within 256.
     pub fn supports(device: &Device, needs: AttentionNeeds) -> bool {
-        let capable = crate::device::compute_capability(device).is_some_and(|c| c >= (8, 0));
+        let capable = crate::device_choice::compute_capability(device).is_some_and(|c| c >= (8, 0));
         capable
             && matches!(needs.dtype, DType::BF16 | DType::F16)
             && needs.head_dim % 8 == 0
@@ -47,7 +47,7 @@ impl PagedAttention for FlashAttention {
             context_slots: false,
             flash: true,
         };
-        step::build(sequences, shape, wanted, device, uploads)
+        attention_metadata::build(sequences, shape, wanted, device, uploads)
     }
 
     fn attend(

@@ -13,15 +13,15 @@
 //! `block_table[p / block_size] * block_size + p % block_size`. The CPU one keeps
 //! `[kv_head][block][slot][head_dim]` (see [`cpu::KvBlocks`]).
 
+pub mod attention_metadata;
 pub mod cpu;
-pub mod device;
+pub mod device_choice;
 #[cfg(feature = "flash-attn")]
 mod flash;
 mod portable;
-pub mod step;
 
+pub use attention_metadata::{CountingUploads, DirectUploads, StepMetadata, Uploads};
 pub use portable::Portable;
-pub use step::{CountingUploads, DirectUploads, StepMetadata, Uploads};
 
 use candle_core::{DType, Device, Result, Tensor};
 

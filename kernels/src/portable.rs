@@ -6,7 +6,7 @@
 //! CPU, where the matmuls dominate. Every sequence is computed the same way whatever else is
 //! in the batch, which keeps its output independent of its batch-mates.
 
-use crate::step::{self, SequenceRows, StepMetadata, Uploads, Wanted};
+use crate::attention_metadata::{self, SequenceRows, StepMetadata, Uploads, Wanted};
 use crate::{AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention};
 use candle_core::{bail, DType, Device, Result, Tensor};
 
@@ -58,7 +58,7 @@ impl PagedAttention for Portable {
             context_slots: true,
             flash: false,
         };
-        step::build(sequences, shape, wanted, device, uploads)
+        attention_metadata::build(sequences, shape, wanted, device, uploads)
     }
 
     fn attend(
@@ -138,7 +138,7 @@ fn attend_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::step::slots_of;
+    use crate::attention_metadata::slots_of;
     use crate::{slot_index, KvCacheShape, LayerKvCache};
     use candle_core::{Device, IndexOp};
 

@@ -8,6 +8,7 @@
 use crate::error::{ModelError, Result};
 use std::path::Path;
 
+pub mod gguf;
 mod hf;
 
 /// Model families served by the one decoder.

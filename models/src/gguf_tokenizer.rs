@@ -4,8 +4,8 @@
 //! fallback and merges recovered from the token scores (or, for Gemma, the token order).
 
 use crate::chat::ChatTemplate;
+use crate::config::gguf::Metadata;
 use crate::error::{ModelError, Result};
-use crate::gguf::Metadata;
 use crate::tokenizer::TokenizerBundle;
 use candle_core::quantized::gguf_file::Content;
 use std::collections::HashMap;

@@ -9,7 +9,6 @@ pub mod decoder;
 pub mod dummy;
 pub mod error;
 mod fused;
-pub mod gguf;
 mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;

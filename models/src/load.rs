@@ -240,14 +240,14 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| ModelError::file(path, format!("not a valid GGUF file: {e}")))?;
-    let config = crate::gguf::decoder_config(&content, &mut file, path)?;
+    let config = crate::config::gguf::decoder_config(&content, &mut file, path)?;
     // A tokenizer.json beside the file wins: it is the model's own, the metadata a rebuild.
     let beside = path.parent().map(|dir| dir.join("tokenizer.json"));
     let tokenizer = match beside {
         Some(json) if json.exists() => {
             let dir = json.parent().map(Path::to_path_buf).unwrap_or_default();
             let mut bundle = tokenizer::load_hf_tokenizer(&dir, &[])?.0;
-            let from_metadata = crate::gguf::tokenizer(&content, path).ok();
+            let from_metadata = crate::config::gguf::tokenizer(&content, path).ok();
             if let Some(meta) = from_metadata {
                 bundle.eos_token_ids.extend(meta.eos_token_ids);
                 bundle.eos_token_ids.sort_unstable();
@@ -256,7 +256,7 @@ fn load_gguf(path: &Path, options: &LoadOptions) -> Result<LoadedModel> {
             }
             bundle
         }
-        _ => crate::gguf::tokenizer(&content, path)?,
+        _ => crate::config::gguf::tokenizer(&content, path)?,
     };
     // On CPU the integer kernels serve their formats (legacy and K-quants) as they are; other
     // types are expanded when they fit, else run on the portable path.

@@ -1,6 +1,6 @@
 //! The tokenizer side of a model: `tokenizer.json`, the special tokens and chat template of
 //! `tokenizer_config.json` (or `chat_template.jinja`), and the EOS ids and sampling defaults of
-//! `generation_config.json`. GGUF files carry the same facts in metadata (`gguf.rs`).
+//! `generation_config.json`. GGUF files carry the same facts in metadata (`config/gguf.rs`).
 
 use crate::chat::ChatTemplate;
 use crate::error::{ModelError, Result};

@@ -28,7 +28,7 @@ fn sentencepiece_gguf_tokenizers_match_transformers() -> TestResult {
         let path = golden_path(&format!("spm/{}", golden.file));
         let mut file = std::fs::File::open(&path)?;
         let content = Content::read(&mut file)?;
-        let bundle = lantern_models::gguf::tokenizer(&content, &path)?;
+        let bundle = lantern_models::config::gguf::tokenizer(&content, &path)?;
         let encoding = bundle.tokenizer.encode(golden.text.as_str(), false)?;
         assert_eq!(
             encoding.get_ids(),

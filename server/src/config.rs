@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use lantern_engine::{CacheSize, EngineConfig, FaultPolicy};
-use lantern_kernels::device::{DeviceChoice, CPU_BLOCK_SIZE};
+use lantern_kernels::device_choice::{DeviceChoice, CPU_BLOCK_SIZE};
 use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
 

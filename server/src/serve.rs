@@ -66,9 +66,9 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     match &opened.fallback {
         Some(reason) => tracing::info!(device = "cpu", %reason, "running on the CPU"),
         None => tracing::info!(
-            device = %lantern_kernels::device::name(&device),
-            compute_capability = ?lantern_kernels::device::compute_capability(&device),
-            memory = ?lantern_kernels::device::memory_info(&device),
+            device = %lantern_kernels::device_choice::name(&device),
+            compute_capability = ?lantern_kernels::device_choice::compute_capability(&device),
+            memory = ?lantern_kernels::device_choice::memory_info(&device),
             "device opened"
         ),
     }
@@ -100,7 +100,7 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let mut engine_config = config.engine.clone();
     engine_config.block_size = config
         .block_size
-        .unwrap_or(lantern_kernels::device::default_block_size(&device));
+        .unwrap_or(lantern_kernels::device_choice::default_block_size(&device));
     // Loaded on this thread, run on the engine's: nothing may still be in flight.
     model.decoder.synchronize()?;
     let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;

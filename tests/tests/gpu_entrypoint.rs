@@ -164,7 +164,7 @@ fn each_gpu_generation_runs_the_code_the_image_has_for_it() {
 fn a_gpu_older_than_ampere_is_left_to_lantern_to_refuse() {
     // T4 (ml.g4dn): no kernels in the image. The entrypoint logs nothing of its own, so the
     // one line the user sees is lantern's, naming the instance types that work
-    // (lantern_kernels::device::check_compute_capability, unit-tested there).
+    // (lantern_kernels::device_choice::check_compute_capability, unit-tested there).
     let started = start(Gpu::Answers("Tesla T4, 7.5, 535.183.01"), &[]);
     assert!(started.served(), "{}", started.report);
     assert_eq!(started.log, "");

@@ -9,7 +9,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use lantern_engine::{start, CacheSize, EngineConfig, Event, GenerateRequest};
-use lantern_kernels::device::DeviceChoice;
+use lantern_kernels::device_choice::DeviceChoice;
 use lantern_models::{load, Dequantize, KernelPath, LoadOptions, ModelSource};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -87,7 +87,7 @@ async fn run() -> anyhow::Result<()> {
         .min(model.tokenizer.tokenizer.get_vocab_size(true)) as u32;
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
     // The block size `lantern serve` picks on this device.
-    let block_size = lantern_kernels::device::default_block_size(&device);
+    let block_size = lantern_kernels::device_choice::default_block_size(&device);
     let config = EngineConfig {
         block_size,
         cache: if device.is_cpu() {
@@ -158,7 +158,7 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "device {}, kernels {}, attention {}, weights {:?}; f32 matmul peak measured here \
          (candle): {peak:.1} GFLOP/s",
-        lantern_kernels::device::name(&device),
+        lantern_kernels::device_choice::name(&device),
         kernels_name,
         engine.attention(),
         dtype

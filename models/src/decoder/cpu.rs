@@ -8,7 +8,6 @@
 //! in its epilogue; down_proj adding into the residual. The final norm and the head run only for
 //! the rows whose logits are wanted.
 
-use super::cpu_weights::Weight;
 use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
 use crate::config::{DecoderConfig, MlpActivation, RopeConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
@@ -21,8 +20,10 @@ use lantern_kernels::cpu::{
 };
 use lantern_kernels::SequenceAttention;
 use std::sync::Mutex;
+use weights::Weight;
 
 mod load;
+mod weights;
 
 #[derive(Debug)]
 struct CpuLayer {

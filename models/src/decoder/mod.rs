@@ -8,7 +8,6 @@
 //! any device, the reference, and the path for GGUF formats the CPU kernels do not take).
 
 mod cpu;
-mod cpu_weights;
 mod portable;
 
 use crate::batch::{CacheStorage, KvCache, SequenceStep};

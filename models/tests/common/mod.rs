@@ -26,7 +26,7 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 /// a GPU machine) puts them on GPU 0; otherwise the CPU. The CPU kernels always run on the CPU.
 pub fn test_device() -> Device {
     match std::env::var("LANTERN_TEST_DEVICE").as_deref() {
-        Ok("cuda") => match lantern_kernels::device::DeviceChoice::Cuda(0).open() {
+        Ok("cuda") => match lantern_kernels::device_choice::DeviceChoice::Cuda(0).open() {
             Ok(opened) => opened.device,
             Err(error) => panic!("LANTERN_TEST_DEVICE=cuda: {error}"),
         },

@@ -102,7 +102,7 @@ impl EngineConfig {
             CacheSize::Blocks(blocks) => blocks,
             CacheSize::Bytes(bytes) => from_memory(bytes),
             CacheSize::DeviceMemoryUtilization(utilization) if !decoder.device().is_cpu() => {
-                let (free, total) = lantern_kernels::device::memory_info(decoder.device())
+                let (free, total) = lantern_kernels::device_choice::memory_info(decoder.device())
                     .ok_or_else(|| {
                         StartError::Setting(
                             "cannot read the GPU's free memory: give the KV cache a size (--kv-cache-memory)".into(),

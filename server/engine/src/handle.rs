@@ -129,7 +129,7 @@ pub fn start(
         tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
     }
     let cache_attention = cache.attention_name();
-    let device = lantern_kernels::device::name(decoder.device());
+    let device = lantern_kernels::device_choice::name(decoder.device());
     let sample_on_device = config
         .sample_on_device
         .unwrap_or(!decoder.device().is_cpu());

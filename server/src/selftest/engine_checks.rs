@@ -93,7 +93,7 @@ pub fn run(device: &Device, args: &EngineArgs) -> anyhow::Result<Vec<Value>> {
         let share = same as f64 / whole.len().max(1) as f64;
         json!({
             "check": name,
-            "device": lantern_kernels::device::name(device),
+            "device": lantern_kernels::device_choice::name(device),
             "dtype": args.dtype,
             "requests": whole.len(),
             "identical_requests": same,

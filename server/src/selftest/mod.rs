@@ -14,7 +14,7 @@ mod parity;
 mod throughput;
 
 use anyhow::Context;
-use lantern_kernels::device::DeviceChoice;
+use lantern_kernels::device_choice::DeviceChoice;
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{load, Architecture, KernelPath, LoadOptions, LoadedModel, ModelSource};
 use std::path::Path;
@@ -94,5 +94,5 @@ fn load_on(
 
 /// The block size `serve` picks on the model's device.
 fn block_size(model: &LoadedModel) -> usize {
-    lantern_kernels::device::default_block_size(model.decoder.device())
+    lantern_kernels::device_choice::default_block_size(model.decoder.device())
 }

@@ -40,7 +40,7 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
                 "check": "parity",
                 "family": arch.name(),
                 "dtype": format!("{dtype:?}").to_lowercase(),
-                "device": lantern_kernels::device::name(device),
+                "device": lantern_kernels::device_choice::name(device),
                 "kernels": model.decoder.kernels_name(),
                 "attention": model.decoder.new_cache(1, block)?.attention_name(),
                 "block_size": block,

@@ -2,8 +2,8 @@
 //! chunking, blocks, batch-mates and threads.
 
 use super::*;
+use crate::attention_metadata::slots_of;
 use crate::cpu::Isa;
-use crate::step::slots_of;
 use crate::{
     AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
 };

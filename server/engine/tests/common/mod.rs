@@ -40,7 +40,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
 pub fn test_device(kernels: KernelPath) -> candle_core::Device {
     match (std::env::var("LANTERN_TEST_DEVICE").as_deref(), kernels) {
         (Ok("cuda"), KernelPath::Portable) => {
-            match lantern_kernels::device::DeviceChoice::Cuda(0).open() {
+            match lantern_kernels::device_choice::DeviceChoice::Cuda(0).open() {
                 Ok(opened) => opened.device,
                 Err(error) => panic!("LANTERN_TEST_DEVICE=cuda: {error}"),
             }
