@@ -5,6 +5,7 @@
 //! This crate has no HTTP dependency: the compiler keeps the HTTP layer out.
 
 pub mod blocks;
+mod channel;
 pub mod config;
 pub mod constraint;
 pub mod detokenize;
@@ -14,11 +15,13 @@ mod masks_ahead;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
+mod startup;
 pub mod stop;
 mod worker;
 
 pub use config::{gpu_cache_blocks, CacheSize, EngineConfig, FaultPolicy, GpuMemory, StartError};
-pub use handle::{start, EngineHandle, EventStream, SubmitError};
+pub use handle::{EngineHandle, EventStream, SubmitError};
 pub use request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 pub use sampling::SamplingParams;
 pub use scheduler::{Refusal, SchedulerStats, SequenceOptions};
+pub use startup::start;

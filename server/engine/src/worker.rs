@@ -6,12 +6,12 @@
 //! their blocks; the others go on. Only several failed steps in a row (the fault policy) fail
 //! everything and mark the engine unhealthy: nobody is left waiting either way.
 
+use crate::channel::{Command, Shared};
 use crate::config::FaultPolicy;
 use crate::constraint::{AllowedTokens, Constraint};
 use crate::detokenize::IncrementalDecoder;
-use crate::handle::Shared;
 use crate::masks_ahead::beside_forward;
-use crate::request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
+use crate::request::{Completion, Event, FinishReason, PromptLogprob, TokenEvent};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerStats, SequenceId, SequenceOptions};
 use crate::stop::{StopMatcher, StopOutcome};
@@ -27,17 +27,6 @@ use tokio::sync::mpsc::UnboundedSender;
 mod choose;
 mod choose_on_device;
 use choose::Choice;
-
-pub(crate) enum Command {
-    Submit {
-        id: SequenceId,
-        request: GenerateRequest,
-        /// For a parallel sample: the sequence prefilling the same prompt.
-        leader: Option<SequenceId>,
-        events: UnboundedSender<Event>,
-        submitted_at: Instant,
-    },
-}
 
 /// Output-side state of one request.
 struct Active {
