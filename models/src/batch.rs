@@ -9,7 +9,6 @@ use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::KvBlocks;
 use lantern_kernels::{KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention, Uploads};
-use std::sync::Mutex;
 
 /// Which positions of a sequence need logits this step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,46 +33,18 @@ pub struct SequenceStep {
     pub logits: LogitsWanted,
 }
 
-/// The paged KV cache of a whole model: one block pool per layer, all with the same block ids.
-/// Each kernel path keeps its own layout (see `lantern_kernels`); [`crate::Decoder::new_cache`]
-/// makes the one its forward pass reads.
+/// The portable path's paged KV cache: one slot-major block pool per layer (any device), all
+/// with the same block ids, and the attention implementation that reads them (FlashAttention
+/// on capable GPUs, else portable).
 #[derive(Debug)]
-pub struct KvCache {
+pub(crate) struct TensorCache {
     pub shape: KvCacheShape,
-    pub(crate) storage: CacheStorage,
+    pub layers: Vec<LayerKvCache>,
+    pub attention: Box<dyn PagedAttention>,
 }
 
-#[derive(Debug)]
-pub(crate) enum CacheStorage {
-    /// Slot-major tensors, for the portable path (any device), with the attention
-    /// implementation that reads them (FlashAttention on capable GPUs, else portable).
-    Tensors {
-        layers: Vec<LayerKvCache>,
-        attention: Box<dyn PagedAttention>,
-    },
-    /// `[kv_head][block][slot][head_dim]` f32 pools, for the CPU kernels. The lock is taken
-    /// once per layer per step by the forward pass, never contended.
-    Cpu(Vec<Mutex<KvBlocks>>),
-}
-
-impl KvCache {
-    /// Returns the memory of the CPU pools' written pages to the OS (they fill again as
-    /// sequences write), keeping the keys and values of the blocks in `keep` (cached
-    /// prefixes): for an idle engine, whose other blocks hold nothing. The portable path's
-    /// tensors stay as they are.
-    pub fn release_idle_memory(&self, keep: &[u32]) {
-        if let CacheStorage::Cpu(layers) = &self.storage {
-            for layer in layers {
-                // A poisoned lock is a failed step's: kept blocks were written before it.
-                let mut blocks = layer
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                blocks.release_pages(keep);
-            }
-        }
-    }
-
-    pub(crate) fn tensors(
+impl TensorCache {
+    pub fn zeros(
         config: &DecoderConfig,
         shape: KvCacheShape,
         dtype: DType,
@@ -85,27 +56,35 @@ impl KvCache {
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             shape,
-            storage: CacheStorage::Tensors { layers, attention },
+            layers,
+            attention,
         })
     }
+}
 
-    /// The attention implementation reading this cache: `flash-attn`, `portable` or `cpu`.
-    pub fn attention_name(&self) -> &'static str {
-        match &self.storage {
-            CacheStorage::Tensors { attention, .. } => attention.name(),
-            CacheStorage::Cpu(_) => "cpu",
-        }
-    }
+/// The CPU kernels' paged KV cache: one `[kv_head][block][slot][head_dim]` f32 pool per layer.
+#[derive(Debug)]
+pub(crate) struct CpuCache {
+    pub shape: KvCacheShape,
+    pub layers: Vec<KvBlocks>,
+}
 
-    pub(crate) fn cpu(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
+impl CpuCache {
+    pub fn new(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
         let layers = (0..config.num_layers)
-            .map(|_| KvBlocks::new(shape).map(Mutex::new))
+            .map(|_| KvBlocks::new(shape))
             .collect::<std::result::Result<_, String>>()
             .map_err(ModelError::Batch)?;
-        Ok(Self {
-            shape,
-            storage: CacheStorage::Cpu(layers),
-        })
+        Ok(Self { shape, layers })
+    }
+
+    /// Returns the memory of the pools' written pages to the OS (they fill again as sequences
+    /// write), keeping the keys and values of the blocks in `keep` (cached prefixes): for an
+    /// idle engine, whose other blocks hold nothing.
+    pub fn release_idle_memory(&mut self, keep: &[u32]) {
+        for blocks in &mut self.layers {
+            blocks.release_pages(keep);
+        }
     }
 }
 

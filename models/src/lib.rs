@@ -18,7 +18,7 @@ pub mod tokenizer;
 pub mod tool_calls;
 pub mod weights;
 
-pub use batch::{KvCache, LogitsWanted, SequenceStep};
+pub use batch::{LogitsWanted, SequenceStep};
 pub use chat::{ChatMessage, ChatTemplate, TemplateToolCall};
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, KernelPath};

@@ -29,7 +29,7 @@ fn best_with_margin(logits: &Tensor) -> TestResult<Vec<(usize, f32)>> {
 fn gguf_twin_matches(arch: Architecture) -> TestResult {
     // GGUF has no `query_pre_attn_scalar`: llama.cpp scales Gemma's scores by the head size
     // (but for the 27B models), so the twin uses that scale too.
-    let (dir, model) = tiny_model_with(arch, KernelPath::Auto, &|_, config| {
+    let (dir, mut model) = tiny_model_with(arch, KernelPath::Auto, &|_, config| {
         if config["query_pre_attn_scalar"].is_number() {
             config["query_pre_attn_scalar"] = config["head_dim"].clone();
         }
@@ -37,7 +37,7 @@ fn gguf_twin_matches(arch: Architecture) -> TestResult {
     })?;
     let golden = load_goldens(arch)?;
     let tokens = to_u32(golden.get("decode_tokens").ok_or("decode_tokens")?)?;
-    let twin = prefill_then_decode(&model.decoder, &tokens, 20, 16)?;
+    let twin = prefill_then_decode(&mut model.decoder, &tokens, 20, 16)?;
     // Q8_0 (weights and, on the integer kernels, activations in 8 bits) moves these tiny
     // models' logits (of size 3 to 30) by up to 0.18 (measured); a tensor read wrong moves them
     // by their own size.
@@ -45,8 +45,8 @@ fn gguf_twin_matches(arch: Architecture) -> TestResult {
     for (dtype, tolerance) in [(GgmlDType::F32, None), (GgmlDType::Q8_0, Some(0.25f32))] {
         let path = dir.path().join(format!("model-{dtype:?}.gguf"));
         write_gguf(dir.path(), &path, dtype, &[])?;
-        let gguf = load(&ModelSource::Gguf(path), &LoadOptions::cpu())?;
-        let logits = prefill_then_decode(&gguf.decoder, &tokens, 20, 16)?;
+        let mut gguf = load(&ModelSource::Gguf(path), &LoadOptions::cpu())?;
+        let logits = prefill_then_decode(&mut gguf.decoder, &tokens, 20, 16)?;
         let what = format!("{} GGUF {dtype:?}", arch.name());
         match tolerance {
             None => assert_close(&what, &logits, &twin, 1e-4)?,

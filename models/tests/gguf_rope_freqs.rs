@@ -79,11 +79,11 @@ fn rope_freqs_of_a_llama31_gguf_give_transformers_logits() -> TestResult {
             kernels,
             ..LoadOptions::cpu()
         };
-        let model = load(&ModelSource::Gguf(gguf.clone()), &options)?;
-        let decoded = prefill_then_decode(&model.decoder, &decode_tokens, 20, 16)?;
+        let mut model = load(&ModelSource::Gguf(gguf.clone()), &options)?;
+        let decoded = prefill_then_decode(&mut model.decoder, &decode_tokens, 20, 16)?;
         let what = format!("rope_freqs GGUF, {kernels:?} kernels");
         assert_close(&what, &decoded, get("decode_logits")?, 1e-4)?;
-        let mixed = mixed_batch(&model.decoder, &prompts, 1)?;
+        let mixed = mixed_batch(&mut model.decoder, &prompts, 1)?;
         assert_close(&what, &mixed, get("batch_logits")?, 1e-4)?;
     }
     Ok(())

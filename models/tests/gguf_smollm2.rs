@@ -31,19 +31,16 @@ fn load_with(path: &Path, dequantize: Dequantize, kernels: KernelPath) -> TestRe
 }
 
 /// The logits of the last position of `prompt`, prefilled in one step.
-fn last_logits(decoder: &Decoder, prompt: &[u32]) -> TestResult<Vec<f32>> {
+fn last_logits(decoder: &mut Decoder, prompt: &[u32]) -> TestResult<Vec<f32>> {
     let mut paged = Paged::new(decoder, 64, 16)?;
     let seq = paged.add_sequence();
-    let logits = decoder.forward(
-        &[paged.step(seq, prompt, LogitsWanted::Last)?],
-        &paged.cache,
-    )?;
+    let logits = decoder.forward(&[paged.step(seq, prompt, LogitsWanted::Last)?])?;
     Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// Greedy decoding through our paged forward, stopping at an EOS id or after `max_new` tokens.
 fn greedy_ours(
-    decoder: &Decoder,
+    decoder: &mut Decoder,
     prompt: &[u32],
     max_new: usize,
     eos: &[u32],
@@ -53,10 +50,7 @@ fn greedy_ours(
     let mut next_input = prompt.to_vec();
     let mut out = Vec::new();
     for _ in 0..max_new {
-        let logits = decoder.forward(
-            &[paged.step(seq, &next_input, LogitsWanted::Last)?],
-            &paged.cache,
-        )?;
+        let logits = decoder.forward(&[paged.step(seq, &next_input, LogitsWanted::Last)?])?;
         let token = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         out.push(token);
         if eos.contains(&token) {
@@ -107,7 +101,7 @@ fn quantized_decoder_matches_candle_quantized_llama_and_knows_paris() -> TestRes
     let Some(path) = smollm2_gguf() else {
         return Ok(());
     };
-    let ours = load_with(&path, Dequantize::Off, KernelPath::Portable)?;
+    let mut ours = load_with(&path, Dequantize::Off, KernelPath::Portable)?;
     let eos = ours.tokenizer.eos_token_ids.clone();
     let prompts = [
         FRANCE.to_string(),
@@ -119,10 +113,13 @@ fn quantized_decoder_matches_candle_quantized_llama_and_knows_paris() -> TestRes
     for prompt in &prompts {
         let ids = encode(&ours, prompt)?;
         let expected = greedy_candle(&path, &ids, 24, &eos)?;
-        let got = greedy_ours(&ours.decoder, &ids, 24, &eos)?;
+        let got = greedy_ours(&mut ours.decoder, &ids, 24, &eos)?;
         assert_eq!(got, expected, "prompt {prompt:?}");
     }
-    let answer = greedy_ours(&ours.decoder, &encode(&ours, FRANCE)?, 32, &eos)?;
+    let answer = {
+        let prompt = encode(&ours, FRANCE)?;
+        greedy_ours(&mut ours.decoder, &prompt, 32, &eos)?
+    };
     let text = ours.tokenizer.tokenizer.decode(&answer, false)?;
     assert_eq!(text, "The capital of France is Paris.<|im_end|>");
     Ok(())
@@ -133,7 +130,7 @@ fn dequantized_decoder_also_answers_paris() -> TestResult {
     let Some(path) = smollm2_gguf() else {
         return Ok(());
     };
-    let ours = load_ours(&path, Dequantize::On)?;
+    let mut ours = load_ours(&path, Dequantize::On)?;
     let chat = ours
         .tokenizer
         .chat_template
@@ -145,7 +142,10 @@ fn dequantized_decoder_also_answers_paris() -> TestResult {
     )?;
     assert!(prompt.ends_with(FRANCE), "{prompt:?}");
     let eos = ours.tokenizer.eos_token_ids.clone();
-    let answer = greedy_ours(&ours.decoder, &encode(&ours, FRANCE)?, 32, &eos)?;
+    let answer = {
+        let prompt = encode(&ours, FRANCE)?;
+        greedy_ours(&mut ours.decoder, &prompt, 32, &eos)?
+    };
     let text = ours.tokenizer.tokenizer.decode(&answer, true)?;
     assert_eq!(text, "The capital of France is Paris.");
     Ok(())
@@ -187,7 +187,7 @@ fn cpu_integer_kernels_serve_the_file_quantized_and_know_paris() -> TestResult {
     let Some(path) = smollm2_gguf() else {
         return Ok(());
     };
-    let quantized = load_ours(&path, Dequantize::Auto)?;
+    let mut quantized = load_ours(&path, Dequantize::Auto)?;
     assert!(
         quantized.decoder.kernels_name().starts_with("cpu"),
         "{}",
@@ -200,7 +200,10 @@ fn cpu_integer_kernels_serve_the_file_quantized_and_know_paris() -> TestResult {
         "{bytes} bytes of weights: not kept quantized"
     );
     let eos = quantized.tokenizer.eos_token_ids.clone();
-    let answer = greedy_ours(&quantized.decoder, &encode(&quantized, FRANCE)?, 32, &eos)?;
+    let answer = {
+        let prompt = encode(&quantized, FRANCE)?;
+        greedy_ours(&mut quantized.decoder, &prompt, 32, &eos)?
+    };
     let text = quantized.tokenizer.tokenizer.decode(&answer, false)?;
     assert_eq!(text, "The capital of France is Paris.<|im_end|>");
 
@@ -208,7 +211,7 @@ fn cpu_integer_kernels_serve_the_file_quantized_and_know_paris() -> TestResult {
     // the chat prompt).
     assert_as_close_as_candle(
         &path,
-        &quantized,
+        &mut quantized,
         &[FRANCE, "The three primary colours are", "def fibonacci(n):"],
     )?;
     Ok(())
@@ -221,8 +224,7 @@ fn quantized_greedy_tokens_are_the_same_alone_and_among_31_others() -> TestResul
     let Some(path) = smollm2_gguf() else {
         return Ok(());
     };
-    let model = load_ours(&path, Dequantize::Auto)?;
-    let decoder = &model.decoder;
+    let mut model = load_ours(&path, Dequantize::Auto)?;
     let prompts: Vec<Vec<u32>> = (0..32)
         .map(|i| {
             encode(
@@ -231,16 +233,14 @@ fn quantized_greedy_tokens_are_the_same_alone_and_among_31_others() -> TestResul
             )
         })
         .collect::<TestResult<_>>()?;
+    let decoder = &mut model.decoder;
     // Alone: the first prompt, 12 greedy steps.
     let alone = {
         let mut paged = Paged::new(decoder, 64, 16)?;
         let seq = paged.add_sequence();
         let (mut input, mut rows) = (prompts[0].clone(), Vec::new());
         for _ in 0..12 {
-            let logits = decoder.forward(
-                &[paged.step(seq, &input, LogitsWanted::Last)?],
-                &paged.cache,
-            )?;
+            let logits = decoder.forward(&[paged.step(seq, &input, LogitsWanted::Last)?])?;
             let row = logits.flatten_all()?.to_vec1::<f32>()?;
             input = vec![argmax(&row)];
             rows.push(row);
@@ -257,7 +257,7 @@ fn quantized_greedy_tokens_are_the_same_alone_and_among_31_others() -> TestResul
             .zip(&inputs)
             .map(|(&seq, input)| paged.step(seq, input, LogitsWanted::Last))
             .collect::<TestResult<Vec<_>>>()?;
-        let logits = decoder.forward(&steps, &paged.cache)?;
+        let logits = decoder.forward(&steps)?;
         let vocab = logits.dim(1)?;
         let all = logits.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(
@@ -330,7 +330,7 @@ fn k_format_tensors_of_a_gguf_file_are_served_quantized() -> TestResult {
     let dir = tempfile::tempdir()?;
     let k_path = dir.path().join("smollm2-k-down.gguf");
     with_k_format_down_projections(&path, &k_path)?;
-    let quantized = load_ours(&k_path, Dequantize::Auto)?;
+    let mut quantized = load_ours(&k_path, Dequantize::Auto)?;
     let formats = quantized.decoder.weight_formats();
     let down = formats.iter().find(|(class, _)| *class == "mlp_down");
     assert_eq!(
@@ -339,13 +339,16 @@ fn k_format_tensors_of_a_gguf_file_are_served_quantized() -> TestResult {
         "{formats:?}"
     );
     let eos = quantized.tokenizer.eos_token_ids.clone();
-    let answer = greedy_ours(&quantized.decoder, &encode(&quantized, FRANCE)?, 32, &eos)?;
+    let answer = {
+        let prompt = encode(&quantized, FRANCE)?;
+        greedy_ours(&mut quantized.decoder, &prompt, 32, &eos)?
+    };
     let text = quantized.tokenizer.tokenizer.decode(&answer, false)?;
     assert_eq!(text, "The capital of France is Paris.<|im_end|>");
 
     assert_as_close_as_candle(
         &k_path,
-        &quantized,
+        &mut quantized,
         &[FRANCE, "The three primary colours are"],
     )?;
     Ok(())
@@ -355,9 +358,13 @@ fn k_format_tensors_of_a_gguf_file_are_served_quantized() -> TestResult {
 /// expansion of the same file stays within 2x that of candle's own quantized products on the
 /// file, for the last position of each prompt: room for a different activation quantization,
 /// none for a bug.
-fn assert_as_close_as_candle(path: &Path, quantized: &LoadedModel, prompts: &[&str]) -> TestResult {
-    let dense = load_ours(path, Dequantize::On)?;
-    let candle = load_with(path, Dequantize::Off, KernelPath::Portable)?;
+fn assert_as_close_as_candle(
+    path: &Path,
+    quantized: &mut LoadedModel,
+    prompts: &[&str],
+) -> TestResult {
+    let mut dense = load_ours(path, Dequantize::On)?;
+    let mut candle = load_with(path, Dequantize::Off, KernelPath::Portable)?;
     let max_diff = |a: &[f32], b: &[f32]| {
         a.iter()
             .zip(b)
@@ -366,9 +373,9 @@ fn assert_as_close_as_candle(path: &Path, quantized: &LoadedModel, prompts: &[&s
     };
     for prompt in prompts {
         let ids = encode(quantized, prompt)?;
-        let reference = last_logits(&dense.decoder, &ids)?;
-        let ours = max_diff(&last_logits(&quantized.decoder, &ids)?, &reference);
-        let theirs = max_diff(&last_logits(&candle.decoder, &ids)?, &reference);
+        let reference = last_logits(&mut dense.decoder, &ids)?;
+        let ours = max_diff(&last_logits(&mut quantized.decoder, &ids)?, &reference);
+        let theirs = max_diff(&last_logits(&mut candle.decoder, &ids)?, &reference);
         eprintln!("{prompt:?}: max |logit - dense|: ours {ours}, candle's {theirs}");
         assert!(
             ours <= 2.0 * theirs.max(0.25),

@@ -158,8 +158,8 @@ fn keep_first_kv_head(dir: &Path, config: &mut serde_json::Value) -> TestResult 
 }
 
 fn matches_candle_on(arch: Architecture, kernels: KernelPath) -> TestResult {
-    let (dir, model) = tiny_model_with(arch, kernels, &comparable_with_candle(arch))?;
-    let decoder = &model.decoder;
+    let (dir, mut model) = tiny_model_with(arch, kernels, &comparable_with_candle(arch))?;
+    let decoder = &mut model.decoder;
     let mut reference = Reference::load(arch, dir.path())?;
     // The token sequences of the goldens are a convenient seeded source of prompts.
     let golden = load_goldens(arch)?;

@@ -19,7 +19,7 @@ fn matches_transformers(arch: Architecture) -> TestResult {
 }
 
 fn matches_transformers_on(arch: Architecture, kernels: KernelPath) -> TestResult {
-    let (_dir, model) = tiny_model_on(arch, kernels)?;
+    let (_dir, mut model) = tiny_model_on(arch, kernels)?;
     // cuBLAS and the GPU's reductions sum in other orders than the CPU (f32 still, no TF32):
     // 1e-3 on CUDA (`LANTERN_TEST_DEVICE=cuda`) against the goldens' 1e-4 on the CPU.
     let tolerance = if model.decoder.device().is_cuda() {
@@ -27,7 +27,7 @@ fn matches_transformers_on(arch: Architecture, kernels: KernelPath) -> TestResul
     } else {
         TOLERANCE
     };
-    let decoder = &model.decoder;
+    let decoder = &mut model.decoder;
     let golden = load_goldens(arch)?;
     let get = |name: &str| golden.get(name).ok_or(format!("golden {name} missing"));
     let decode_tokens = to_u32(get("decode_tokens")?)?;
@@ -144,7 +144,7 @@ fn gemma3_text_part_of_a_vision_checkpoint_matches_transformers() -> TestResult 
         "text_config": text_config, "vision_config": {"model_type": "siglip_vision_model"},
     });
     std::fs::write(&config_path, vision.to_string())?;
-    let model = lantern_models::load(
+    let mut model = lantern_models::load(
         &lantern_models::ModelSource::Directory(dir.path().to_path_buf()),
         &lantern_models::LoadOptions {
             dtype: Some(candle_core::DType::F32),
@@ -154,7 +154,7 @@ fn gemma3_text_part_of_a_vision_checkpoint_matches_transformers() -> TestResult 
     let golden = load_goldens(Architecture::Gemma3)?;
     let get = |name: &str| golden.get(name).ok_or(format!("golden {name} missing"));
     let decode_tokens = to_u32(get("decode_tokens")?)?;
-    let decoded = prefill_then_decode(&model.decoder, &decode_tokens, DECODE_PROMPT, 16)?;
+    let decoded = prefill_then_decode(&mut model.decoder, &decode_tokens, DECODE_PROMPT, 16)?;
     assert_close(
         "gemma3 vision checkpoint's text model",
         &decoded,

@@ -85,14 +85,13 @@ impl WeightSource for Picked<'_> {
 }
 
 /// Logits of a 40-token prefill, then of 16 single-token decode steps.
-fn run(decoder: &Decoder, tokens: &[u32]) -> TestResult<Vec<Vec<f32>>> {
+fn run(decoder: &mut Decoder, tokens: &[u32]) -> TestResult<Vec<Vec<f32>>> {
     let mut paged = Paged::new(decoder, 64, 16)?;
     let seq = paged.add_sequence();
     let mut rows = Vec::new();
     let (prompt, rest) = tokens.split_at(40);
     for input in std::iter::once(prompt).chain(rest.chunks(1)) {
-        let logits =
-            decoder.forward(&[paged.step(seq, input, LogitsWanted::Last)?], &paged.cache)?;
+        let logits = decoder.forward(&[paged.step(seq, input, LogitsWanted::Last)?])?;
         rows.push(logits.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(rows)
@@ -162,7 +161,12 @@ impl Checkpoint {
 /// `ours` against candle's `reference` on the same blocks, and both against the unquantized
 /// `exact`: the largest logit difference from candle stays within `tolerance` of the largest
 /// logit, and ours is about as close to the unquantized model as candle's.
-fn compare(ours: &Decoder, reference: &Decoder, exact: &Decoder, tolerance: f32) -> TestResult {
+fn compare(
+    ours: &mut Decoder,
+    reference: &mut Decoder,
+    exact: &mut Decoder,
+    tolerance: f32,
+) -> TestResult {
     let tokens: Vec<u32> = (0..56u32).map(|i| (i * 37 + 11) % 500 + 3).collect();
     let (got, expected, exact) = (
         run(ours, &tokens)?,
@@ -198,13 +202,13 @@ fn compare(ours: &Decoder, reference: &Decoder, exact: &Decoder, tolerance: f32)
 fn q8_0_at_load_matches_candles_qmatmul_on_the_same_blocks() -> TestResult {
     let checkpoint = Checkpoint::new(DummySize::Tiny)?;
     let source = checkpoint.source();
-    let ours = load(&source, &checkpoint.options(Some(QuantFormat::Q8_0)))?;
+    let mut ours = load(&source, &checkpoint.options(Some(QuantFormat::Q8_0)))?;
     let formats = ours.decoder.weight_formats();
     assert!(
         formats.iter().all(|(_, format)| format == "q8_0"),
         "every matrix in Q8_0: {formats:?}"
     );
-    let dense = load(&source, &checkpoint.options(None))?;
+    let mut dense = load(&source, &checkpoint.options(None))?;
     let (q8_bytes, f32_bytes) = (
         ours.decoder.weight_bytes().unwrap_or(0),
         dense.decoder.weight_bytes().unwrap_or(0),
@@ -215,11 +219,11 @@ fn q8_0_at_load_matches_candles_qmatmul_on_the_same_blocks() -> TestResult {
         (q8_bytes as f64) < 0.3 * f32_bytes as f64,
         "{q8_bytes} vs {f32_bytes}"
     );
-    let reference = checkpoint.candle_reference(|_, _| Some(GgmlDType::Q8_0))?;
+    let mut reference = checkpoint.candle_reference(|_, _| Some(GgmlDType::Q8_0))?;
     // Tolerance: 5% of the largest logit against candle's own Q8_0 product. Both carry
     // activation quantization noise, 1-2% of the largest logit on this random tiny model
     // (measured: at most 3.1% apart), independent of each other.
-    compare(&ours.decoder, &reference, &dense.decoder, 0.05)
+    compare(&mut ours.decoder, &mut reference, &mut dense.decoder, 0.05)
 }
 
 #[test]
@@ -227,13 +231,13 @@ fn q4_k_at_load_falls_back_to_q4_0_where_rows_are_not_whole_super_blocks() -> Te
     // Hidden size 256 (whole super-blocks), intermediate 320 (not): only `down` falls back.
     let checkpoint = Checkpoint::new(DummySize::TinyWide)?;
     let source = checkpoint.source();
-    let ours = load(&source, &checkpoint.options(Some(QuantFormat::Q4K)))?;
+    let mut ours = load(&source, &checkpoint.options(Some(QuantFormat::Q4K)))?;
     let formats = ours.decoder.weight_formats();
     for (class, format) in &formats {
         let expected = if *class == "mlp_down" { "q4_0" } else { "q4_k" };
         assert_eq!(format, expected, "{class}: {formats:?}");
     }
-    let dense = load(&source, &checkpoint.options(None))?;
+    let mut dense = load(&source, &checkpoint.options(None))?;
     let (q4_bytes, f32_bytes) = (
         ours.decoder.weight_bytes().unwrap_or(0),
         dense.decoder.weight_bytes().unwrap_or(0),
@@ -244,7 +248,7 @@ fn q4_k_at_load_falls_back_to_q4_0_where_rows_are_not_whole_super_blocks() -> Te
         (q4_bytes as f64) < 0.2 * f32_bytes as f64,
         "{q4_bytes} vs {f32_bytes}"
     );
-    let reference = checkpoint.candle_reference(|_, inp| {
+    let mut reference = checkpoint.candle_reference(|_, inp| {
         Some(if inp.is_multiple_of(256) {
             GgmlDType::Q4K
         } else {
@@ -254,7 +258,7 @@ fn q4_k_at_load_falls_back_to_q4_0_where_rows_are_not_whole_super_blocks() -> Te
     // Candle quantizes activations for Q4_K to Q8_K (one scale per 256 values) and ours per
     // 32, and the embeddings it looks up stay dense where ours read the quantized table:
     // more independent noise than with Q8_0 weights, hence the wider bound.
-    compare(&ours.decoder, &reference, &dense.decoder, 0.08)
+    compare(&mut ours.decoder, &mut reference, &mut dense.decoder, 0.08)
 }
 
 /// A Q4_K_M-like mix: Q4_K matrices, the value projection in Q6_K, `down` (320 inputs) in Q8_0;
@@ -276,7 +280,7 @@ fn q4_k_m_mix(name: &str, inp: usize) -> Option<GgmlDType> {
 #[test]
 fn q4_k_m_mix_stacks_query_key_and_value_of_different_formats() -> TestResult {
     let checkpoint = Checkpoint::new(DummySize::TinyWide)?;
-    let ours = Decoder::load(
+    let mut ours = Decoder::load(
         checkpoint.config.clone(),
         &Picked {
             inner: &checkpoint.weights,
@@ -305,9 +309,9 @@ fn q4_k_m_mix_stacks_query_key_and_value_of_different_formats() -> TestResult {
         Some("q8_0"),
         "{formats:?}"
     );
-    let dense = load(&checkpoint.source(), &checkpoint.options(None))?;
-    let reference = checkpoint.candle_reference(q4_k_m_mix)?;
+    let mut dense = load(&checkpoint.source(), &checkpoint.options(None))?;
+    let mut reference = checkpoint.candle_reference(q4_k_m_mix)?;
     // Same weights on both sides: only the activations' quantization differs (per 32 values
     // here, per 256 with Q8_K in candle's K-format products).
-    compare(&ours, &reference, &dense.decoder, 0.04)
+    compare(&mut ours, &mut reference, &mut dense.decoder, 0.04)
 }

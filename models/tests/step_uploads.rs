@@ -11,11 +11,11 @@ use lantern_models::{Architecture, KernelPath, LogitsWanted, SequenceStep};
 /// Copies made by a prefill step (5 tokens per sequence) and a decode step of `sequences`
 /// sequences on the tiny Llama cut to `layers` layers (it has 2).
 fn uploads_per_step(layers: usize, sequences: usize) -> TestResult<(usize, usize)> {
-    let (_dir, model) = tiny_model_with(Architecture::Llama, KernelPath::Portable, &|_, c| {
+    let (_dir, mut model) = tiny_model_with(Architecture::Llama, KernelPath::Portable, &|_, c| {
         c["num_hidden_layers"] = layers.into();
         Ok(())
     })?;
-    let decoder = &model.decoder;
+    let decoder = &mut model.decoder;
     let mut paged = Paged::new(decoder, 64, 4)?;
     let ids: Vec<usize> = (0..sequences).map(|_| paged.add_sequence()).collect();
     let mut counts = Vec::new();
@@ -25,7 +25,7 @@ fn uploads_per_step(layers: usize, sequences: usize) -> TestResult<(usize, usize
             .map(|&s| paged.step(s, tokens, LogitsWanted::Last))
             .collect::<TestResult<_>>()?;
         let uploads = CountingUploads::default();
-        decoder.forward_with_uploads(&steps, &paged.cache, &uploads)?;
+        decoder.forward_with_uploads(&steps, &uploads)?;
         counts.push(uploads.count());
     }
     Ok((counts[0], counts[1]))

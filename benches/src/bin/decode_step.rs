@@ -71,8 +71,8 @@ fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--kernels is auto, cpu or portable"))?,
         ..LoadOptions::cpu()
     };
-    let model = load(&ModelSource::resolve(&args.model, None)?, &options)?;
-    let decoder = &model.decoder;
+    let mut model = load(&ModelSource::resolve(&args.model, None)?, &options)?;
+    let decoder = &mut model.decoder;
     let vocab = decoder.config().vocab_size as u32;
     let block_size = args.block_size;
     println!(
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for &batch in &args.batch {
         let per_seq = (args.context + args.steps + 1).div_ceil(block_size);
-        let cache = decoder.new_cache(batch * per_seq, block_size)?;
+        decoder.allocate_cache(batch * per_seq, block_size)?;
         let tables: Vec<Vec<u32>> = (0..batch)
             .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
             .collect();
@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                     logits: LogitsWanted::Last,
                 })
                 .collect();
-            decoder.forward(&steps, &cache)?;
+            decoder.forward(&steps)?;
         }
         let step_at = |position: usize, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<SequenceStep> {
             tables
@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         };
         // One unmeasured step lets buffers reach their size.
-        decoder.forward(&step_at(args.context, &mut rng), &cache)?;
+        decoder.forward(&step_at(args.context, &mut rng))?;
         decoder.record_phases(true);
         let mut allocations = 0;
         let mut elapsed = 0.0;
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
             let steps = step_at(args.context + i, &mut rng);
             let before = ALLOCATIONS.load(Ordering::Relaxed);
             let started = Instant::now();
-            let logits = decoder.forward(&steps, &cache)?;
+            let logits = decoder.forward(&steps)?;
             elapsed += started.elapsed().as_secs_f64();
             allocations += ALLOCATIONS.load(Ordering::Relaxed) - before;
             drop(logits);

@@ -8,7 +8,7 @@
 //! in its epilogue; down_proj adding into the residual. The final norm and the head run only for
 //! the rows whose logits are wanted.
 
-use crate::batch::{attention_views, logit_rows, KvCache, SequenceStep};
+use crate::batch::{attention_views, logit_rows, CpuCache, SequenceStep};
 use crate::config::{DecoderConfig, MlpActivation, RopeConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{rotary_frequencies, Linear};
@@ -19,7 +19,6 @@ use lantern_kernels::cpu::{
     PackedMatrix, RotaryPairing, RotaryTable, WeightFormat,
 };
 use lantern_kernels::SequenceAttention;
-use std::sync::Mutex;
 use weights::Weight;
 
 mod load;
@@ -126,9 +125,9 @@ pub(crate) struct CpuModel {
     layers: Vec<CpuLayer>,
     final_norm: Vec<f32>,
     lm_head: PackedMatrix,
-    rotary: Mutex<RotaryTable>,
-    local_rotary: Option<Mutex<RotaryTable>>,
-    workspace: Mutex<Workspace>,
+    rotary: RotaryTable,
+    local_rotary: Option<RotaryTable>,
+    workspace: Workspace,
 }
 
 impl CpuModel {
@@ -163,26 +162,20 @@ impl CpuModel {
     }
 
     /// Drops the step buffers, keeping whether phases are timed.
-    pub(crate) fn release_workspace(&self) {
-        let mut ws = self
-            .workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *ws = Workspace {
-            phases: ws.phases.take(),
+    pub(crate) fn release_workspace(&mut self) {
+        self.workspace = Workspace {
+            phases: self.workspace.phases.take(),
             ..Workspace::default()
         };
     }
 
     /// Starts (`true`, from zero) or stops recording time per phase.
-    pub fn record_phases(&self, on: bool) {
-        if let Ok(mut ws) = self.workspace.lock() {
-            ws.phases = on.then(PhaseTimes::default);
-        }
+    pub fn record_phases(&mut self, on: bool) {
+        self.workspace.phases = on.then(PhaseTimes::default);
     }
 
     pub fn phase_times(&self) -> Option<PhaseTimes> {
-        self.workspace.lock().ok()?.phases.clone()
+        self.workspace.phases.clone()
     }
 
     pub fn isa(&self) -> lantern_kernels::cpu::Isa {
@@ -211,39 +204,27 @@ impl CpuModel {
 
     /// See [`crate::Decoder::forward`].
     pub fn forward(
-        &self,
+        &mut self,
         config: &DecoderConfig,
         steps: &[SequenceStep],
-        cache: &KvCache,
-        layers: &[Mutex<KvBlocks>],
+        cache: &mut CpuCache,
     ) -> Result<Tensor> {
         let logit_rows = logit_rows(steps, config, &cache.shape)?;
-        // A step that panicked (the engine catches it and fails that step's sequences) leaves
-        // these locks poisoned. What they guard stays usable: the workspace is scratch,
-        // rewritten before it is read; the rotary table only ever gains whole rows; and the
-        // KV blocks a failed step was writing belong to sequences the engine drops with it.
-        use std::sync::PoisonError;
-        let mut ws = self
-            .workspace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut rotary = self.rotary.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut local_rotary = self
-            .local_rotary
-            .as_ref()
-            .map(|table| table.lock().unwrap_or_else(PoisonError::into_inner));
-        let ws = &mut *ws;
         let rows = steps.iter().map(|s| s.tokens.len()).sum();
         let last_position = steps
             .iter()
             .map(|s| s.context_before + s.tokens.len())
             .max();
         if let Some(end) = last_position {
-            rotary.cover(end.saturating_sub(1));
-            if let Some(local) = local_rotary.as_mut() {
+            self.rotary.cover(end.saturating_sub(1));
+            if let Some(local) = self.local_rotary.as_mut() {
                 local.cover(end.saturating_sub(1));
             }
         }
+        // The buffers are taken out for the step (the weights stay borrowed whole beside
+        // them) and put back after; a step that panics leaves fresh ones, which are scratch.
+        let mut workspace = std::mem::take(&mut self.workspace);
+        let ws = &mut workspace;
         let sequences = attention_views(steps);
         let mut phases = ws.phases.take();
         let logits = cpu::install(|| -> Result<Vec<f32>> {
@@ -253,17 +234,16 @@ impl CpuModel {
             };
             self.embed(config, steps, rows, ws);
             clock.lap(0);
-            for (layer, blocks) in self.layers.iter().zip(layers) {
-                let mut blocks = blocks.lock().unwrap_or_else(PoisonError::into_inner);
-                let step = Step {
-                    config,
-                    steps,
-                    rows,
-                    sequences: &sequences,
-                    rotary: &rotary,
-                    local_rotary: local_rotary.as_deref(),
-                };
-                self.layer(&step, layer, &mut blocks, ws, &mut clock)?;
+            let step = Step {
+                config,
+                steps,
+                rows,
+                sequences: &sequences,
+                rotary: &self.rotary,
+                local_rotary: self.local_rotary.as_ref(),
+            };
+            for (layer, blocks) in self.layers.iter().zip(&mut cache.layers) {
+                self.layer(&step, layer, blocks, ws, &mut clock)?;
             }
             let logits = self.logits(config, &logit_rows, ws);
             clock.lap(8);
@@ -272,7 +252,8 @@ impl CpuModel {
         if let Some(p) = phases.as_mut() {
             p.steps += 1;
         }
-        ws.phases = phases;
+        workspace.phases = phases;
+        self.workspace = workspace;
         let logits = logits?;
         let rows = logit_rows.len();
         Ok(Tensor::from_vec(

@@ -10,7 +10,7 @@
 mod cpu;
 mod portable;
 
-use crate::batch::{CacheStorage, KvCache, SequenceStep};
+use crate::batch::{CpuCache, SequenceStep, TensorCache};
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::WeightSource;
@@ -44,10 +44,24 @@ impl KernelPath {
     }
 }
 
+/// A forward pass's layers and the KV cache in the layout they read, side by side: a cache
+/// cannot meet the wrong execution, and the engine thread that owns the decoder needs no lock
+/// to step it. The cache is `None` until [`Decoder::allocate_cache`].
 #[derive(Debug)]
 enum Execution {
-    Portable(PortableModel),
-    Cpu(Box<CpuModel>),
+    Portable {
+        model: PortableModel,
+        cache: Option<TensorCache>,
+    },
+    Cpu {
+        model: Box<CpuModel>,
+        cache: Option<CpuCache>,
+    },
+}
+
+/// The error of a step taken before any cache was allocated.
+fn no_cache() -> ModelError {
+    ModelError::Batch("no KV cache: call Decoder::allocate_cache first".into())
 }
 
 #[derive(Debug)]
@@ -77,17 +91,19 @@ impl Decoder {
             weights
         };
         let execution = match path {
-            KernelPath::Cpu if device.is_cpu() => {
-                Execution::Cpu(Box::new(CpuModel::load(&config, weights, dtype)?))
-            }
+            KernelPath::Cpu if device.is_cpu() => Execution::Cpu {
+                model: Box::new(CpuModel::load(&config, weights, dtype)?),
+                cache: None,
+            },
             KernelPath::Cpu => {
                 return Err(ModelError::Kernels(
                     "the CPU kernels run on the CPU device only: use --kernels portable".into(),
                 ))
             }
-            KernelPath::Auto | KernelPath::Portable => {
-                Execution::Portable(PortableModel::load(&config, weights, dtype, device)?)
-            }
+            KernelPath::Auto | KernelPath::Portable => Execution::Portable {
+                model: PortableModel::load(&config, weights, dtype, device)?,
+                cache: None,
+            },
         };
         let decoder = Self {
             config,
@@ -120,16 +136,16 @@ impl Decoder {
     /// What runs the forward pass: `cpu-avx512`, `cpu-avx2`, `cpu-scalar` or `portable`.
     pub fn kernels_name(&self) -> String {
         match &self.execution {
-            Execution::Portable(_) => "portable".into(),
-            Execution::Cpu(model) => format!("cpu-{}", model.isa().name()),
+            Execution::Portable { .. } => "portable".into(),
+            Execution::Cpu { model, .. } => format!("cpu-{}", model.isa().name()),
         }
     }
 
     /// Dtype of the KV cache entries.
     fn cache_dtype(&self) -> DType {
         match self.execution {
-            Execution::Portable(_) => self.dtype,
-            Execution::Cpu(_) => DType::F32,
+            Execution::Portable { .. } => self.dtype,
+            Execution::Cpu { .. } => DType::F32,
         }
     }
 
@@ -144,15 +160,15 @@ impl Decoder {
 
     /// Starts (from zero) or stops recording time per phase of the CPU forward pass (a no-op
     /// on the portable path). For benchmarks; costs two clock reads per phase.
-    pub fn record_phases(&self, on: bool) {
-        if let Execution::Cpu(model) = &self.execution {
+    pub fn record_phases(&mut self, on: bool) {
+        if let Execution::Cpu { model, .. } = &mut self.execution {
             model.record_phases(on);
         }
     }
 
     /// Time per phase since recording started: `(phase, total)` pairs and the step count.
     pub fn phase_times(&self) -> Option<(Vec<(&'static str, std::time::Duration)>, u64)> {
-        let Execution::Cpu(model) = &self.execution else {
+        let Execution::Cpu { model, .. } = &self.execution else {
             return None;
         };
         let times = model.phase_times()?;
@@ -165,8 +181,8 @@ impl Decoder {
     /// Bytes of weights the CPU kernels read per step (`None` on the portable path).
     pub fn weight_bytes(&self) -> Option<usize> {
         match &self.execution {
-            Execution::Portable(_) => None,
-            Execution::Cpu(model) => Some(model.weight_bytes()),
+            Execution::Portable { .. } => None,
+            Execution::Cpu { model, .. } => Some(model.weight_bytes()),
         }
     }
 
@@ -174,8 +190,8 @@ impl Decoder {
     /// `f32`, `bf16`, or a quantized format (`q4_1`, ...); on the portable path the dtype.
     pub fn weight_formats(&self) -> Vec<(&'static str, String)> {
         match &self.execution {
-            Execution::Cpu(model) => model.weight_formats(),
-            Execution::Portable(_) => {
+            Execution::Cpu { model, .. } => model.weight_formats(),
+            Execution::Portable { .. } => {
                 let dtype = format!("{:?}", self.dtype).to_lowercase();
                 vec![("all", dtype)]
             }
@@ -190,11 +206,16 @@ impl Decoder {
                 .bytes_per_block(self.cache_dtype())
     }
 
-    /// Frees the buffers steps reuse (they grow to the largest batch seen); the next step
-    /// allocates what it needs again. For an idle engine.
-    pub fn release_idle_memory(&self) {
-        if let Execution::Cpu(model) = &self.execution {
+    /// For an idle engine: frees the buffers steps reuse (they grow to the largest batch seen;
+    /// the next step allocates what it needs again) and returns the memory of the CPU cache's
+    /// written pages to the OS, keeping the keys and values of the blocks in `keep` (cached
+    /// prefixes; the other blocks hold nothing). The portable path's tensors stay as they are.
+    pub fn release_idle_memory(&mut self, keep: &[u32]) {
+        if let Execution::Cpu { model, cache } = &mut self.execution {
             model.release_workspace();
+            if let Some(cache) = cache {
+                cache.release_idle_memory(keep);
+            }
         }
     }
 
@@ -206,25 +227,59 @@ impl Decoder {
             head_dim: self.config.head_dim,
             block_size,
         };
-        matches!(self.execution, Execution::Portable(_))
+        matches!(self.execution, Execution::Portable { .. })
             && lantern_kernels::flash_attention_available(&self.device, needs)
     }
 
-    /// A zeroed KV cache in the layout this decoder's forward pass reads.
-    pub fn new_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+    /// Replaces the KV cache with a zeroed one of `num_blocks` blocks of `block_size` tokens,
+    /// in the layout this decoder's forward pass reads (the old one is freed first).
+    pub fn allocate_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<()> {
         let shape = self.cache_shape(num_blocks, block_size);
-        match &self.execution {
-            Execution::Portable(model) => {
+        let dtype = self.cache_dtype();
+        match &mut self.execution {
+            Execution::Portable { model, cache } => {
+                *cache = None; // freed before the new one is allocated
                 let attention = model.attention_kernels(&self.config, &self.device, block_size);
-                KvCache::tensors(
+                *cache = Some(TensorCache::zeros(
                     &self.config,
                     shape,
-                    self.cache_dtype(),
+                    dtype,
                     &self.device,
                     attention,
-                )
+                )?);
             }
-            Execution::Cpu(_) => KvCache::cpu(&self.config, shape),
+            Execution::Cpu { cache, .. } => {
+                *cache = None;
+                *cache = Some(CpuCache::new(&self.config, shape)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the KV cache (steps fail until the next [`Self::allocate_cache`]).
+    pub fn free_cache(&mut self) {
+        match &mut self.execution {
+            Execution::Portable { cache, .. } => *cache = None,
+            Execution::Cpu { cache, .. } => *cache = None,
+        }
+    }
+
+    /// The allocated cache's shape, if any.
+    pub fn kv_cache_shape(&self) -> Option<KvCacheShape> {
+        match &self.execution {
+            Execution::Portable { cache, .. } => cache.as_ref().map(|c| c.shape),
+            Execution::Cpu { cache, .. } => cache.as_ref().map(|c| c.shape),
+        }
+    }
+
+    /// The attention implementation reading the cache: `flash-attn`, `portable` or `cpu`
+    /// (`none` before a cache is allocated).
+    pub fn attention_name(&self) -> &'static str {
+        match &self.execution {
+            Execution::Portable { cache, .. } => {
+                cache.as_ref().map_or("none", |c| c.attention.name())
+            }
+            Execution::Cpu { .. } => "cpu",
         }
     }
 
@@ -236,36 +291,27 @@ impl Decoder {
     }
 
     /// Runs every sequence's new tokens through the model, writing their keys and values into
-    /// `cache`. Returns f32 logits `(rows, vocab)`: for each sequence in order, the rows its
+    /// the cache. Returns f32 logits `(rows, vocab)`: for each sequence in order, the rows its
     /// [`crate::LogitsWanted`] asks for.
-    pub fn forward(&self, steps: &[SequenceStep], cache: &KvCache) -> Result<Tensor> {
-        self.forward_with_uploads(steps, cache, &lantern_kernels::DirectUploads)
+    pub fn forward(&mut self, steps: &[SequenceStep]) -> Result<Tensor> {
+        self.forward_with_uploads(steps, &lantern_kernels::DirectUploads)
     }
 
     /// [`Self::forward`], with every host-to-device copy of the step made through `uploads`.
     pub fn forward_with_uploads(
-        &self,
+        &mut self,
         steps: &[SequenceStep],
-        cache: &KvCache,
         uploads: &dyn lantern_kernels::Uploads,
     ) -> Result<Tensor> {
-        match (&self.execution, &cache.storage) {
-            (Execution::Portable(model), CacheStorage::Tensors { layers, attention }) => model
-                .forward(
-                    &self.config,
-                    steps,
-                    &cache.shape,
-                    layers,
-                    attention.as_ref(),
-                    &self.device,
-                    uploads,
-                ),
-            (Execution::Cpu(model), CacheStorage::Cpu(layers)) => {
-                model.forward(&self.config, steps, cache, layers)
+        match &mut self.execution {
+            Execution::Portable { model, cache } => {
+                let cache = cache.as_ref().ok_or_else(no_cache)?;
+                model.forward(&self.config, steps, cache, &self.device, uploads)
             }
-            _ => Err(ModelError::Batch(
-                "the KV cache was made for another kernel path: use Decoder::new_cache".into(),
-            )),
+            Execution::Cpu { model, cache } => {
+                let cache = cache.as_mut().ok_or_else(no_cache)?;
+                model.forward(&self.config, steps, cache)
+            }
         }
     }
 }

@@ -1,15 +1,14 @@
 //! The portable execution of the decoder: candle tensor ops and the portable paged attention,
 //! on any device candle supports. It is the reference the CPU kernels are checked against.
 
-use crate::batch::{attention_views, FlatBatch, SequenceStep};
+use crate::batch::{attention_views, FlatBatch, SequenceStep, TensorCache};
 use crate::config::{DecoderConfig, MlpActivation};
 use crate::error::Result;
 use crate::layers::{Angles, Linear, RmsNorm, Rotary};
 use crate::weights::{Role, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{
-    AttentionNeeds, AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, StepMetadata,
-    Uploads,
+    AttentionNeeds, AttentionParams, LayerKvCache, PagedAttention, StepMetadata, Uploads,
 };
 
 /// What one layer's attention needs from the step (built once per step).
@@ -180,17 +179,15 @@ impl PortableModel {
 
     /// See [`crate::Decoder::forward`]. Everything the step uploads goes through `uploads`:
     /// a fixed handful of copies per step, none per layer or per sequence.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         config: &DecoderConfig,
         steps: &[SequenceStep],
-        shape: &KvCacheShape,
-        cache: &[LayerKvCache],
-        kernels: &dyn PagedAttention,
+        cache: &TensorCache,
         device: &Device,
         uploads: &dyn Uploads,
     ) -> Result<Tensor> {
+        let (shape, kernels) = (&cache.shape, cache.attention.as_ref());
         let batch = FlatBatch::new(steps, config, shape, device, uploads)?;
         let sequences = attention_views(steps);
         let metadata = kernels.prepare(&sequences, shape, device, uploads)?;
@@ -212,7 +209,7 @@ impl PortableModel {
                 None => x,
             })
         };
-        for (layer, layer_cache) in self.layers.iter().zip(cache) {
+        for (layer, layer_cache) in self.layers.iter().zip(&cache.layers) {
             let attention_in = layer.attention_norm.forward(&hidden)?;
             let step = Step {
                 config,

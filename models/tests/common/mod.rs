@@ -9,8 +9,8 @@ pub mod to_gguf;
 use candle_core::{DType, Device, Tensor};
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{
-    load, Architecture, Decoder, KernelPath, KvCache, LoadOptions, LoadedModel, LogitsWanted,
-    ModelSource, SequenceStep,
+    load, Architecture, Decoder, KernelPath, LoadOptions, LoadedModel, LogitsWanted, ModelSource,
+    SequenceStep,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -84,21 +84,22 @@ pub fn tiny_model_with(
 
 /// A KV cache plus a block allocator handing out blocks in a shuffled order.
 pub struct Paged {
-    pub cache: KvCache,
+    block_size: usize,
     free: Vec<u32>,
     tables: Vec<Vec<u32>>,
     lens: Vec<usize>,
 }
 
 impl Paged {
-    pub fn new(decoder: &Decoder, num_blocks: usize, block_size: usize) -> TestResult<Self> {
-        let cache = decoder.new_cache(num_blocks, block_size)?;
+    /// Allocates `decoder`'s cache for it.
+    pub fn new(decoder: &mut Decoder, num_blocks: usize, block_size: usize) -> TestResult<Self> {
+        decoder.allocate_cache(num_blocks, block_size)?;
         let mut free: Vec<u32> = (0..num_blocks as u32).collect();
         free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
             block_size as u64,
         ));
         Ok(Self {
-            cache,
+            block_size,
             free,
             tables: Vec::new(),
             lens: Vec::new(),
@@ -118,7 +119,7 @@ impl Paged {
         tokens: &[u32],
         logits: LogitsWanted,
     ) -> TestResult<SequenceStep> {
-        let block_size = self.cache.shape.block_size;
+        let block_size = self.block_size;
         let context_before = self.lens[seq];
         let needed = (context_before + tokens.len()).div_ceil(block_size);
         while self.tables[seq].len() < needed {
@@ -319,22 +320,20 @@ pub mod scenarios {
     /// Prefill `tokens[..prompt_len]`, then feed the rest one token per call. Rows: the prompt's
     /// last position, then every fed token.
     pub fn prefill_then_decode(
-        decoder: &Decoder,
+        decoder: &mut Decoder,
         tokens: &[u32],
         prompt_len: usize,
         block_size: usize,
     ) -> TestResult<Tensor> {
         let mut paged = Paged::new(decoder, 64 * 16 / block_size + 8, block_size)?;
         let seq = paged.add_sequence();
-        let mut rows = vec![decoder.forward(
-            &[paged.step(seq, &tokens[..prompt_len], LogitsWanted::Last)?],
-            &paged.cache,
-        )?];
+        let mut rows = vec![decoder.forward(&[paged.step(
+            seq,
+            &tokens[..prompt_len],
+            LogitsWanted::Last,
+        )?])?];
         for &token in &tokens[prompt_len..] {
-            rows.push(decoder.forward(
-                &[paged.step(seq, &[token], LogitsWanted::Last)?],
-                &paged.cache,
-            )?);
+            rows.push(decoder.forward(&[paged.step(seq, &[token], LogitsWanted::Last)?])?);
         }
         Ok(Tensor::cat(&rows, 0)?)
     }
@@ -343,7 +342,7 @@ pub mod scenarios {
     /// first half decoding that last token with the second half prefilling whole prompts
     /// (asking for every row). Rows: per sequence, its second-to-last then last position.
     pub fn mixed_batch(
-        decoder: &Decoder,
+        decoder: &mut Decoder,
         prompts: &[Vec<u32>],
         block_size: usize,
     ) -> TestResult<Tensor> {
@@ -359,7 +358,7 @@ pub mod scenarios {
                 )
             })
             .collect::<TestResult<_>>()?;
-        let first_rows = decoder.forward(&first, &paged.cache)?;
+        let first_rows = decoder.forward(&first)?;
         let mut second = Vec::new();
         for i in 0..prompts.len() {
             second.push(if i < half {
@@ -372,7 +371,7 @@ pub mod scenarios {
                 paged.step(ids[i], &prompts[i], LogitsWanted::All)?
             });
         }
-        let second_rows = decoder.forward(&second, &paged.cache)?;
+        let second_rows = decoder.forward(&second)?;
         let mut rows = Vec::new();
         let mut offset = half; // rows of the second call after the first half's decodes
         for (i, prompt) in prompts.iter().enumerate() {
@@ -389,7 +388,7 @@ pub mod scenarios {
 
     /// Prefill `tokens` in chunks of `chunk`, asking for every row.
     pub fn chunked_prefill(
-        decoder: &Decoder,
+        decoder: &mut Decoder,
         tokens: &[u32],
         chunk: usize,
         block_size: usize,
@@ -398,9 +397,7 @@ pub mod scenarios {
         let seq = paged.add_sequence();
         let rows = tokens
             .chunks(chunk)
-            .map(|piece| {
-                Ok(decoder.forward(&[paged.step(seq, piece, LogitsWanted::All)?], &paged.cache)?)
-            })
+            .map(|piece| Ok(decoder.forward(&[paged.step(seq, piece, LogitsWanted::All)?])?))
             .collect::<TestResult<Vec<_>>>()?;
         Ok(Tensor::cat(&rows, 0)?)
     }

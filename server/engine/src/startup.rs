@@ -7,7 +7,7 @@ use crate::constraint::Constraints;
 use crate::handle::EngineHandle;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use crate::worker::Worker;
-use lantern_models::{Decoder, KvCache, LogitsWanted, SequenceStep, TokenizerBundle};
+use lantern_models::{Decoder, LogitsWanted, SequenceStep, TokenizerBundle};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use std::time::Instant;
 /// Sizes the KV cache, warms the model up at the configured budgets and starts the engine
 /// thread. A budget the device cannot hold fails here, naming the setting to lower.
 pub fn start(
-    decoder: Decoder,
+    mut decoder: Decoder,
     tokenizer: &TokenizerBundle,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
@@ -34,15 +34,15 @@ pub fn start(
             .max_batch_prefill_tokens
             .div_ceil(config.block_size.max(1))
             + config.max_num_seqs;
-        let probe = decoder.new_cache(blocks, config.block_size)?;
-        warm_up(&decoder, &probe, &scheduler_config(blocks))?;
-        drop(probe);
+        decoder.allocate_cache(blocks, config.block_size)?;
+        warm_up(&mut decoder, &scheduler_config(blocks))?;
+        decoder.free_cache();
         decoder.synchronize()?;
     }
     let num_blocks = config.num_blocks(&decoder)?;
     let scheduler_config = scheduler_config(num_blocks);
-    let cache = decoder.new_cache(num_blocks, config.block_size)?;
-    warm_up(&decoder, &cache, &scheduler_config)?;
+    decoder.allocate_cache(num_blocks, config.block_size)?;
+    warm_up(&mut decoder, &scheduler_config)?;
     // Loaded on one thread, run on the engine thread: nothing may still be in flight.
     decoder.synchronize()?;
     let shared = Arc::new(Shared {
@@ -65,14 +65,13 @@ pub fn start(
     if let Err(error) = &constraints {
         tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
     }
-    let cache_attention = cache.attention_name();
+    let cache_attention = decoder.attention_name();
     let device = lantern_kernels::device_choice::name(decoder.device());
     let sample_on_device = config
         .sample_on_device
         .unwrap_or(!decoder.device().is_cpu());
     let worker = Worker::new(
         decoder,
-        cache,
         shared_tokenizer,
         tokenizer.eos_token_ids.clone(),
         Scheduler::new(scheduler_config),
@@ -108,7 +107,7 @@ pub fn start(
 
 /// One forward step as large as the budgets allow: `max_num_seqs` sequences sharing
 /// `max_batch_prefill_tokens` prompt tokens.
-fn warm_up(decoder: &Decoder, cache: &KvCache, config: &SchedulerConfig) -> Result<(), StartError> {
+fn warm_up(decoder: &mut Decoder, config: &SchedulerConfig) -> Result<(), StartError> {
     let tokens = config.max_batch_prefill_tokens;
     if tokens > config.num_blocks * config.block_size {
         return Err(StartError::Warmup(format!(
@@ -134,7 +133,7 @@ fn warm_up(decoder: &Decoder, cache: &KvCache, config: &SchedulerConfig) -> Resu
         })
         .collect();
     let started = Instant::now();
-    decoder.forward(&steps, cache).map_err(|e| {
+    decoder.forward(&steps).map_err(|e| {
         StartError::Warmup(format!(
             "warm-up at max_batch_prefill_tokens={} and max_num_seqs={} failed ({e}): lower them",
             config.max_batch_prefill_tokens, config.max_num_seqs

@@ -1,4 +1,4 @@
-//! The engine thread: owns the decoder and the KV cache, runs one scheduler step after another,
+//! The engine thread: owns the decoder (and with it the KV cache), runs one scheduler step after another,
 //! samples, detokenizes and sends each request its events. Model steps block, so this is an OS
 //! thread; the async world talks to it through channels only.
 //!
@@ -15,7 +15,7 @@ use crate::request::{Completion, Event, FinishReason, PromptLogprob, TokenEvent}
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerStats, SequenceId, SequenceOptions};
 use crate::stop::{StopMatcher, StopOutcome};
-use lantern_models::{Decoder, KvCache};
+use lantern_models::Decoder;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -53,7 +53,6 @@ struct Active {
 
 pub(crate) struct Worker {
     pub decoder: Decoder,
-    pub cache: KvCache,
     pub tokenizer: Arc<Tokenizer>,
     pub eos_token_ids: Vec<u32>,
     pub scheduler: Scheduler,
@@ -79,7 +78,6 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(
         decoder: Decoder,
-        cache: KvCache,
         tokenizer: Arc<Tokenizer>,
         eos_token_ids: Vec<u32>,
         scheduler: Scheduler,
@@ -88,7 +86,6 @@ impl Worker {
     ) -> Self {
         Self {
             decoder,
-            cache,
             tokenizer,
             eos_token_ids,
             scheduler,
@@ -168,9 +165,8 @@ impl Worker {
                 Ok(command) => return Some(command),
                 Err(RecvTimeoutError::Disconnected) => return None,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.cache
+                    self.decoder
                         .release_idle_memory(&self.scheduler.cached_blocks());
-                    self.decoder.release_idle_memory();
                     self.holds_step_memory = false;
                     self.idle_releases += 1;
                     self.publish_stats();
@@ -255,8 +251,8 @@ impl Worker {
         self.holds_step_memory = true;
         self.maybe_inject_fault()?;
         let mut pending = self.lend_constraints(&plan);
-        let (decoder, cache) = (&self.decoder, &self.cache);
-        let logits = beside_forward(&mut pending, || decoder.forward(&steps, cache));
+        let decoder = &mut self.decoder;
+        let logits = beside_forward(&mut pending, || decoder.forward(&steps));
         for p in pending {
             if let Some(active) = self.active.get_mut(&p.key) {
                 active.constraint = Some(p.constraint);

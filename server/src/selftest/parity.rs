@@ -26,11 +26,12 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
             DType::F32,
             KernelPath::Portable,
         )?;
-        let expected = run_steps(&reference.decoder, 16)?;
+        let mut reference = reference;
+        let expected = run_steps(&mut reference.decoder, 16)?;
         for dtype in [DType::F32, DType::BF16] {
-            let model = super::load_on(dir.path(), device, Some(dtype), KernelPath::Auto)?;
+            let mut model = super::load_on(dir.path(), device, Some(dtype), KernelPath::Auto)?;
             let block = block_size(&model);
-            let got = run_steps(&model.decoder, block)?;
+            let got = run_steps(&mut model.decoder, block)?;
             let (max_diff, top1) = compare(&expected, &got)?;
             let pass = match dtype {
                 DType::F32 => max_diff <= F32_TOLERANCE,
@@ -42,7 +43,7 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
                 "dtype": format!("{dtype:?}").to_lowercase(),
                 "device": lantern_kernels::device_choice::name(device),
                 "kernels": model.decoder.kernels_name(),
-                "attention": model.decoder.new_cache(1, block)?.attention_name(),
+                "attention": model.decoder.attention_name(),
                 "block_size": block,
                 "max_abs_diff": max_diff,
                 "top1_agreement": top1,
@@ -54,13 +55,13 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
 }
 
 /// Logits of every step, as f32 rows on the host.
-fn run_steps(decoder: &Decoder, block_size: usize) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+fn run_steps(decoder: &mut Decoder, block_size: usize) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let total: usize = PROMPTS.iter().map(|p| p + DECODE_STEPS).sum();
     let blocks_each: Vec<usize> = PROMPTS
         .iter()
         .map(|p| (p + DECODE_STEPS).div_ceil(block_size))
         .collect();
-    let cache = decoder.new_cache(total.div_ceil(block_size) + PROMPTS.len(), block_size)?;
+    decoder.allocate_cache(total.div_ceil(block_size) + PROMPTS.len(), block_size)?;
     let mut first = 0u32;
     let tables: Vec<Vec<u32>> = blocks_each
         .iter()
@@ -83,14 +84,14 @@ fn run_steps(decoder: &Decoder, block_size: usize) -> anyhow::Result<Vec<Vec<Vec
             logits: LogitsWanted::All,
         })
         .collect();
-    let mut out = vec![rows(&decoder.forward(&steps, &cache)?)?];
+    let mut out = vec![rows(&decoder.forward(&steps)?)?];
     for step in 0..DECODE_STEPS {
         for (s, seq) in steps.iter_mut().enumerate() {
             seq.context_before = PROMPTS[s] + step;
             seq.tokens = vec![token(s, seq.context_before)];
             seq.logits = LogitsWanted::Last;
         }
-        out.push(rows(&decoder.forward(&steps, &cache)?)?);
+        out.push(rows(&decoder.forward(&steps)?)?);
     }
     Ok(out)
 }

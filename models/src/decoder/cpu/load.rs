@@ -168,12 +168,12 @@ impl CpuModel {
             layers,
             final_norm: vector(Role::FinalNorm, 0, hidden)?,
             lm_head,
-            rotary: Mutex::new(rotary_table(&c.rope, c.head_dim, pairing)),
+            rotary: rotary_table(&c.rope, c.head_dim, pairing),
             local_rotary: c
                 .local_rope
                 .as_ref()
-                .map(|rope| Mutex::new(rotary_table(rope, c.head_dim, pairing))),
-            workspace: Mutex::new(Workspace::default()),
+                .map(|rope| rotary_table(rope, c.head_dim, pairing)),
+            workspace: Workspace::default(),
         })
     }
 }
