@@ -70,6 +70,16 @@ impl ChatMessage {
         }
     }
 
+    /// The name of the tool that the call `id` of an earlier assistant turn in `history`
+    /// called: what a tool result names when its API gives only the call's id.
+    pub fn called_tool(history: &[ChatMessage], id: &str) -> Option<String> {
+        history
+            .iter()
+            .flat_map(|past| &past.tool_calls)
+            .find(|call| call.id == id)
+            .map(|call| call.function.name.clone())
+    }
+
     /// A `tool` turn: the result of the call `id` to the tool `name`.
     pub fn tool_result(id: Option<&str>, name: Option<&str>, content: &str) -> Self {
         Self {

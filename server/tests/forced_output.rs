@@ -157,6 +157,44 @@ async fn counts_and_token_ids_out_of_range_are_named() {
             "{message}"
         );
     }
+    // Limits name the field as each API spells it (one check, called before any work).
+    for (path, body, field) in [
+        (
+            "/generate",
+            json!({"inputs": "hi", "parameters": {"max_new_tokens": 100000}}),
+            "max_new_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 100000}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}],
+                                        "max_completion_tokens": 100000}),
+            "max_completion_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "logprobs": 9}),
+            "logprobs",
+        ),
+    ] {
+        let answer = post(&app, path, body).await;
+        assert!(answer.status.is_client_error(), "{path}: {}", answer.text);
+        let named = answer.body["error"]["param"].as_str().map(String::from);
+        let message = answer.text.clone();
+        assert!(
+            named.as_deref() == Some(field) || (path == "/generate" && message.contains(field)),
+            "{path}: {message}"
+        );
+    }
     for (prompt, named) in [
         (json!([1_000_000_000_000u64]), "1000000000000"),
         (json!([[1, -1]]), "-1"),

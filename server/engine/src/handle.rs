@@ -3,8 +3,9 @@
 
 use crate::channel::{Command, Shared};
 use crate::constraint::Constraints;
+use crate::limits::{FieldNames, Refusal, RequestSize};
 use crate::request::{Event, GenerateRequest};
-use crate::scheduler::{Refusal, SchedulerConfig, SchedulerStats, SequenceId};
+use crate::scheduler::{SchedulerConfig, SchedulerStats, SequenceId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -18,10 +19,6 @@ pub enum SubmitError {
     Refused(#[from] Refusal),
     #[error("token id {token} is outside the vocabulary ({vocab_size} tokens)")]
     UnknownToken { token: u32, vocab_size: usize },
-    #[error("max_new_tokens must be at least 1")]
-    NoNewTokens,
-    #[error("top_n_tokens must be at most 5, got {0}")]
-    TooManyAlternatives(usize),
     #[error("the engine is not available: {0}")]
     Unavailable(String),
 }
@@ -100,14 +97,12 @@ impl EngineHandle {
         if !self.is_healthy() {
             return Err(SubmitError::Unavailable("the engine is unhealthy".into()));
         }
-        if request.max_new_tokens == 0 {
-            return Err(SubmitError::NoNewTokens);
-        }
-        if request.sampling.top_n_tokens > 5 {
-            return Err(SubmitError::TooManyAlternatives(
-                request.sampling.top_n_tokens,
-            ));
-        }
+        let size = RequestSize {
+            prompt_tokens: Some(request.prompt.len()),
+            max_new_tokens: Some(request.max_new_tokens),
+            top_n_tokens: request.sampling.top_n_tokens,
+        };
+        self.limits.limits().check(size, FieldNames::ENGINE)?;
         let biased = request.sampling.logit_bias.iter().map(|&(t, _)| t);
         if let Some(token) = request
             .prompt
@@ -121,8 +116,6 @@ impl EngineHandle {
                 vocab_size: self.vocab_size,
             });
         }
-        self.limits
-            .check(request.prompt.len(), request.max_new_tokens)?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod constraint;
 pub mod detokenize;
 pub mod device_sampling;
 pub mod handle;
+pub mod limits;
 mod masks_ahead;
 pub mod request;
 pub mod sampling;
@@ -21,7 +22,8 @@ mod worker;
 
 pub use config::{gpu_cache_blocks, CacheSize, EngineConfig, FaultPolicy, GpuMemory, StartError};
 pub use handle::{EngineHandle, EventStream, SubmitError};
+pub use limits::{FieldNames, Limits, Refusal, RequestSize};
 pub use request::{Completion, Event, FinishReason, GenerateRequest, PromptLogprob, TokenEvent};
 pub use sampling::SamplingParams;
-pub use scheduler::{Refusal, SchedulerStats, SequenceOptions};
+pub use scheduler::{SchedulerStats, SequenceOptions};
 pub use startup::start;

@@ -26,6 +26,8 @@
 //! will have; a cached block's hash is that of its tokens and their prefix.
 
 use crate::blocks::{block_hash, BlockAllocator, BlockHash};
+pub use crate::limits::Refusal;
+use crate::limits::{FieldNames, Limits, RequestSize};
 use lantern_models::{LogitsWanted, SequenceStep};
 use std::collections::{BTreeSet, HashMap};
 
@@ -46,53 +48,25 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// Checks a request against the limits it can never exceed (counts from clients: no
-    /// arithmetic here can overflow).
-    pub fn check(&self, prompt: usize, max_new_tokens: usize) -> Result<(), Refusal> {
-        if prompt == 0 {
-            return Err(Refusal::EmptyPrompt);
+    /// The request limits this configuration sets (the HTTP layer adds `max_input_tokens`).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_input_tokens: None,
+            max_total_tokens: self.max_total_tokens,
+            num_blocks: self.num_blocks,
+            block_size: self.block_size,
         }
-        let total = prompt
-            .checked_add(max_new_tokens)
-            .filter(|&total| total <= self.max_total_tokens)
-            .ok_or(Refusal::OverTotalTokens {
-                prompt,
-                max_new_tokens,
-                limit: self.max_total_tokens,
-            })?;
-        let needed = total.div_ceil(self.block_size.max(1));
-        if needed > self.num_blocks {
-            return Err(Refusal::OverCache {
-                prompt,
-                max_new_tokens,
-                needed,
-                total: self.num_blocks,
-                block_size: self.block_size,
-            });
-        }
-        Ok(())
     }
-}
 
-/// Why [`Scheduler::add`] refused a request: it could never run, so it must not wait.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) = {} exceeds max_total_tokens ({limit})", prompt.saturating_add(*max_new_tokens))]
-    OverTotalTokens {
-        prompt: usize,
-        max_new_tokens: usize,
-        limit: usize,
-    },
-    #[error("prompt ({prompt} tokens) + max_new_tokens ({max_new_tokens}) needs {needed} KV-cache blocks, more than the whole cache ({total} blocks of {block_size} tokens)")]
-    OverCache {
-        prompt: usize,
-        max_new_tokens: usize,
-        needed: usize,
-        total: usize,
-        block_size: usize,
-    },
+    /// Checks a request against the limits it can never exceed (see [`Limits::check`]).
+    pub fn check(&self, prompt: usize, max_new_tokens: usize) -> Result<(), Refusal> {
+        let size = RequestSize {
+            prompt_tokens: Some(prompt),
+            max_new_tokens: Some(max_new_tokens),
+            top_n_tokens: 0,
+        };
+        self.limits().check(size, FieldNames::ENGINE)
+    }
 }
 
 #[derive(Debug)]

@@ -12,6 +12,7 @@ use super::state::AppState;
 use super::tools::{answer_parts, StreamedCalls, StreamedPiece};
 use axum::response::sse::Event as SseEvent;
 use axum::response::Response;
+use lantern_engine::FieldNames;
 use lantern_engine::{Completion, FinishReason, TokenEvent};
 use lantern_models::ToolSyntax;
 use schemars::JsonSchema;
@@ -87,6 +88,11 @@ async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Resp
     )
     .await?;
     let params = Params {
+        fields: FieldNames {
+            prompt: "messages",
+            max_new_tokens: "max_tokens",
+            ..FieldNames::ENGINE
+        },
         max_new_tokens: Some(request.max_tokens),
         temperature: Some(request.temperature.unwrap_or(1.0)),
         top_p: request.top_p,
@@ -98,12 +104,7 @@ async fn run_messages(state: &AppState, request: MessagesRequest) -> Result<Resp
         ..Params::default()
     };
     let prepared = prepare(state, prompt, params).await?;
-    let id = format!(
-        "msg_{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
+    let id = super::ids::fresh_id("msg_");
     let spelling = MessagesAnswer {
         id,
         model: model.name.clone(),
@@ -294,8 +295,7 @@ impl StreamFormat for MessagesStream {
         events
     }
 
-    fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        let error = ApiError::Generation(message.to_string());
-        vec![named("error", error.body(Flavor::Anthropic))]
+    fn flavor(&self) -> Flavor {
+        Flavor::Anthropic
     }
 }

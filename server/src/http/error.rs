@@ -113,17 +113,26 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// This error as the last event of a stream in `flavor`'s API (its 200 header already
+    /// sent): TGI's and OpenAI's a `data:` event with their error body, Anthropic's an
+    /// `error` event.
+    pub fn stream_event(&self, flavor: Flavor) -> axum::response::sse::Event {
+        let event = axum::response::sse::Event::default();
+        let event = match flavor {
+            Flavor::Anthropic => event.event("error"),
+            Flavor::Tgi | Flavor::OpenAi => event,
+        };
+        event.data(self.body(flavor).to_string())
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Unavailable(message) => Self::Unavailable(message),
-            SubmitError::Refused(_) | SubmitError::UnknownToken { .. } => {
-                Self::validation(error.to_string(), "inputs")
-            }
-            SubmitError::NoNewTokens => Self::validation(error.to_string(), "max_new_tokens"),
-            SubmitError::TooManyAlternatives(_) => {
-                Self::validation(error.to_string(), "top_n_tokens")
-            }
+            SubmitError::Refused(refusal) => Self::validation(refusal.to_string(), refusal.field()),
+            SubmitError::UnknownToken { .. } => Self::validation(error.to_string(), "inputs"),
         }
     }
 }

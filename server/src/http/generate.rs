@@ -6,7 +6,8 @@ use super::ranges::{in_range, Bounds};
 use super::state::{AppState, ServingModel};
 use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
-    Completion, Event, EventStream, FinishReason, GenerateRequest, SamplingParams, TokenEvent,
+    Completion, Event, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, Refusal,
+    RequestSize, SamplingParams, TokenEvent,
 };
 use lantern_models::ChatMessage;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct Params {
     pub grammar: Option<(Grammar, &'static str)>,
     /// OpenAI's `logit_bias`, one entry per token (ids not yet checked against the vocabulary).
     pub logit_bias: Vec<(u32, f32)>,
+    /// How the request's API names the fields a limit refers to.
+    pub fields: FieldNames,
 }
 
 /// Whitespace between the tokens of JSON under a JSON grammar (a Lantern extension of TGI's
@@ -83,6 +86,11 @@ pub struct Prepared {
     pub samples: usize,
     /// Held until the response is complete.
     pub permit: OwnedSemaphorePermit,
+}
+
+/// A refusal by the limits, as the client's error naming its field.
+fn refused(refusal: Refusal) -> ApiError {
+    ApiError::validation(refusal.to_string(), refusal.field())
 }
 
 /// Runs CPU-heavy request preparation (tokenizing, rendering chat templates) on the blocking
@@ -252,19 +260,18 @@ pub async fn prepare(
             "stop",
         ));
     }
-    if params.max_new_tokens == Some(0) {
-        return Err(ApiError::validation(
-            "`max_new_tokens` must be at least 1",
-            "max_new_tokens",
-        ));
-    }
+    // Everything the limits can say before the prompt is tokenized, in the API's own names.
+    let limits = Limits {
+        max_input_tokens: Some(config.max_input_tokens),
+        ..model.engine.limits().limits()
+    };
     let top_n_tokens = params.top_n_tokens.unwrap_or(0);
-    if top_n_tokens > 5 {
-        return Err(ApiError::validation(
-            format!("`top_n_tokens` must be at most 5, got {top_n_tokens}"),
-            "top_n_tokens",
-        ));
-    }
+    let mut size = RequestSize {
+        prompt_tokens: None,
+        max_new_tokens: params.max_new_tokens,
+        top_n_tokens,
+    };
+    limits.check(size, params.fields).map_err(refused)?;
     let vocab_size = model.engine.vocab_size();
     let outside = |token: u32, field: &str| {
         ApiError::validation(
@@ -304,34 +311,14 @@ pub async fn prepare(
     {
         prompt_tokens.drain(..prompt_tokens.len() - keep);
     }
-    if prompt_tokens.is_empty() {
-        return Err(ApiError::validation("the prompt is empty", "inputs"));
-    }
-    if prompt_tokens.len() > config.max_input_tokens {
-        return Err(ApiError::validation(
-            format!(
-                "the prompt has {} tokens, more than max_input_tokens ({}); shorten it or set `truncate`",
-                prompt_tokens.len(),
-                config.max_input_tokens
-            ),
-            "inputs",
-        ));
-    }
-    let room = config.max_total_tokens - prompt_tokens.len();
-    let max_new_tokens = match params.max_new_tokens {
-        Some(n) if n > room => {
-            return Err(ApiError::validation(
-                format!(
-                    "prompt ({} tokens) + max_new_tokens ({n}) exceeds max_total_tokens ({})",
-                    prompt_tokens.len(),
-                    config.max_total_tokens
-                ),
-                "max_new_tokens",
-            ))
-        }
-        Some(n) => n,
-        None => config.default_max_new_tokens.min(room),
-    };
+    size.prompt_tokens = Some(prompt_tokens.len());
+    limits.check(size, params.fields).map_err(refused)?;
+    let room = limits.max_total_tokens.saturating_sub(prompt_tokens.len());
+    let max_new_tokens = params
+        .max_new_tokens
+        .unwrap_or(config.default_max_new_tokens.min(room));
+    size.max_new_tokens = Some(max_new_tokens);
+    limits.check(size, params.fields).map_err(refused)?;
     let greedy = params.do_sample == Some(false) || temperature.is_some_and(|t| t == 0.0);
     let sampling = SamplingParams {
         temperature: if greedy {

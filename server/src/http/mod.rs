@@ -5,6 +5,7 @@ mod bedrock;
 pub mod body;
 pub mod error;
 mod generate;
+mod ids;
 mod openai;
 mod openapi;
 mod oversized;
@@ -19,7 +20,6 @@ mod tgi;
 mod tools;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::Response;
 use axum::Router;
@@ -147,14 +147,6 @@ pub(crate) fn report_emf(
 }
 
 /// TGI's liveness: 200 while the engine is healthy, 503 otherwise.
-async fn health(State(state): State<AppState>) -> StatusCode {
-    if state.is_healthy() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
 async fn metrics(State(state): State<AppState>) -> String {
     let stats = state.model().ok().map(|m| m.engine.stats());
     state.metrics.render(stats)

@@ -18,7 +18,7 @@ mod tool_calls;
 pub use chat::ChatCompletions;
 pub use completions::{CompletionRequest, Completions};
 pub use fields::{ResponseFormat, Unsupported};
-use lantern_engine::{Completion, FinishReason};
+use lantern_engine::{Completion, FieldNames, FinishReason};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -155,7 +155,7 @@ impl Common {
     /// What every streamed chunk repeats, for a response of `object` type, with a fresh id.
     fn header(&self, id_prefix: &str, served: &str, object: &'static str) -> StreamHeader {
         StreamHeader {
-            id: response_id(id_prefix),
+            id: super::ids::fresh_id(&format!("{id_prefix}-")),
             model: self.model_name(served),
             created: now(),
             object,
@@ -178,18 +178,18 @@ impl Common {
                 "n",
             ));
         }
-        for (name, value) in [
-            ("max_tokens", self.max_tokens),
-            ("max_completion_tokens", self.max_completion_tokens),
-        ] {
-            if value == Some(0) {
-                return Err(ApiError::validation(
-                    format!("`{name}` must be at least 1"),
-                    name,
-                ));
-            }
-        }
+        // The limits (engine's `Limits::check`) name the field the client set.
+        let fields = FieldNames {
+            prompt: "messages",
+            max_new_tokens: if self.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
+            top_n_tokens: "top_logprobs",
+        };
         Ok(Params {
+            fields,
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: Some(
                 self.temperature
@@ -255,13 +255,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn response_id(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{prefix}-{nanos:x}")
-}
-
 /// What every chunk of an OpenAI stream repeats, and how such a stream ends.
 struct StreamHeader {
     id: String,
@@ -291,11 +284,6 @@ impl StreamHeader {
         }
         events.push(SseEvent::default().data("[DONE]"));
         events
-    }
-
-    fn error(&self, message: &str) -> Vec<SseEvent> {
-        let error = ApiError::Generation(message.to_string());
-        vec![json_event(&error.body(Flavor::OpenAi))]
     }
 }
 

@@ -3,11 +3,11 @@
 //! log line about a request (the HTTP layer's, its stream's, the engine's) names it. Prompts and
 //! outputs are never logged.
 
+use super::ids::fresh_id;
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use rand::Rng;
 use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,7 +42,7 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
         .filter_map(|name| request.headers().get(name))
         .filter_map(|value| value.to_str().ok())
         .find(|id| acceptable(id))
-        .map_or_else(new_id, str::to_string);
+        .map_or_else(|| fresh_id(""), str::to_string);
     request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id);
     let mut response = next.run(request).instrument(span).await;
@@ -56,12 +56,6 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// 128 random bits in hex.
-fn new_id() -> String {
-    let bits: u128 = rand::rng().random();
-    format!("{bits:032x}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,9 +66,9 @@ mod tests {
         assert!(!acceptable(""));
         assert!(!acceptable("has space"));
         assert!(!acceptable(&"x".repeat(MAX_ID_LEN + 1)));
-        let id = new_id();
+        let id = fresh_id("");
         assert_eq!(id.len(), 32);
         assert!(acceptable(&id));
-        assert_ne!(id, new_id());
+        assert_ne!(id, fresh_id(""));
     }
 }

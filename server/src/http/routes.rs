@@ -3,7 +3,7 @@
 //! neither can have a route the other lacks.
 
 use super::pipeline::serve;
-use super::{health, metrics, openai, openapi, sagemaker, tgi, AppState};
+use super::{metrics, openai, openapi, sagemaker, tgi, AppState};
 use axum::handler::Handler;
 use axum::routing::{on, MethodFilter, MethodRouter};
 
@@ -85,7 +85,7 @@ pub fn operations() -> Vec<Operation> {
         op("/generate_stream", Post, "TGI generate, streamed as Server-Sent Events", Some(Tgi), serve::<tgi::GenerateStream>),
         op("/info", Get, "TGI model and limits", None, tgi::info),
         op("/tokenize", Post, "TGI tokenize: `inputs` as a raw prompt (special-token text in it is parsed as control tokens and the BOS token added, as /generate does; chat message content is tokenized as text, see --content-special-tokens)", Some(Tokenize), serve::<tgi::Tokenize>),
-        op("/health", Get, "Liveness: 200 while the engine is healthy", None, health),
+        op("/health", Get, "Liveness: 200 while the engine is healthy (the same answer as /ping)", None, sagemaker::ping),
         op("/metrics", Get, "Prometheus metrics (text format)", None, metrics),
         op("/v1/chat/completions", Post, "OpenAI chat completions (stream with \"stream\": true)", Some(Chat), serve::<openai::ChatCompletions>),
         op("/v1/completions", Post, "OpenAI completions", Some(Completion), serve::<openai::Completions>),

@@ -4,6 +4,7 @@
 //! stream is dropped, the forwarding task's send fails, it drops the engine streams, and the
 //! engine cancels the sequences at its next step.
 
+use super::error::{ApiError, Flavor};
 use super::generate::{combined, cut_by_deadline, Prepared};
 use super::state::AppState;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -28,7 +29,13 @@ pub trait StreamFormat: Send + 'static {
     fn finish(&mut self, _total: &Completion) -> Vec<SseEvent> {
         Vec::new()
     }
-    fn error(&mut self, message: &str) -> Vec<SseEvent>;
+    /// The API whose error event ends a failed stream (`ApiError::stream_event`).
+    fn flavor(&self) -> Flavor;
+}
+
+/// The event ending a stream that failed with `message`.
+fn failure(format: &impl StreamFormat, message: &str) -> Vec<SseEvent> {
+    vec![ApiError::Generation(message.to_string()).stream_event(format.flavor())]
 }
 
 pub fn json_event(value: &serde_json::Value) -> SseEvent {
@@ -159,7 +166,7 @@ pub fn respond(
                     }
                     () = &mut shutting_down => {
                         report(None);
-                        let _ = send_all(format.error("the server is shutting down")).await;
+                        let _ = send_all(failure(&format, "the server is shutting down")).await;
                         return;
                     }
                 };
@@ -201,7 +208,7 @@ pub fn respond(
                         };
                         tracing::warn!(error = message, "stream failed");
                         report(None);
-                        let _ = send_all(format.error(&message)).await;
+                        let _ = send_all(failure(&format, &message)).await;
                         return;
                     }
                 };

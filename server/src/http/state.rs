@@ -28,6 +28,16 @@ pub struct ServingModel {
     pub content_guard: Option<lantern_models::chat_prompt::ContentGuard>,
 }
 
+impl ServingModel {
+    /// One token's text on its own (log-probability listings; special tokens spelled out).
+    pub fn token_text(&self, id: u32) -> String {
+        self.tokenizer
+            .tokenizer
+            .decode(&[id], false)
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServerConfig>,

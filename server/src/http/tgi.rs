@@ -178,7 +178,7 @@ fn top_tokens_json(token: &TokenEvent, model: &super::state::ServingModel) -> Va
             .top
             .iter()
             .map(|(id, logprob)| {
-                let text = model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default();
+                let text = model.token_text(*id);
                 json!({"id": id, "text": text, "logprob": logprob, "special": model.tokenizer.eos_token_ids.contains(id)})
             })
             .collect(),
@@ -196,7 +196,7 @@ fn details_json(generated: &Generated, parameters: &TgiParameters) -> Value {
             .enumerate()
             .map(|(i, id)| {
                 let logprob = logprobs.get(i).cloned().flatten().map(|p| p.logprob);
-                json!({"id": id, "text": model.tokenizer.tokenizer.decode(&[*id], false).unwrap_or_default(), "logprob": logprob})
+                json!({"id": id, "text": model.token_text(*id), "logprob": logprob})
             })
             .collect()
     } else {
@@ -355,9 +355,8 @@ impl StreamFormat for TgiStream {
         vec![self.event(&last, Some(completion))]
     }
 
-    fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        let error = ApiError::Generation(message.to_string());
-        vec![json_event(&error.body(Flavor::Tgi))]
+    fn flavor(&self) -> Flavor {
+        Flavor::Tgi
     }
 }
 

@@ -8,7 +8,6 @@ use lantern_engine::constraint::Grammar;
 use lantern_models::tool_calls::{split, CallStream, Piece};
 use lantern_models::{ParsedCall, ToolSpec, ToolSyntax};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How the model must use the tools (OpenAI's `tool_choice`, Anthropic's `tool_choice.type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +166,7 @@ pub struct IdentifiedCall {
 impl IdentifiedCall {
     pub fn new(call: ParsedCall, prefix: &str) -> Self {
         Self {
-            id: call_id(prefix),
+            id: super::ids::fresh_id(prefix),
             call,
         }
     }
@@ -176,17 +175,6 @@ impl IdentifiedCall {
     pub fn arguments_json(&self) -> String {
         self.call.arguments.to_string()
     }
-}
-
-/// A fresh call id (`call_...` for OpenAI, `toolu_...` for Anthropic): unique within the
-/// process and across restarts.
-pub fn call_id(prefix: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{nanos:x}{n:04x}")
 }
 
 /// An answer's text and the calls in it. With calls, the text around them is trimmed (the

@@ -161,11 +161,7 @@ pub fn chat_messages(
                 }
                 "tool_result" => {
                     let id = block.tool_use_id.as_deref().ok_or_else(|| missing("tool_use_id"))?;
-                    let name = out
-                        .iter()
-                        .flat_map(|past| &past.tool_calls)
-                        .find(|call| call.id == id)
-                        .map(|call| call.function.name.clone());
+                    let name = ChatMessage::called_tool(&out, id);
                     let mut content = match &block.content {
                         None => String::new(),
                         Some(ResultContent::Text(text)) => text.clone(),

@@ -35,13 +35,7 @@ fn tool_call_json(call: &IdentifiedCall, index: Option<usize>) -> Value {
 }
 
 fn chat_logprobs(tokens: &[TokenEvent], model: &crate::http::state::ServingModel) -> Value {
-    let text = |id: u32| {
-        model
-            .tokenizer
-            .tokenizer
-            .decode(&[id], false)
-            .unwrap_or_default()
-    };
+    let text = |id: u32| model.token_text(id);
     json!({"content": tokens.iter().filter(|t| !t.special).map(|t| json!({
         "token": text(t.id),
         "logprob": t.logprob,
@@ -256,8 +250,8 @@ impl StreamFormat for ChatStream {
         self.header.closing(total)
     }
 
-    fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        self.header.error(message)
+    fn flavor(&self) -> Flavor {
+        Flavor::OpenAi
     }
 }
 

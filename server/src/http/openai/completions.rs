@@ -149,6 +149,8 @@ async fn run_completion(
         ));
     }
     params.max_new_tokens = params.max_new_tokens.or(Some(16)); // OpenAI's documented default
+    params.fields.prompt = "prompt";
+    params.fields.top_n_tokens = "logprobs";
     params.samples = best_of;
     // echo with logprobs: the prompt's tokens get log-probabilities too.
     params.prompt_logprobs = request.echo && request.logprobs.is_some();
@@ -230,14 +232,7 @@ impl Answer for CompletionAnswer {
 /// The legacy completions API's log-probabilities of a generated text, after those of the
 /// prompt's tokens when it is echoed (the first prompt token has none: `null`).
 fn completion_logprobs(generated: &Generated, echo: bool) -> Value {
-    let text = |id: u32| {
-        generated
-            .model
-            .tokenizer
-            .tokenizer
-            .decode(&[id], false)
-            .unwrap_or_default()
-    };
+    let text = |id: u32| generated.model.token_text(id);
     let top = |alternatives: &[(u32, f32)]| {
         alternatives
             .iter()
@@ -319,8 +314,8 @@ impl StreamFormat for CompletionStream {
         self.header.closing(total)
     }
 
-    fn error(&mut self, message: &str) -> Vec<SseEvent> {
-        self.header.error(message)
+    fn flavor(&self) -> Flavor {
+        Flavor::OpenAi
     }
 }
 

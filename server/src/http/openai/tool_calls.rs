@@ -154,13 +154,10 @@ pub fn chat_messages(messages: &[Message]) -> Result<Vec<ChatMessage>, ApiError>
         };
         let message = match m.role.as_str() {
             "tool" | "function" => {
-                let name = m.name.clone().or_else(|| {
-                    let id = m.tool_call_id.as_deref()?;
-                    out.iter()
-                        .flat_map(|past| &past.tool_calls)
-                        .find(|call| call.id == id)
-                        .map(|call| call.function.name.clone())
-                });
+                let name = m
+                    .name
+                    .clone()
+                    .or_else(|| ChatMessage::called_tool(&out, m.tool_call_id.as_deref()?));
                 ChatMessage::tool_result(m.tool_call_id.as_deref(), name.as_deref(), &content)
             }
             _ => match &m.tool_calls {
