@@ -1,12 +1,13 @@
 //! The generation service every wire schema shares: validated parameters in, tokens out, either
 //! collected into one result or streamed. Schemas only translate to and from these types.
 
+use super::drive::{drive, Driven};
 use super::error::ApiError;
 use super::ranges::{in_range, Bounds};
 use super::state::{AppState, ServingModel};
 use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
-    Completion, Event, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, Refusal,
+    Completion, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, Refusal,
     RequestSize, SamplingParams, TokenEvent,
 };
 use lantern_models::ChatMessage;
@@ -409,76 +410,58 @@ pub fn cut_by_deadline(
 
 /// Runs requests to their ends, or to `--request-timeout`, and collects them: each
 /// request's samples in order, requests in order. Every request is queued before any is
-/// awaited, so they run together.
+/// awaited, so they run together; the response's driver (`drive.rs`) does the rest.
 pub async fn complete(
     state: &AppState,
     prepared: Vec<Prepared>,
 ) -> Result<Vec<Generated>, ApiError> {
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::from_std(started + state.config.request_timeout);
-    let mut queued = Vec::new();
+    let mut streams = Vec::new();
     for request in &prepared {
-        queued.push(submit(state, request)?);
+        streams.push(submit(state, request)?);
     }
-    let mut results = Vec::new();
-    for (request, streams) in prepared.iter().zip(queued) {
-        for stream in streams {
-            results.push(collect(state, request, stream, started, deadline).await?);
+    // The request each choice belongs to, in the driver's order.
+    let owners: Vec<&Prepared> = prepared
+        .iter()
+        .zip(&streams)
+        .flat_map(|(request, streams)| std::iter::repeat_n(request, streams.len()))
+        .collect();
+    let mut texts = vec![String::new(); owners.len()];
+    let mut tokens: Vec<Vec<TokenEvent>> = vec![Vec::new(); owners.len()];
+    let mut ends: Vec<Option<Completion>> = vec![None; owners.len()];
+    let mut driven = drive(state, &prepared, streams);
+    while let Some(item) = driven.recv().await {
+        match item {
+            Driven::Token { choice, token } => {
+                if let (Some(text), Some(list)) = (texts.get_mut(choice), tokens.get_mut(choice)) {
+                    text.push_str(&token.text);
+                    list.push(token);
+                }
+            }
+            Driven::End { choice, completion } => {
+                if let (Some(text), Some(end)) = (texts.get_mut(choice), ends.get_mut(choice)) {
+                    text.push_str(&completion.trailing_text);
+                    *end = Some(completion);
+                }
+            }
+            Driven::Done(_) => break,
+            Driven::Failed(error) => return Err(error),
         }
     }
-    Ok(results)
-}
-
-/// One sample's events, read to its end or the deadline.
-async fn collect(
-    state: &AppState,
-    prepared: &Prepared,
-    mut stream: EventStream,
-    started: Instant,
-    deadline: tokio::time::Instant,
-) -> Result<Generated, ApiError> {
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    let generated = |text, tokens, completion| Generated {
-        model: prepared.model.clone(),
-        prompt_tokens: prepared.prompt_tokens.clone(),
-        text,
-        tokens,
-        completion,
-    };
-    loop {
-        let event = match tokio::time::timeout_at(deadline, stream.recv()).await {
-            Ok(event) => event,
-            Err(_) => {
-                // Dropping the stream cancels the sequence in the engine.
-                let completion = cut_by_deadline(
-                    prepared.prompt_tokens.len(),
-                    tokens.len(),
-                    started,
-                    prepared.request.sampling.seed,
-                );
-                state.metrics.observe(&completion);
-                return Ok(generated(text, tokens, completion));
-            }
-        };
-        match event {
-            Some(Event::Token(token)) => {
-                text.push_str(&token.text);
-                tokens.push(token);
-            }
-            Some(Event::End(completion)) => {
-                text.push_str(&completion.trailing_text);
-                state.metrics.observe(&completion);
-                return Ok(generated(text, tokens, completion));
-            }
-            Some(Event::Failed(message)) => return Err(ApiError::Generation(message)),
-            None => {
-                return Err(ApiError::Generation(
-                    "the engine dropped the request".into(),
-                ))
-            }
-        }
-    }
+    owners
+        .into_iter()
+        .zip(texts.into_iter().zip(tokens).zip(ends))
+        .map(|(request, ((text, tokens), end))| {
+            let completion =
+                end.ok_or_else(|| ApiError::Generation("the engine dropped the request".into()))?;
+            Ok(Generated {
+                model: request.model.clone(),
+                prompt_tokens: request.prompt_tokens.clone(),
+                text,
+                tokens,
+                completion,
+            })
+        })
+        .collect()
 }
 
 impl Generated {

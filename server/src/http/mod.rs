@@ -3,6 +3,7 @@
 
 mod bedrock;
 pub mod body;
+mod drive;
 pub mod error;
 mod generate;
 mod ids;
@@ -60,7 +61,8 @@ pub fn router(state: AppState) -> Router {
 /// Counts `lantern_requests_total{route, status}` (routes only, so unknown paths add no
 /// labels) and logs each non-streamed request once, with its timings and token counts (in the
 /// request's span, which names its id), and writes its EMF record when asked; prompts are never
-/// logged. Streams do both themselves when they end (sse.rs).
+/// logged. A stream's EMF record is written when it ends (sse.rs); its choices' ends are logged
+/// by its driver (drive.rs).
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
