@@ -32,6 +32,16 @@ fn assert_matches_schema(arguments: &Value, context: &str) {
     );
 }
 
+/// The report's OpenAI request: the weather tool forced by `tool_choice`, 80 tokens, greedy.
+fn forced_chat(tool_choice: Value, stream: bool) -> Value {
+    json!({
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+                   "parameters": weather_schema()}}],
+        "tool_choice": tool_choice, "max_tokens": 80, "temperature": 0, "stream": stream,
+    })
+}
+
 #[tokio::test]
 async fn forced_calls_end_with_a_valid_call_within_the_reported_budgets() {
     // The report: tiny llama dummy, seed 7, greedy; OpenAI with 80 tokens, Bedrock with 60.
@@ -39,12 +49,7 @@ async fn forced_calls_end_with_a_valid_call_within_the_reported_budgets() {
     let openai = post(
         &app,
         "/v1/chat/completions",
-        json!({
-            "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-            "tools": [{"type": "function", "function": {"name": "get_weather",
-                       "parameters": weather_schema()}}],
-            "tool_choice": "required", "max_tokens": 80, "temperature": 0,
-        }),
+        forced_chat(json!("required"), false),
     )
     .await;
     assert_eq!(openai.status, StatusCode::OK, "{}", openai.text);
@@ -214,18 +219,8 @@ async fn counts_and_token_ids_out_of_range_are_named() {
 #[tokio::test]
 async fn forced_calls_stream_a_valid_call_too() {
     let (_model, app) = app_seeded(Architecture::Llama, 7, &[]);
-    let answer = post(
-        &app,
-        "/v1/chat/completions",
-        json!({
-            "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
-            "tools": [{"type": "function", "function": {"name": "get_weather",
-                       "parameters": weather_schema()}}],
-            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-            "max_tokens": 80, "temperature": 0, "stream": true,
-        }),
-    )
-    .await;
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let answer = post(&app, "/v1/chat/completions", forced_chat(named, true)).await;
     let arguments: String = events(&answer.text)
         .iter()
         .filter_map(|e| {

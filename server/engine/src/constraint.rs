@@ -322,11 +322,12 @@ fn short_error(error: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{Constraints, Grammar};
     use std::sync::Arc;
 
-    fn constraints() -> Constraints {
+    /// The grammar compiler of the tiny Llama dummy's vocabulary (shared by the engine's tests).
+    pub(crate) fn constraints() -> Constraints {
         fixture().0
     }
 

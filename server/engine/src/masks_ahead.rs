@@ -37,22 +37,8 @@ pub(crate) fn beside_forward<K: Send, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::constraint::{Constraints, Grammar};
-    use std::sync::Arc;
-
-    fn constraints() -> Constraints {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let spec = lantern_models::dummy::DummySpec {
-            architecture: lantern_models::Architecture::Llama,
-            size: lantern_models::dummy::DummySize::Tiny,
-            seed: 1,
-        };
-        lantern_models::dummy::write_dummy_model(spec, dir.path())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let tokenizer = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Constraints::new(Arc::new(tokenizer), &[0, 2], 512).unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::constraint::tests::constraints;
+    use crate::constraint::Grammar;
 
     /// Masks computed ahead, beside a forward pass, are the masks computed after it.
     #[test]
