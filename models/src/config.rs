@@ -1,6 +1,7 @@
 //! `DecoderConfig`: the one description of a decoder the rest of the crate reads, built from a
 //! Hugging Face `config.json` (both the hub shape with top-level `rope_theta` and the
-//! transformers 5.x shape with `rope_parameters`) or from GGUF metadata (`gguf.rs`).
+//! transformers 5.x shape with `rope_parameters`) or from GGUF metadata (`gguf.rs`), both by the
+//! one table of family rules (`family.rs`).
 //!
 //! Families differ only by toggles here: q/k norm, qkv bias, sliding window, tied embeddings,
 //! rotary style and scaling, fused projections. The decoder never branches on the family name.
@@ -8,6 +9,7 @@
 use crate::error::{ModelError, Result};
 use std::path::Path;
 
+pub mod family;
 pub mod gguf;
 mod hf;
 

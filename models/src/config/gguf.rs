@@ -2,9 +2,8 @@
 //! template are all rebuilt from its metadata (`{arch}.*`, `tokenizer.ggml.*`,
 //! `tokenizer.chat_template`), the way llama.cpp and transformers read the same keys.
 
-use crate::config::{
-    Architecture, AttentionBias, DecoderConfig, MlpActivation, RopeConfig, RopeScaling, RotaryStyle,
-};
+use crate::config::family::SlidingLayers;
+use crate::config::{Architecture, AttentionBias, DecoderConfig, RopeConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use std::path::Path;
@@ -199,34 +198,26 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
         Some(long_rope) => long_rope,
         None => scaling,
     };
-    // llama.cpp permutes llama Q/K weights for interleaved rotary; qwen files keep the HF layout.
-    let style = match architecture {
-        Architecture::Llama | Architecture::Mistral => RotaryStyle::Interleaved,
-        Architecture::Qwen2
-        | Architecture::Qwen3
-        | Architecture::Phi3
-        | Architecture::Gemma2
-        | Architecture::Gemma3 => RotaryStyle::Half,
-    };
+    let rules = architecture.rules();
+    let style = rules.gguf_rotary;
     let qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
     let window = meta.usize_opt(&key("attention.sliding_window"))?;
-    let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+    let gemma = rules.gemma;
     let head_dim = meta
         .usize_opt(&key("attention.key_length"))?
         .unwrap_or(hidden_size / num_heads.max(1));
-    // Gemma slides on every other layer (2) or five of six (3) unless the file says.
-    let pattern = match architecture {
-        Architecture::Gemma2 => Some(2),
-        Architecture::Gemma3 => Some(6),
-        _ => None,
-    };
-    let pattern = match meta.usize_opt(&key("attention.sliding_window_pattern"))? {
-        Some(p) if pattern.is_some() => Some(p.max(1)),
-        _ => pattern,
+    // The family's pattern of sliding layers (Gemma), unless the file says; otherwise the
+    // file's window applies to every layer.
+    let pattern = match rules.sliding {
+        SlidingLayers::AllButEvery(n) => Some(
+            meta.usize_opt(&key("attention.sliding_window_pattern"))?
+                .unwrap_or(n),
+        ),
+        SlidingLayers::EveryLayer | SlidingLayers::AsConfigured => None,
     };
     let sliding_window = (0..num_layers)
         .map(|layer| match pattern {
-            Some(p) => window.filter(|_| !(layer + 1).is_multiple_of(p)),
+            Some(n) => window.filter(|_| SlidingLayers::pattern_slides(n, layer)),
             None => window,
         })
         .collect();
@@ -267,15 +258,11 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
             .contains_key("blk.0.attn_q_norm.weight"),
         sliding_window,
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        fused_projections: architecture == Architecture::Phi3,
+        fused_projections: rules.fused_projections,
         // llama.cpp's converter already added the one to Gemma's norm weights.
         norm_weights_offset: false,
-        embedding_scale: gemma.then(|| (hidden_size as f64).sqrt() as f32),
-        mlp_activation: if gemma {
-            MlpActivation::GeluTanh
-        } else {
-            MlpActivation::Silu
-        },
+        embedding_scale: rules.embedding_scale(hidden_size),
+        mlp_activation: rules.default_activation(),
         sandwich_norms: content
             .tensor_infos
             .contains_key("blk.0.post_attention_norm.weight"),
@@ -283,7 +270,7 @@ pub fn decoder_config<R: std::io::Read + std::io::Seek>(
         attention_softcap: meta.f64_opt(&key("attn_logit_softcapping"))?,
         final_logit_softcap: meta.f64_opt(&key("final_logit_softcapping"))?,
         // Gemma 3's sliding-window layers: llama.cpp's fixed local base.
-        local_rope: (architecture == Architecture::Gemma3).then_some(RopeConfig {
+        local_rope: rules.local_rope.then_some(RopeConfig {
             theta: 10_000.0,
             scaling: RopeScaling::None,
             style,

@@ -2,6 +2,7 @@
 //! `rope_scaling`), the transformers 5.x shape (`rope_parameters`, per layer type for Gemma 3),
 //! and the text model of a Gemma 3 checkpoint with vision.
 
+use super::family::SlidingLayers;
 use super::{
     Architecture, AttentionBias, DecoderConfig, MlpActivation, RopeConfig, RopeScaling, RotaryStyle,
 };
@@ -97,7 +98,8 @@ impl DecoderConfig {
             .or_else(|| raw.architectures.first().map(|a| hf_class_to_model_type(a)))
             .ok_or_else(|| ModelError::config(origin, "neither model_type nor architectures"))?;
         let architecture = Architecture::parse(&arch_name)?;
-        let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+        let rules = architecture.rules();
+        let gemma = rules.gemma;
         let (rope, local_rope) = rope_from_hf(&raw, architecture, origin)?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         let head_dim = raw
@@ -109,14 +111,14 @@ impl DecoderConfig {
         let activation = raw
             .hidden_activation
             .as_deref()
-            .or(raw.hidden_act.as_deref())
-            .unwrap_or("silu");
+            .or(raw.hidden_act.as_deref());
         let mlp_activation = match activation {
-            "silu" | "swish" => MlpActivation::Silu,
-            "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new" => MlpActivation::GeluTanh,
+            None => rules.default_activation(),
+            Some("silu" | "swish") => MlpActivation::Silu,
+            Some("gelu_pytorch_tanh" | "gelu_tanh" | "gelu_new") => MlpActivation::GeluTanh,
             // Gemma 1 configs say `gelu` and mean the tanh approximation (transformers too).
-            "gelu" if gemma => MlpActivation::GeluTanh,
-            other => {
+            Some("gelu") if gemma => MlpActivation::GeluTanh,
+            Some(other) => {
                 return Err(ModelError::config(
                     origin,
                     format!(
@@ -153,13 +155,13 @@ impl DecoderConfig {
             rope,
             max_position_embeddings: raw.max_position_embeddings,
             attention_bias,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            qk_norm: rules.qk_norm,
             sliding_window,
             // Gemma ties its head to the embeddings whatever the config says.
             tie_word_embeddings: raw.tie_word_embeddings || gemma,
-            fused_projections: architecture == Architecture::Phi3,
+            fused_projections: rules.fused_projections,
             norm_weights_offset: gemma,
-            embedding_scale: gemma.then(|| (raw.hidden_size as f64).sqrt() as f32),
+            embedding_scale: rules.embedding_scale(raw.hidden_size),
             mlp_activation,
             sandwich_norms: gemma,
             attention_scale: 1.0
@@ -225,35 +227,22 @@ fn hf_class_to_model_type(class: &str) -> String {
         .to_lowercase()
 }
 
-/// Mistral slides on every layer; Qwen2/3 only with `use_sliding_window`, from `max_window_layers` on.
+/// Whether `layer` slides, by the family's rule (`FamilyRules::sliding`): every layer; by
+/// `layer_types`, else all but every `n`-th (`sliding_window_pattern` overriding the family's
+/// `n`), as transformers' defaults; or (Qwen, and Llama whose configs never ask) with
+/// `use_sliding_window`, from `max_window_layers` on.
 fn layer_window(architecture: Architecture, raw: &HfConfig, layer: usize) -> Option<usize> {
-    match architecture {
-        Architecture::Llama => None,
-        Architecture::Mistral | Architecture::Phi3 => raw.sliding_window,
-        // Gemma: by `layer_types`, else every other layer (Gemma 2) or five of every six
-        // (Gemma 3) slide, as transformers' defaults.
-        Architecture::Gemma2 | Architecture::Gemma3 => {
-            let sliding = match &raw.layer_types {
-                Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
-                None => {
-                    let default_pattern = if architecture == Architecture::Gemma2 {
-                        2
-                    } else {
-                        6
-                    };
-                    let pattern = raw.sliding_window_pattern.unwrap_or(default_pattern).max(1);
-                    !(layer + 1).is_multiple_of(pattern)
-                }
-            };
-            sliding.then_some(raw.sliding_window).flatten()
+    let slides = match architecture.rules().sliding {
+        SlidingLayers::EveryLayer => true,
+        SlidingLayers::AllButEvery(n) => match &raw.layer_types {
+            Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+            None => SlidingLayers::pattern_slides(raw.sliding_window_pattern.unwrap_or(n), layer),
+        },
+        SlidingLayers::AsConfigured => {
+            raw.use_sliding_window && layer >= raw.max_window_layers.unwrap_or(0)
         }
-        Architecture::Qwen2 | Architecture::Qwen3 => {
-            let from_layer = raw.max_window_layers.unwrap_or(0);
-            (raw.use_sliding_window && layer >= from_layer)
-                .then_some(raw.sliding_window)
-                .flatten()
-        }
-    }
+    };
+    slides.then_some(raw.sliding_window).flatten()
 }
 
 /// The rotary of the model's layers, and (Gemma 3) the other one of its sliding-window layers.
@@ -302,7 +291,7 @@ fn rope_from_hf(
         scaling,
         style: RotaryStyle::Half,
     };
-    if architecture != Architecture::Gemma3 {
+    if !architecture.rules().local_rope {
         return Ok((rope, None));
     }
     // Gemma 3's sliding-window layers: their own base, no scaling unless stated.

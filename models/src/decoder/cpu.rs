@@ -12,7 +12,7 @@ use crate::batch::{attention_views, logit_rows, CpuCache, SequenceStep};
 use crate::config::{DecoderConfig, MlpActivation, RopeConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{rotary_frequencies, Linear};
-use crate::weights::{bias_name, Role, WeightSource};
+use crate::weights::{bias_name, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
     self, AttentionScratch, AttentionShape, CpuKernels, GatedActivation, KvBlocks, Output,

@@ -8,6 +8,7 @@
 //! any device, the reference, and the path for GGUF formats the CPU kernels do not take).
 
 mod cpu;
+mod plan;
 mod portable;
 
 use crate::batch::{CpuCache, SequenceStep, TensorCache};

@@ -1,11 +1,12 @@
 //! The portable execution of the decoder: candle tensor ops and the portable paged attention,
 //! on any device candle supports. It is the reference the CPU kernels are checked against.
 
+use super::plan::{MatrixPlan, ModelPlan, NormPlan};
 use crate::batch::{attention_views, FlatBatch, SequenceStep, TensorCache};
 use crate::config::{DecoderConfig, MlpActivation};
 use crate::error::Result;
 use crate::layers::{Angles, Linear, RmsNorm, Rotary};
-use crate::weights::{Role, WeightSource};
+use crate::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{
     AttentionNeeds, AttentionParams, LayerKvCache, PagedAttention, StepMetadata, Uploads,
@@ -73,8 +74,9 @@ impl PortableModel {
     ) -> Result<Self> {
         let naming = weights.naming();
         let c = config;
-        let norm = |role: Role, layer: usize, size: usize| -> Result<RmsNorm> {
-            let weight = weights.dense(&naming.weight(role, layer), &[size])?;
+        let plan = ModelPlan::new(c);
+        let norm = |p: NormPlan| -> Result<RmsNorm> {
+            let weight = weights.dense(&naming.weight(p.role, p.layer), &[p.size])?;
             // Gemma stores `w` for a norm that multiplies by `1 + w`.
             let weight = if c.norm_weights_offset {
                 (weight + 1.0)?
@@ -86,69 +88,41 @@ impl PortableModel {
                 eps: c.rms_norm_eps,
             })
         };
-        let linear = |role: Role, layer: usize, out_in: (usize, usize), bias: bool| {
-            weights.linear(&naming.weight(role, layer), out_in, bias)
-        };
-        let (hidden, q_size, kv_size) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
-        let embedding =
-            weights.dense(&naming.weight(Role::Embedding, 0), &[c.vocab_size, hidden])?;
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let qkv_bias = c.attention_bias.qkv;
-            let attention = Attention {
-                query: linear(Role::Query, l, (q_size, hidden), qkv_bias)?,
-                key: linear(Role::Key, l, (kv_size, hidden), qkv_bias)?,
-                value: linear(Role::Value, l, (kv_size, hidden), qkv_bias)?,
-                output: linear(
-                    Role::AttentionOutput,
-                    l,
-                    (hidden, q_size),
-                    c.attention_bias.output,
-                )?,
-                query_norm: c
-                    .qk_norm
-                    .then(|| norm(Role::QueryNorm, l, c.head_dim))
-                    .transpose()?,
-                key_norm: c
-                    .qk_norm
-                    .then(|| norm(Role::KeyNorm, l, c.head_dim))
-                    .transpose()?,
-                sliding_window: c.sliding_window[l],
-            };
-            let mlp = Mlp {
-                gate: linear(Role::Gate, l, (c.intermediate_size, hidden), false)?,
-                up: linear(Role::Up, l, (c.intermediate_size, hidden), false)?,
-                down: linear(Role::Down, l, (hidden, c.intermediate_size), false)?,
-            };
-            let sandwich = |role: Role| c.sandwich_norms.then(|| norm(role, l, hidden)).transpose();
-            let mlp_norm_role = if c.sandwich_norms {
-                Role::PreFeedforwardNorm
-            } else {
-                Role::MlpNorm
-            };
-            layers.push(Layer {
-                attention_norm: norm(Role::AttentionNorm, l, hidden)?,
-                attention,
-                post_attention_norm: sandwich(Role::PostAttentionNorm)?,
-                mlp_norm: norm(mlp_norm_role, l, hidden)?,
-                mlp,
-                post_mlp_norm: sandwich(Role::PostFeedforwardNorm)?,
-                local_rotary: c.local_rope.is_some() && c.sliding_window[l].is_some(),
-            });
-        }
-        let head_role = if c.tie_word_embeddings {
-            Role::Embedding
-        } else {
-            Role::LmHead
-        };
-        let lm_head =
-            weights.linear(&naming.weight(head_role, 0), (c.vocab_size, hidden), false)?;
+        let optional_norm = |p: Option<NormPlan>| p.map(norm).transpose();
+        let linear =
+            |m: MatrixPlan| weights.linear(&naming.weight(m.role, m.layer), m.out_in, m.bias);
+        let (vocab, hidden) = plan.embedding.out_in;
+        let embedding = weights.dense(&naming.weight(plan.embedding.role, 0), &[vocab, hidden])?;
+        let layers = plan
+            .layers
+            .iter()
+            .map(|l| -> Result<Layer> {
+                Ok(Layer {
+                    attention_norm: norm(l.attention_norm)?,
+                    attention: Attention {
+                        query: linear(l.query)?,
+                        key: linear(l.key)?,
+                        value: linear(l.value)?,
+                        output: linear(l.output)?,
+                        query_norm: optional_norm(l.query_norm)?,
+                        key_norm: optional_norm(l.key_norm)?,
+                        sliding_window: l.sliding_window,
+                    },
+                    post_attention_norm: optional_norm(l.post_attention_norm)?,
+                    mlp_norm: norm(l.mlp_norm)?,
+                    mlp: Mlp {
+                        gate: linear(l.gate)?,
+                        up: linear(l.up)?,
+                        down: linear(l.down)?,
+                    },
+                    post_mlp_norm: optional_norm(l.post_mlp_norm)?,
+                    local_rotary: l.local_rotary,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let lm_head = linear(plan.head)?;
         Ok(Self {
-            final_norm: norm(Role::FinalNorm, 0, hidden)?,
+            final_norm: norm(plan.final_norm)?,
             rotary: Rotary::new(&c.rope, c.head_dim, device)?,
             local_rotary: c
                 .local_rope

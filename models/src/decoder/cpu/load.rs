@@ -3,6 +3,7 @@
 //! kernels; norms, rotary tables and the embedding table beside them.
 
 use super::*;
+use crate::decoder::plan::{MatrixPlan, ModelPlan, NormPlan};
 
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
@@ -22,25 +23,30 @@ impl CpuModel {
         let naming = weights.naming();
         let c = config;
         let format = weight_format(dtype);
+        let plan = ModelPlan::new(c);
         // Norm weights (the only vectors read here); Gemma's are offsets from one.
-        let vector = |role: Role, layer: usize, size: usize| -> Result<Vec<f32>> {
-            let mut weight = to_f32_vec(&weights.dense(&naming.weight(role, layer), &[size])?)?;
+        let vector = |p: NormPlan| -> Result<Vec<f32>> {
+            let mut weight =
+                to_f32_vec(&weights.dense(&naming.weight(p.role, p.layer), &[p.size])?)?;
             if c.norm_weights_offset {
                 weight.iter_mut().for_each(|w| *w += 1.0);
             }
             Ok(weight)
         };
+        let optional_vector = |p: Option<NormPlan>| p.map(vector).transpose();
         // An (out, in) weight, as blocks when the file stores it in a format the integer
         // kernels take (and it is not to be expanded), else dense; and its bias.
-        let matrix = |role: Role, layer: usize, (out, inp): (usize, usize), bias: bool| {
-            let name = naming.weight(role, layer);
-            if let Some(blocks) = weights.quantized_blocks(&name, (out, inp))? {
-                let bias = bias
+        let matrix = |m: MatrixPlan| {
+            let name = naming.weight(m.role, m.layer);
+            let (out, inp) = m.out_in;
+            if let Some(blocks) = weights.quantized_blocks(&name, m.out_in)? {
+                let bias = m
+                    .bias
                     .then(|| to_f32_vec(&weights.dense(&bias_name(&name), &[out])?))
                     .transpose()?;
                 return Ok((Weight::blocks(blocks), bias));
             }
-            match weights.linear(&name, (out, inp), bias)? {
+            match weights.linear(&name, (out, inp), m.bias)? {
                 Linear::Dense { weight, bias } => Ok((
                     Weight::Dense(to_f32_vec(&weight)?),
                     bias.as_ref().map(to_f32_vec).transpose()?,
@@ -57,62 +63,39 @@ impl CpuModel {
                 None => packed,
             })
         };
-        let (hidden, q_size, kv_size) = (
-            c.hidden_size,
-            c.num_heads * c.head_dim,
-            c.num_kv_heads * c.head_dim,
-        );
+        let hidden = c.hidden_size;
         let mut layers = Vec::with_capacity(c.num_layers);
-        for l in 0..c.num_layers {
-            let qkv_bias = c.attention_bias.qkv;
-            let (q, qb) = matrix(Role::Query, l, (q_size, hidden), qkv_bias)?;
-            let (k, kb) = matrix(Role::Key, l, (kv_size, hidden), qkv_bias)?;
-            let (v, vb) = matrix(Role::Value, l, (kv_size, hidden), qkv_bias)?;
+        for l in &plan.layers {
+            let (q, qb) = matrix(l.query)?;
+            let (k, kb) = matrix(l.key)?;
+            let (v, vb) = matrix(l.value)?;
             let qkv_bias = match (qb, kb, vb) {
                 (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
                 _ => None,
             };
+            let (q_size, kv_size) = (l.query.out_in.0, l.key.out_in.0);
             let qkv = pack(
                 (Weight::stack(vec![q, k, v], hidden), qkv_bias),
                 q_size + 2 * kv_size,
                 hidden,
             )?;
-            let output = matrix(
-                Role::AttentionOutput,
-                l,
-                (hidden, q_size),
-                c.attention_bias.output,
-            )?;
-            let (gate, _) = matrix(Role::Gate, l, (c.intermediate_size, hidden), false)?;
-            let (up, _) = matrix(Role::Up, l, (c.intermediate_size, hidden), false)?;
+            let output = matrix(l.output)?;
+            let (gate, _) = matrix(l.gate)?;
+            let (up, _) = matrix(l.up)?;
             // Gate and up share one product, panel by panel: both quantized (each panel in its
             // own format) or both dense.
             let (gate, up) = match (gate, up) {
                 (g @ Weight::Blocks(_), u @ Weight::Blocks(_)) => (g, u),
                 (g, u) => (Weight::Dense(g.into_dense()), Weight::Dense(u.into_dense())),
             };
-            let down = matrix(Role::Down, l, (hidden, c.intermediate_size), false)?;
+            let down = matrix(l.down)?;
             layers.push(CpuLayer {
-                attention_norm: vector(Role::AttentionNorm, l, hidden)?,
+                attention_norm: vector(l.attention_norm)?,
                 qkv,
-                query_norm: c
-                    .qk_norm
-                    .then(|| vector(Role::QueryNorm, l, c.head_dim))
-                    .transpose()?,
-                key_norm: c
-                    .qk_norm
-                    .then(|| vector(Role::KeyNorm, l, c.head_dim))
-                    .transpose()?,
+                query_norm: optional_vector(l.query_norm)?,
+                key_norm: optional_vector(l.key_norm)?,
                 output: pack(output, hidden, q_size)?,
-                mlp_norm: vector(
-                    if c.sandwich_norms {
-                        Role::PreFeedforwardNorm
-                    } else {
-                        Role::MlpNorm
-                    },
-                    l,
-                    hidden,
-                )?,
+                mlp_norm: vector(l.mlp_norm)?,
                 gate_up: PackedMatrix::gated(
                     pack((gate, None), c.intermediate_size, hidden)?,
                     pack((up, None), c.intermediate_size, hidden)?,
@@ -122,20 +105,14 @@ impl CpuModel {
                     },
                 ),
                 down: pack(down, hidden, c.intermediate_size)?,
-                sliding_window: c.sliding_window[l],
-                post_attention_norm: c
-                    .sandwich_norms
-                    .then(|| vector(Role::PostAttentionNorm, l, hidden))
-                    .transpose()?,
-                post_mlp_norm: c
-                    .sandwich_norms
-                    .then(|| vector(Role::PostFeedforwardNorm, l, hidden))
-                    .transpose()?,
-                local_rotary: c.local_rope.is_some() && c.sliding_window[l].is_some(),
+                sliding_window: l.sliding_window,
+                post_attention_norm: optional_vector(l.post_attention_norm)?,
+                post_mlp_norm: optional_vector(l.post_mlp_norm)?,
+                local_rotary: l.local_rotary,
             });
         }
-        let embedding_name = naming.weight(Role::Embedding, 0);
-        let vocab_hidden = (c.vocab_size, hidden);
+        let embedding_name = naming.weight(plan.embedding.role, 0);
+        let vocab_hidden = plan.embedding.out_in;
         // The table: quantized panels read a row at a time when the file stores it so.
         let table = match weights.quantized_blocks(&embedding_name, vocab_hidden)? {
             Some(blocks) => Weight::blocks(blocks),
@@ -147,11 +124,7 @@ impl CpuModel {
             let head = table.pack(c.vocab_size, hidden, format)?;
             (Embedding::TiedToHead, head)
         } else {
-            let head = pack(
-                matrix(Role::LmHead, 0, vocab_hidden, false)?,
-                c.vocab_size,
-                hidden,
-            )?;
+            let head = pack(matrix(plan.head)?, c.vocab_size, hidden)?;
             let embedding = match table {
                 Weight::Dense(values) => Embedding::Table(values),
                 blocks => Embedding::Packed(blocks.pack(c.vocab_size, hidden, format)?),
@@ -166,7 +139,7 @@ impl CpuModel {
             kernels: CpuKernels::active(),
             embedding,
             layers,
-            final_norm: vector(Role::FinalNorm, 0, hidden)?,
+            final_norm: vector(plan.final_norm)?,
             lm_head,
             rotary: rotary_table(&c.rope, c.head_dim, pairing),
             local_rotary: c
