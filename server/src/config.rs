@@ -152,6 +152,10 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub content_special_tokens: ContentSpecialTokens,
+    /// Serve the chat page at /ui (a browser's GET / is sent there). SageMaker forwards only
+    /// /ping and /invocations, so there the page is reachable only through a port forward.
+    #[arg(long, env = "LANTERN_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ui: bool,
 }
 
 /// How special-token text inside chat message content is tokenized.
@@ -255,6 +259,7 @@ pub struct ServerConfig {
     pub request_timeout: std::time::Duration,
     pub max_grammar_compile: std::time::Duration,
     pub content_special_tokens: ContentSpecialTokens,
+    pub ui: bool,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
 }
@@ -349,6 +354,7 @@ impl ServeArgs {
             });
         Ok(ServerConfig {
             content_special_tokens: self.content_special_tokens,
+            ui: self.ui,
             model,
             host: self.host,
             port,

@@ -9,6 +9,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub requests_started: IntCounter,
+    /// Requests whose client went away before the answer ended (a closed stream, a Stop).
+    pub requests_cancelled: IntCounter,
     pub requests: IntCounterVec,
     pub generated_tokens: IntCounter,
     pub prompt_tokens: IntCounter,
@@ -152,6 +154,11 @@ impl Metrics {
                 &registry,
                 "lantern_prefix_cache_hits_total",
                 "Prompt tokens taken from the prefix cache instead of prefilled",
+            )?,
+            requests_cancelled: counter(
+                &registry,
+                "lantern_requests_cancelled_total",
+                "Generation requests cancelled because their client went away before the end",
             )?,
             requests_started,
             requests,

@@ -75,7 +75,15 @@ pub fn drive(
                 tokio::time::sleep(grace).await;
             };
             tokio::pin!(shutting_down);
-            let send = |item: Driven| out.send(item).is_ok();
+            // A send that fails means the consumer (the client) went away: the request is
+            // cancelled (returning drops the engine streams).
+            let send = |item: Driven| {
+                let sent = out.send(item).is_ok();
+                if !sent {
+                    metrics.requests_cancelled.inc();
+                }
+                sent
+            };
             loop {
                 let (choice, event) = tokio::select! {
                     event = events.recv() => match event {

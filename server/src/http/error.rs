@@ -30,6 +30,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("generation failed: {0}")]
     Generation(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// Which API's error shape to answer with.
@@ -59,6 +61,7 @@ impl ApiError {
             Self::NotReady => "not_ready",
             Self::Unavailable(_) => "unavailable",
             Self::Generation(_) => "generation",
+            Self::NotFound(_) => "not_found",
         }
     }
 
@@ -73,6 +76,7 @@ impl ApiError {
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -91,6 +95,7 @@ impl ApiError {
                     Self::Overloaded(_) => "rate_limit_error",
                     Self::NotReady | Self::Unavailable(_) => "overloaded_error",
                     Self::Generation(_) => "api_error",
+                    Self::NotFound(_) => "not_found_error",
                     Self::Validation { .. } | Self::BodyTimeout | Self::UnsupportedMediaType(_) => {
                         "invalid_request_error"
                     }

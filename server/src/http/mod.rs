@@ -19,6 +19,7 @@ mod sse;
 pub mod state;
 mod tgi;
 mod tools;
+mod ui;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{from_fn_with_state, Next};

@@ -4,7 +4,7 @@
 
 use super::bedrock::MessagesRequest;
 use super::openai::{ChatRequest, CompletionRequest};
-use super::routes::{operations, BodySchema};
+use super::routes::{operations, Answers, BodySchema};
 use super::tgi::{TgiRequest, TokenizeRequest};
 use axum::Json;
 use schemars::generate::SchemaSettings;
@@ -44,14 +44,23 @@ pub fn document() -> Value {
     };
     let error = json!({"description": "Error: TGI shape {\"error\", \"error_type\"}; on /v1, OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"});
     let mut paths = Map::new();
+    let not_found = json!({"description": "Not found (TGI's error shape)"});
     for op in operations() {
-        let mut operation = json!({
-            "summary": op.summary,
-            "responses": {
+        let responses = match op.answers {
+            Answers::Json => json!({
                 "200": {"description": "Success"},
                 "413": error, "415": error, "422": error, "400": error, "429": error, "503": error,
-            },
-        });
+            }),
+            Answers::File(media_type) => json!({
+                "200": {"description": "The file", "content": {media_type: {"schema": {"type": "string"}}}},
+                "404": not_found,
+            }),
+            Answers::RedirectToPage => json!({
+                "303": {"description": "To /ui, for a client that accepts text/html"},
+                "404": not_found,
+            }),
+        };
+        let mut operation = json!({"summary": op.summary, "responses": responses});
         if let Some(body) = op.body {
             let schema = body_schema(body);
             operation["requestBody"] =

@@ -1,6 +1,6 @@
 //! The ranges of a request's sampling floats. JSON numbers are read as f64 and checked as
-//! sent, then narrowed to the f32 the engine uses and checked again: a value just above a
-//! maximum must not round onto it, and a positive value must not round to 0.
+//! sent, then as the f32 the engine uses: a value just above a maximum must not round onto it,
+//! and a positive value must not round to 0.
 
 use super::error::ApiError;
 
@@ -57,16 +57,18 @@ impl std::fmt::Display for Bounds {
     }
 }
 
-/// `value` checked against `bounds` as the client sent it (f64) and again as the engine will
-/// use it (narrowed to f32), so that nothing above a maximum narrows onto it and nothing
-/// positive narrows to 0.
+/// `value` checked against `bounds` as the client sent it (f64) and again as f32 can hold it,
+/// so that nothing above a maximum rounds onto it, and a positive value too small for f32 is
+/// refused where the range excludes 0. Where the range includes 0, a positive value stays
+/// positive (narrowed to f32's smallest normal, never to 0: a `temperature` of 5e-324 is not
+/// greedy decoding).
 pub fn in_range(value: Option<f64>, name: &str, bounds: Bounds) -> Result<Option<f32>, ApiError> {
     let Some(v) = value else {
         return Ok(None);
     };
-    let narrowed = super::body::narrow(v);
-    if bounds.contains(v) && bounds.contains(f64::from(narrowed)) {
-        Ok(Some(narrowed))
+    let as_f32 = (v as f32).clamp(-f32::MAX, f32::MAX);
+    if bounds.contains(v) && bounds.contains(f64::from(as_f32)) {
+        Ok(Some(super::body::narrow(v)))
     } else {
         Err(ApiError::validation(
             format!("`{name}` must be {bounds}, got {v}"),
@@ -127,11 +129,16 @@ mod tests {
             refused(below(min));
             if min_in {
                 assert_eq!(accepted(min), min as f32);
+                if min == 0.0 {
+                    // The smallest positive f64 stays positive: it does not become 0.
+                    assert!(accepted(above(min)) > 0.0, "{name}");
+                }
             } else {
                 refused(min);
-                // The smallest value above an exclusive minimum is allowed and stays above it
-                // once narrowed (for 0: it does not become 0).
-                assert!(f64::from(accepted(above(min))) > min, "{name}");
+                // The smallest positive f64 narrows to 0 in f32: refused, like 0 itself; the
+                // smallest positive f32 is allowed and stays positive.
+                refused(above(min));
+                assert!(accepted(f64::from(f32::from_bits(1))) > 0.0, "{name}");
             }
             if max.is_finite() {
                 refused(above(max));

@@ -3,7 +3,8 @@
 //! neither can have a route the other lacks.
 
 use super::pipeline::serve;
-use super::{metrics, openai, openapi, sagemaker, tgi, AppState};
+use super::{metrics, openai, openapi, sagemaker, tgi, ui, AppState};
+use axum::extract::State;
 use axum::handler::Handler;
 use axum::routing::{on, MethodFilter, MethodRouter};
 
@@ -46,7 +47,21 @@ pub struct Operation {
     pub verb: Verb,
     pub summary: &'static str,
     pub body: Option<BodySchema>,
+    /// What a success answers when it is not JSON: a page or one of its files (its media
+    /// type), or a redirect.
+    pub answers: Answers,
     pub handler: MethodRouter<AppState>,
+}
+
+/// What an operation's success looks like, for the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// JSON, or Server-Sent Events for streams (the API routes).
+    Json,
+    /// A file of the chat page, of this media type (404 with `--ui false`).
+    File(&'static str),
+    /// `GET /`: a redirect to the chat page for browsers, else 404.
+    RedirectToPage,
 }
 
 fn op<H, T>(
@@ -65,7 +80,17 @@ where
         verb,
         summary,
         body,
+        answers: Answers::Json,
         handler: on(verb.filter(), handler),
+    }
+}
+
+/// A `GET` of one of the chat page's files.
+fn file(asset: &'static ui::Asset, summary: &'static str) -> Operation {
+    let handler = move |State(state): State<AppState>| async move { asset.response(&state) };
+    Operation {
+        answers: Answers::File(asset.media_type),
+        ..op(asset.path, Verb::Get, summary, None, handler)
     }
 }
 
@@ -91,5 +116,14 @@ pub fn operations() -> Vec<Operation> {
         op("/v1/completions", Post, "OpenAI completions", Some(Completion), serve::<openai::Completions>),
         op("/v1/models", Get, "OpenAI model list", None, openai::models),
         op("/openapi.json", Get, "This document", None, openapi::openapi_json),
+        Operation {
+            answers: Answers::RedirectToPage,
+            ..op("/", Get, "Browsers (Accept: text/html) are sent to the chat page, /ui", None, ui::root)
+        },
+        file(&ui::PAGE, "The chat page (HTML; --ui false turns it off)"),
+        file(&ui::SCRIPT, "The chat page's script"),
+        file(&ui::STYLE, "The chat page's style"),
+        file(&ui::MARKED, "Vendored Markdown renderer (marked, MIT)"),
+        file(&ui::PURIFY, "Vendored HTML sanitizer (DOMPurify, Apache-2.0)"),
     ]
 }
