@@ -156,6 +156,35 @@ pub struct ServeArgs {
     /// /ping and /invocations, so there the page is reachable only through a port forward.
     #[arg(long, env = "LANTERN_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,
+    /// Require this key on every route but /ping, /health, the chat page's files and (unless
+    /// --metrics-require-key) /metrics: `Authorization: Bearer <key>` or `x-api-key: <key>`.
+    /// Unset on SageMaker, which authenticates its callers itself. Never printed.
+    #[arg(long, env = "LANTERN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+    /// Read the API key from this file (its first line), instead of --api-key.
+    #[arg(long, env = "LANTERN_API_KEY_FILE", conflicts_with = "api_key")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// With an API key, require it on /metrics too.
+    #[arg(long, env = "LANTERN_METRICS_REQUIRE_KEY")]
+    pub metrics_require_key: bool,
+}
+
+/// A setting that must never be printed (the API key): `Debug` shows a placeholder.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_string()))
+    }
 }
 
 /// How special-token text inside chat message content is tokenized.
@@ -260,6 +289,8 @@ pub struct ServerConfig {
     pub max_grammar_compile: std::time::Duration,
     pub content_special_tokens: ContentSpecialTokens,
     pub ui: bool,
+    pub api_key: Option<crate::http::api_key::ApiKey>,
+    pub metrics_require_key: bool,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
 }
@@ -352,9 +383,27 @@ impl ServeArgs {
             .map_or(self.max_payload_bytes, |b| {
                 b.max_payload_in_mb * 1024 * 1024
             });
+        let api_key = match (&self.api_key, &self.api_key_file) {
+            (Some(key), _) => Some(key.0.trim().to_string()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the API key file {}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if api_key.as_ref().is_some_and(String::is_empty) {
+            bail!("the API key is empty: give a key, or leave --api-key and --api-key-file unset");
+        }
         Ok(ServerConfig {
             content_special_tokens: self.content_special_tokens,
             ui: self.ui,
+            api_key: api_key.as_deref().map(crate::http::api_key::ApiKey::new),
+            metrics_require_key: self.metrics_require_key,
             model,
             host: self.host,
             port,

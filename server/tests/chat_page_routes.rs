@@ -60,7 +60,7 @@ async fn files_are_served_under_a_strict_policy_and_browsers_are_sent_to_the_pag
     assert_eq!(browser.status(), StatusCode::SEE_OTHER);
     assert_eq!(browser.headers()[header::LOCATION], "/ui");
     let other = get(&app, "/", "application/json").await;
-    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    assert_eq!(other.status(), StatusCode::NOT_ACCEPTABLE);
     let tgi = post(
         &app,
         "/",

@@ -32,6 +32,12 @@ pub enum ApiError {
     Generation(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error(
+        "a valid API key is required: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+    )]
+    Unauthorized,
 }
 
 /// Which API's error shape to answer with.
@@ -62,6 +68,8 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Generation(_) => "generation",
             Self::NotFound(_) => "not_found",
+            Self::NotAcceptable(_) => "not_acceptable",
+            Self::Unauthorized => "unauthorized",
         }
     }
 
@@ -77,6 +85,8 @@ impl ApiError {
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -96,6 +106,8 @@ impl ApiError {
                     Self::NotReady | Self::Unavailable(_) => "overloaded_error",
                     Self::Generation(_) => "api_error",
                     Self::NotFound(_) => "not_found_error",
+                    Self::NotAcceptable(_) => "invalid_request_error",
+                    Self::Unauthorized => "authentication_error",
                     Self::Validation { .. } | Self::BodyTimeout | Self::UnsupportedMediaType(_) => {
                         "invalid_request_error"
                     }

@@ -1,6 +1,7 @@
 //! The HTTP layer: it validates, submits to the engine and shapes events into each API's
 //! responses. One module per wire schema.
 
+pub mod api_key;
 mod bedrock;
 pub mod body;
 mod drive;
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, handler);
     }
     router
+        // Inside the counting: refused requests are counted with their 401.
+        .route_layer(from_fn_with_state(state.clone(), api_key::require))
         .route_layer(from_fn_with_state(state.clone(), count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .layer(from_fn_with_state(

@@ -57,6 +57,7 @@ pub fn document() -> Value {
             }),
             Answers::RedirectToPage => json!({
                 "303": {"description": "To /ui, for a client that accepts text/html"},
+                "406": {"description": "A client that does not accept text/html (TGI's error shape)"},
                 "404": not_found,
             }),
         };

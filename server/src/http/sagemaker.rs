@@ -4,7 +4,7 @@
 //! Contract: docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html
 
 use super::body::{body_kind, bytes, parse, BodyKind};
-use super::error::ApiError;
+use super::error::{ApiError, Flavor};
 use super::pipeline::serve_bytes;
 use super::state::AppState;
 use super::{bedrock, openai, tgi};
@@ -48,6 +48,19 @@ fn schema_of(value: &Value) -> Option<Schema> {
         Some(Schema::OpenAiCompletion)
     } else {
         None
+    }
+}
+
+/// The API whose error shape answers a body (TGI's when it is none of them or not JSON).
+pub fn flavor_of(raw: &[u8]) -> Flavor {
+    match serde_json::from_slice::<Value>(raw)
+        .ok()
+        .as_ref()
+        .and_then(schema_of)
+    {
+        Some(Schema::Bedrock) => Flavor::Anthropic,
+        Some(Schema::OpenAiChat | Schema::OpenAiCompletion) => Flavor::OpenAi,
+        Some(Schema::Tgi) | None => Flavor::Tgi,
     }
 }
 

@@ -75,8 +75,8 @@ impl Asset {
     }
 }
 
-/// `GET /`: a browser (it accepts HTML) is sent to the chat page; anything else is told where
-/// generation is (`POST /`, TGI's).
+/// `GET /`: a browser (it accepts HTML) is sent to the chat page; anything else gets a 406
+/// saying where generation is (`POST /`, TGI's).
 pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let wants_html = headers
         .get(header::ACCEPT)
@@ -85,8 +85,11 @@ pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response
     if wants_html && state.config.ui {
         return (StatusCode::SEE_OTHER, [(header::LOCATION, PAGE.path)]).into_response();
     }
-    ApiError::NotFound(
-        "GET / sends browsers to the chat page (/ui); generation is POST / (TGI) or /invocations"
+    if !state.config.ui {
+        return ApiError::NotFound("the chat page is off (--ui false)".into()).into_response();
+    }
+    ApiError::NotAcceptable(
+        "GET / sends browsers (Accept: text/html) to the chat page, /ui; generation is POST / (TGI) or /invocations"
             .into(),
     )
     .into_response()
