@@ -152,7 +152,7 @@ pub struct ServeArgs {
         default_value = "text"
     )]
     pub content_special_tokens: ContentSpecialTokens,
-    /// Serve the chat page at /ui (a browser's GET / is sent there). SageMaker forwards only
+    /// Serve the chat page at /ui (GET / is sent there). SageMaker forwards only
     /// /ping and /invocations, so there the page is reachable only through a port forward.
     #[arg(long, env = "LANTERN_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,

@@ -12,3 +12,4 @@ pub mod http;
 pub mod metrics;
 pub mod selftest;
 pub mod serve;
+pub mod vllm_metrics;

@@ -28,6 +28,8 @@ pub struct Metrics {
     prefix_cache_queries: IntCounter,
     prefix_cache_query_tokens: IntCounter,
     prefix_cache_hits: IntCounter,
+    /// The engine's load under vLLM's names, rendered after these.
+    pub vllm: crate::vllm_metrics::VllmMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
@@ -164,6 +166,7 @@ impl Metrics {
             requests,
             generated_tokens,
             registry,
+            vllm: crate::vllm_metrics::VllmMetrics::new()?,
         })
     }
 

@@ -32,8 +32,6 @@ pub enum ApiError {
     Generation(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    NotAcceptable(String),
     #[error(
         "a valid API key is required: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
     )]
@@ -68,7 +66,6 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Generation(_) => "generation",
             Self::NotFound(_) => "not_found",
-            Self::NotAcceptable(_) => "not_acceptable",
             Self::Unauthorized => "unauthorized",
         }
     }
@@ -85,7 +82,6 @@ impl ApiError {
             Self::NotReady | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
         }
     }
@@ -106,7 +102,6 @@ impl ApiError {
                     Self::NotReady | Self::Unavailable(_) => "overloaded_error",
                     Self::Generation(_) => "api_error",
                     Self::NotFound(_) => "not_found_error",
-                    Self::NotAcceptable(_) => "invalid_request_error",
                     Self::Unauthorized => "authentication_error",
                     Self::Validation { .. } | Self::BodyTimeout | Self::UnsupportedMediaType(_) => {
                         "invalid_request_error"

@@ -153,7 +153,25 @@ pub(crate) fn report_emf(
 }
 
 /// TGI's liveness: 200 while the engine is healthy, 503 otherwise.
+/// Lantern's metrics, then the engine's load under vLLM's names (`vllm_metrics.rs`) once a
+/// model serves.
 async fn metrics(State(state): State<AppState>) -> String {
-    let stats = state.model().ok().map(|m| m.engine.stats());
-    state.metrics.render(stats)
+    let model = state.model().ok();
+    let stats = model.as_ref().map(|m| m.engine.stats());
+    let mut text = state.metrics.render(stats);
+    if let (Some(model), Some(stats)) = (&model, stats) {
+        let engine = &model.engine;
+        let cache = crate::vllm_metrics::CacheConfig {
+            block_size: engine.limits().block_size,
+            // The CPU kernels keep keys and values in f32; the portable path in the weights'.
+            cache_dtype: if engine.attention() == "cpu" {
+                "float32".into()
+            } else {
+                model.dtype.clone()
+            },
+            prefix_caching: engine.limits().prefix_caching,
+        };
+        text.push_str(&state.metrics.vllm.render(&model.name, &stats, &cache));
+    }
+    text
 }

@@ -56,8 +56,7 @@ pub fn document() -> Value {
                 "404": not_found,
             }),
             Answers::RedirectToPage => json!({
-                "303": {"description": "To /ui, for a client that accepts text/html"},
-                "406": {"description": "A client that does not accept text/html (TGI's error shape)"},
+                "303": {"description": "To the chat page, /ui"},
                 "404": not_found,
             }),
         };

@@ -60,7 +60,7 @@ pub enum Answers {
     Json,
     /// A file of the chat page, of this media type (404 with `--ui false`).
     File(&'static str),
-    /// `GET /`: a redirect to the chat page for browsers, else 404.
+    /// `GET /`: a redirect to the chat page (404 with `--ui false`).
     RedirectToPage,
 }
 
@@ -118,7 +118,7 @@ pub fn operations() -> Vec<Operation> {
         op("/openapi.json", Get, "This document", None, openapi::openapi_json),
         Operation {
             answers: Answers::RedirectToPage,
-            ..op("/", Get, "Browsers (Accept: text/html) are sent to the chat page, /ui", None, ui::root)
+            ..op("/", Get, "Sent on to the chat page, /ui (generation at the root is POST /)", None, ui::root)
         },
         file(&ui::PAGE, "The chat page (HTML; --ui false turns it off)"),
         file(&ui::SCRIPT, "The chat page's script"),

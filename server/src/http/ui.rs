@@ -2,12 +2,12 @@
 //! (a Markdown renderer and an HTML sanitizer, `server/ui/vendor/`), all embedded in the
 //! binary so the page works offline. Every file goes out with a strict Content-Security-Policy:
 //! scripts and styles only from this origin, no inline script, requests only to this origin.
-//! `--ui false` turns the page off (404). A browser's `GET /` is sent on to `/ui`.
+//! `--ui false` turns the page off (404). `GET /` is sent on to `/ui`.
 
 use super::error::ApiError;
 use super::state::AppState;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// What the page may load and do: only this origin's scripts, styles, images and requests; no
@@ -75,22 +75,14 @@ impl Asset {
     }
 }
 
-/// `GET /`: a browser (it accepts HTML) is sent to the chat page; anything else gets a 406
-/// saying where generation is (`POST /`, TGI's).
-pub async fn root(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
-    if wants_html && state.config.ui {
-        return (StatusCode::SEE_OTHER, [(header::LOCATION, PAGE.path)]).into_response();
-    }
+/// `GET /`: sent on to the chat page (browsers open the server's address); with `--ui false`,
+/// 404. Generation at the root is `POST /` (TGI's).
+pub async fn root(State(state): State<AppState>) -> Response {
     if !state.config.ui {
-        return ApiError::NotFound("the chat page is off (--ui false)".into()).into_response();
+        return ApiError::NotFound(
+            "the chat page is off (--ui false); generation is POST / (TGI) or /invocations".into(),
+        )
+        .into_response();
     }
-    ApiError::NotAcceptable(
-        "GET / sends browsers (Accept: text/html) to the chat page, /ui; generation is POST / (TGI) or /invocations"
-            .into(),
-    )
-    .into_response()
+    (StatusCode::SEE_OTHER, [(header::LOCATION, PAGE.path)]).into_response()
 }

@@ -1,0 +1,141 @@
+//! `/metrics` under vLLM's names, read with the Prometheus text parser of the official Python
+//! client (`prometheus_client`, from the venv `.ci/run` makes; SKIPPED without it): every name
+//! Kubernetes inference routing reads, with its type and labels; requests waiting while the
+//! engine is saturated; KV-cache usage within [0, 1], up under load and back to 0 after.
+
+use lantern_tests::{ci_python_with, json, tiny_server};
+use serde_json::{json as value, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+print(json.dumps([
+    {"name": f.name, "type": f.type,
+     "samples": [{"labels": s.labels, "value": s.value} for s in f.samples]}
+    for f in text_string_to_metric_families(sys.stdin.read()) if f.name.startswith("vllm:")
+]))
+"#;
+
+fn parse(python: &Path, text: &str) -> Vec<Value> {
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    json(&String::from_utf8_lossy(&output.stdout))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The value of `name`'s one sample, with its family's type and label names checked.
+fn sample(families: &[Value], name: &str, labels: &[&str]) -> f64 {
+    let family = families
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {families:?}"));
+    assert_eq!(family["type"], "gauge", "{family}");
+    let samples = family["samples"].as_array().cloned().unwrap_or_default();
+    assert_eq!(samples.len(), 1, "{family}");
+    for label in labels {
+        assert!(
+            samples[0]["labels"].get(*label).is_some(),
+            "{name} lacks {label}: {family}"
+        );
+    }
+    samples[0]["value"].as_f64().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn vllm_names_report_the_engine_s_load() {
+    let Some(python) = ci_python_with("prometheus_client") else {
+        return;
+    };
+    // One sequence at a time: the others wait.
+    let (_model, server) = tiny_server("llama", 3, &["--max-num-seqs", "1"], &[]);
+    let idle = parse(&python, &server.get("/metrics").body);
+    let engine = ["model_name", "engine"];
+    for name in [
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+    ] {
+        sample(&idle, name, &engine);
+    }
+    sample(
+        &idle,
+        "vllm:cache_config_info",
+        &["block_size", "num_gpu_blocks", "engine"],
+    );
+    sample(
+        &idle,
+        "vllm:lora_requests_info",
+        &["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+    );
+    assert_eq!(sample(&idle, "vllm:kv_cache_usage_perc", &engine), 0.0);
+
+    let mut seen = Vec::new();
+    let mut saturated = None;
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let server = &server;
+            scope.spawn(move || {
+                let request = value!({"inputs": format!("request {i}"),
+                    "parameters": {"max_new_tokens": 1000, "ignore_eos": true}});
+                let (status, body) = server.post("/generate", &request);
+                assert_eq!(status, 200, "{body}");
+            });
+        }
+        // Scrapes while they run (read here by line; the parser reads the one kept).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline && saturated.is_none() {
+            let text = server.get("/metrics").body;
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{name}{{")))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let (waiting, usage) = (
+                value("vllm:num_requests_waiting"),
+                value("vllm:kv_cache_usage_perc"),
+            );
+            seen.push((waiting, usage));
+            if waiting > 0.0 && usage > 0.0 {
+                saturated = Some(text.clone());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let text = saturated
+        .unwrap_or_else(|| panic!("never saw requests waiting with the cache in use: {seen:?}"));
+    let families = parse(&python, &text);
+    assert!(sample(&families, "vllm:num_requests_waiting", &engine) > 0.0);
+    assert_eq!(sample(&families, "vllm:num_requests_running", &engine), 1.0);
+    let usage = sample(&families, "vllm:kv_cache_usage_perc", &engine);
+    assert!(usage > 0.0 && usage <= 1.0, "{usage}");
+    assert_eq!(
+        sample(&families, "vllm:gpu_cache_usage_perc", &engine),
+        usage
+    );
+    let after = parse(&python, &server.get("/metrics").body);
+    assert_eq!(sample(&after, "vllm:kv_cache_usage_perc", &engine), 0.0);
+    assert_eq!(sample(&after, "vllm:num_requests_running", &engine), 0.0);
+}
