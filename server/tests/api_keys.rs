@@ -5,12 +5,10 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use common::{app, Answer};
+use common::{app, send_with_headers, Answer};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const KEY: &str = "test-key-8c1f";
 
@@ -21,34 +19,10 @@ async fn call(
     key: Option<(&str, String)>,
     body: Value,
 ) -> Answer {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, "application/json");
-    if let Some((name, value)) = key {
-        request = request.header(name, value);
-    }
-    let body = if method == "GET" {
-        Body::empty()
-    } else {
-        Body::from(body.to_string())
-    };
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap_or_else(|e| panic!("{e}")))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    headers.extend(key);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    send_with_headers(app, method, path, &headers, &body.to_string()).await
 }
 
 fn bearer(key: &str) -> Option<(&'static str, String)> {

@@ -54,6 +54,31 @@ pub fn ci_python_with(module: &str) -> Option<PathBuf> {
     }
 }
 
+/// Runs `script` with `python`, `input` on its standard input; its standard output as JSON.
+/// A failing script fails the test, with its standard error.
+pub fn python_json(python: &Path, script: &str, input: &str) -> Value {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        output.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    json(&String::from_utf8_lossy(&output.stdout))
+}
+
 /// Writes the tiny dummy model of `arch` with `seed` into `out` using the binary.
 pub fn dummy_model(arch: &str, seed: u64, out: &Path) {
     let status = Command::new(lantern_binary())

@@ -400,9 +400,13 @@ fn metrics_parse_as_prometheus_text() {
             .unwrap_or_else(|| panic!("no value: {line}"));
         assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
         let name = series.split('{').next().unwrap_or_default();
+        // Lantern's names, and vLLM's (with their colon) for the engine's load.
+        let vllm = name.starts_with("vllm:");
         assert!(
-            name.starts_with("lantern_")
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            (name.starts_with("lantern_") || vllm)
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || (vllm && c == ':')),
             "{line}"
         );
         if let Some(labels) = series.strip_prefix(name) {

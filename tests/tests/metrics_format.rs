@@ -3,10 +3,8 @@
 //! SKIPPED): every family is `lantern_*` (or one of vLLM's names, `vllm:*`), what only grows is a counter named `*_total`, gauges
 //! are not named like counters, durations are histograms in seconds.
 
-use lantern_tests::{ci_python_with, json, tiny_server};
+use lantern_tests::{ci_python_with, python_json, tiny_server};
 use serde_json::{json as value, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 const PARSE: &str = r#"
 import json, sys
@@ -48,25 +46,7 @@ fn metrics_parse_as_prometheus_text_with_conventional_names_and_types() {
         }
     });
     let text = server.get("/metrics").body;
-    let mut child = Command::new(&python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        output.status.success(),
-        "the parser refused /metrics: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let families = json(&String::from_utf8_lossy(&output.stdout));
+    let families = python_json(&python, PARSE, &text);
     let families = families.as_array().cloned().unwrap_or_default();
     assert!(families.len() >= 10, "{families:?}");
     let kind = |name: &str| -> Option<String> {

@@ -3,11 +3,9 @@
 //! Kubernetes inference routing reads, with its type and labels; requests waiting while the
 //! engine is saturated; KV-cache usage within [0, 1], up under load and back to 0 after.
 
-use lantern_tests::{ci_python_with, json, tiny_server};
+use lantern_tests::{ci_python_with, python_json, tiny_server};
 use serde_json::{json as value, Value};
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 const PARSE: &str = r#"
 import json, sys
@@ -20,25 +18,7 @@ print(json.dumps([
 "#;
 
 fn parse(python: &Path, text: &str) -> Vec<Value> {
-    let mut child = Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    json(&String::from_utf8_lossy(&output.stdout))
+    python_json(python, PARSE, text)
         .as_array()
         .cloned()
         .unwrap_or_default()

@@ -87,15 +87,36 @@ pub async fn send(
     content_type: &str,
     body: &str,
 ) -> Answer {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body.to_string()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    send_with_headers(
+        app,
+        method,
+        path,
+        &[(header::CONTENT_TYPE.as_str(), content_type)],
+        body,
+    )
+    .await
+}
+
+/// A request with `headers`; a `GET` goes without a body.
+pub async fn send_with_headers(
+    app: &Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = if method == "GET" {
+        Body::empty()
+    } else {
+        Body::from(body.to_string())
+    };
     let response = app
         .clone()
-        .oneshot(request)
+        .oneshot(request.body(body).unwrap_or_else(|e| panic!("{e}")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let status = response.status();
