@@ -207,13 +207,16 @@ def main():
         check(page.locator("#conversations li").count() == count - 1, "delete did not delete")
 
         # Phone width: usable, the sidebar behind its button.
-        phone = browser.new_context(viewport={"width": 390, "height": 844})
+        # (and in the dark colour scheme, which the page follows)
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")
         phone.add_init_script(RECORD_VIOLATIONS)
         small = phone.new_page()
         small.on("request", lambda r: requests.append(r.url))
         small.goto(BASE + "/ui")
         small.wait_for_function("() => document.querySelector('#model').options.length > 0")
         check(small.is_visible("#prompt") and small.is_visible("#send"), "composer hidden at phone width")
+        background = small.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        check(background == "rgb(23, 24, 27)", "not the dark scheme: " + background)
         check(small.is_hidden("#sidebar"), "the sidebar covers the page at phone width")
         small.click("#toggle-sidebar")
         check(small.is_visible("#sidebar"), "the sidebar does not open at phone width")
