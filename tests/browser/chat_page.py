@@ -1,7 +1,8 @@
 """The chat page at /ui in a real browser (Debian's headless Chromium, driven by Playwright),
 against a running `lantern serve` on a tiny dummy model.
 
-Usage: python chat_page.py BASE_URL SCREENSHOT_DIR [CHROMIUM]
+Usage: python chat_page.py BASE_URL SCREENSHOT_DIR [CHROMIUM [KEYED_BASE_URL API_KEY]]
+(KEYED_BASE_URL: a second server started with that API key.)
 Exits non-zero with a message naming the first check that failed; prints what it measured.
 Run by tests/tests/chat_page.rs, which starts the server.
 """
@@ -15,6 +16,7 @@ from playwright.sync_api import sync_playwright
 
 BASE, SHOTS = sys.argv[1].rstrip("/"), sys.argv[2]
 CHROMIUM = sys.argv[3] if len(sys.argv) > 3 else "/usr/bin/chromium"
+KEYED, KEY = (sys.argv[4].rstrip("/"), sys.argv[5]) if len(sys.argv) > 5 else (None, None)
 
 # Records CSP violations in the page itself, before any of its scripts run.
 RECORD_VIOLATIONS = """
@@ -227,10 +229,34 @@ def main():
         small.wait_for_selector("#stop", state="hidden")
         small.screenshot(path=SHOTS + "/phone.png")
 
-        # Nothing left this origin; no CSP violation anywhere.
-        others = [u for u in requests if not u.startswith(BASE) and not u.startswith("blob:")]
+        # A server that asks for an API key: the page says so, takes the key, then works.
+        tabs = [page, small]
+        if KEYED:
+            keyed = browser.new_context(viewport={"width": 1280, "height": 800})
+            keyed.add_init_script(RECORD_VIOLATIONS)
+            locked = keyed.new_page()
+            locked.on("request", lambda r: requests.append(r.url))
+            locked.goto(KEYED + "/ui")
+            locked.wait_for_selector("#api-key-label:not([hidden])")
+            check("API key" in locked.inner_text("#error"), "the page did not ask for the key")
+            locked.fill("#api-key", KEY)
+            locked.dispatch_event("#api-key", "change")
+            locked.reload()
+            locked.wait_for_function("() => document.querySelector('#model').options.length > 0")
+            locked.fill("#prompt", "Hi")
+            locked.press("#prompt", "Enter")
+            locked.wait_for_selector("#stop", state="hidden")
+            check(locked.is_hidden("#error"), "the keyed call failed: " + locked.inner_text("#error"))
+            check(locked.locator("#messages .message.assistant").count() == 1, "no answer with the key")
+            tabs.append(locked)
+            report["api_key_flow"] = "ok"
+
+        # Nothing left these origins; no CSP violation anywhere.
+        origins = [BASE] + ([KEYED] if KEYED else [])
+        others = [u for u in requests
+                  if not any(u.startswith(o) for o in origins) and not u.startswith("blob:")]
         check(not others, "requests to other hosts: %s" % others)
-        for tab in (page, small):
+        for tab in tabs:
             violations = tab.evaluate("window.__csp")
             check(not violations, "CSP violations: %s" % violations)
         check(not [m for m in console if "Content Security Policy" in m], "CSP messages: %s" % console)

@@ -2,7 +2,8 @@
 //! (`tests/browser/chat_page.py`, from the venv `.ci/run` makes) against the real binary on a
 //! tiny dummy model. The script checks streaming, Stop (cancellation counted, KV blocks given
 //! back), Markdown, stored hostile HTML, settings across reloads, errors, phone width, and that
-//! nothing leaves the origin or breaks the Content-Security-Policy; it takes screenshots into
+//! nothing leaves the origin or breaks the Content-Security-Policy, and that a server asking
+//! for an API key gets one from the page's key field; it takes screenshots into
 //! `target/ui-screenshots/`. Without Playwright or Chromium the test says SKIPPED (CI has both).
 
 use lantern_tests::{ci_python_with, skip, tiny_server};
@@ -10,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
+const KEY: &str = "page-key-41d0";
 
 #[test]
 fn the_chat_page_works_in_a_real_browser() {
@@ -23,6 +25,8 @@ fn the_chat_page_works_in_a_real_browser() {
         return;
     }
     let (_model, server) = tiny_server("llama", 4, &[], &[]);
+    // A second server that asks for an API key: the page must ask for it too.
+    let (_keyed_model, keyed) = tiny_server("llama", 4, &[], &[("LANTERN_API_KEY", KEY)]);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shots = root.join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap_or_else(|e| panic!("{e}"));
@@ -31,6 +35,8 @@ fn the_chat_page_works_in_a_real_browser() {
         .arg(&server.base)
         .arg(&shots)
         .arg(CHROMIUM)
+        .arg(&keyed.base)
+        .arg(KEY)
         .output()
         .unwrap_or_else(|e| panic!("running the browser script: {e}"));
     let stderr = String::from_utf8_lossy(&output.stderr);
