@@ -171,6 +171,7 @@ impl Metrics {
     }
 
     pub fn observe(&self, completion: &Completion) {
+        self.vllm.observe(completion);
         self.generated_tokens
             .inc_by(completion.generated_tokens as u64);
         self.time_to_first_token

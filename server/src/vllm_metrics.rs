@@ -6,8 +6,21 @@
 //! Series carry vLLM's labels: `model_name`, and `engine` (the engine's index; one engine
 //! today). Set from the engine's statistics at each scrape, like the `lantern_*` gauges.
 
-use lantern_engine::SchedulerStats;
-use prometheus::{Encoder, GaugeVec, Opts, Registry, TextEncoder};
+use lantern_engine::{Completion, SchedulerStats};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+/// The one engine's index, as vLLM labels engines.
+const ENGINE: &str = "0";
+
+/// Lantern's own running totals, which the vLLM counters follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+}
 
 /// What the configuration says about the KV cache, for `vllm:cache_config_info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +32,21 @@ pub struct CacheConfig {
 
 pub struct VllmMetrics {
     registry: Registry,
+    /// The served model's name, once it is loaded (the `model_name` label).
+    model_name: OnceLock<String>,
     running: GaugeVec,
     waiting: GaugeVec,
     kv_cache_usage: GaugeVec,
     gpu_cache_usage: GaugeVec,
     cache_config: GaugeVec,
     lora_requests: GaugeVec,
+    prompt_tokens: IntCounterVec,
+    generation_tokens: IntCounterVec,
+    prefix_cache_queries: IntCounterVec,
+    prefix_cache_hits: IntCounterVec,
+    time_to_first_token: HistogramVec,
+    inter_token_latency: HistogramVec,
+    e2e_request_latency: HistogramVec,
 }
 
 impl VllmMetrics {
@@ -36,7 +58,54 @@ impl VllmMetrics {
             Ok(gauge)
         };
         let engine = ["model_name", "engine"];
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounterVec> {
+            let counter = IntCounterVec::new(Opts::new(name, help), &engine)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> prometheus::Result<HistogramVec> {
+                let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+                let histogram = HistogramVec::new(opts, &engine)?;
+                registry.register(Box::new(histogram.clone()))?;
+                Ok(histogram)
+            };
+        let latency = [
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
+        ];
         Ok(Self {
+            model_name: OnceLock::new(),
+            prompt_tokens: counter(
+                "vllm:prompt_tokens_total",
+                "Prompt tokens submitted (lantern_prompt_tokens_total)",
+            )?,
+            generation_tokens: counter(
+                "vllm:generation_tokens_total",
+                "Tokens generated (lantern_generated_tokens_total)",
+            )?,
+            prefix_cache_queries: counter(
+                "vllm:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache (lantern_prefix_cache_query_tokens_total)",
+            )?,
+            prefix_cache_hits: counter(
+                "vllm:prefix_cache_hits_total",
+                "Prompt tokens found in the prefix cache (lantern_prefix_cache_hits_total)",
+            )?,
+            time_to_first_token: histogram(
+                "vllm:time_to_first_token_seconds",
+                "Submission to first token (lantern_time_to_first_token_seconds)",
+                &latency,
+            )?,
+            inter_token_latency: histogram(
+                "vllm:inter_token_latency_seconds",
+                "Mean time between a request's tokens (lantern_inter_token_latency_seconds)",
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+            )?,
+            e2e_request_latency: histogram(
+                "vllm:e2e_request_latency_seconds",
+                "Submission to last token (lantern_request_duration_seconds)",
+                &latency,
+            )?,
             running: gauge(
                 "vllm:num_requests_running",
                 "Requests in the running batch (vLLM's name)",
@@ -77,10 +146,50 @@ impl VllmMetrics {
         })
     }
 
-    /// The text exposition for the engine of `model` as `stats` describe it now.
-    pub fn render(&self, model: &str, stats: &SchedulerStats, cache: &CacheConfig) -> String {
-        let engine = "0";
-        let labels = [model, engine];
+    /// Names the served model (once, when it is loaded).
+    pub fn set_model_name(&self, name: &str) {
+        let _ = self.model_name.set(name.to_string());
+    }
+
+    fn labels(&self) -> [&str; 2] {
+        [self.model_name.get().map_or("", String::as_str), ENGINE]
+    }
+
+    /// A finished request's timings, as Lantern's histograms take them.
+    pub fn observe(&self, completion: &Completion) {
+        let labels = self.labels();
+        self.time_to_first_token
+            .with_label_values(&labels)
+            .observe(completion.time_to_first_token.as_secs_f64());
+        self.e2e_request_latency
+            .with_label_values(&labels)
+            .observe(completion.total_time.as_secs_f64());
+        if completion.generated_tokens > 1 {
+            let decoding = completion
+                .total_time
+                .saturating_sub(completion.time_to_first_token);
+            self.inter_token_latency
+                .with_label_values(&labels)
+                .observe(decoding.as_secs_f64() / (completion.generated_tokens - 1) as f64);
+        }
+    }
+
+    /// The text exposition for the engine as `stats` describe it now; the counters follow
+    /// Lantern's `totals` and the engine's prefix-cache counts.
+    pub fn render(&self, stats: &SchedulerStats, cache: &CacheConfig, totals: Totals) -> String {
+        let engine = ENGINE;
+        let labels = self.labels();
+        let follow = |counter: &IntCounterVec, total: u64| {
+            let counter = counter.with_label_values(&labels);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        follow(&self.prompt_tokens, totals.prompt_tokens);
+        follow(&self.generation_tokens, totals.generated_tokens);
+        follow(
+            &self.prefix_cache_queries,
+            stats.prefix_cache.queried_tokens,
+        );
+        follow(&self.prefix_cache_hits, stats.prefix_cache.hit_tokens);
         self.running
             .with_label_values(&labels)
             .set(stats.running as f64);
@@ -144,7 +253,8 @@ mod tests {
             waiting: 1,
             ..Default::default()
         };
-        let text = metrics.render("m", &stats, &cache);
+        metrics.set_model_name("m");
+        let text = metrics.render(&stats, &cache, Totals::default());
         assert!(
             text.contains("vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25"),
             "{text}"
@@ -153,13 +263,21 @@ mod tests {
             text.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1"),
             "{text}"
         );
+        let totals = Totals {
+            prompt_tokens: 7,
+            generated_tokens: 3,
+        };
         let again = metrics.render(
-            "m",
             &SchedulerStats {
                 total_blocks: 9,
                 ..stats
             },
             &cache,
+            totals,
+        );
+        assert!(
+            again.contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\"} 7"),
+            "{again}"
         );
         assert_eq!(
             again.matches("vllm:cache_config_info{").count(),

@@ -1,6 +1,7 @@
 //! `/metrics` under vLLM's names, read with the Prometheus text parser of the official Python
 //! client (`prometheus_client`, from the venv `.ci/run` makes; SKIPPED without it): every name
-//! Kubernetes inference routing reads, with its type and labels; requests waiting while the
+//! Kubernetes inference routing and the autoscaling guides read, with its type and labels
+//! (gauges, counters, latency histograms); requests waiting while the
 //! engine is saturated; KV-cache usage within [0, 1], up under load and back to 0 after.
 
 use lantern_tests::{ci_python_with, python_json, tiny_server};
@@ -116,6 +117,33 @@ fn vllm_names_report_the_engine_s_load() {
         usage
     );
     let after = parse(&python, &server.get("/metrics").body);
+    // The request counters and latency histograms, under vLLM's names and types
+    // (prometheus_client names a counter family without its `_total`).
+    let family = |name: &str| -> Value {
+        after
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    for (name, kind) in [
+        ("vllm:prompt_tokens", "counter"),
+        ("vllm:generation_tokens", "counter"),
+        ("vllm:prefix_cache_queries", "counter"),
+        ("vllm:prefix_cache_hits", "counter"),
+        ("vllm:time_to_first_token_seconds", "histogram"),
+        ("vllm:inter_token_latency_seconds", "histogram"),
+        ("vllm:e2e_request_latency_seconds", "histogram"),
+    ] {
+        let family = family(name);
+        assert_eq!(family["type"], kind, "{family}");
+        let labels = &family["samples"][0]["labels"];
+        assert!(labels["model_name"].is_string() && labels["engine"] == "0", "{family}");
+    }
+    let generated = family("vllm:generation_tokens")["samples"][0]["value"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(generated >= 4000.0, "4 requests of 1000 tokens: {generated}");
     assert_eq!(sample(&after, "vllm:kv_cache_usage_perc", &engine), 0.0);
     assert_eq!(sample(&after, "vllm:num_requests_running", &engine), 0.0);
 }

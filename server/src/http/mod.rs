@@ -171,7 +171,11 @@ async fn metrics(State(state): State<AppState>) -> String {
             },
             prefix_caching: engine.limits().prefix_caching,
         };
-        text.push_str(&state.metrics.vllm.render(&model.name, &stats, &cache));
+        let totals = crate::vllm_metrics::Totals {
+            prompt_tokens: state.metrics.prompt_tokens.get(),
+            generated_tokens: state.metrics.generated_tokens.get(),
+        };
+        text.push_str(&state.metrics.vllm.render(&stats, &cache, totals));
     }
     text
 }

@@ -60,6 +60,7 @@ impl AppState {
     }
 
     pub fn set_model(&self, model: ServingModel) {
+        self.metrics.vllm.set_model_name(&model.name);
         let _ = self.model.set(Arc::new(model));
     }
 
