@@ -138,12 +138,18 @@ fn vllm_names_report_the_engine_s_load() {
         let family = family(name);
         assert_eq!(family["type"], kind, "{family}");
         let labels = &family["samples"][0]["labels"];
-        assert!(labels["model_name"].is_string() && labels["engine"] == "0", "{family}");
+        assert!(
+            labels["model_name"].is_string() && labels["engine"] == "0",
+            "{family}"
+        );
     }
     let generated = family("vllm:generation_tokens")["samples"][0]["value"]
         .as_f64()
         .unwrap_or(0.0);
-    assert!(generated >= 4000.0, "4 requests of 1000 tokens: {generated}");
+    assert!(
+        generated >= 4000.0,
+        "4 requests of 1000 tokens: {generated}"
+    );
     assert_eq!(sample(&after, "vllm:kv_cache_usage_perc", &engine), 0.0);
     assert_eq!(sample(&after, "vllm:num_requests_running", &engine), 0.0);
 }
