@@ -39,6 +39,19 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
 }
 
 /// Brings a counter up to a total the engine keeps since it started.
+/// The mean time between a request's tokens after the first, in seconds (`None` for fewer
+/// than two tokens).
+pub fn inter_token_latency(completion: &Completion) -> Option<f64> {
+    let gaps = completion
+        .generated_tokens
+        .checked_sub(1)
+        .filter(|&n| n > 0)?;
+    let decoding = completion
+        .total_time
+        .saturating_sub(completion.time_to_first_token);
+    Some(decoding.as_secs_f64() / gaps as f64)
+}
+
 fn catch_up(counter: &IntCounter, total: u64) {
     counter.inc_by(total.saturating_sub(counter.get()));
 }
@@ -179,12 +192,8 @@ impl Metrics {
         self.queue_time.observe(completion.queue_time.as_secs_f64());
         self.request_duration
             .observe(completion.total_time.as_secs_f64());
-        if completion.generated_tokens > 1 {
-            let decoding = completion
-                .total_time
-                .saturating_sub(completion.time_to_first_token);
-            self.inter_token_latency
-                .observe(decoding.as_secs_f64() / (completion.generated_tokens - 1) as f64);
+        if let Some(seconds) = inter_token_latency(completion) {
+            self.inter_token_latency.observe(seconds);
         }
     }
 

@@ -164,13 +164,10 @@ impl VllmMetrics {
         self.e2e_request_latency
             .with_label_values(&labels)
             .observe(completion.total_time.as_secs_f64());
-        if completion.generated_tokens > 1 {
-            let decoding = completion
-                .total_time
-                .saturating_sub(completion.time_to_first_token);
+        if let Some(seconds) = crate::metrics::inter_token_latency(completion) {
             self.inter_token_latency
                 .with_label_values(&labels)
-                .observe(decoding.as_secs_f64() / (completion.generated_tokens - 1) as f64);
+                .observe(seconds);
         }
     }
 

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lantern_engine::SubmitError;
+use lantern_engine::{Refusal, SubmitError};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -139,11 +139,18 @@ impl ApiError {
     }
 }
 
+/// A refusal by the limits: the client's error, naming the field as its API spells it.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        Self::validation(refusal.to_string(), refusal.field())
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Unavailable(message) => Self::Unavailable(message),
-            SubmitError::Refused(refusal) => Self::validation(refusal.to_string(), refusal.field()),
+            SubmitError::Refused(refusal) => refusal.into(),
             SubmitError::UnknownToken { .. } => Self::validation(error.to_string(), "inputs"),
         }
     }

@@ -7,8 +7,8 @@ use super::ranges::{in_range, Bounds};
 use super::state::{AppState, ServingModel};
 use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
-    Completion, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, Refusal,
-    RequestSize, SamplingParams, TokenEvent,
+    Completion, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, RequestSize,
+    SamplingParams, TokenEvent,
 };
 use lantern_models::ChatMessage;
 use std::sync::Arc;
@@ -87,11 +87,6 @@ pub struct Prepared {
     pub samples: usize,
     /// Held until the response is complete.
     pub permit: OwnedSemaphorePermit,
-}
-
-/// A refusal by the limits, as the client's error naming its field.
-fn refused(refusal: Refusal) -> ApiError {
-    ApiError::validation(refusal.to_string(), refusal.field())
 }
 
 /// Runs CPU-heavy request preparation (tokenizing, rendering chat templates) on the blocking
@@ -272,7 +267,7 @@ pub async fn prepare(
         max_new_tokens: params.max_new_tokens,
         top_n_tokens,
     };
-    limits.check(size, params.fields).map_err(refused)?;
+    limits.check(size, params.fields)?;
     let vocab_size = model.engine.vocab_size();
     let outside = |token: u32, field: &str| {
         ApiError::validation(
@@ -313,13 +308,13 @@ pub async fn prepare(
         prompt_tokens.drain(..prompt_tokens.len() - keep);
     }
     size.prompt_tokens = Some(prompt_tokens.len());
-    limits.check(size, params.fields).map_err(refused)?;
+    limits.check(size, params.fields)?;
     let room = limits.max_total_tokens.saturating_sub(prompt_tokens.len());
     let max_new_tokens = params
         .max_new_tokens
         .unwrap_or(config.default_max_new_tokens.min(room));
     size.max_new_tokens = Some(max_new_tokens);
-    limits.check(size, params.fields).map_err(refused)?;
+    limits.check(size, params.fields)?;
     let greedy = params.do_sample == Some(false) || temperature.is_some_and(|t| t == 0.0);
     let sampling = SamplingParams {
         temperature: if greedy {
