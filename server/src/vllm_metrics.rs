@@ -3,24 +3,16 @@
 //! published KEDA/HPA guides read these names (the extension's model-server protocol,
 //! `docs/proposals/003-model-server-protocol`), and read a pod without an engine label as vLLM.
 //!
-//! Series carry vLLM's labels: `model_name`, and `engine` (the engine's index; one engine
-//! today). Set from the engine's statistics at each scrape, like the `lantern_*` gauges.
+//! Series carry vLLM's labels: `model_name`, and `engine` (the engine's index among the
+//! data-parallel engines, "0" alone). Gauges are set from each engine's statistics at each
+//! scrape; counters and histograms move as requests are routed and end.
 
 use lantern_engine::{Completion, SchedulerStats};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
+use std::borrow::Cow;
 use std::sync::OnceLock;
-
-/// The one engine's index, as vLLM labels engines.
-const ENGINE: &str = "0";
-
-/// Lantern's own running totals, which the vLLM counters follow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub prompt_tokens: u64,
-    pub generated_tokens: u64,
-}
 
 /// What the configuration says about the KV cache, for `vllm:cache_config_info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,13 +143,27 @@ impl VllmMetrics {
         let _ = self.model_name.set(name.to_string());
     }
 
-    fn labels(&self) -> [&str; 2] {
-        [self.model_name.get().map_or("", String::as_str), ENGINE]
+    fn labels(&self, engine: usize) -> [Cow<'_, str>; 2] {
+        [
+            Cow::Borrowed(self.model_name.get().map_or("", String::as_str)),
+            Cow::Owned(engine.to_string()),
+        ]
     }
 
-    /// A finished request's timings, as Lantern's histograms take them.
-    pub fn observe(&self, completion: &Completion) {
-        let labels = self.labels();
+    /// A request routed to `engine` with `prompt_tokens` in its prompt.
+    pub fn submitted(&self, engine: usize, prompt_tokens: usize) {
+        let labels = self.labels(engine);
+        self.prompt_tokens
+            .with_label_values(&labels)
+            .inc_by(prompt_tokens as u64);
+    }
+
+    /// A request's end on `engine`: its tokens and timings.
+    pub fn observe(&self, completion: &Completion, engine: usize) {
+        let labels = self.labels(engine);
+        self.generation_tokens
+            .with_label_values(&labels)
+            .inc_by(completion.generated_tokens as u64);
         self.time_to_first_token
             .with_label_values(&labels)
             .observe(completion.time_to_first_token.as_secs_f64());
@@ -171,17 +177,33 @@ impl VllmMetrics {
         }
     }
 
-    /// The text exposition for the engine as `stats` describe it now; the counters follow
-    /// Lantern's `totals` and the engine's prefix-cache counts.
-    pub fn render(&self, stats: &SchedulerStats, cache: &CacheConfig, totals: Totals) -> String {
-        let engine = ENGINE;
-        let labels = self.labels();
+    /// The text exposition for the engines as `engines` (one entry per engine, in index
+    /// order) describe them now; the prefix-cache counters follow each engine's counts.
+    pub fn render(&self, engines: &[(SchedulerStats, CacheConfig)]) -> String {
+        // One info series per engine: an old label set (another block count) is dropped first.
+        self.cache_config.reset();
+        for (index, (stats, cache)) in engines.iter().enumerate() {
+            self.set_engine(index, stats, cache);
+        }
+        // No adapters are served yet: empty lists, no adapter slots.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.lora_requests.reset();
+        self.lora_requests
+            .with_label_values(&["", "", "0"])
+            .set(now);
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    fn set_engine(&self, index: usize, stats: &SchedulerStats, cache: &CacheConfig) {
+        let labels = self.labels(index);
         let follow = |counter: &IntCounterVec, total: u64| {
             let counter = counter.with_label_values(&labels);
             counter.inc_by(total.saturating_sub(counter.get()));
         };
-        follow(&self.prompt_tokens, totals.prompt_tokens);
-        follow(&self.generation_tokens, totals.generated_tokens);
         follow(
             &self.prefix_cache_queries,
             stats.prefix_cache.queried_tokens,
@@ -206,28 +228,15 @@ impl VllmMetrics {
         } else {
             "False"
         };
-        // One info series: an old label set (another block count) is dropped first.
-        self.cache_config.reset();
         self.cache_config
             .with_label_values(&[
-                engine,
+                &*labels[1],
                 &block_size,
                 &blocks,
                 &cache.cache_dtype,
                 prefix_caching,
             ])
             .set(1.0);
-        // No adapters are served yet: empty lists, no adapter slots.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.lora_requests.reset();
-        self.lora_requests
-            .with_label_values(&["", "", "0"])
-            .set(now);
-        let mut buffer = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8(buffer).unwrap_or_default()
     }
 }
 
@@ -236,7 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_is_the_fraction_of_blocks_held_and_info_series_stay_single() {
+    fn usage_is_the_fraction_of_blocks_held_and_info_series_stay_one_per_engine() {
         let metrics = VllmMetrics::new().unwrap_or_else(|e| panic!("{e}"));
         let cache = CacheConfig {
             block_size: 16,
@@ -251,7 +260,7 @@ mod tests {
             ..Default::default()
         };
         metrics.set_model_name("m");
-        let text = metrics.render(&stats, &cache, Totals::default());
+        let text = metrics.render(&[(stats, cache.clone())]);
         assert!(
             text.contains("vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25"),
             "{text}"
@@ -260,27 +269,30 @@ mod tests {
             text.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 1"),
             "{text}"
         );
-        let totals = Totals {
-            prompt_tokens: 7,
-            generated_tokens: 3,
-        };
-        let again = metrics.render(
-            &SchedulerStats {
-                total_blocks: 9,
-                ..stats
-            },
-            &cache,
-            totals,
-        );
+        metrics.submitted(1, 7);
+        let again = metrics.render(&[
+            (
+                SchedulerStats {
+                    total_blocks: 9,
+                    ..stats
+                },
+                cache.clone(),
+            ),
+            (stats, cache),
+        ]);
         assert!(
-            again.contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\"} 7"),
+            again.contains("vllm:prompt_tokens_total{engine=\"1\",model_name=\"m\"} 7"),
             "{again}"
         );
         assert_eq!(
             again.matches("vllm:cache_config_info{").count(),
-            1,
+            2,
             "{again}"
         );
         assert!(again.contains("num_gpu_blocks=\"9\""), "{again}");
+        assert!(
+            again.contains("vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 3"),
+            "{again}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use crate::channel::{Command, Shared};
 use crate::constraint::Constraints;
 use crate::limits::{FieldNames, Refusal, RequestSize};
 use crate::request::{Event, GenerateRequest};
+use crate::routing::Outstanding;
 use crate::scheduler::{SchedulerConfig, SchedulerStats, SequenceId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -27,6 +28,10 @@ pub enum SubmitError {
 #[derive(Debug)]
 pub struct EventStream {
     receiver: UnboundedReceiver<Event>,
+    /// The index of the engine running it (an [`EnginePool`](crate::EnginePool)'s; 0 alone).
+    engine: usize,
+    /// Its work, counted against that engine's load while the stream lives.
+    _outstanding: Option<Outstanding>,
 }
 
 impl EventStream {
@@ -35,8 +40,16 @@ impl EventStream {
         self.receiver.recv().await
     }
 
-    pub fn into_receiver(self) -> UnboundedReceiver<Event> {
-        self.receiver
+    /// The index of the engine running the request.
+    pub fn engine(&self) -> usize {
+        self.engine
+    }
+
+    /// Marks the stream as `engine`'s, holding `outstanding` work against it until dropped.
+    pub(crate) fn routed(mut self, engine: usize, outstanding: Option<Outstanding>) -> Self {
+        self.engine = engine;
+        self._outstanding = outstanding;
+        self
     }
 }
 
@@ -136,7 +149,11 @@ impl EngineHandle {
         self.commands
             .send(command)
             .map_err(|_| SubmitError::Unavailable("the engine thread has stopped".into()))?;
-        Ok(EventStream { receiver })
+        Ok(EventStream {
+            receiver,
+            engine: 0,
+            _outstanding: None,
+        })
     }
 
     /// Entries in a row of the model's logits: token ids run below it.

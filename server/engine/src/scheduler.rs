@@ -523,5 +523,41 @@ pub struct SchedulerStats {
     pub idle_releases: u64,
 }
 
+/// Several engines' statistics as one (a pool's aggregate `lantern_*` series). Every field
+/// is named, so a new one cannot be left out of the sum.
+impl std::ops::AddAssign for SchedulerStats {
+    fn add_assign(&mut self, other: Self) {
+        let Self {
+            running,
+            waiting,
+            used_blocks,
+            free_blocks,
+            cached_idle_blocks,
+            total_blocks,
+            preemptions,
+            prefix_cache:
+                PrefixCacheStats {
+                    queries,
+                    queried_tokens,
+                    hit_tokens,
+                },
+            last_batch_size,
+            idle_releases,
+        } = other;
+        self.running += running;
+        self.waiting += waiting;
+        self.used_blocks += used_blocks;
+        self.free_blocks += free_blocks;
+        self.cached_idle_blocks += cached_idle_blocks;
+        self.total_blocks += total_blocks;
+        self.preemptions += preemptions;
+        self.prefix_cache.queries += queries;
+        self.prefix_cache.queried_tokens += queried_tokens;
+        self.prefix_cache.hit_tokens += hit_tokens;
+        self.last_batch_size += last_batch_size;
+        self.idle_releases += idle_releases;
+    }
+}
+
 #[cfg(test)]
 mod tests;

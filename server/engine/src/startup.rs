@@ -1,22 +1,88 @@
-//! Starting the engine: the KV cache sized, the model warmed up at the configured budgets,
-//! the grammar compiler built, and the engine thread started behind an [`EngineHandle`].
+//! Starting engines: the KV cache sized, the model warmed up at the configured budgets, the
+//! grammar compiler built, and each engine's thread started behind an [`EngineHandle`];
+//! several engines (data parallelism) behind one [`EnginePool`].
 
 use crate::channel::Shared;
 use crate::config::{EngineConfig, StartError};
 use crate::constraint::Constraints;
 use crate::handle::EngineHandle;
+use crate::pool::EnginePool;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use crate::worker::Worker;
 use lantern_models::{Decoder, LogitsWanted, SequenceStep, TokenizerBundle};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokenizers::Tokenizer;
 
 /// Sizes the KV cache, warms the model up at the configured budgets and starts the engine
 /// thread. A budget the device cannot hold fails here, naming the setting to lower.
 pub fn start(
+    decoder: Decoder,
+    tokenizer: &TokenizerBundle,
+    config: &EngineConfig,
+) -> Result<EngineHandle, StartError> {
+    let grammar = Grammar::new(tokenizer, decoder.config().vocab_size);
+    start_one(decoder, tokenizer, &grammar, config)
+}
+
+/// Starts one engine per decoder (each on its own device, or sharing the CPU) behind one
+/// pool. Engines on the CPU share its cache budget: each gets an equal part of what one
+/// engine would get. The grammar compiler (and its cache) is shared by all.
+pub fn start_pool(
+    decoders: Vec<Decoder>,
+    tokenizer: &TokenizerBundle,
+    config: &EngineConfig,
+    configure: impl Fn(usize, &mut EngineConfig),
+) -> Result<EnginePool, StartError> {
+    let Some(first) = decoders.first() else {
+        return Err(StartError::Setting("no engine to start".into()));
+    };
+    let grammar = Grammar::new(tokenizer, first.config().vocab_size);
+    let on_cpu = decoders.iter().filter(|d| d.device().is_cpu()).count();
+    let cpu_share = match decoders.iter().find(|d| d.device().is_cpu()) {
+        Some(decoder) if on_cpu > 1 => Some((config.num_blocks(decoder)? / on_cpu).max(1)),
+        _ => None,
+    };
+    let mut engines = Vec::with_capacity(decoders.len());
+    for (index, decoder) in decoders.into_iter().enumerate() {
+        let mut engine_config = config.clone();
+        if let (Some(blocks), true) = (cpu_share, decoder.device().is_cpu()) {
+            engine_config.cache = crate::CacheSize::Blocks(blocks);
+        }
+        configure(index, &mut engine_config);
+        let engine = start_one(decoder, tokenizer, &grammar, &engine_config)?;
+        tracing::info!(engine = index, device = engine.device(), "engine ready");
+        engines.push(engine);
+    }
+    EnginePool::new(engines, config.block_size)
+}
+
+/// The tokenizer and grammar compiler every engine of a model shares.
+struct Grammar {
+    tokenizer: Arc<Tokenizer>,
+    constraints: Result<Arc<Constraints>, String>,
+}
+
+impl Grammar {
+    fn new(tokenizer: &TokenizerBundle, vocab_size: usize) -> Self {
+        let shared = Arc::new(tokenizer.tokenizer.clone());
+        let constraints =
+            Constraints::new(shared.clone(), &tokenizer.eos_token_ids, vocab_size).map(Arc::new);
+        if let Err(error) = &constraints {
+            tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
+        }
+        Self {
+            tokenizer: shared,
+            constraints,
+        }
+    }
+}
+
+fn start_one(
     mut decoder: Decoder,
     tokenizer: &TokenizerBundle,
+    grammar: &Grammar,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
     let scheduler_config = |num_blocks| SchedulerConfig {
@@ -55,16 +121,6 @@ pub fn start(
     });
     let (commands, receiver) = std::sync::mpsc::channel();
     let vocab_size = decoder.config().vocab_size;
-    let shared_tokenizer = Arc::new(tokenizer.tokenizer.clone());
-    let constraints = Constraints::new(
-        shared_tokenizer.clone(),
-        &tokenizer.eos_token_ids,
-        vocab_size,
-    )
-    .map(Arc::new);
-    if let Err(error) = &constraints {
-        tracing::warn!(%error, "structured output (grammars) is unavailable for this model");
-    }
     let cache_attention = decoder.attention_name();
     let device = lantern_kernels::device_choice::name(decoder.device());
     let sample_on_device = config
@@ -72,7 +128,7 @@ pub fn start(
         .unwrap_or(!decoder.device().is_cpu());
     let worker = Worker::new(
         decoder,
-        shared_tokenizer,
+        grammar.tokenizer.clone(),
         tokenizer.eos_token_ids.clone(),
         Scheduler::new(scheduler_config),
         receiver,
@@ -99,7 +155,7 @@ pub fn start(
         next_id: Arc::new(AtomicU64::new(0)),
         limits: scheduler_config,
         vocab_size,
-        constraints,
+        constraints: grammar.constraints.clone(),
         device,
         attention: cache_attention,
     })

@@ -35,6 +35,8 @@ pub enum Driven {
 
 /// What a deadline cut needs of a choice, and whether it ended.
 struct Choice {
+    /// The engine running it (metrics' `engine` label).
+    engine: usize,
     prompt_tokens: usize,
     seed: Option<u64>,
     generated: usize,
@@ -56,8 +58,9 @@ pub fn drive(
     let samples = prepared.first().map_or(1, |p| p.samples);
     let mut choices = Vec::new();
     for (request, streams) in prepared.iter().zip(&streams) {
-        for _ in streams {
+        for stream in streams {
             choices.push(Choice {
+                engine: stream.engine(),
                 prompt_tokens: request.prompt_tokens.len(),
                 seed: request.request.sampling.seed,
                 generated: 0,
@@ -93,7 +96,7 @@ pub fn drive(
                     () = tokio::time::sleep_until(deadline) => {
                         for (index, c) in choices.iter_mut().enumerate().filter(|(_, c)| c.end.is_none()) {
                             let completion = cut_by_deadline(c.prompt_tokens, c.generated, started, c.seed);
-                            metrics.observe(&completion);
+                            metrics.observe(&completion, c.engine);
                             c.end = Some(completion.clone());
                             if !send(Driven::End { choice: index, completion }) {
                                 return;
@@ -118,7 +121,7 @@ pub fn drive(
                         }
                     }
                     Some(Event::End(completion)) => {
-                        metrics.observe(&completion);
+                        metrics.observe(&completion, state.engine);
                         log_end(choice, &completion);
                         state.end = Some(completion.clone());
                         if !send(Driven::End { choice, completion }) {

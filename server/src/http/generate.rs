@@ -370,15 +370,14 @@ pub struct Generated {
 /// Queues a prepared request with the engine: one stream per sample.
 pub fn submit(state: &AppState, prepared: &Prepared) -> Result<Vec<EventStream>, ApiError> {
     state.metrics.requests_started.inc();
-    state
-        .metrics
-        .prompt_tokens
-        .inc_by(prepared.prompt_tokens.len() as u64);
-    let engine = &prepared.model.engine;
-    Ok(match prepared.samples {
-        1 => vec![engine.submit(prepared.request.clone())?],
-        n => engine.submit_samples(prepared.request.clone(), n)?,
-    })
+    let engines = &prepared.model.engine;
+    let streams = engines.submit_samples(prepared.request.clone(), prepared.samples)?;
+    if let Some(stream) = streams.first() {
+        state
+            .metrics
+            .submitted(stream.engine(), prepared.prompt_tokens.len());
+    }
+    Ok(streams)
 }
 
 /// The completion of a request cut by the deadline: what it has so far, honestly labelled.

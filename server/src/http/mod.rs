@@ -159,23 +159,27 @@ async fn metrics(State(state): State<AppState>) -> String {
     let model = state.model().ok();
     let stats = model.as_ref().map(|m| m.engine.stats());
     let mut text = state.metrics.render(stats);
-    if let (Some(model), Some(stats)) = (&model, stats) {
-        let engine = &model.engine;
-        let cache = crate::vllm_metrics::CacheConfig {
-            block_size: engine.limits().block_size,
-            // The CPU kernels keep keys and values in f32; the portable path in the weights'.
-            cache_dtype: if engine.attention() == "cpu" {
-                "float32".into()
-            } else {
-                model.dtype.clone()
-            },
-            prefix_caching: engine.limits().prefix_caching,
+    if let Some(model) = &model {
+        // The CPU kernels keep keys and values in f32; the portable path in the weights'.
+        let cache_dtype = if model.engine.attention() == "cpu" {
+            "float32".to_string()
+        } else {
+            model.dtype.clone()
         };
-        let totals = crate::vllm_metrics::Totals {
-            prompt_tokens: state.metrics.prompt_tokens.get(),
-            generated_tokens: state.metrics.generated_tokens.get(),
-        };
-        text.push_str(&state.metrics.vllm.render(&stats, &cache, totals));
+        let engines: Vec<_> = model
+            .engine
+            .engines()
+            .iter()
+            .map(|engine| {
+                let cache = crate::vllm_metrics::CacheConfig {
+                    block_size: engine.limits().block_size,
+                    cache_dtype: cache_dtype.clone(),
+                    prefix_caching: engine.limits().prefix_caching,
+                };
+                (engine.stats(), cache)
+            })
+            .collect();
+        text.push_str(&state.metrics.vllm.render(&engines));
     }
     text
 }

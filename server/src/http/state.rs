@@ -3,7 +3,7 @@
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use lantern_engine::EngineHandle;
+use lantern_engine::EnginePool;
 use lantern_models::{GenerationDefaults, TokenizerBundle};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -12,7 +12,8 @@ use super::error::ApiError;
 
 /// The loaded model as the HTTP layer sees it.
 pub struct ServingModel {
-    pub engine: EngineHandle,
+    /// The engines serving it (one, or one per GPU with data parallelism).
+    pub engine: EnginePool,
     pub tokenizer: TokenizerBundle,
     pub generation: GenerationDefaults,
     pub name: String,
@@ -69,7 +70,7 @@ impl AppState {
         self.model.get().cloned().ok_or(ApiError::NotReady)
     }
 
-    /// Healthy: loaded and the engine has not failed. What `/ping` reports.
+    /// Healthy: loaded and some engine has not failed. What `/ping` reports.
     pub fn is_healthy(&self) -> bool {
         self.model.get().is_some_and(|m| m.engine.is_healthy())
     }

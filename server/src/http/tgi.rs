@@ -400,16 +400,19 @@ impl Api for Toolkit {
 pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let model = state.model()?;
     let c = &state.config;
+    let devices = model.engine.devices();
     Ok(Json(json!({
         "model_id": model.name,
         "model_dtype": model.dtype,
         "weight_formats": model.weight_formats,
         "model_family": model.family,
         "model_toggles": model.toggles,
-        "model_device_type": if model.engine.device() == "cpu" { "cpu" } else { "cuda" },
-        "device": model.engine.device(),
+        "model_device_type": if devices.first() == Some(&"cpu") { "cpu" } else { "cuda" },
+        "device": devices.first(),
+        "data_parallel": devices.len(),
+        "engine_devices": devices,
         "attention": model.engine.attention(),
-        "kv_cache_tokens": model.engine.limits().num_blocks * model.engine.limits().block_size,
+        "kv_cache_tokens": model.engine.kv_cache_tokens(),
         "kv_block_size": model.engine.limits().block_size,
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_stop_sequences": c.max_stop_sequences,
