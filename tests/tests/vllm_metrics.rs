@@ -152,4 +152,25 @@ fn vllm_names_report_the_engine_s_load() {
     );
     assert_eq!(sample(&after, "vllm:kv_cache_usage_perc", &engine), 0.0);
     assert_eq!(sample(&after, "vllm:num_requests_running", &engine), 0.0);
+
+    // Every vLLM name the Kubernetes manifests (HPA adapter rule, KEDA query) read is one
+    // this server exports.
+    let exposition = server.get("/metrics").body;
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/k8s");
+    let mut read = 0;
+    for file in ["hpa.yaml", "keda-scaledobject.yaml"] {
+        let text = std::fs::read_to_string(k8s.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        for (at, _) in text.match_indices("vllm:") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == ':')
+                .collect();
+            assert!(
+                exposition.contains(&format!("# TYPE {name} ")),
+                "{file} reads {name}, which /metrics lacks"
+            );
+            read += 1;
+        }
+    }
+    assert!(read >= 2, "the manifests read no vLLM metric");
 }
