@@ -21,11 +21,29 @@ import lambda_handler  # noqa: E402
 
 
 def check(service, operation, params):
+    """Validates a request against botocore's model of its operation, enums included (which
+    botocore's own validator leaves to the service)."""
     model = botocore.session.get_session().get_service_model(service).operation_model(operation)
     report = ParamValidator().validate(params, model.input_shape)
     if report.has_errors():
         raise SystemExit(f"{service}.{operation}: {report.generate_report()}")
+    errors = enum_errors(model.input_shape, params, operation)
+    if errors:
+        raise SystemExit(f"{service}.{operation}: " + "; ".join(errors))
     print(f"ok {service}.{operation}")
+
+
+def enum_errors(shape, value, path):
+    """Every string in `value` whose shape is an enum and that the enum lacks."""
+    if shape.type_name == "structure":
+        return [e for name, v in value.items() for e in enum_errors(shape.members[name], v, f"{path}.{name}")]
+    if shape.type_name == "list":
+        return [e for i, v in enumerate(value) for e in enum_errors(shape.member, v, f"{path}[{i}]")]
+    if shape.type_name == "map":
+        return [e for k, v in value.items() for e in enum_errors(shape.value, v, f"{path}[{k}]")]
+    if shape.type_name == "string" and shape.enum and value not in shape.enum:
+        return [f"{path}: {value!r} is not one of {sorted(shape.enum)}"]
+    return []
 
 
 def load(*parts):
@@ -56,6 +74,42 @@ def main():
     config = dict((op, params) for _, op, params in calls)["CreateEndpointConfig"]
     assert "InferenceAmiVersion" not in config["ProductionVariants"][0]
     print("ok InferenceAmiVersion on GPU instances only")
+    # Inference components on a 4-GPU instance: a copy per GPU, scaled to zero and back.
+    args = deploy.parse_args(["--image", "i", "--role", "arn:aws:iam::123456789012:role/R",
+                              "--hf-model-id", "m", "--inference-components",
+                              "--instance-type", "ml.g5.12xlarge", "--gpus", "4"])
+    calls = deploy.requests(args)
+    for call in calls:
+        check(*call)
+    by_operation = {}
+    for _, op, params in calls:
+        by_operation.setdefault(op, []).append(params)
+    component = by_operation["CreateInferenceComponent"][0]
+    assert component["RuntimeConfig"]["CopyCount"] == 4
+    assert component["Specification"]["ComputeResourceRequirements"]["NumberOfAcceleratorDevicesRequired"] == 1
+    variant = by_operation["CreateEndpointConfig"][0]["ProductionVariants"][0]
+    assert "ModelName" not in variant and variant["ManagedInstanceScaling"]["MinInstanceCount"] == 0
+    assert variant["RoutingConfig"]["RoutingStrategy"] == "LEAST_OUTSTANDING_REQUESTS"
+    assert by_operation["RegisterScalableTarget"][0]["MinCapacity"] == 0
+    tracking, step = by_operation["PutScalingPolicy"]
+    assert (tracking["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"]["PredefinedMetricType"]
+            == "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution")
+    alarm = by_operation["PutMetricAlarm"][0]
+    assert step["PolicyType"] == "StepScaling" and alarm["AlarmActions"] == [deploy.STEP_POLICY_ARN]
+    assert alarm["MetricName"] == "NoCapacityInvocationFailures"
+    assert alarm["Dimensions"] == [{"Name": "InferenceComponentName", "Value": component["InferenceComponentName"]}]
+    print("ok inference components: a copy per GPU, scale to zero and back")
+    # The enum check bites: a value the API does not know is refused.
+    try:
+        check("application-autoscaling", "PutScalingPolicy", {
+            **tracking, "TargetTrackingScalingPolicyConfiguration": {
+                **tracking["TargetTrackingScalingPolicyConfiguration"],
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerConcurrentRequestsPerCopy"}}})
+    except SystemExit as refused:
+        assert "PredefinedMetricType" in str(refused), refused
+        print("ok an unknown enum value is refused")
+    else:
+        raise SystemExit("an unknown PredefinedMetricType passed")
     for body in invoke.BODIES.values():
         check("sagemaker-runtime", "InvokeEndpoint", invoke.invoke_params("lantern", body))
     check("sagemaker-runtime", "InvokeEndpointWithResponseStream", invoke.invoke_params("lantern", invoke.BODIES["tgi"], stream=True))

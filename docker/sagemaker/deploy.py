@@ -1,8 +1,17 @@
 """Deploy Lantern to a SageMaker real-time endpoint: model, endpoint configuration, endpoint
-and target-tracking autoscaling on invocations per instance.
+and autoscaling. Two shapes:
+
+- classic (the default): the model on every instance, target tracking on invocations per
+  instance. On a multi-GPU instance Lantern runs one engine per GPU (`SM_NUM_GPUS`).
+- `--inference-components`: the model as an inference component, one copy per GPU (each copy
+  one GPU, so one engine), copies tracked on concurrent requests per copy (SageMaker's
+  high-resolution metric), scaled to zero copies and zero instances when idle, and back up
+  from zero by a step-scaling policy that a CloudWatch alarm on `NoCapacityInvocationFailures`
+  (requests that found no copy) triggers. Requests go to the copy with the fewest outstanding.
 
     python docker/sagemaker/deploy.py --image ECR_IMAGE --role ROLE_ARN --name lantern \
-        (--hf-model-id HuggingFaceTB/SmolLM2-135M-Instruct | --model-data s3://bucket/model.tar.gz)
+        (--hf-model-id HuggingFaceTB/SmolLM2-135M-Instruct | --model-data s3://bucket/model.tar.gz) \
+        [--inference-components --instance-type ml.g5.12xlarge --gpus 4]
 
 `--dry-run` builds every request and validates it against botocore's own service models
 without credentials or network (what CI runs).
@@ -16,14 +25,16 @@ import botocore.session
 from botocore.validate import ParamValidator
 
 
+# Stands for the step-scaling policy's ARN in the alarm that triggers it: PutScalingPolicy
+# returns it, and main() puts it in before PutMetricAlarm is sent.
+STEP_POLICY_ARN = "arn:aws:autoscaling:region:account:scalingPolicy:step-policy-arn-from-put-scaling-policy"
+
+
 def requests(args):
     """The (service, operation, params) calls a deployment makes, in order."""
-    environment = {"LOG_FORMAT": "json", "SM_NUM_GPUS": str(args.gpus)}
-    container = {"Image": args.image, "Environment": environment}
-    if args.model_data:
-        container["ModelDataUrl"] = args.model_data  # unpacked into /opt/ml/model
-    else:
-        environment["HF_MODEL_ID"] = args.hf_model_id
+    if args.inference_components:
+        return inference_component_requests(args)
+    container = model_container(args, {"SM_NUM_GPUS": str(args.gpus)})
     variant = "AllTraffic"
     production_variant = {
         "VariantName": variant,
@@ -33,11 +44,9 @@ def requests(args):
         # Large models take long to download and load: room for both.
         "ModelDataDownloadTimeoutInSeconds": 3600,
         "ContainerStartupHealthCheckTimeoutInSeconds": 1800,
+        "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
     }
-    if is_gpu_instance(args.instance_type) and args.inference_ami_version:
-        # The GPU image is built with CUDA 12.4: an AMI whose driver runs it (SageMaker's
-        # default driver on some instance families is older).
-        production_variant["InferenceAmiVersion"] = args.inference_ami_version
+    set_ami(args, production_variant)
     resource_id = f"endpoint/{args.name}/variant/{variant}"
     return [
         ("sagemaker", "CreateModel", {"ModelName": args.name, "ExecutionRoleArn": args.role, "PrimaryContainer": container}),
@@ -67,6 +76,128 @@ def requests(args):
             },
         }),
     ]
+
+
+def inference_component_requests(args):
+    """The model as an inference component: copies of one GPU each, as many as the instance
+    has GPUs; instances managed by SageMaker (down to zero); copies scaled on concurrent
+    requests per copy, to zero when idle and back from zero on the first refused request."""
+    # One GPU per copy: one engine per copy, whatever the platform says of the instance.
+    container = model_container(args, {"SM_NUM_GPUS": "1", "LANTERN_DATA_PARALLEL": "1"})
+    variant = "AllTraffic"
+    production_variant = {
+        "VariantName": variant,
+        "InstanceType": args.instance_type,
+        "InitialInstanceCount": args.instances,
+        # SageMaker adds and removes instances as copies need them, down to none.
+        "ManagedInstanceScaling": {
+            "Status": "ENABLED",
+            "MinInstanceCount": 0 if args.min_copies == 0 else 1,
+            "MaxInstanceCount": args.max_instances,
+        },
+        "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
+    }
+    set_ami(args, production_variant)
+    component = f"{args.name}-model"
+    resource_id = f"inference-component/{component}"
+    dimension = "sagemaker:inference-component:DesiredCopyCount"
+    copies = args.copies or args.gpus
+    return [
+        ("sagemaker", "CreateModel", {"ModelName": args.name, "ExecutionRoleArn": args.role, "PrimaryContainer": container}),
+        ("sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": args.name,
+            # Endpoints of inference components name their role here, not in a model.
+            "ExecutionRoleArn": args.role,
+            "ProductionVariants": [production_variant],
+        }),
+        ("sagemaker", "CreateEndpoint", {"EndpointName": args.name, "EndpointConfigName": args.name}),
+        ("sagemaker", "CreateInferenceComponent", {
+            "InferenceComponentName": component,
+            "EndpointName": args.name,
+            "VariantName": variant,
+            "Specification": {
+                "ModelName": args.name,
+                "StartupParameters": {
+                    "ModelDataDownloadTimeoutInSeconds": 3600,
+                    "ContainerStartupHealthCheckTimeoutInSeconds": 1800,
+                },
+                "ComputeResourceRequirements": {
+                    "NumberOfAcceleratorDevicesRequired": 1.0,
+                    "MinMemoryRequiredInMb": args.memory_per_copy_mb,
+                },
+            },
+            "RuntimeConfig": {"CopyCount": copies},
+        }),
+        ("application-autoscaling", "RegisterScalableTarget", {
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": resource_id,
+            "ScalableDimension": dimension,
+            "MinCapacity": args.min_copies,
+            "MaxCapacity": args.max_copies or copies * args.max_instances,
+        }),
+        ("application-autoscaling", "PutScalingPolicy", {
+            "PolicyName": f"{args.name}-concurrent-requests",
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": resource_id,
+            "ScalableDimension": dimension,
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": float(args.concurrent_requests_per_copy),
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution",
+                },
+                "ScaleInCooldown": 300,
+                "ScaleOutCooldown": 60,
+            },
+        }),
+        # Target tracking cannot scale out from zero copies (there is nothing to measure):
+        # one copy is added whenever the alarm below fires.
+        ("application-autoscaling", "PutScalingPolicy", {
+            "PolicyName": f"{args.name}-scale-from-zero",
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": resource_id,
+            "ScalableDimension": dimension,
+            "PolicyType": "StepScaling",
+            "StepScalingPolicyConfiguration": {
+                "AdjustmentType": "ChangeInCapacity",
+                "MetricAggregationType": "Maximum",
+                "Cooldown": 60,
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
+            },
+        }),
+        # Requests that found no copy to serve them: the signal to start one.
+        ("cloudwatch", "PutMetricAlarm", {
+            "AlarmName": f"{args.name}-no-capacity",
+            "AlarmDescription": "Requests found no copy of the model: scale up from zero",
+            "Namespace": "AWS/SageMaker",
+            "MetricName": "NoCapacityInvocationFailures",
+            "Dimensions": [{"Name": "InferenceComponentName", "Value": component}],
+            "Statistic": "Sum",
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "missing",
+            "AlarmActions": [STEP_POLICY_ARN],
+        }),
+    ]
+
+
+def model_container(args, environment):
+    """The model's container: the image, its settings, and where the weights come from."""
+    container = {"Image": args.image, "Environment": {"LOG_FORMAT": "json", **environment}}
+    if args.model_data:
+        container["ModelDataUrl"] = args.model_data  # unpacked into /opt/ml/model
+    else:
+        container["Environment"]["HF_MODEL_ID"] = args.hf_model_id
+    return container
+
+
+def set_ami(args, production_variant):
+    if is_gpu_instance(args.instance_type) and args.inference_ami_version:
+        # The GPU image is built with CUDA 12.4: an AMI whose driver runs it (SageMaker's
+        # default driver on some instance families is older).
+        production_variant["InferenceAmiVersion"] = args.inference_ami_version
 
 
 # SageMaker's inference AMIs and their NVIDIA drivers (botocore's model of the API lists
@@ -109,10 +240,19 @@ def parse_args(argv):
     p.add_argument("--instance-type", default="ml.g5.xlarge")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-instances", type=int, default=4)
-    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per instance (ml.g5.12xlarge: 4)")
     p.add_argument("--inference-ami-version", default=DEFAULT_GPU_AMI, choices=sorted(GPU_AMIS),
                    help="GPU instances only: the AMI (and so the NVIDIA driver) the endpoint runs on")
     p.add_argument("--invocations-per-instance", type=int, default=100)
+    p.add_argument("--inference-components", action="store_true",
+                   help="deploy as an inference component: one copy per GPU, scaled to zero when idle")
+    p.add_argument("--copies", type=int, help="inference components: copies at start (default: --gpus)")
+    p.add_argument("--min-copies", type=int, default=0, help="inference components: 0 scales to zero")
+    p.add_argument("--max-copies", type=int, help="inference components: default --gpus x --max-instances")
+    p.add_argument("--concurrent-requests-per-copy", type=int, default=8,
+                   help="inference components: the concurrency each copy is scaled to hold")
+    p.add_argument("--memory-per-copy-mb", type=int, default=16384,
+                   help="inference components: host memory each copy reserves")
     p.add_argument("--region")
     p.add_argument("--dry-run", action="store_true")
     return p.parse_args(argv)
@@ -129,12 +269,33 @@ def main(argv=None):
     import boto3
 
     clients = {}
+    step_policy_arn = None
     for service, operation, params in calls:
         client = clients.setdefault(service, boto3.client(service, region_name=args.region))
-        getattr(client, botocore.xform_name(operation))(**params)
+        if params.get("AlarmActions") == [STEP_POLICY_ARN]:
+            params = {**params, "AlarmActions": [step_policy_arn]}
+        response = getattr(client, botocore.xform_name(operation))(**params)
+        if operation == "PutScalingPolicy" and params["PolicyType"] == "StepScaling":
+            step_policy_arn = response["PolicyARN"]
         if operation == "CreateEndpoint":
             print("waiting for the endpoint to be in service...", file=sys.stderr)
             client.get_waiter("endpoint_in_service").wait(EndpointName=args.name)
+        if operation == "CreateInferenceComponent":
+            print("waiting for the inference component's copies...", file=sys.stderr)
+            wait_for_component(client, params["InferenceComponentName"])
+
+
+def wait_for_component(client, name):
+    """Waits until the component is in service (scaling it needs it to be)."""
+    import time
+
+    while True:
+        status = client.describe_inference_component(InferenceComponentName=name)["InferenceComponentStatus"]
+        if status == "InService":
+            return
+        if status == "Failed":
+            raise SystemExit(f"inference component {name} failed: see its CloudWatch logs")
+        time.sleep(30)
 
 
 if __name__ == "__main__":
