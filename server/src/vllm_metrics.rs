@@ -211,10 +211,10 @@ impl VllmMetrics {
         follow(&self.prefix_cache_hits, stats.prefix_cache.hit_tokens);
         self.running
             .with_label_values(&labels)
-            .set(stats.running as f64);
+            .set(stats.running_requests as f64);
         self.waiting
             .with_label_values(&labels)
-            .set(stats.waiting as f64);
+            .set(stats.waiting_requests as f64);
         let usage = if stats.total_blocks == 0 {
             0.0
         } else {
@@ -255,8 +255,10 @@ mod tests {
         let stats = SchedulerStats {
             total_blocks: 8,
             used_blocks: 2,
-            running: 3,
-            waiting: 1,
+            running: 5,
+            waiting: 2,
+            running_requests: 3,
+            waiting_requests: 1,
             ..Default::default()
         };
         metrics.set_model_name("m");

@@ -29,7 +29,7 @@ use crate::blocks::{block_hash, BlockAllocator, BlockHash};
 pub use crate::limits::Refusal;
 use crate::limits::{FieldNames, Limits, RequestSize};
 use lantern_models::{LogitsWanted, SequenceStep};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Identifies a sequence; ids grow with arrival, so their order is arrival order.
 pub type SequenceId = u64;
@@ -483,9 +483,22 @@ impl Scheduler {
     }
 
     pub fn stats(&self) -> SchedulerStats {
+        // A request's samples share the leader's id: a request runs while any sample runs,
+        // and waits while all of them wait.
+        let request =
+            |id: &SequenceId| self.sequences.get(id).and_then(|s| s.leader).unwrap_or(*id);
+        let running_requests: HashSet<SequenceId> = self.running.iter().map(request).collect();
+        let waiting_requests: HashSet<SequenceId> = self
+            .waiting
+            .iter()
+            .map(request)
+            .filter(|r| !running_requests.contains(r))
+            .collect();
         SchedulerStats {
             running: self.running.len(),
             waiting: self.waiting.len(),
+            running_requests: running_requests.len(),
+            waiting_requests: waiting_requests.len(),
             used_blocks: self.allocator.used(),
             free_blocks: self.allocator.available(),
             cached_idle_blocks: self.allocator.cached_idle(),
@@ -507,8 +520,12 @@ impl Scheduler {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchedulerStats {
+    /// Sequences (a request sampling `n` choices has `n`).
     pub running: usize,
     pub waiting: usize,
+    /// Requests with a sequence running, and requests whose sequences all wait.
+    pub running_requests: usize,
+    pub waiting_requests: usize,
     pub used_blocks: usize,
     /// Blocks a sequence can have: free, or cached and held by none (evicted when needed).
     pub free_blocks: usize,
@@ -530,6 +547,8 @@ impl std::ops::AddAssign for SchedulerStats {
         let Self {
             running,
             waiting,
+            running_requests,
+            waiting_requests,
             used_blocks,
             free_blocks,
             cached_idle_blocks,
@@ -546,6 +565,8 @@ impl std::ops::AddAssign for SchedulerStats {
         } = other;
         self.running += running;
         self.waiting += waiting;
+        self.running_requests += running_requests;
+        self.waiting_requests += waiting_requests;
         self.used_blocks += used_blocks;
         self.free_blocks += free_blocks;
         self.cached_idle_blocks += cached_idle_blocks;

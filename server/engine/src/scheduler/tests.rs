@@ -438,3 +438,32 @@ fn running_out_of_blocks_preempts_the_newest_sequence() {
     assert_eq!(preempted.first(), Some(&1));
     assert!(s.stats().preemptions > 0);
 }
+
+#[test]
+fn requests_are_counted_once_however_many_samples_they_have() {
+    let mut s = Scheduler::new(config(64));
+    let prompt: Vec<u32> = (0..9).collect();
+    let sample = |leader| SequenceOptions {
+        leader,
+        prompt_logprobs: false,
+    };
+    for (id, leader) in [(0, None), (1, Some(0)), (2, Some(0))] {
+        s.add_with(id, prompt.clone(), 4, sample(leader))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    s.add(3, vec![7; 5], 4).unwrap_or_else(|e| panic!("{e}"));
+    let stats = s.stats();
+    assert_eq!((stats.waiting, stats.waiting_requests), (4, 2));
+    assert_eq!(stats.running_requests, 0);
+    // The leader runs, its samples wait for its blocks: that request is running.
+    let plan = s.schedule();
+    assert!(plan.admitted.contains(&0) && !plan.admitted.contains(&1));
+    let stats = s.stats();
+    assert!(stats.waiting >= 2, "{stats:?}");
+    assert_eq!(
+        stats.running_requests + stats.waiting_requests,
+        2,
+        "{stats:?}"
+    );
+    assert!(stats.running_requests >= 1, "{stats:?}");
+}
