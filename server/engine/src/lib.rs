@@ -14,6 +14,7 @@ pub mod handle;
 pub mod limits;
 mod masks_ahead;
 mod pool;
+pub mod prefill_budget;
 pub mod request;
 mod routing;
 pub mod sampling;

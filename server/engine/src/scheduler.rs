@@ -9,7 +9,9 @@
 //! prefill, decode and recomputation after preemption are therefore all one thing.
 //!
 //! Each step: running sequences first, oldest first; then waiting ones in arrival order while
-//! `max_num_seqs`, the prefill budget and free blocks allow. When blocks run out, the most
+//! `max_num_seqs`, the prefill budget and free blocks allow. While any sequence decodes, the
+//! prefill budget is the smaller one the worker learns from step times (prefill_budget.rs), so
+//! no decoding sequence waits long behind a prompt. When blocks run out, the most
 //! recently admitted running sequence is preempted: its blocks are freed and it waits again, to
 //! be recomputed from its tokens. A request that could never fit is refused in [`Scheduler::add`].
 //!
@@ -111,6 +113,10 @@ pub struct Plan {
     pub preempted: Vec<SequenceId>,
     /// Sequences that were admitted (left the waiting queue) in this step.
     pub admitted: Vec<SequenceId>,
+    /// Running sequences that were decoding (one token left to feed) when it was planned.
+    pub decoding: usize,
+    /// Prompt (or recomputed) tokens it prefills.
+    pub prefill_tokens: usize,
 }
 
 #[derive(Debug)]
@@ -123,6 +129,8 @@ pub struct Scheduler {
     running: Vec<SequenceId>,
     preemptions: u64,
     prefix_cache: PrefixCacheStats,
+    /// See [`Scheduler::set_prefill_while_decoding`].
+    prefill_while_decoding: usize,
 }
 
 /// What the prefix cache did so far.
@@ -146,6 +154,7 @@ impl Scheduler {
             running: Vec::new(),
             preemptions: 0,
             prefix_cache: PrefixCacheStats::default(),
+            prefill_while_decoding: usize::MAX,
         }
     }
 
@@ -206,7 +215,22 @@ impl Scheduler {
     pub fn schedule(&mut self) -> Plan {
         self.allocator.tick();
         let mut plan = Plan::default();
-        let mut prefill_budget = self.config.max_batch_prefill_tokens;
+        let decoding = self
+            .running
+            .iter()
+            .filter_map(|id| self.sequences.get(id))
+            .filter(|seq| seq.tokens.len() - seq.computed == 1)
+            .count();
+        // While anything decodes, prefill is held to what keeps its step short
+        // (prefill_budget.rs).
+        let mut prefill_budget = if decoding > 0 {
+            self.config
+                .max_batch_prefill_tokens
+                .min(self.prefill_while_decoding)
+        } else {
+            self.config.max_batch_prefill_tokens
+        };
+        let full_budget = prefill_budget;
         let mut index = 0;
         while index < self.running.len() {
             let id = self.running[index];
@@ -275,7 +299,15 @@ impl Scheduler {
             plan.admitted.push(id);
             plan.steps.push(self.step_for(id, take));
         }
+        plan.decoding = decoding;
+        plan.prefill_tokens = full_budget - prefill_budget;
         plan
+    }
+
+    /// Caps the prompt tokens a step prefills while sequences are decoding (the
+    /// configuration's `max_batch_prefill_tokens` caps it too).
+    pub fn set_prefill_while_decoding(&mut self, tokens: usize) {
+        self.prefill_while_decoding = tokens.max(1);
     }
 
     /// A parallel sample waits while its leader has not yet computed the blocks it will take

@@ -7,6 +7,7 @@ use crate::config::{EngineConfig, StartError};
 use crate::constraint::Constraints;
 use crate::handle::EngineHandle;
 use crate::pool::EnginePool;
+use crate::prefill_budget::PrefillBudget;
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 use crate::worker::Worker;
 use lantern_models::{Decoder, LogitsWanted, SequenceStep, TokenizerBundle};
@@ -108,7 +109,13 @@ fn start_one(
     let num_blocks = config.num_blocks(&decoder)?;
     let scheduler_config = scheduler_config(num_blocks);
     decoder.allocate_cache(num_blocks, config.block_size)?;
-    warm_up(&mut decoder, &scheduler_config)?;
+    let (warm_up_tokens, warm_up_time) = warm_up(&mut decoder, &scheduler_config)?;
+    let prefill_budget = config.max_decode_stall.map(|stall| {
+        let mut budget =
+            PrefillBudget::new(stall, config.max_batch_prefill_tokens, config.block_size);
+        budget.observe(warm_up_tokens, 0, warm_up_time);
+        budget
+    });
     // Loaded on one thread, run on the engine thread: nothing may still be in flight.
     decoder.synchronize()?;
     let shared = Arc::new(Shared {
@@ -136,6 +143,7 @@ fn start_one(
     )
     .with_fault_policy(config.faults)
     .with_idle_release(config.release_memory_after_idle)
+    .with_prefill_budget(prefill_budget)
     .with_sampling_place(sample_on_device);
     std::thread::Builder::new()
         .name("lantern-engine".into())
@@ -162,8 +170,11 @@ fn start_one(
 }
 
 /// One forward step as large as the budgets allow: `max_num_seqs` sequences sharing
-/// `max_batch_prefill_tokens` prompt tokens.
-fn warm_up(decoder: &mut Decoder, config: &SchedulerConfig) -> Result<(), StartError> {
+/// `max_batch_prefill_tokens` prompt tokens. Returns the tokens it ran and how long it took.
+fn warm_up(
+    decoder: &mut Decoder,
+    config: &SchedulerConfig,
+) -> Result<(usize, std::time::Duration), StartError> {
     let tokens = config.max_batch_prefill_tokens;
     if tokens > config.num_blocks * config.block_size {
         return Err(StartError::Warmup(format!(
@@ -195,11 +206,12 @@ fn warm_up(decoder: &mut Decoder, config: &SchedulerConfig) -> Result<(), StartE
             config.max_batch_prefill_tokens, config.max_num_seqs
         ))
     })?;
+    let elapsed = started.elapsed();
     tracing::info!(
         sequences,
         per_sequence,
-        seconds = started.elapsed().as_secs_f64(),
+        seconds = elapsed.as_secs_f64(),
         "warm-up step done"
     );
-    Ok(())
+    Ok((sequences * per_sequence, elapsed))
 }

@@ -11,6 +11,7 @@ use crate::config::FaultPolicy;
 use crate::constraint::{AllowedTokens, Constraint};
 use crate::detokenize::IncrementalDecoder;
 use crate::masks_ahead::beside_forward;
+use crate::prefill_budget::PrefillBudget;
 use crate::request::{Completion, Event, FinishReason, PromptLogprob, TokenEvent};
 use crate::sampling::Sampler;
 use crate::scheduler::{Scheduler, SchedulerStats, SequenceId, SequenceOptions};
@@ -73,6 +74,8 @@ pub(crate) struct Worker {
     idle_releases: u64,
     /// Next tokens chosen where the logits are (the GPU) rather than on the host.
     sample_on_device: bool,
+    /// Holds prefill beside decoding to `--max-decode-stall-ms`; `None`: no bound.
+    prefill_budget: Option<PrefillBudget>,
 }
 
 impl Worker {
@@ -102,7 +105,13 @@ impl Worker {
             holds_step_memory: true,
             idle_releases: 0,
             sample_on_device: false,
+            prefill_budget: None,
         }
+    }
+
+    pub fn with_prefill_budget(mut self, budget: Option<PrefillBudget>) -> Self {
+        self.prefill_budget = budget;
+        self
     }
 
     pub fn with_sampling_place(mut self, on_device: bool) -> Self {
@@ -234,10 +243,15 @@ impl Worker {
             self.scheduler.remove(id);
             self.active.remove(&id);
         }
+        if let Some(budget) = &self.prefill_budget {
+            self.scheduler
+                .set_prefill_while_decoding(budget.while_decoding());
+        }
         let plan = self.scheduler.schedule();
         if plan.steps.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let now = Instant::now();
         for scheduled in &plan.steps {
             if let Some(active) = self.active.get_mut(&scheduled.id) {
@@ -263,6 +277,9 @@ impl Worker {
         self.scheduler.complete(&plan);
         let (sampled, logits) = self.take_prompt_logprobs(&plan, logits)?;
         let choices = self.choose(&sampled, &logits)?;
+        if let Some(budget) = &mut self.prefill_budget {
+            budget.observe(plan.prefill_tokens, plan.decoding, started.elapsed());
+        }
         for (id, choice) in sampled.into_iter().zip(choices) {
             self.deliver(id, choice);
         }

@@ -107,6 +107,14 @@ async fn greedy_invariance(kernels: Weights) -> TestResult {
 
     let (chunked, _) = together(&config(1024, 7), kernels, &requests, (4, 30)).await?;
     assert_same(&reference, &chunked, "prefill chunks of 7");
+
+    // Prefill held to the smallest chunks while anything decodes (a stall bound no step meets).
+    let held = EngineConfig {
+        max_decode_stall: Some(Duration::from_micros(1)),
+        ..roomy
+    };
+    let (held, _) = together(&held, kernels, &requests, (6, 30)).await?;
+    assert_same(&reference, &held, "prefill held beside decoding");
     Ok(())
 }
 

@@ -105,10 +105,12 @@ proptest! {
     /// Random submits, cancels and steps (each sampled sequence finishing at random): no
     /// block leaks or is held twice, and once everything ends no block is used.
     #[test]
-    fn no_block_leaks_over_random_histories(ops in proptest::collection::vec(op(), 1..120), blocks in 8usize..40) {
+    fn no_block_leaks_over_random_histories(ops in proptest::collection::vec(op(), 1..120), blocks in 8usize..40, stall_cap in 1usize..12) {
         let mut s = Scheduler::new(config(blocks));
+        s.set_prefill_while_decoding(stall_cap);
         let mut next_id = 0;
         let mut generated: HashMap<SequenceId, (usize, usize)> = HashMap::new(); // (new, max_new)
+        let mut prompts: HashMap<SequenceId, usize> = HashMap::new();
         for op in ops {
             let mut plan = Plan::default();
             match op {
@@ -117,6 +119,7 @@ proptest! {
                     let tokens = (0..prompt as u32).map(|i| family * 100 + i % 7).collect();
                     prop_assert_eq!(s.add(next_id, tokens, max_new).is_ok(), fits);
                     if fits {
+                        prompts.insert(next_id, prompt);
                         generated.insert(next_id, (0, max_new));
                     }
                     next_id += 1;
@@ -132,6 +135,17 @@ proptest! {
                 Op::Step { finish } => {
                     plan = s.schedule();
                     check_invariants(&s, &plan)?;
+                    // The stall bound: while a sequence decodes (feeds its one generated
+                    // token), the step's prefill chunks stay within the cap.
+                    let decodes = plan.steps.iter().any(|p| {
+                        let length = prompts.get(&p.id).copied().unwrap_or(0) + generated.get(&p.id).map_or(0, |g| g.0);
+                        p.step.tokens.len() == 1 && p.step.context_before + 1 == length && generated.get(&p.id).is_some_and(|g| g.0 > 0)
+                    });
+                    let prefill: usize = plan.steps.iter().map(|p| p.step.tokens.len()).filter(|&n| n > 1).sum();
+                    if decodes {
+                        prop_assert!(prefill <= stall_cap, "{} prefill tokens beside decodes, cap {}", prefill, stall_cap);
+                    }
+                    prop_assert!(plan.prefill_tokens <= s.config.max_batch_prefill_tokens);
                     s.complete(&plan);
                     for (i, scheduled) in plan.steps.iter().enumerate() {
                         if scheduled.step.logits != LogitsWanted::Last { continue; }

@@ -30,6 +30,8 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         faults: Default::default(),
         release_memory_after_idle: None,
         prefix_caching: true,
+        // Timing-free chunking: the suites that bound prefill beside decoding say so.
+        max_decode_stall: None,
         sample_on_device: None,
     }
 }

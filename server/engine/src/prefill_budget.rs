@@ -1,0 +1,128 @@
+//! How many prompt tokens a step may prefill while other sequences are decoding.
+//!
+//! Every sequence in a step waits for the whole step: a step that prefills a 512-token chunk
+//! of a 1B model on two cores takes about two seconds, and each decoding sequence's next token
+//! waits that long. So while anything decodes, a step's prefill is held to what fits in
+//! `--max-decode-stall-ms` (at least one block's worth, so long prompts keep moving over
+//! several steps); with nothing decoding, prefill runs at `MAX_BATCH_PREFILL_TOKENS`.
+//!
+//! The fit is learned from measured steps: a decode step's time (moving average of steps
+//! without prefill) and the time per prefill token (moving average over steps with enough
+//! prefill to measure), seeded by the warm-up step. Step time is modelled as the decode time
+//! plus the prefill tokens times their cost.
+
+use std::time::Duration;
+
+/// Weight of the newest measurement in the moving averages.
+const SMOOTHING: f64 = 0.2;
+/// Steps with fewer prefill tokens say too little about their cost to learn from.
+const MIN_MEASURED_PREFILL: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct PrefillBudget {
+    stall: Duration,
+    max_tokens: usize,
+    min_tokens: usize,
+    /// Seconds of a step that only decodes.
+    decode_step: Option<f64>,
+    /// Seconds per prefill token.
+    per_token: Option<f64>,
+}
+
+impl PrefillBudget {
+    /// Steps with decoding sequences should take at most `stall`; a step prefills at most
+    /// `max_tokens`, and at least `min_tokens` while decoding.
+    pub fn new(stall: Duration, max_tokens: usize, min_tokens: usize) -> Self {
+        Self {
+            stall,
+            max_tokens,
+            min_tokens: min_tokens.clamp(1, max_tokens.max(1)),
+            decode_step: None,
+            per_token: None,
+        }
+    }
+
+    /// A step ran: `prefill_tokens` prompt tokens beside `decoding` decoding sequences, in
+    /// `elapsed`.
+    pub fn observe(&mut self, prefill_tokens: usize, decoding: usize, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if prefill_tokens == 0 {
+            if decoding > 0 {
+                self.decode_step = Some(smooth(self.decode_step, seconds));
+            }
+            return;
+        }
+        if prefill_tokens < MIN_MEASURED_PREFILL {
+            return;
+        }
+        let base = if decoding > 0 {
+            self.decode_step.unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let per_token = (seconds - base).max(0.0) / prefill_tokens as f64;
+        self.per_token = Some(smooth(self.per_token, per_token));
+    }
+
+    /// The prefill tokens a step may carry while sequences decode.
+    pub fn while_decoding(&self) -> usize {
+        let Some(per_token) = self.per_token.filter(|&t| t > 0.0) else {
+            return self.max_tokens;
+        };
+        let room = self.stall.as_secs_f64() - self.decode_step.unwrap_or(0.0);
+        let tokens = (room / per_token).floor();
+        if tokens.is_nan() || tokens < self.min_tokens as f64 {
+            return self.min_tokens;
+        }
+        (tokens as usize).clamp(self.min_tokens, self.max_tokens)
+    }
+}
+
+fn smooth(average: Option<f64>, sample: f64) -> f64 {
+    match average {
+        Some(average) => average + SMOOTHING * (sample - average),
+        None => sample,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn unmeasured_prefill_runs_at_full_size() {
+        let budget = PrefillBudget::new(100 * MS, 512, 16);
+        assert_eq!(budget.while_decoding(), 512);
+    }
+
+    #[test]
+    fn the_budget_is_what_fits_in_the_stall_beside_a_decode_step() {
+        let mut budget = PrefillBudget::new(100 * MS, 512, 16);
+        // The warm-up: 512 tokens in 2 s (about 3.9 ms a token).
+        budget.observe(512, 0, 2000 * MS);
+        // Decode steps of 20 ms leave 80 ms: 20 tokens.
+        for _ in 0..50 {
+            budget.observe(0, 4, 20 * MS);
+        }
+        assert_eq!(budget.while_decoding(), 20);
+        // Prefill measured at 1 ms a token over later steps: 80 tokens fit.
+        for _ in 0..50 {
+            budget.observe(40, 4, (20 + 40) * MS);
+        }
+        let tokens = budget.while_decoding();
+        assert!((78..=80).contains(&tokens), "{tokens}");
+    }
+
+    #[test]
+    fn slow_steps_still_move_prompts_and_fast_ones_stop_at_the_maximum() {
+        let mut slow = PrefillBudget::new(10 * MS, 512, 16);
+        slow.observe(0, 1, 30 * MS);
+        slow.observe(512, 1, 5000 * MS);
+        assert_eq!(slow.while_decoding(), 16);
+        let mut fast = PrefillBudget::new(1000 * MS, 512, 16);
+        fast.observe(512, 0, 50 * MS);
+        assert_eq!(fast.while_decoding(), 512);
+    }
+}
