@@ -1,8 +1,8 @@
 //! Llama 3.1-style GGUF files carry their rope scaling as per-frequency divisors in
 //! `rope_freqs.weight` instead of metadata. The tiny Llama dummy (whose config has Llama 3
-//! scaling in all three bands) written as GGUF with those divisors, computed the way
-//! llama.cpp's converter computes them and no scaling metadata, must give transformers'
-//! logits for the same weights (the goldens of `parity_transformers.rs`).
+//! scaling in all three bands) written as GGUF by the library's writer, which computes those
+//! divisors the way llama.cpp's converter does and writes no scaling metadata, must give
+//! transformers' logits for the same weights (the goldens of `parity_transformers.rs`).
 
 mod common;
 
@@ -12,37 +12,6 @@ use common::to_gguf::write_gguf;
 use common::{assert_close, load_goldens, to_u32, TestResult, GOLDEN_SEED, KERNEL_PATHS};
 use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
 use lantern_models::{load, Architecture, LoadOptions, ModelSource};
-
-/// llama.cpp's converter (`convert_hf_to_gguf.py`, LlamaModel's rope factors): 1 for short
-/// wavelengths, `factor` for long ones, `1 / ((1 - smooth) / factor + smooth)` between.
-fn llama3_rope_factors(config: &serde_json::Value) -> TestResult<Vec<f32>> {
-    let scaling = &config["rope_scaling"];
-    let field = |key: &str| scaling[key].as_f64().ok_or(format!("rope_scaling.{key}"));
-    let (factor, low, high, original) = (
-        field("factor")?,
-        field("low_freq_factor")?,
-        field("high_freq_factor")?,
-        field("original_max_position_embeddings")?,
-    );
-    let theta = config["rope_theta"].as_f64().ok_or("rope_theta")?;
-    let head_dim = config["head_dim"].as_u64().ok_or("head_dim")? as usize;
-    let (low_wavelen, high_wavelen) = (original / low, original / high);
-    Ok((0..head_dim / 2)
-        .map(|i| {
-            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
-            let wavelen = 2.0 * std::f64::consts::PI / f64::from(freq);
-            let value = if wavelen < high_wavelen {
-                1.0
-            } else if wavelen > low_wavelen {
-                factor
-            } else {
-                let smooth = (original / wavelen - low) / (high - low);
-                1.0 / ((1.0 - smooth) / factor + smooth)
-            };
-            value as f32
-        })
-        .collect())
-}
 
 #[test]
 fn rope_freqs_of_a_llama31_gguf_give_transformers_logits() -> TestResult {
@@ -55,7 +24,7 @@ fn rope_freqs_of_a_llama31_gguf_give_transformers_logits() -> TestResult {
     write_dummy_model(spec, dir.path())?;
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json"))?)?;
-    let factors = llama3_rope_factors(&config)?;
+    let factors = lantern_models::dummy::gguf::llama3_rope_factors(&config)?;
     // All three bands are exercised: kept, divided by the factor, and in between.
     assert!(
         factors.contains(&1.0) && factors.contains(&8.0),
@@ -63,12 +32,7 @@ fn rope_freqs_of_a_llama31_gguf_give_transformers_logits() -> TestResult {
     );
     assert!(factors.iter().any(|f| *f > 1.0 && *f < 8.0), "{factors:?}");
     let gguf = dir.path().join("model.gguf");
-    write_gguf(
-        dir.path(),
-        &gguf,
-        GgmlDType::F32,
-        &[("rope_freqs.weight", factors)],
-    )?;
+    write_gguf(dir.path(), &gguf, GgmlDType::F32, &[])?;
     let golden = load_goldens(Architecture::Llama)?;
     let get = |name: &str| golden.get(name).ok_or(format!("golden {name} missing"));
     let decode_tokens = to_u32(get("decode_tokens")?)?;

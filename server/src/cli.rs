@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
+use lantern_models::dummy::gguf::GgufTokenizer;
+use lantern_models::dummy::{write_dummy_gguf, write_dummy_model, DummySize, DummySpec};
 use lantern_models::Architecture;
 use std::path::PathBuf;
 
@@ -39,15 +40,32 @@ struct DummyModelArgs {
     /// Model family whose layout and config the directory follows.
     #[arg(long, value_enum)]
     arch: ArchArg,
-    /// `tiny` (a few hundred KB, for tests) or `small` (SmolLM2-135M's shape, for benchmarks).
+    /// `tiny` (a few hundred KB, for tests), `small` (SmolLM2-135M's shape) or `1b`
+    /// (Llama-3.2-1B's shape with SmolLM2's vocabulary size): the last two for benchmarks.
     #[arg(long, value_enum, default_value = "tiny")]
     size: SizeArg,
+    /// `hf`: a Hugging Face directory (config.json, model.safetensors, tokenizer files);
+    /// `gguf`: one GGUF file in llama.cpp's layout, f16 matrices, with the tokenizer in its
+    /// metadata (what llama-server and llama-quantize take).
+    #[arg(long, value_enum, default_value = "hf")]
+    format: FormatArg,
+    /// With `--format gguf`: copy the tokenizer metadata of this GGUF file (its vocabulary
+    /// must have the model's size, e.g. SmolLM2's for `small` and `1b`) instead of writing
+    /// the dummy tokenizer's.
+    #[arg(long)]
+    tokenizer_from: Option<PathBuf>,
     /// Same seed, byte-identical files.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Directory to write (created if missing; existing files are overwritten).
+    /// Directory to write (`hf`), or the .gguf file (`gguf`); existing files are overwritten.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Hf,
+    Gguf,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,6 +85,8 @@ enum ArchArg {
 enum SizeArg {
     Tiny,
     Small,
+    #[value(name = "1b")]
+    OneB,
 }
 
 impl Cli {
@@ -98,10 +118,23 @@ impl Cli {
                     size: match args.size {
                         SizeArg::Tiny => DummySize::Tiny,
                         SizeArg::Small => DummySize::Small,
+                        SizeArg::OneB => DummySize::OneB,
                     },
                     seed: args.seed,
                 };
-                write_dummy_model(spec, &args.out)
+                let written = match (args.format, &args.tokenizer_from) {
+                    (FormatArg::Hf, Some(_)) => {
+                        anyhow::bail!("--tokenizer-from goes with --format gguf")
+                    }
+                    (FormatArg::Hf, None) => write_dummy_model(spec, &args.out),
+                    (FormatArg::Gguf, from) => {
+                        let tokenizer = from
+                            .as_deref()
+                            .map_or(GgufTokenizer::FromDirectory, GgufTokenizer::FromGguf);
+                        write_dummy_gguf(spec, &args.out, tokenizer)
+                    }
+                };
+                written
                     .with_context(|| format!("writing a dummy model to {}", args.out.display()))?;
                 tracing::info!(out = %args.out.display(), ?spec, "dummy model written");
                 Ok(())

@@ -16,6 +16,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, TokenizerBuilder};
 
+pub mod gguf;
 mod templates;
 pub use templates::chat_template;
 
@@ -33,6 +34,16 @@ pub enum DummySize {
     /// A few MB with a hidden size of 256 (whole super-blocks of GGUF's K formats) and an
     /// intermediate size of 320 (not whole): for tests of the K formats and their fallback.
     TinyWide,
+    /// Llama-3.2-1B's shape (16 layers, hidden 2048, 32 query and 8 KV heads, FFN 8192, tied
+    /// head) with SmolLM2's 49,152-token vocabulary, bf16: the realistic CPU benchmark model.
+    OneB,
+}
+
+impl DummySize {
+    /// Test sizes turn on every config toggle their family has; benchmark sizes are plain.
+    fn is_test_size(self) -> bool {
+        matches!(self, Self::Tiny | Self::TinyWide)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +97,16 @@ impl DummySize {
                 head_dim: 64,
                 dtype: Dtype::BF16,
             },
+            Self::OneB => Shape {
+                vocab: 49152,
+                hidden: 2048,
+                intermediate: 8192,
+                layers: 16,
+                heads: 32,
+                kv_heads: 8,
+                head_dim: 64,
+                dtype: Dtype::BF16,
+            },
         }
     }
 }
@@ -109,6 +130,28 @@ pub fn write_dummy_model(spec: DummySpec, out: &Path) -> Result<()> {
     )
 }
 
+/// The same model as one GGUF file at `out` in llama.cpp's layout, matrices in f16 (what
+/// `llama-quantize` takes), with the tokenizer metadata `tokenizer` names.
+pub fn write_dummy_gguf(
+    spec: DummySpec,
+    out: &Path,
+    tokenizer: gguf::GgufTokenizer<'_>,
+) -> Result<()> {
+    // A vocabulary that cannot fit is refused before a large model is written out.
+    gguf::check_tokenizer(tokenizer, spec.size.shape().vocab)?;
+    let staging = out.with_extension("safetensors.tmp");
+    write_dummy_model(spec, &staging)?;
+    let written = gguf::write_gguf(
+        &staging,
+        out,
+        candle_core::quantized::GgmlDType::F16,
+        &[],
+        tokenizer,
+    );
+    let _ = std::fs::remove_dir_all(&staging);
+    written
+}
+
 fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::file(path, e))?;
     std::fs::write(path, text + "\n").map_err(|e| ModelError::file(path, e))
@@ -120,7 +163,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// projections and LongRoPE, Gemma's sandwich norms, GELU, scalings and soft-caps, Gemma 3's
 /// local and global rotary).
 fn config_json(spec: DummySpec, s: &Shape) -> Value {
-    let tiny = spec.size != DummySize::Small;
+    let tiny = spec.size.is_test_size();
     let arch = spec.architecture;
     let class = match arch {
         Architecture::Llama => "LlamaForCausalLM",
