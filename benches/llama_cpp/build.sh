@@ -6,9 +6,11 @@
 # distribution on PyPI, which vendors a full llama.cpp tree under
 # vendor/llama.cpp. Nothing else is fetched: no git, no GitHub, no Hugging Face.
 #
-# Output: target/llama-cpp/bin/llama-server (a single, statically linked
-# against llama/ggml, self-contained binary). If it already exists, the script
-# does nothing but print its path.
+# Output: target/llama-cpp/bin/llama-server and target/llama-cpp/bin/llama-quantize
+# (statically linked against llama/ggml, self-contained binaries; the quantizer
+# makes the Q4_K_M and Q8_0 benchmark files from `lantern dummy-model --format
+# gguf`). Each is built only when missing: with both there, the script does
+# nothing but print their paths.
 #
 # Usage: benches/llama_cpp/build.sh      (from anywhere; takes ~5-10 min on 2 cores)
 # Env:   JOBS=<n>  parallel compile jobs (default 2)
@@ -29,10 +31,12 @@ SRC="$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 LLAMA_SRC="$SRC/vendor/llama.cpp"
 BUILD="$WORK/build-$LLAMA_CPP_PYTHON_VERSION"
 BIN="$WORK/bin/llama-server"
+QUANTIZE="$WORK/bin/llama-quantize"
 
-# Idempotent: skip everything when the binary is already there.
-if [[ -x "$BIN" ]]; then
+# Idempotent: skip everything when both binaries are already there.
+if [[ -x "$BIN" && -x "$QUANTIZE" ]]; then
     echo "llama-server already built: $BIN"
+    echo "llama-quantize already built: $QUANTIZE"
     exit 0
 fi
 
@@ -106,12 +110,16 @@ CMAKE_FLAGS=(
 echo "cmake flags: ${CMAKE_FLAGS[*]}"
 cmake -S "$LLAMA_SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}"
 
-# 4. Build only the llama-server target.
-cmake --build "$BUILD" --target llama-server -j "$JOBS"
-
-# 5. Install into target/llama-cpp/bin.
-cp "$BUILD/bin/llama-server" "$BIN.tmp"
-mv "$BIN.tmp" "$BIN"
+# 4. Build the missing targets only, and 5. install them into target/llama-cpp/bin.
+for target in llama-server llama-quantize; do
+    if [[ -x "$WORK/bin/$target" ]]; then
+        echo "$target already built: $WORK/bin/$target"
+        continue
+    fi
+    cmake --build "$BUILD" --target "$target" -j "$JOBS"
+    cp "$BUILD/bin/$target" "$WORK/bin/$target.tmp"
+    mv "$WORK/bin/$target.tmp" "$WORK/bin/$target"
+    echo "$target built: $WORK/bin/$target"
+done
 
 echo "build took $((SECONDS - start))s"
-echo "llama-server built: $BIN"

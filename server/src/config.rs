@@ -59,10 +59,10 @@ pub struct ServeArgs {
     /// Prompt tokens one engine step may prefill: higher raises throughput and the latency other requests see.
     #[arg(long, env = "MAX_BATCH_PREFILL_TOKENS", default_value_t = 512)]
     pub max_batch_prefill_tokens: usize,
-    /// While sequences are decoding, the longest a step may take because of the prompt
-    /// tokens it prefills (learned from measured step times): a decoding sequence's next token
-    /// waits behind at most this much prefill, and long prompts progress over several steps.
-    /// With nothing decoding, prefill runs at MAX_BATCH_PREFILL_TOKENS. 0: no bound.
+    /// While sequences are decoding, the most time the prompt tokens prefilled in a step may
+    /// add to it (learned from measured step times): a decoding sequence's next token waits
+    /// behind at most this much prefill, and long prompts progress over several steps. With
+    /// nothing decoding, prefill runs at MAX_BATCH_PREFILL_TOKENS. 0: no bound.
     #[arg(long, env = "LANTERN_MAX_DECODE_STALL_MS", default_value_t = lantern_engine::config::DEFAULT_MAX_DECODE_STALL_MS)]
     pub max_decode_stall_ms: u64,
     /// Tokens the whole batch may hold in the KV cache (caps the cache).

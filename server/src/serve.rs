@@ -109,7 +109,8 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         .into_iter()
         .map(|(class, format)| (class.to_string(), format))
         .collect();
-    tracing::info!(?weight_formats, engines, "weight formats");
+    let weight_bytes = decoder.weight_bytes();
+    tracing::info!(?weight_formats, ?weight_bytes, engines, "weights ready");
     let family = decoder.config().architecture.name().to_string();
     let toggles = decoder.config().toggles();
     let mut engine_config = config.engine.clone();
@@ -139,6 +140,7 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         name: model.name,
         dtype,
         weight_formats,
+        weight_bytes,
         family,
         toggles,
     })

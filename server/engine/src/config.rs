@@ -37,8 +37,8 @@ pub struct EngineConfig {
     pub release_memory_after_idle: Option<std::time::Duration>,
     /// Reuse the keys and values of prompt prefixes already computed (scheduler.rs).
     pub prefix_caching: bool,
-    /// While sequences decode, a step's prefill is held to what fits in this much time
-    /// (prefill_budget.rs); `None`: always `max_batch_prefill_tokens`.
+    /// While sequences decode, a step's prefill is held to what adds at most this much time
+    /// to the step (prefill_budget.rs); `None`: always `max_batch_prefill_tokens`.
     pub max_decode_stall: Option<std::time::Duration>,
     /// Choose next tokens on the device the logits are on (`device_sampling.rs`) rather than
     /// copying them to the host. `None`: on when the model runs on a GPU.
@@ -169,9 +169,9 @@ impl EngineConfig {
     }
 }
 
-/// The default `--max-decode-stall-ms`: a decoding sequence's token may wait this long behind
-/// a step's prefill (llama.cpp's server, prefilling in 512-token batches beside decoding,
-/// shows an inter-token p99 of 170-280 ms on a 1B model on two cores).
+/// The default `--max-decode-stall-ms`: a decoding sequence's token may wait this much longer
+/// because of the prefill in its step (llama.cpp's server, prefilling in 512-token batches
+/// beside decoding, shows an inter-token p99 of 170-280 ms on a 1B model on two cores).
 pub const DEFAULT_MAX_DECODE_STALL_MS: u64 = 150;
 
 /// What the CPU's cache takes of available memory when sized by utilization.

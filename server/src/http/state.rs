@@ -21,6 +21,8 @@ pub struct ServingModel {
     pub dtype: String,
     /// The format each class of weights runs in (`/info`'s `weight_formats`).
     pub weight_formats: std::collections::BTreeMap<String, String>,
+    /// Bytes the weights take as served, one engine's (CPU kernels; `None` elsewhere).
+    pub weight_bytes: Option<usize>,
     /// The model family (`llama`, `phi3`, ...) and the decoder toggles its config turned on.
     pub family: String,
     pub toggles: Vec<String>,

@@ -405,6 +405,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         "model_id": model.name,
         "model_dtype": model.dtype,
         "weight_formats": model.weight_formats,
+        "weight_bytes": model.weight_bytes,
         "model_family": model.family,
         "model_toggles": model.toggles,
         "model_device_type": if devices.first() == Some(&"cpu") { "cpu" } else { "cuda" },
