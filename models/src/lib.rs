@@ -13,6 +13,7 @@ mod gguf_tokenizer;
 pub mod hub;
 pub mod layers;
 pub mod load;
+pub mod lora;
 pub mod output_schema;
 pub mod tokenizer;
 pub mod tool_calls;
