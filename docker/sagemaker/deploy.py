@@ -34,7 +34,8 @@ def requests(args):
     """The (service, operation, params) calls a deployment makes, in order."""
     if args.inference_components:
         return inference_component_requests(args)
-    container = model_container(args, {"SM_NUM_GPUS": str(args.gpus)})
+    # Lantern runs one engine per GPU it sees; --gpus limits it (SageMaker's SM_NUM_GPUS).
+    container = model_container(args, {"SM_NUM_GPUS": str(args.gpus)} if args.gpus else {})
     variant = "AllTraffic"
     production_variant = {
         "VariantName": variant,
@@ -101,7 +102,7 @@ def inference_component_requests(args):
     component = f"{args.name}-model"
     resource_id = f"inference-component/{component}"
     dimension = "sagemaker:inference-component:DesiredCopyCount"
-    copies = args.copies or args.gpus
+    copies = args.copies or args.gpus or 1
     return [
         ("sagemaker", "CreateModel", {"ModelName": args.name, "ExecutionRoleArn": args.role, "PrimaryContainer": container}),
         ("sagemaker", "CreateEndpointConfig", {
@@ -240,7 +241,9 @@ def parse_args(argv):
     p.add_argument("--instance-type", default="ml.g5.xlarge")
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--max-instances", type=int, default=4)
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per instance (ml.g5.12xlarge: 4)")
+    p.add_argument("--gpus", type=int,
+                   help="GPUs per instance (ml.g5.12xlarge: 4): classic endpoints use at most this many "
+                        "(default: all the instance has); inference components make this many copies (default 1)")
     p.add_argument("--inference-ami-version", default=DEFAULT_GPU_AMI, choices=sorted(GPU_AMIS),
                    help="GPU instances only: the AMI (and so the NVIDIA driver) the endpoint runs on")
     p.add_argument("--invocations-per-instance", type=int, default=100)
@@ -251,8 +254,9 @@ def parse_args(argv):
     p.add_argument("--max-copies", type=int, help="inference components: default --gpus x --max-instances")
     p.add_argument("--concurrent-requests-per-copy", type=int, default=8,
                    help="inference components: the concurrency each copy is scaled to hold")
-    p.add_argument("--memory-per-copy-mb", type=int, default=16384,
-                   help="inference components: host memory each copy reserves")
+    p.add_argument("--memory-per-copy-mb", type=int, default=8192,
+                   help="inference components: host memory each copy reserves (copies x this must fit the "
+                        "instance: ml.g5.xlarge has 16 GiB, ml.g5.12xlarge 192 GiB)")
     p.add_argument("--region")
     p.add_argument("--dry-run", action="store_true")
     return p.parse_args(argv)
@@ -285,17 +289,19 @@ def main(argv=None):
             wait_for_component(client, params["InferenceComponentName"])
 
 
-def wait_for_component(client, name):
+def wait_for_component(client, name, timeout_seconds=3600):
     """Waits until the component is in service (scaling it needs it to be)."""
     import time
 
-    while True:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
         status = client.describe_inference_component(InferenceComponentName=name)["InferenceComponentStatus"]
         if status == "InService":
             return
         if status == "Failed":
             raise SystemExit(f"inference component {name} failed: see its CloudWatch logs")
         time.sleep(30)
+    raise SystemExit(f"inference component {name} not in service after {timeout_seconds} s")
 
 
 if __name__ == "__main__":

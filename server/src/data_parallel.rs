@@ -53,6 +53,10 @@ pub fn engine_devices(
         candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
         _ => return Ok(vec![DeviceChoice::Cpu; engines]),
     };
+    if engines <= 1 {
+        // The one device is open already, whatever the platform says it has.
+        return Ok(vec![DeviceChoice::Cuda(first_ordinal)]);
+    }
     if first_ordinal + engines > visible_gpus {
         anyhow::bail!(
             "--data-parallel {engines} needs {engines} GPUs from cuda:{first_ordinal}, but {visible_gpus} are visible: lower --data-parallel (LANTERN_DATA_PARALLEL) or give the container more GPUs"

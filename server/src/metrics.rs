@@ -28,6 +28,9 @@ pub struct Metrics {
     prefix_cache_queries: IntCounter,
     prefix_cache_query_tokens: IntCounter,
     prefix_cache_hits: IntCounter,
+    /// 1 per healthy engine, 0 per failed one (`engine` label): a pool that lost an engine
+    /// still answers `/ping` 200, and this shows the capacity it lost.
+    engine_healthy: prometheus::IntGaugeVec,
     /// The engine's load under vLLM's names, rendered after these.
     pub vllm: crate::vllm_metrics::VllmMetrics,
 }
@@ -98,6 +101,14 @@ impl Metrics {
         let prompt_tokens =
             IntCounter::new("lantern_prompt_tokens_total", "Prompt tokens submitted")?;
         registry.register(Box::new(prompt_tokens.clone()))?;
+        let engine_healthy = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "lantern_engine_healthy",
+                "1 while the engine serves, 0 once it has failed (one series per data-parallel engine)",
+            ),
+            &["engine"],
+        )?;
+        registry.register(Box::new(engine_healthy.clone()))?;
         Ok(Self {
             prompt_tokens,
             time_to_first_token: histogram(
@@ -179,8 +190,18 @@ impl Metrics {
             requests,
             generated_tokens,
             registry,
+            engine_healthy,
             vllm: crate::vllm_metrics::VllmMetrics::new()?,
         })
+    }
+
+    /// Each engine's health, in engine order, for the next render.
+    pub fn set_engine_health(&self, healthy: impl IntoIterator<Item = bool>) {
+        for (engine, healthy) in healthy.into_iter().enumerate() {
+            self.engine_healthy
+                .with_label_values(&[&engine.to_string()])
+                .set(i64::from(healthy));
+        }
     }
 
     /// A request routed to `engine`, its prompt `prompt_tokens` long.

@@ -166,6 +166,17 @@ fn a_failed_engine_fails_only_its_requests_and_the_last_one_takes_ping_down() {
         }
     }
     assert_eq!(server.get("/ping").status, 200);
+    let metrics = server.get("/metrics").body;
+    assert_eq!(
+        engine_sample(&metrics, "lantern_engine_healthy", 0),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        engine_sample(&metrics, "lantern_engine_healthy", 1),
+        1.0,
+        "{metrics}"
+    );
     for i in 6..10 {
         let expected = generated(&reference, &greedy(&prompt(i), 30));
         let answer = generated(&server, &greedy(&prompt(i), 30));

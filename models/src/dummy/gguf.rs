@@ -29,6 +29,7 @@ pub enum GgufTokenizer<'a> {
 /// GGUF `token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
 const TOKEN_UNUSED: i32 = 5;
 
 fn missing(name: &str, dir: &Path) -> ModelError {
@@ -107,6 +108,11 @@ pub fn write_gguf(
         number("num_key_value_heads")? as usize,
         number("num_hidden_layers")? as usize,
     );
+    // Configs that leave it out mean hidden size over heads (transformers' default).
+    let head_dim = match config["head_dim"].as_u64() {
+        Some(d) => d as usize,
+        None => number("hidden_size")? as usize / heads.max(1),
+    };
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
     let get = |name: &str| weights.get(name).ok_or_else(|| missing(name, dir));
     let mut tensors = Tensors {
@@ -195,10 +201,7 @@ pub fn write_gguf(
         (key("block_count"), V::U32(layers as u32)),
         (key("attention.head_count"), V::U32(heads as u32)),
         (key("attention.head_count_kv"), V::U32(kv_heads as u32)),
-        (
-            key("attention.key_length"),
-            V::U32(number("head_dim")? as u32),
-        ),
+        (key("attention.key_length"), V::U32(head_dim as u32)),
         (
             key("context_length"),
             V::U32(number("max_position_embeddings")? as u32),
@@ -273,10 +276,7 @@ pub fn write_gguf(
     let vocab = number("vocab_size")? as usize;
     metadata.push((key("vocab_size"), V::U32(vocab as u32)));
     if arch == "llama" {
-        metadata.push((
-            key("rope.dimension_count"),
-            V::U32(number("head_dim")? as u32),
-        ));
+        metadata.push((key("rope.dimension_count"), V::U32(head_dim as u32)));
     }
     metadata.push(("general.file_type".to_string(), V::U32(file_type(matrices))));
     match tokenizer {
@@ -309,7 +309,10 @@ pub fn llama3_rope_factors(config: &Value) -> Result<Vec<f32>> {
         field("original_max_position_embeddings")?,
     );
     let theta = config["rope_theta"].as_f64().unwrap_or(10_000.0);
-    let head_dim = config["head_dim"].as_u64().unwrap_or(0) as usize;
+    let heads = config["num_attention_heads"].as_u64().unwrap_or(1).max(1);
+    let head_dim = config["head_dim"]
+        .as_u64()
+        .unwrap_or(config["hidden_size"].as_u64().unwrap_or(0) / heads) as usize;
     let (low_wavelen, high_wavelen) = (original / low, original / high);
     Ok((0..head_dim / 2)
         .map(|i| {
@@ -369,18 +372,24 @@ fn tokenizer_metadata(dir: &Path, vocab: usize) -> Result<Vec<(String, V)>> {
         .as_object()
         .ok_or_else(|| bad("no model.vocab"))?;
     let added = json["added_tokens"].as_array().cloned().unwrap_or_default();
-    let added = added
-        .iter()
-        .filter_map(|t| Some((t["content"].as_str()?, t["id"].as_u64()?, true)));
+    // Added tokens are control tokens when special, else user-defined (llama.cpp's types).
+    let added = added.iter().filter_map(|t| {
+        let kind = if t["special"].as_bool().unwrap_or(true) {
+            TOKEN_CONTROL
+        } else {
+            TOKEN_USER_DEFINED
+        };
+        Some((t["content"].as_str()?, t["id"].as_u64()?, kind))
+    });
     let vocabulary = entries
         .iter()
-        .filter_map(|(t, id)| Some((t.as_str(), id.as_u64()?, false)));
-    for (text, id, special) in vocabulary.chain(added) {
+        .filter_map(|(t, id)| Some((t.as_str(), id.as_u64()?, TOKEN_NORMAL)));
+    for (text, id, kind) in vocabulary.chain(added) {
         let slot = tokens
             .get_mut(id as usize)
             .ok_or_else(|| bad("a token id is beyond the model's vocabulary"))?;
         *slot = Some(text.to_string());
-        types[id as usize] = if special { TOKEN_CONTROL } else { TOKEN_NORMAL };
+        types[id as usize] = kind;
     }
     let tokens: Vec<V> = tokens
         .into_iter()
@@ -417,17 +426,18 @@ fn tokenizer_metadata(dir: &Path, vocab: usize) -> Result<Vec<(String, V)>> {
     };
     let mut metadata = vec![
         ("tokenizer.ggml.model".to_string(), V::String("gpt2".into())),
-        (
-            "tokenizer.ggml.pre".to_string(),
-            V::String("default".into()),
-        ),
+        // GPT-2's split, which a byte-level tokenizer.json's ByteLevel pre-tokenizer applies.
+        ("tokenizer.ggml.pre".to_string(), V::String("gpt2".into())),
         ("tokenizer.ggml.tokens".to_string(), V::Array(tokens)),
         (
             "tokenizer.ggml.token_type".to_string(),
             V::Array(types.into_iter().map(V::I32).collect()),
         ),
         ("tokenizer.ggml.merges".to_string(), V::Array(merges)),
-        ("tokenizer.ggml.add_bos_token".to_string(), V::Bool(false)),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            V::Bool(token_config["add_bos_token"].as_bool().unwrap_or(false)),
+        ),
     ];
     let generation_eos: Vec<u32> = match &generation["eos_token_id"] {
         Value::Array(ids) => ids

@@ -1,7 +1,8 @@
 //! Where an adapter's files may be read from: a local directory under one of the allowed
-//! roots (`--lora-adapter-root`), compared after canonicalizing both, so neither `..` nor a
-//! symlink (hub snapshots are symlinks into the cache's blobs: allowed when the cache is a
-//! root) leads out. Remote sources are SageMaker's to place, never fetched here.
+//! roots (`--lora-adapter-root`), the directory and its adapter files compared after
+//! canonicalizing, so neither `..` nor a symlink (hub snapshots are symlinks into the cache's
+//! blobs: allowed when the cache is a root) leads out. Remote sources are SageMaker's to
+//! place, never fetched here.
 
 use std::path::{Path, PathBuf};
 
@@ -15,31 +16,47 @@ pub enum SourceError {
     OutsideRoots { path: PathBuf, roots: String },
 }
 
-/// The canonical directory `source` names, if it lies under one of `roots`.
+/// The canonical directory `source` names, if it and the adapter files in it lie under one
+/// of `roots` (a file may be a symlink too). A path outside the roots is refused as such
+/// whether or not it exists, so answers do not tell what exists elsewhere.
 pub fn resolve(source: &str, roots: &[PathBuf]) -> Result<PathBuf, SourceError> {
     if source.contains("://") {
         return Err(SourceError::Remote(source.to_string()));
     }
     let path = Path::new(source);
-    let canonical = path
-        .canonicalize()
-        .map_err(|_| SourceError::Missing(path.to_path_buf()))?;
-    let inside = roots
-        .iter()
-        .filter_map(|root| root.canonicalize().ok())
-        .any(|root| canonical.starts_with(root));
-    if inside {
-        Ok(canonical)
-    } else {
-        Err(SourceError::OutsideRoots {
-            path: path.to_path_buf(),
-            roots: roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    let roots_canonical: Vec<PathBuf> =
+        roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+    let inside = |p: &Path| roots_canonical.iter().any(|root| p.starts_with(root));
+    let outside = || SourceError::OutsideRoots {
+        path: path.to_path_buf(),
+        roots: roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let Ok(canonical) = path.canonicalize() else {
+        // Only a path that would be inside is reported missing.
+        let lexical = path
+            .components()
+            .all(|c| c != std::path::Component::ParentDir);
+        return Err(if lexical && path.is_absolute() && inside(path) {
+            SourceError::Missing(path.to_path_buf())
+        } else {
+            outside()
+        });
+    };
+    if !inside(&canonical) {
+        return Err(outside());
     }
+    for file in [super::CONFIG_FILE, super::WEIGHTS_FILE] {
+        if let Ok(target) = canonical.join(file).canonicalize() {
+            if !inside(&target) {
+                return Err(outside());
+            }
+        }
+    }
+    Ok(canonical)
 }
 
 #[cfg(test)]
@@ -79,8 +96,24 @@ mod tests {
             Err(SourceError::Remote(_))
         ));
         assert!(matches!(
-            resolve(&text(&root.join("absent")), &roots),
+            resolve(&text(&root.canonicalize()?.join("absent")), &roots),
             Err(SourceError::Missing(_))
+        ));
+        // Outside the roots, existing or not, the answer is the same.
+        assert!(matches!(
+            resolve(&text(&outside.join("absent")), &roots),
+            Err(SourceError::OutsideRoots { .. })
+        ));
+        // An adapter file that is a symlink out of the roots.
+        std::fs::write(outside.join("weights"), b"secret")?;
+        std::fs::create_dir_all(root.join("sly"))?;
+        std::os::unix::fs::symlink(
+            outside.join("weights"),
+            root.join("sly").join(crate::lora::WEIGHTS_FILE),
+        )?;
+        assert!(matches!(
+            resolve(&text(&root.join("sly")), &roots),
+            Err(SourceError::OutsideRoots { .. })
         ));
         // A root that is a prefix by name only does not contain its sibling.
         let sibling = place.path().join("adapters-evil");

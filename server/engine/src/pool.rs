@@ -31,8 +31,9 @@ impl EnginePool {
         if engines.is_empty() {
             return Err(StartError::Setting("no engine to start".into()));
         }
+        let prefix_caching = engines.iter().all(|e| e.limits().prefix_caching);
         Ok(Self {
-            router: Router::new(engines.len(), block_size),
+            router: Router::new(engines.len(), block_size, prefix_caching),
             engines,
         })
     }
@@ -53,11 +54,12 @@ impl EnginePool {
         request: GenerateRequest,
         n: usize,
     ) -> Result<Vec<EventStream>, SubmitError> {
-        let work = n.saturating_mul(request.prompt.len() + request.max_new_tokens);
+        let per_sample = request.prompt.len() + request.max_new_tokens;
         let mut failed = vec![false; self.engines.len()];
         loop {
             let usable = |e: usize| !failed[e] && self.engines[e].is_healthy();
-            let Some(route) = self.router.choose(&request.prompt, usable) else {
+            // The first sample's stream holds the route's count; each other one its own.
+            let Some(route) = self.router.choose(&request.prompt, per_sample, usable) else {
                 return Err(SubmitError::Unavailable(
                     "every engine has failed".to_string(),
                 ));
@@ -70,10 +72,16 @@ impl EnginePool {
             );
             match self.engines[engine].submit_samples(request.clone(), n) {
                 Ok(streams) => {
+                    let mut first = Some(route.outstanding);
                     return Ok(streams
                         .into_iter()
-                        .map(|s| s.routed(engine, self.router.hold(engine, work / n.max(1))))
-                        .collect())
+                        .map(|s| {
+                            let held = first
+                                .take()
+                                .or_else(|| self.router.hold(engine, per_sample));
+                            s.routed(engine, held)
+                        })
+                        .collect());
                 }
                 Err(SubmitError::Unavailable(reason)) => {
                     tracing::warn!(engine, %reason, "engine unavailable: routing elsewhere");
@@ -145,8 +153,9 @@ impl EnginePool {
 impl From<EngineHandle> for EnginePool {
     fn from(engine: EngineHandle) -> Self {
         let block_size = engine.limits().block_size;
+        let prefix_caching = engine.limits().prefix_caching;
         Self {
-            router: Router::new(1, block_size),
+            router: Router::new(1, block_size, prefix_caching),
             engines: vec![engine],
         }
     }

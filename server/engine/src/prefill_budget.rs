@@ -55,7 +55,8 @@ impl PrefillBudget {
             }
             return;
         }
-        if prefill_tokens < MIN_MEASURED_PREFILL {
+        // (The floor is always measured, or a budget that reaches it would stay there.)
+        if prefill_tokens < MIN_MEASURED_PREFILL.min(self.min_tokens) {
             return;
         }
         let base = if decoding > 0 {

@@ -158,6 +158,12 @@ pub(crate) fn report_emf(
 async fn metrics(State(state): State<AppState>) -> String {
     let model = state.model().ok();
     let stats = model.as_ref().map(|m| m.engine.stats());
+    if let Some(model) = &model {
+        let engines = model.engine.engines();
+        state
+            .metrics
+            .set_engine_health(engines.iter().map(|e| e.is_healthy()));
+    }
     let mut text = state.metrics.render(stats);
     if let Some(model) = &model {
         // The CPU kernels keep keys and values in f32; the portable path in the weights'.
