@@ -305,16 +305,19 @@ fn parse_key(key: &str) -> Option<(usize, &str, char)> {
     parts.next().is_none().then_some((layer, module, which))
 }
 
+/// A module's `lora_A` and `lora_B` as they are found.
+type LoraPair<'a> = (
+    Option<&'a candle_core::Tensor>,
+    Option<&'a candle_core::Tensor>,
+);
+
 fn read_deltas(
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
     config: &AdapterConfig,
     base: &DecoderConfig,
 ) -> Result<BTreeMap<(usize, Projection), LoraDelta>, AdapterError> {
     let weights = |m: String| AdapterError::Weights(m);
-    let mut pairs: BTreeMap<
-        (usize, String),
-        (Option<&candle_core::Tensor>, Option<&candle_core::Tensor>),
-    > = BTreeMap::new();
+    let mut pairs: BTreeMap<(usize, String), LoraPair<'_>> = BTreeMap::new();
     for (key, tensor) in tensors {
         let (layer, module, which) = parse_key(key)
             .ok_or_else(|| weights(format!("`{key}` is not a LoRA weight of a decoder layer")))?;
