@@ -21,6 +21,12 @@ mod templates;
 pub use templates::chat_template;
 
 const CORPUS: &str = include_str!("corpus.txt");
+
+/// The English prose the dummy tokenizer is trained on (also the benchmark's input-grounded
+/// documents: `lantern benchmark --dataset edit|summarize`).
+pub fn corpus() -> &'static str {
+    CORPUS
+}
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const TOKENIZER_VOCAB: usize = 512;
 

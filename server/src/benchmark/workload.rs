@@ -1,7 +1,8 @@
 //! The prompts a run sends, made before the first request so that making them costs no
 //! measured time: random word sequences of a set token length (exact through the server's
 //! `/tokenize`, approximate without one), a shared-prefix workload (one system prompt, many
-//! questions), multi-turn conversations, or the user's own JSONL file. Seeded: the same flags
+//! questions), multi-turn conversations, input-grounded edits and summaries of a document,
+//! or the user's own JSONL file. Seeded: the same flags
 //! send the same prompts to every server of a run and in every run.
 
 use super::api::{Message, Prompt};
@@ -28,6 +29,12 @@ pub enum Dataset {
     /// `--prompts FILE`: one JSON object per line, `{"prompt": "..."}` or
     /// `{"messages": [{"role", "content"}...]}`, optionally with `"max_tokens"`.
     Jsonl,
+    /// Input-grounded: a document of about `--input-len` tokens (English prose) to repeat
+    /// with one word changed, so the answer copies the prompt (what prompt-lookup speculation
+    /// is for). With `--free-output`, room for the whole document.
+    Edit,
+    /// Input-grounded: a document of about `--input-len` tokens to summarize in its own words.
+    Summarize,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +243,29 @@ pub fn build(
                 })
                 .collect()
         }
+        Dataset::Edit | Dataset::Summarize => (0..count)
+            .map(|_| {
+                let (document, length) = document_of_length(&mut rng, spec.input_len, tokens);
+                let (task, room) = if spec.dataset == Dataset::Edit {
+                    (
+                        "Repeat the text below exactly as it is, word for word, except that every \"sequence\" becomes \"stream\". Write nothing else.",
+                        length + length / 8 + 16,
+                    )
+                } else {
+                    (
+                        "Summarize the text below in a few sentences, keeping its own wording where you can.",
+                        length / 3 + 16,
+                    )
+                };
+                Job {
+                    first: WorkItem {
+                        prompt: Prompt::Chat(vec![user(format!("{task}\n\n{document}"))]),
+                        max_tokens: spec.output_len.or(Some(room as u32)),
+                    },
+                    follow_ups: Vec::new(),
+                }
+            })
+            .collect(),
         Dataset::Jsonl => {
             let path = spec
                 .prompts_file
@@ -292,6 +322,43 @@ fn text_of_length(rng: &mut ChaCha8Rng, target: usize, tokens: &mut dyn TokenCou
         }
     }
     best
+}
+
+/// Consecutive sentences of the corpus from a seeded start (wrapping around), about `target`
+/// tokens by the server's count (sentences are whole, so within one sentence of it); with
+/// the count reached. Without a count, `target` words.
+fn document_of_length(
+    rng: &mut ChaCha8Rng,
+    target: usize,
+    tokens: &mut dyn TokenCount,
+) -> (String, usize) {
+    // Sentences on one line each (the corpus wraps its lines).
+    let sentences: Vec<String> = lantern_models::dummy::corpus()
+        .split_inclusive(['.', '?', '!'])
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let start = rng.random_range(0..sentences.len().max(1));
+    let mut document = String::new();
+    let mut length = 0;
+    for sentence in sentences
+        .iter()
+        .cycle()
+        .skip(start)
+        .take(sentences.len() * 8)
+    {
+        if length >= target {
+            break;
+        }
+        if !document.is_empty() {
+            document.push(' ');
+        }
+        document.push_str(sentence);
+        length = tokens
+            .count(&document)
+            .unwrap_or_else(|| document.split_whitespace().count());
+    }
+    (document, length)
 }
 
 #[derive(Deserialize)]
@@ -410,6 +477,48 @@ mod tests {
         let roles: Vec<&str> = history.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["user", "assistant", "user"]);
         assert_eq!(history[1].content, "an answer");
+    }
+
+    #[test]
+    fn input_grounded_prompts_carry_a_document_of_the_corpus_and_room_to_copy_it() {
+        let mut edit = spec(Dataset::Edit);
+        edit.output_len = None;
+        let jobs = build(&edit, 5, &mut SplitLongWords).unwrap_or_default();
+        assert_eq!(jobs.len(), 5);
+        let corpus: String = lantern_models::dummy::corpus()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for job in &jobs {
+            let Prompt::Chat(messages) = &job.first.prompt else {
+                panic!("input-grounded prompts are chats");
+            };
+            let (task, document) = messages[0].content.split_once("\n\n").unwrap_or_default();
+            assert!(task.contains("exactly"), "{task}");
+            let words = SplitLongWords.count(document).unwrap_or(0);
+            assert!((40..40 + 80).contains(&words), "{words} tokens: {document}");
+            // A run of the corpus (its sentences in order, wrapping at most once here).
+            let first_sentence = document
+                .split_inclusive('.')
+                .next()
+                .unwrap_or_default()
+                .trim();
+            assert!(corpus.contains(first_sentence), "{first_sentence}");
+            // Room for the whole document and the edit.
+            assert!(
+                job.first.max_tokens.unwrap_or(0) as usize > words,
+                "{:?}",
+                job.first.max_tokens
+            );
+        }
+        let again = build(&edit, 5, &mut SplitLongWords).unwrap_or_default();
+        assert_eq!(jobs[2].first.prompt, again[2].first.prompt);
+        let summaries = build(&spec(Dataset::Summarize), 2, &mut NoCount).unwrap_or_default();
+        let Prompt::Chat(messages) = &summaries[0].first.prompt else {
+            panic!("input-grounded prompts are chats");
+        };
+        assert!(messages[0].content.starts_with("Summarize"));
+        assert_eq!(summaries[0].first.max_tokens, Some(8));
     }
 
     #[test]
