@@ -65,6 +65,13 @@ pub struct ServeArgs {
     /// nothing decoding, prefill runs at MAX_BATCH_PREFILL_TOKENS. 0: no bound.
     #[arg(long, env = "LANTERN_MAX_DECODE_STALL_MS", default_value_t = lantern_engine::config::DEFAULT_MAX_DECODE_STALL_MS)]
     pub max_decode_stall_ms: u64,
+    /// Speculative decoding by prompt lookup: up to this many tokens, copied from where the
+    /// sequence's last few tokens occurred before (in its prompt or output), are checked per
+    /// step; each stands only if it is the token the request would get anyway, so outputs do
+    /// not change. Halved when several sequences decode, off past 4. Serves requests without
+    /// a grammar, logit adjustments (penalties, logit_bias) or top-n alternatives. 0: off.
+    #[arg(long, env = "SPECULATE", default_value_t = 0)]
+    pub speculate: usize,
     /// Tokens the whole batch may hold in the KV cache (caps the cache).
     #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
     pub max_batch_total_tokens: Option<usize>,
@@ -487,6 +494,7 @@ impl ServeArgs {
                     inject_every: self.inject_step_faults,
                 },
                 prefix_caching: self.prefix_caching,
+                speculate: self.speculate,
                 max_decode_stall: (self.max_decode_stall_ms > 0)
                     .then(|| std::time::Duration::from_millis(self.max_decode_stall_ms)),
                 sample_on_device: None,

@@ -40,6 +40,8 @@ pub struct EngineConfig {
     /// While sequences decode, a step's prefill is held to what adds at most this much time
     /// to the step (prefill_budget.rs); `None`: always `max_batch_prefill_tokens`.
     pub max_decode_stall: Option<std::time::Duration>,
+    /// Tokens proposed per decoding sequence by prompt lookup (speculation.rs); 0: off.
+    pub speculate: usize,
     /// Choose next tokens on the device the logits are on (`device_sampling.rs`) rather than
     /// copying them to the host. `None`: on when the model runs on a GPU.
     pub sample_on_device: Option<bool>,
@@ -79,6 +81,7 @@ impl Default for EngineConfig {
             max_decode_stall: Some(std::time::Duration::from_millis(
                 DEFAULT_MAX_DECODE_STALL_MS,
             )),
+            speculate: 0,
             sample_on_device: None,
         }
     }

@@ -85,6 +85,9 @@ struct Sequence {
     /// Steps over positions below this want every row's logits (prompt log-probabilities);
     /// 0 when none are wanted.
     logits_until: usize,
+    /// Proposed tokens at the end of `tokens` (speculative decoding), fed with the last real
+    /// one in a single step and kept only as far as they are accepted ([`Scheduler::settle`]).
+    draft: usize,
 }
 
 /// How a sequence is to be run, beyond its tokens.
@@ -205,6 +208,7 @@ impl Scheduler {
                 cached_tokens: 0,
                 leader: options.leader,
                 logits_until,
+                draft: 0,
             },
         );
         self.waiting.insert(id);
@@ -219,7 +223,7 @@ impl Scheduler {
             .running
             .iter()
             .filter_map(|id| self.sequences.get(id))
-            .filter(|seq| seq.tokens.len() - seq.computed == 1)
+            .filter(|seq| seq.tokens.len() - seq.computed == 1 + seq.draft)
             .count();
         // While anything decodes, prefill is held to what keeps its step short
         // (prefill_budget.rs).
@@ -239,8 +243,18 @@ impl Scheduler {
                 continue;
             };
             let remaining = seq.tokens.len() - seq.computed;
-            let take = if remaining == 1 {
-                1
+            let drafted = seq.draft > 0 && remaining == 1 + seq.draft;
+            if drafted && !self.fits_without_preempting(id, remaining) {
+                // No sequence is preempted to make room for proposals: they are dropped.
+                self.drop_draft(id);
+            }
+            let Some(seq) = self.sequences.get(&id) else {
+                continue;
+            };
+            let remaining = seq.tokens.len() - seq.computed;
+            let decoding = remaining == 1 + seq.draft;
+            let take = if decoding {
+                remaining
             } else {
                 remaining.min(prefill_budget)
             };
@@ -251,7 +265,7 @@ impl Scheduler {
             if !self.reserve(id, take, &mut plan.preempted) {
                 continue; // `id` itself was preempted; the same index now holds the next one
             }
-            if remaining > 1 {
+            if !decoding {
                 prefill_budget -= take;
             }
             plan.steps.push(self.step_for(id, take));
@@ -420,6 +434,7 @@ impl Scheduler {
     }
 
     fn preempt(&mut self, id: SequenceId) {
+        self.drop_draft(id);
         self.release_blocks(id);
         if let Some(seq) = self.sequences.get_mut(&id) {
             seq.computed = 0;
@@ -449,7 +464,7 @@ impl Scheduler {
                 tokens: seq.tokens[seq.computed..end].to_vec(),
                 context_before: seq.computed,
                 block_table: seq.blocks.clone(),
-                logits: if seq.computed < seq.logits_until {
+                logits: if seq.computed < seq.logits_until || seq.draft > 0 {
                     LogitsWanted::All
                 } else if end == seq.tokens.len() {
                     LogitsWanted::Last
@@ -464,10 +479,74 @@ impl Scheduler {
     pub fn complete(&mut self, plan: &Plan) {
         for scheduled in &plan.steps {
             if let Some(seq) = self.sequences.get_mut(&scheduled.id) {
+                if seq.draft > 0 {
+                    continue; // what of it stands is known once verified: `settle`
+                }
                 seq.computed += scheduled.step.tokens.len();
             }
             self.publish_full_blocks(scheduled.id);
         }
+    }
+
+    /// Proposes `draft` tokens to follow `id`'s last one (speculative decoding): the next step
+    /// feeds them with it and wants every row's logits. Only a decoding sequence without a
+    /// draft takes one; false otherwise.
+    pub fn propose(&mut self, id: SequenceId, draft: &[u32]) -> bool {
+        let Some(seq) = self.sequences.get_mut(&id) else {
+            return false;
+        };
+        let decoding = seq.draft == 0 && seq.computed + 1 == seq.tokens.len();
+        if !decoding || draft.is_empty() || !self.running.contains(&id) {
+            return false;
+        }
+        seq.tokens.extend_from_slice(draft);
+        seq.draft = draft.len();
+        true
+    }
+
+    /// The proposed tokens `id` carries (0 without a draft).
+    pub fn draft_of(&self, id: SequenceId) -> usize {
+        self.sequences.get(&id).map_or(0, |s| s.draft)
+    }
+
+    /// After a step that verified `id`'s draft: the first `accepted` proposed tokens stand
+    /// (their keys and values are in the cache), the rest are forgotten with the blocks only
+    /// they needed; only blocks of accepted tokens are published to the prefix cache.
+    pub fn settle(&mut self, id: SequenceId, accepted: usize) {
+        let Some(seq) = self.sequences.get_mut(&id) else {
+            return;
+        };
+        let base = seq.tokens.len() - seq.draft;
+        let accepted = accepted.min(seq.draft);
+        seq.tokens.truncate(base + accepted);
+        seq.computed = base + accepted;
+        seq.draft = 0;
+        let keep = seq.computed.div_ceil(self.config.block_size);
+        let extra: Vec<u32> = seq.blocks.drain(keep.min(seq.blocks.len())..).collect();
+        for block in extra {
+            if let Err(error) = self.allocator.release(block) {
+                tracing::error!(%error, sequence = id, "block bookkeeping bug");
+            }
+        }
+        self.publish_full_blocks(id);
+    }
+
+    /// Forgets `id`'s proposed tokens before they ran.
+    fn drop_draft(&mut self, id: SequenceId) {
+        if let Some(seq) = self.sequences.get_mut(&id) {
+            let base = seq.tokens.len() - seq.draft;
+            seq.tokens.truncate(base);
+            seq.draft = 0;
+        }
+    }
+
+    /// Whether `id` can have blocks for `take` more tokens from what is free now.
+    fn fits_without_preempting(&self, id: SequenceId, take: usize) -> bool {
+        self.sequences.get(&id).is_some_and(|seq| {
+            self.blocks_for(seq.computed + take)
+                .saturating_sub(seq.blocks.len())
+                <= self.allocator.available()
+        })
     }
 
     /// Whether every token of `id` is in the cache (its last step's last row is sampled).
@@ -539,6 +618,7 @@ impl Scheduler {
             prefix_cache: self.prefix_cache,
             last_batch_size: 0,
             idle_releases: 0,
+            speculation: SpeculationStats::default(),
         }
     }
 
@@ -570,6 +650,17 @@ pub struct SchedulerStats {
     pub last_batch_size: usize,
     /// Times the idle engine handed its KV pages and step buffers back (engine thread).
     pub idle_releases: u64,
+    /// Speculative decoding's drafts and what stood of them (engine thread).
+    pub speculation: SpeculationStats,
+}
+
+/// Drafts verified, tokens they proposed, and proposed tokens accepted, since start (vLLM's
+/// `spec_decode` counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    pub drafts: u64,
+    pub draft_tokens: u64,
+    pub accepted_tokens: u64,
 }
 
 /// Several engines' statistics as one (a pool's aggregate `lantern_*` series). Every field
@@ -594,6 +685,7 @@ impl std::ops::AddAssign for SchedulerStats {
                 },
             last_batch_size,
             idle_releases,
+            speculation,
         } = other;
         self.running += running;
         self.waiting += waiting;
@@ -609,6 +701,9 @@ impl std::ops::AddAssign for SchedulerStats {
         self.prefix_cache.hit_tokens += hit_tokens;
         self.last_batch_size += last_batch_size;
         self.idle_releases += idle_releases;
+        self.speculation.drafts += speculation.drafts;
+        self.speculation.draft_tokens += speculation.draft_tokens;
+        self.speculation.accepted_tokens += speculation.accepted_tokens;
     }
 }
 

@@ -144,6 +144,7 @@ fn start_one(
     .with_fault_policy(config.faults)
     .with_idle_release(config.release_memory_after_idle)
     .with_prefill_budget(prefill_budget)
+    .with_speculation(config.speculate)
     .with_sampling_place(sample_on_device);
     std::thread::Builder::new()
         .name("lantern-engine".into())

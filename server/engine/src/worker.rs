@@ -14,7 +14,7 @@ use crate::masks_ahead::beside_forward;
 use crate::prefill_budget::PrefillBudget;
 use crate::request::{Completion, Event, FinishReason, PromptLogprob, TokenEvent};
 use crate::sampling::Sampler;
-use crate::scheduler::{Scheduler, SchedulerStats, SequenceId, SequenceOptions};
+use crate::scheduler::{Scheduler, SchedulerStats, SequenceId, SequenceOptions, SpeculationStats};
 use crate::stop::{StopMatcher, StopOutcome};
 use lantern_models::Decoder;
 use std::collections::HashMap;
@@ -76,6 +76,9 @@ pub(crate) struct Worker {
     sample_on_device: bool,
     /// Holds prefill beside decoding to `--max-decode-stall-ms`; `None`: no bound.
     prefill_budget: Option<PrefillBudget>,
+    /// Tokens proposed per decoding sequence by prompt lookup (`--speculate`); 0: off.
+    speculate: usize,
+    speculation: SpeculationStats,
 }
 
 impl Worker {
@@ -106,7 +109,14 @@ impl Worker {
             idle_releases: 0,
             sample_on_device: false,
             prefill_budget: None,
+            speculate: 0,
+            speculation: SpeculationStats::default(),
         }
+    }
+
+    pub fn with_speculation(mut self, tokens: usize) -> Self {
+        self.speculate = tokens;
+        self
     }
 
     pub fn with_prefill_budget(mut self, budget: Option<PrefillBudget>) -> Self {
@@ -247,6 +257,9 @@ impl Worker {
             self.scheduler
                 .set_prefill_while_decoding(budget.while_decoding());
         }
+        if self.speculate > 0 && !self.sample_on_device {
+            self.propose_drafts();
+        }
         let plan = self.scheduler.schedule();
         if plan.steps.is_empty() {
             return Ok(());
@@ -275,27 +288,42 @@ impl Worker {
         }
         let logits = logits?;
         self.scheduler.complete(&plan);
-        let (sampled, logits) = self.take_prompt_logprobs(&plan, logits)?;
+        let (sampled, logits, drafted) = self.take_prompt_logprobs(&plan, logits)?;
         let choices = self.choose(&sampled, &logits)?;
+        let verified: Vec<_> = drafted
+            .into_iter()
+            .map(|draft| self.verify_draft(draft))
+            .collect();
         if let Some(budget) = &mut self.prefill_budget {
             budget.observe(plan.prefill_tokens, plan.decoding, started.elapsed());
         }
         for (id, choice) in sampled.into_iter().zip(choices) {
-            self.deliver(id, choice);
+            self.deliver(id, choice, false);
+        }
+        for (id, accepted, choices) in verified {
+            // The accepted proposals are in the scheduler's tokens already; the last choice
+            // (the model's own at the first rejected or the next position) is not.
+            for (index, choice) in choices.into_iter().enumerate() {
+                if !self.deliver(id, choice, index < accepted) {
+                    break;
+                }
+            }
         }
         Ok(())
     }
 
-    /// Sends a sampled token to its request and decides whether the request ends here.
-    fn deliver(&mut self, id: SequenceId, choice: Choice) {
+    /// Sends a sampled token to its request and decides whether the request ends here; true
+    /// while it goes on. `in_scheduler`: the token is already the sequence's (an accepted
+    /// proposal).
+    fn deliver(&mut self, id: SequenceId, choice: Choice, in_scheduler: bool) -> bool {
         let Some(active) = self.active.get_mut(&id) else {
-            return;
+            return false;
         };
         if let Some(message) = choice.failed {
             let _ = active.events.send(Event::Failed(message));
             self.scheduler.remove(id);
             self.active.remove(&id);
-            return;
+            return false;
         }
         active.first_token_at.get_or_insert_with(Instant::now);
         // Under a grammar, EOS ends the output even with ignore_eos: the grammar allowed it.
@@ -332,12 +360,71 @@ impl Worker {
         let delivered = active.events.send(event).is_ok();
         match finish {
             Some(reason) => self.finish(id, reason),
-            None if delivered => self.scheduler.push_token(id, choice.token),
+            None if delivered => {
+                if !in_scheduler {
+                    self.scheduler.push_token(id, choice.token);
+                }
+                return true;
+            }
             None => {
                 self.scheduler.remove(id);
                 self.active.remove(&id);
             }
         }
+        false
+    }
+
+    /// Proposes tokens for every decoding sequence that speculation serves exactly: no
+    /// grammar, no logit adjustments, no alternatives asked, within its token budget.
+    fn propose_drafts(&mut self) {
+        let length = crate::speculation::proposal_length(self.speculate, self.active.len());
+        if length == 0 {
+            return;
+        }
+        for (&id, active) in &self.active {
+            let params = active.sampler.params();
+            if active.constraint.is_some() || params.adjusts_logits() || params.top_n_tokens > 0 {
+                continue;
+            }
+            // Never past the budget: the last token the budget allows is the model's own.
+            let room = active
+                .max_new_tokens
+                .saturating_sub(active.generated.len() + 1);
+            let context: Vec<u32> = active
+                .prompt
+                .iter()
+                .chain(&active.generated)
+                .copied()
+                .collect();
+            let draft = crate::speculation::propose(&context, length.min(room));
+            if !draft.is_empty() {
+                self.scheduler.propose(id, &draft);
+            }
+        }
+    }
+
+    /// Chooses along a verified draft's rows as without speculation, row by row, while the
+    /// choice equals the proposal; settles the scheduler on the accepted count. Returns the
+    /// choices to deliver: the accepted proposals, then the model's own next token.
+    fn verify_draft(&mut self, draft: choose::Drafted) -> (SequenceId, usize, Vec<Choice>) {
+        let choose::Drafted { id, proposed, rows } = draft;
+        let mut choices = Vec::new();
+        if let Some(active) = self.active.get_mut(&id) {
+            for (position, row) in rows.into_iter().enumerate() {
+                let choice = choose::choose_row(active, row);
+                let stands = choice.failed.is_none() && proposed.get(position) == Some(&choice.token);
+                choices.push(choice);
+                if !stands {
+                    break;
+                }
+            }
+        }
+        let accepted = choices.len().saturating_sub(1);
+        self.scheduler.settle(id, accepted);
+        self.speculation.drafts += 1;
+        self.speculation.draft_tokens += proposed.len() as u64;
+        self.speculation.accepted_tokens += accepted as u64;
+        (id, accepted, choices)
     }
 
     fn finish(&mut self, id: SequenceId, mut reason: FinishReason) {
@@ -448,6 +535,7 @@ impl Worker {
             *stats = SchedulerStats {
                 last_batch_size: self.last_batch_size,
                 idle_releases: self.idle_releases,
+                speculation: self.speculation,
                 ..self.scheduler.stats()
             };
         }

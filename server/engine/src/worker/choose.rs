@@ -13,6 +13,14 @@ use lantern_kernels::cpu::CpuKernels;
 use lantern_models::LogitsWanted;
 use rayon::prelude::*;
 
+/// A sequence's speculative step: the tokens it proposed and the logits of every position
+/// (the last real token's, then each proposal's).
+pub(super) struct Drafted {
+    pub id: SequenceId,
+    pub proposed: Vec<u32>,
+    pub rows: Vec<Vec<f32>>,
+}
+
 /// One chosen token with what the client may want to know about it.
 #[derive(Default)]
 pub(super) struct Choice {
@@ -50,16 +58,17 @@ impl Worker {
         &mut self,
         plan: &Plan,
         logits: Tensor,
-    ) -> Result<(Vec<SequenceId>, Tensor), lantern_models::ModelError> {
+    ) -> Result<(Vec<SequenceId>, Tensor, Vec<Drafted>), lantern_models::ModelError> {
         if plan
             .steps
             .iter()
             .all(|s| s.step.logits != LogitsWanted::All)
         {
-            return Ok((sampled_ids(plan), logits));
+            return Ok((sampled_ids(plan), logits, Vec::new()));
         }
         let mut sampled = Vec::new();
         let mut sampled_rows: Vec<u32> = Vec::new();
+        let mut drafted = Vec::new();
         let mut next = 0;
         for scheduled in &plan.steps {
             let step = &scheduled.step;
@@ -68,6 +77,20 @@ impl Worker {
                 LogitsWanted::Last => 1,
                 LogitsWanted::All => step.tokens.len(),
             };
+            if self.scheduler.draft_of(scheduled.id) > 0 {
+                // A speculative step: every row is a position to verify (worker.rs).
+                let rows = logits
+                    .narrow(0, next, count)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                drafted.push(Drafted {
+                    id: scheduled.id,
+                    proposed: step.tokens[1..].to_vec(),
+                    rows,
+                });
+                next += count;
+                continue;
+            }
             if step.logits == LogitsWanted::All {
                 let rows = logits
                     .narrow(0, next, count)?
@@ -84,7 +107,7 @@ impl Worker {
             next += count;
         }
         let index = Tensor::new(sampled_rows.as_slice(), logits.device())?;
-        Ok((sampled, logits.index_select(&index, 0)?))
+        Ok((sampled, logits.index_select(&index, 0)?, drafted))
     }
 
     /// Prompt log-probabilities from the rows of positions `first..`: row `i` predicts the
@@ -187,7 +210,7 @@ impl Worker {
 /// One sequence's next token from its logits row: penalties, the grammar's mask, sampling,
 /// and the grammar advanced past the choice. Log-probabilities are the model's, before any of
 /// that.
-fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
+pub(super) fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
     let log_probs = log_softmax(&row);
     let context: Vec<u32> = active
         .prompt

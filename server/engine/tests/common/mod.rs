@@ -32,6 +32,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         prefix_caching: true,
         // Timing-free chunking: the suites that bound prefill beside decoding say so.
         max_decode_stall: None,
+        speculate: 0,
         sample_on_device: None,
     }
 }

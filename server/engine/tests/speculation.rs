@@ -1,0 +1,134 @@
+//! Speculative decoding by prompt lookup (`speculate`) changes no output: greedy and seeded
+//! sampled requests get the same tokens and log-probabilities, bit for bit on the CPU kernels,
+//! alone and batched, with preemption, chunked prefill and prefix caching; proposals really
+//! run and some stand; and once everything ends no KV block is held.
+
+mod common;
+
+use common::{collect, config, run, tiny_engine_on, Outcome, TestResult};
+use lantern_engine::{EngineConfig, GenerateRequest, SamplingParams};
+use lantern_models::KernelPath;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Prompts that repeat a phrase (so lookups find matches), with room to generate.
+fn repetitive_requests(count: usize, seed: u64) -> Vec<GenerateRequest> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let phrase: Vec<u32> = (0..rng.random_range(3..12))
+                .map(|_| rng.random_range(3..512))
+                .collect();
+            let repeats = rng.random_range(2..6);
+            let prompt = phrase.iter().copied().cycle().take(phrase.len() * repeats).collect();
+            GenerateRequest::greedy(prompt, rng.random_range(20..160))
+        })
+        .collect()
+}
+
+fn speculating(settings: &EngineConfig, tokens: usize) -> EngineConfig {
+    EngineConfig {
+        speculate: tokens,
+        ..settings.clone()
+    }
+}
+
+async fn one_by_one(
+    settings: &EngineConfig,
+    requests: &[GenerateRequest],
+) -> TestResult<(Vec<Outcome>, lantern_engine::SchedulerStats)> {
+    let engine = tiny_engine_on(settings, KernelPath::Cpu)?;
+    let mut outcomes = Vec::new();
+    for request in requests {
+        outcomes.push(run(&engine.handle, request.clone()).await?);
+    }
+    Ok((outcomes, settled(&engine.handle).await))
+}
+
+/// The engine's statistics once it has published the step that ended the last request.
+async fn settled(handle: &lantern_engine::EngineHandle) -> lantern_engine::SchedulerStats {
+    for _ in 0..200 {
+        let stats = handle.stats();
+        if stats.running == 0 && stats.waiting == 0 {
+            return stats;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    handle.stats()
+}
+
+async fn all_at_once(
+    settings: &EngineConfig,
+    requests: &[GenerateRequest],
+) -> TestResult<(Vec<Outcome>, lantern_engine::SchedulerStats)> {
+    let engine = tiny_engine_on(settings, KernelPath::Cpu)?;
+    let mut tasks = Vec::new();
+    for request in requests {
+        let stream = engine.handle.submit(request.clone())?;
+        tasks.push(tokio::spawn(collect(stream)));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await??);
+    }
+    Ok((outcomes, settled(&engine.handle).await))
+}
+
+fn assert_same(expected: &[Outcome], got: &[Outcome], what: &str) {
+    for (i, (e, g)) in expected.iter().zip(got).enumerate() {
+        assert_eq!(e, g, "{what}: request {i} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_outputs_are_the_same_with_and_without_speculation() -> TestResult {
+    let requests = repetitive_requests(16, 11);
+    let roomy = config(1024, 512);
+    let (reference, _) = one_by_one(&roomy, &requests).await?;
+
+    let (alone, stats) = one_by_one(&speculating(&roomy, 4), &requests).await?;
+    assert_same(&reference, &alone, "speculating, one at a time");
+    let spec = stats.speculation;
+    assert!(spec.drafts > 0, "no draft was proposed: {spec:?}");
+    assert!(
+        spec.accepted_tokens > 0 && spec.accepted_tokens <= spec.draft_tokens,
+        "{spec:?}"
+    );
+    assert_eq!(stats.used_blocks, 0, "blocks left held: {stats:?}");
+
+    // Batched (speculation halves, then stops, as the batch grows), preempted in a small
+    // cache, and prefilled in chunks of 7.
+    let (batched, stats) = all_at_once(&speculating(&roomy, 4), &requests).await?;
+    assert_same(&reference, &batched, "speculating, batched");
+    assert_eq!(stats.used_blocks, 0);
+    let (tight, stats) = all_at_once(&speculating(&config(40, 512), 4), &requests).await?;
+    assert_same(&reference, &tight, "speculating, preempted");
+    assert!(stats.preemptions > 0, "the small cache should force preemptions");
+    assert_eq!(stats.used_blocks, 0, "blocks left held: {stats:?}");
+    let (chunked, _) = all_at_once(&speculating(&config(1024, 7), 3), &requests).await?;
+    assert_same(&reference, &chunked, "speculating, prefill chunks of 7");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_the_same_with_and_without_speculation() -> TestResult {
+    let requests: Vec<GenerateRequest> = repetitive_requests(8, 12)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| GenerateRequest {
+            sampling: SamplingParams {
+                temperature: 0.7,
+                top_k: Some(20),
+                seed: Some(40 + i as u64),
+                ..Default::default()
+            },
+            ..r
+        })
+        .collect();
+    let roomy = config(1024, 512);
+    let (reference, _) = one_by_one(&roomy, &requests).await?;
+    let (speculated, stats) = one_by_one(&speculating(&roomy, 4), &requests).await?;
+    assert_same(&reference, &speculated, "seeded sampling");
+    assert!(stats.speculation.drafts > 0, "{:?}", stats.speculation);
+    Ok(())
+}
