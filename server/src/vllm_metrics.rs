@@ -36,6 +36,10 @@ pub struct VllmMetrics {
     generation_tokens: IntCounterVec,
     prefix_cache_queries: IntCounterVec,
     prefix_cache_hits: IntCounterVec,
+    spec_drafts: IntCounterVec,
+    spec_draft_tokens: IntCounterVec,
+    spec_accepted_tokens: IntCounterVec,
+    spec_accepted_per_position: IntCounterVec,
     time_to_first_token: HistogramVec,
     inter_token_latency: HistogramVec,
     e2e_request_latency: HistogramVec,
@@ -83,6 +87,29 @@ impl VllmMetrics {
                 "vllm:prefix_cache_hits_total",
                 "Prompt tokens found in the prefix cache (lantern_prefix_cache_hits_total)",
             )?,
+            spec_drafts: counter(
+                "vllm:spec_decode_num_drafts_total",
+                "Speculative drafts verified (--speculate)",
+            )?,
+            spec_draft_tokens: counter(
+                "vllm:spec_decode_num_draft_tokens_total",
+                "Tokens the verified drafts proposed",
+            )?,
+            spec_accepted_tokens: counter(
+                "vllm:spec_decode_num_accepted_tokens_total",
+                "Proposed tokens that stood",
+            )?,
+            spec_accepted_per_position: {
+                let counter = IntCounterVec::new(
+                    Opts::new(
+                        "vllm:spec_decode_num_accepted_tokens_per_pos_total",
+                        "Proposed tokens that stood, by their position in the draft",
+                    ),
+                    &["model_name", "engine", "position"],
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
             time_to_first_token: histogram(
                 "vllm:time_to_first_token_seconds",
                 "Submission to first token (lantern_time_to_first_token_seconds)",
@@ -209,6 +236,22 @@ impl VllmMetrics {
             stats.prefix_cache.queried_tokens,
         );
         follow(&self.prefix_cache_hits, stats.prefix_cache.hit_tokens);
+        let spec = &stats.speculation;
+        follow(&self.spec_drafts, spec.drafts);
+        follow(&self.spec_draft_tokens, spec.draft_tokens);
+        follow(&self.spec_accepted_tokens, spec.accepted_tokens);
+        for (position, &accepted) in spec.accepted_at.iter().enumerate() {
+            if accepted == 0 {
+                continue; // positions never reached stay absent
+            }
+            let position = position.to_string();
+            let counter = self.spec_accepted_per_position.with_label_values(&[
+                &*labels[0],
+                &*labels[1],
+                &position,
+            ]);
+            counter.inc_by(accepted.saturating_sub(counter.get()));
+        }
         self.running
             .with_label_values(&labels)
             .set(stats.running_requests as f64);

@@ -661,6 +661,8 @@ pub struct SpeculationStats {
     pub drafts: u64,
     pub draft_tokens: u64,
     pub accepted_tokens: u64,
+    /// Proposals accepted at each position of their draft (0 = the first proposed token).
+    pub accepted_at: [u64; crate::speculation::MAX_SPECULATE],
 }
 
 /// Several engines' statistics as one (a pool's aggregate `lantern_*` series). Every field
@@ -704,6 +706,14 @@ impl std::ops::AddAssign for SchedulerStats {
         self.speculation.drafts += speculation.drafts;
         self.speculation.draft_tokens += speculation.draft_tokens;
         self.speculation.accepted_tokens += speculation.accepted_tokens;
+        for (total, add) in self
+            .speculation
+            .accepted_at
+            .iter_mut()
+            .zip(speculation.accepted_at)
+        {
+            *total += add;
+        }
     }
 }
 

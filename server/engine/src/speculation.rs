@@ -5,6 +5,9 @@
 //! answers (edits, summaries, code changes) repeat their prompt, so runs of proposals stand,
 //! and a sequence moves several tokens for one read of the weights.
 
+/// The most tokens a draft may propose (`--speculate` is capped here).
+pub const MAX_SPECULATE: usize = 16;
+
 /// Longest n-gram looked up first; shorter ones when it is not found.
 const MAX_NGRAM: usize = 3;
 /// Speculation stops when more sequences than this decode together: the step is no longer
@@ -35,6 +38,7 @@ pub fn propose(tokens: &[u32], max: usize) -> Vec<u32> {
 /// The proposal length for a sequence when `decoding` sequences decode in the step: the whole
 /// `speculate` alone, half of it with company, none past [`MAX_SPECULATING_BATCH`].
 pub fn proposal_length(speculate: usize, decoding: usize) -> usize {
+    let speculate = speculate.min(MAX_SPECULATE);
     match decoding {
         0 | 1 => speculate,
         d if d <= MAX_SPECULATING_BATCH => speculate.div_ceil(2),

@@ -412,7 +412,8 @@ impl Worker {
         if let Some(active) = self.active.get_mut(&id) {
             for (position, row) in rows.into_iter().enumerate() {
                 let choice = choose::choose_row(active, row);
-                let stands = choice.failed.is_none() && proposed.get(position) == Some(&choice.token);
+                let stands =
+                    choice.failed.is_none() && proposed.get(position) == Some(&choice.token);
                 choices.push(choice);
                 if !stands {
                     break;
@@ -424,6 +425,9 @@ impl Worker {
         self.speculation.drafts += 1;
         self.speculation.draft_tokens += proposed.len() as u64;
         self.speculation.accepted_tokens += accepted as u64;
+        for position in self.speculation.accepted_at.iter_mut().take(accepted) {
+            *position += 1;
+        }
         (id, accepted, choices)
     }
 

@@ -20,7 +20,12 @@ fn repetitive_requests(count: usize, seed: u64) -> Vec<GenerateRequest> {
                 .map(|_| rng.random_range(3..512))
                 .collect();
             let repeats = rng.random_range(2..6);
-            let prompt = phrase.iter().copied().cycle().take(phrase.len() * repeats).collect();
+            let prompt = phrase
+                .iter()
+                .copied()
+                .cycle()
+                .take(phrase.len() * repeats)
+                .collect();
             GenerateRequest::greedy(prompt, rng.random_range(20..160))
         })
         .collect()
@@ -103,7 +108,10 @@ async fn greedy_outputs_are_the_same_with_and_without_speculation() -> TestResul
     assert_eq!(stats.used_blocks, 0);
     let (tight, stats) = all_at_once(&speculating(&config(40, 512), 4), &requests).await?;
     assert_same(&reference, &tight, "speculating, preempted");
-    assert!(stats.preemptions > 0, "the small cache should force preemptions");
+    assert!(
+        stats.preemptions > 0,
+        "the small cache should force preemptions"
+    );
     assert_eq!(stats.used_blocks, 0, "blocks left held: {stats:?}");
     let (chunked, _) = all_at_once(&speculating(&config(1024, 7), 3), &requests).await?;
     assert_same(&reference, &chunked, "speculating, prefill chunks of 7");

@@ -82,8 +82,15 @@ enum Op {
         family: u32,
     },
     Cancel(usize),
+    /// Proposes `len` draft tokens for a decoding sequence (speculative decoding); the step
+    /// that verifies them accepts `accept % (len + 1)`.
+    Propose {
+        pick: usize,
+        len: usize,
+    },
     Step {
         finish: Vec<bool>,
+        accept: usize,
     },
 }
 
@@ -95,8 +102,12 @@ fn op() -> impl Strategy<Value = Op> {
             family
         }),
         any::<usize>().prop_map(Op::Cancel),
-        proptest::collection::vec(proptest::bool::weighted(0.2), 8)
-            .prop_map(|finish| Op::Step { finish }),
+        (any::<usize>(), 1usize..6).prop_map(|(pick, len)| Op::Propose { pick, len }),
+        (
+            proptest::collection::vec(proptest::bool::weighted(0.2), 8),
+            any::<usize>()
+        )
+            .prop_map(|(finish, accept)| Op::Step { finish, accept }),
     ]
 }
 
@@ -132,7 +143,18 @@ proptest! {
                         generated.remove(&id);
                     }
                 }
-                Op::Step { finish } => {
+                Op::Propose { pick, len } => {
+                    let ids: Vec<_> = { let mut v: Vec<_> = s.ids().collect(); v.sort_unstable(); v };
+                    if !ids.is_empty() {
+                        let id = ids[pick % ids.len()];
+                        let room = generated.get(&id).map_or(0, |g| g.1.saturating_sub(g.0 + 1));
+                        let draft: Vec<u32> = (0..len.min(room) as u32).map(|i| 20 + i).collect();
+                        if !draft.is_empty() {
+                            s.propose(id, &draft);
+                        }
+                    }
+                }
+                Op::Step { finish, accept } => {
                     plan = s.schedule();
                     check_invariants(&s, &plan)?;
                     // The stall bound: while a sequence decodes (feeds its one generated
@@ -141,14 +163,26 @@ proptest! {
                         let length = prompts.get(&p.id).copied().unwrap_or(0) + generated.get(&p.id).map_or(0, |g| g.0);
                         p.step.tokens.len() == 1 && p.step.context_before + 1 == length && generated.get(&p.id).is_some_and(|g| g.0 > 0)
                     });
-                    let prefill: usize = plan.steps.iter().map(|p| p.step.tokens.len()).filter(|&n| n > 1).sum();
+                    // (A verified draft is a decode of several tokens, not prefill.)
+                    let prefill: usize = plan.steps.iter().filter(|p| s.draft_of(p.id) == 0).map(|p| p.step.tokens.len()).filter(|&n| n > 1).sum();
                     if decodes {
                         prop_assert!(prefill <= stall_cap, "{} prefill tokens beside decodes, cap {}", prefill, stall_cap);
                     }
                     prop_assert!(plan.prefill_tokens <= s.config.max_batch_prefill_tokens);
                     s.complete(&plan);
                     for (i, scheduled) in plan.steps.iter().enumerate() {
-                        if scheduled.step.logits != LogitsWanted::Last { continue; }
+                        let draft = s.draft_of(scheduled.id);
+                        if draft > 0 {
+                            // Verified: some proposals stand, then the model's own token.
+                            let accepted = accept % (draft + 1);
+                            s.settle(scheduled.id, accepted);
+                            if let Some(entry) = generated.get_mut(&scheduled.id) {
+                                entry.0 += accepted;
+                            }
+                            check_invariants(&s, &Plan::default())?;
+                        } else if scheduled.step.logits != LogitsWanted::Last {
+                            continue;
+                        }
                         let Some(entry) = generated.get_mut(&scheduled.id) else { continue };
                         entry.0 += 1;
                         if finish[i % finish.len()] || entry.0 >= entry.1.max(1) {
@@ -172,7 +206,10 @@ proptest! {
             check_invariants(&s, &plan)?;
             s.complete(&plan);
             for scheduled in &plan.steps {
-                if scheduled.step.logits == LogitsWanted::Last {
+                if s.draft_of(scheduled.id) > 0 {
+                    s.settle(scheduled.id, 0);
+                    s.remove(scheduled.id);
+                } else if scheduled.step.logits == LogitsWanted::Last {
                     s.remove(scheduled.id);
                 }
             }
@@ -480,4 +517,47 @@ fn requests_are_counted_once_however_many_samples_they_have() {
         "{stats:?}"
     );
     assert!(stats.running_requests >= 1, "{stats:?}");
+}
+
+/// A verified draft keeps the accepted proposals' keys and values, gives back the blocks only
+/// the rejected ones needed, and publishes no block holding a rejected token.
+#[test]
+fn a_settled_draft_keeps_what_stood_and_publishes_no_rejected_token() {
+    let mut s = Scheduler::new(config(64));
+    s.add(0, (1..=6).collect(), 20)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plan = s.schedule();
+    s.complete(&plan);
+    s.push_token(0, 7);
+    assert!(s.propose(0, &[8, 90, 91, 92, 93]));
+    assert!(!s.propose(0, &[1]), "one draft at a time");
+    let plan = s.schedule();
+    let step = &plan.steps[0].step;
+    assert_eq!(step.tokens, vec![7, 8, 90, 91, 92, 93]);
+    assert_eq!(step.logits, LogitsWanted::All);
+    assert_eq!(plan.prefill_tokens, 0, "a draft is decoding, not prefill");
+    assert_eq!(step.block_table.len(), 3);
+    s.complete(&plan);
+    // The model chose 8 after 7, then something else than 90.
+    s.settle(0, 1);
+    let seq = &s.sequences[&0];
+    assert_eq!(seq.tokens, (1..=8).collect::<Vec<u32>>());
+    assert_eq!((seq.computed, seq.draft, seq.blocks.len()), (8, 0, 2));
+    assert_eq!(s.stats().used_blocks, 2);
+    for (_, _, tokens) in s.allocator.cached() {
+        assert!(
+            !tokens.iter().any(|t| (90..=93).contains(t)),
+            "a rejected token was published: {tokens:?}"
+        );
+    }
+    assert_eq!(
+        s.allocator.cached().count(),
+        2,
+        "both full blocks of accepted tokens"
+    );
+    // Decoding goes on from the model's own token.
+    s.push_token(0, 50);
+    let plan = s.schedule();
+    assert_eq!(plan.steps[0].step.tokens, vec![50]);
+    assert_eq!(plan.steps[0].step.context_before, 8);
 }
