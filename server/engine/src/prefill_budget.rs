@@ -68,6 +68,12 @@ impl PrefillBudget {
         self.per_token = Some(smooth(self.per_token, per_token));
     }
 
+    /// What the steps cost, as measured: seconds of a decode-only step, and seconds each
+    /// token added to a step costs (`None` until measured).
+    pub fn costs(&self) -> Option<(f64, f64)> {
+        Some((self.decode_step?, self.per_token?))
+    }
+
     /// The prefill tokens a step may carry while sequences decode.
     pub fn while_decoding(&self) -> usize {
         let Some(per_token) = self.per_token.filter(|&t| t > 0.0) else {

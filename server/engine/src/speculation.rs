@@ -35,6 +35,19 @@ pub fn propose(tokens: &[u32], max: usize) -> Vec<u32> {
     Vec::new()
 }
 
+/// Weight of a draft's outcome in a sequence's moving acceptance.
+pub const ACCEPTANCE_SMOOTHING: f64 = 0.3;
+
+/// Whether proposing for a sequence is worth its cost, by measured step costs (`costs`: a
+/// decode step's seconds, and each added token's). A step carrying `decoding` sequences makes
+/// `decoding` tokens in `step` seconds; `k` proposals add `k · per_token` and are expected to
+/// add `acceptance · k` tokens: worth it while `acceptance · step > decoding · per_token`,
+/// i.e. while the step is bound by reading the weights rather than by computing. Without
+/// measurements yet, yes.
+pub fn pays(acceptance: f64, decoding: usize, costs: Option<(f64, f64)>) -> bool {
+    costs.is_none_or(|(step, per_token)| acceptance * step > decoding as f64 * per_token)
+}
+
 /// The proposal length for a sequence when `decoding` sequences decode in the step: the whole
 /// `speculate` alone, half of it with company, none past [`MAX_SPECULATING_BATCH`].
 pub fn proposal_length(speculate: usize, decoding: usize) -> usize {
@@ -65,6 +78,18 @@ mod tests {
         assert!(propose(&[1, 2, 3], 4).is_empty());
         assert!(propose(&[], 4).is_empty());
         assert!(propose(&[1, 1], 0).is_empty());
+    }
+
+    #[test]
+    fn speculation_pays_while_steps_are_bound_by_reading_weights() {
+        // A 20 ms decode step; each added token 0.5 ms.
+        let costs = Some((0.020, 0.0005));
+        assert!(pays(0.8, 1, costs));
+        assert!(pays(0.8, 16, costs));
+        // Compute-bound: 40 sequences, or a sequence whose proposals seldom stand.
+        assert!(!pays(0.8, 40, costs));
+        assert!(!pays(0.02, 1, costs));
+        assert!(pays(0.0, 1, None));
     }
 
     #[test]

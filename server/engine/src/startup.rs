@@ -110,12 +110,14 @@ fn start_one(
     let scheduler_config = scheduler_config(num_blocks);
     decoder.allocate_cache(num_blocks, config.block_size)?;
     let (warm_up_tokens, warm_up_time) = warm_up(&mut decoder, &scheduler_config)?;
-    let prefill_budget = config.max_decode_stall.map(|stall| {
-        let mut budget =
-            PrefillBudget::new(stall, config.max_batch_prefill_tokens, config.block_size);
-        budget.observe(warm_up_tokens, 0, warm_up_time);
-        budget
-    });
+    // Step costs are measured whatever the settings (speculation reads them too); the stall
+    // bound applies them only when configured.
+    let mut step_costs = PrefillBudget::new(
+        config.max_decode_stall.unwrap_or(std::time::Duration::MAX),
+        config.max_batch_prefill_tokens,
+        config.block_size,
+    );
+    step_costs.observe(warm_up_tokens, 0, warm_up_time);
     // Loaded on one thread, run on the engine thread: nothing may still be in flight.
     decoder.synchronize()?;
     let shared = Arc::new(Shared {
@@ -143,7 +145,7 @@ fn start_one(
     )
     .with_fault_policy(config.faults)
     .with_idle_release(config.release_memory_after_idle)
-    .with_prefill_budget(prefill_budget)
+    .with_step_costs(step_costs, config.max_decode_stall.is_some())
     .with_speculation(config.speculate)
     .with_sampling_place(sample_on_device);
     std::thread::Builder::new()

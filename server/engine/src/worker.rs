@@ -50,6 +50,8 @@ struct Active {
     allowed: Option<Result<AllowedTokens, String>>,
     /// The request's span (its id), for what the engine logs about it.
     span: tracing::Span,
+    /// Moving share of its proposed tokens that stood (speculation.rs), from 1.
+    draft_acceptance: f64,
 }
 
 pub(crate) struct Worker {
@@ -74,8 +76,10 @@ pub(crate) struct Worker {
     idle_releases: u64,
     /// Next tokens chosen where the logits are (the GPU) rather than on the host.
     sample_on_device: bool,
-    /// Holds prefill beside decoding to `--max-decode-stall-ms`; `None`: no bound.
-    prefill_budget: Option<PrefillBudget>,
+    /// What steps cost, measured; it holds prefill beside decoding to
+    /// `--max-decode-stall-ms` when `bound_prefill`, and gates speculation.
+    step_costs: PrefillBudget,
+    bound_prefill: bool,
     /// Tokens proposed per decoding sequence by prompt lookup (`--speculate`); 0: off.
     speculate: usize,
     speculation: SpeculationStats,
@@ -108,7 +112,8 @@ impl Worker {
             holds_step_memory: true,
             idle_releases: 0,
             sample_on_device: false,
-            prefill_budget: None,
+            step_costs: PrefillBudget::new(std::time::Duration::MAX, usize::MAX, 1),
+            bound_prefill: false,
             speculate: 0,
             speculation: SpeculationStats::default(),
         }
@@ -119,8 +124,9 @@ impl Worker {
         self
     }
 
-    pub fn with_prefill_budget(mut self, budget: Option<PrefillBudget>) -> Self {
-        self.prefill_budget = budget;
+    pub fn with_step_costs(mut self, costs: PrefillBudget, bound_prefill: bool) -> Self {
+        self.step_costs = costs;
+        self.bound_prefill = bound_prefill;
         self
     }
 
@@ -237,6 +243,7 @@ impl Worker {
                 constraint: request.constraint,
                 allowed: None,
                 span: request.span,
+                draft_acceptance: 1.0,
             },
         );
     }
@@ -253,9 +260,9 @@ impl Worker {
             self.scheduler.remove(id);
             self.active.remove(&id);
         }
-        if let Some(budget) = &self.prefill_budget {
+        if self.bound_prefill {
             self.scheduler
-                .set_prefill_while_decoding(budget.while_decoding());
+                .set_prefill_while_decoding(self.step_costs.while_decoding());
         }
         if self.speculate > 0 && !self.sample_on_device {
             self.propose_drafts();
@@ -294,8 +301,10 @@ impl Worker {
             .into_iter()
             .map(|draft| self.verify_draft(draft))
             .collect();
-        if let Some(budget) = &mut self.prefill_budget {
-            budget.observe(plan.prefill_tokens, plan.decoding, started.elapsed());
+        if verified.is_empty() {
+            // (A step with drafts costs more than a decode step: it would skew the measure.)
+            self.step_costs
+                .observe(plan.prefill_tokens, plan.decoding, started.elapsed());
         }
         for (id, choice) in sampled.into_iter().zip(choices) {
             self.deliver(id, choice, false);
@@ -377,13 +386,18 @@ impl Worker {
     /// Proposes tokens for every decoding sequence that speculation serves exactly: no
     /// grammar, no logit adjustments, no alternatives asked, within its token budget.
     fn propose_drafts(&mut self) {
-        let length = crate::speculation::proposal_length(self.speculate, self.active.len());
+        let decoding = self.active.len();
+        let length = crate::speculation::proposal_length(self.speculate, decoding);
         if length == 0 {
             return;
         }
+        let costs = self.step_costs.costs();
         for (&id, active) in &self.active {
             let params = active.sampler.params();
             if active.constraint.is_some() || params.adjusts_logits() || params.top_n_tokens > 0 {
+                continue;
+            }
+            if !crate::speculation::pays(active.draft_acceptance, decoding, costs) {
                 continue;
             }
             // Never past the budget: the last token the budget allows is the model's own.
@@ -422,6 +436,11 @@ impl Worker {
         }
         let accepted = choices.len().saturating_sub(1);
         self.scheduler.settle(id, accepted);
+        if let Some(active) = self.active.get_mut(&id) {
+            let rate = accepted as f64 / proposed.len().max(1) as f64;
+            active.draft_acceptance +=
+                crate::speculation::ACCEPTANCE_SMOOTHING * (rate - active.draft_acceptance);
+        }
         self.speculation.drafts += 1;
         self.speculation.draft_tokens += proposed.len() as u64;
         self.speculation.accepted_tokens += accepted as u64;

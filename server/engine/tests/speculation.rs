@@ -140,3 +140,76 @@ async fn seeded_sampling_is_the_same_with_and_without_speculation() -> TestResul
     assert!(stats.speculation.drafts > 0, "{:?}", stats.speculation);
     Ok(())
 }
+
+/// Requests for `engine`: the repetitive greedy ones with `stops`, every fourth ignoring EOS,
+/// and two held to a grammar (never speculated) in the same batch.
+fn mixed_requests(
+    engine: &common::TestEngine,
+    stops: &[Vec<String>],
+) -> TestResult<Vec<GenerateRequest>> {
+    let mut requests = repetitive_requests(stops.len(), 13);
+    for (i, (request, stop)) in requests.iter_mut().zip(stops).enumerate() {
+        request.stop = stop.clone();
+        request.ignore_eos = i % 4 == 3;
+    }
+    let constraints = engine.handle.constraints()?;
+    for seed in 0..2u32 {
+        let mut held = GenerateRequest::greedy((3 + seed..30 + seed).collect(), 40);
+        held.constraint = Some(
+            constraints.compile(lantern_engine::constraint::Grammar::Regex(
+                "[a-z]{2,6}( [a-z]{2,6}){1,5}".into(),
+            ))?,
+        );
+        requests.push(held);
+    }
+    Ok(requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_grammars_and_block_sizes_keep_their_outputs_under_speculation() -> TestResult
+{
+    for block_size in [16, 32] {
+        let plain = EngineConfig {
+            block_size,
+            ..config(1024 * 16 / block_size, 512)
+        };
+        // Stop sequences that really stop: two characters from the middle of each answer.
+        let probe = tiny_engine_on(&plain, KernelPath::Cpu)?;
+        let mut stops = Vec::new();
+        for request in repetitive_requests(12, 13) {
+            let text = run(&probe.handle, request).await?.text;
+            let chars: Vec<char> = text.chars().collect();
+            stops.push(if chars.len() >= 6 {
+                vec![chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect()]
+            } else {
+                Vec::new()
+            });
+        }
+        let reference_engine = tiny_engine_on(&plain, KernelPath::Cpu)?;
+        let mut reference = Vec::new();
+        for request in mixed_requests(&reference_engine, &stops)? {
+            reference.push(run(&reference_engine.handle, request).await?);
+        }
+        assert!(
+            reference
+                .iter()
+                .any(|o| o.finish == lantern_engine::FinishReason::StopSequence),
+            "no stop sequence was met"
+        );
+        let speculating_engine = tiny_engine_on(&speculating(&plain, 4), KernelPath::Cpu)?;
+        let mut tasks = Vec::new();
+        for request in mixed_requests(&speculating_engine, &stops)? {
+            let stream = speculating_engine.handle.submit(request)?;
+            tasks.push(tokio::spawn(collect(stream)));
+        }
+        let mut speculated = Vec::new();
+        for task in tasks {
+            speculated.push(task.await??);
+        }
+        assert_same(&reference, &speculated, &format!("block size {block_size}"));
+        let stats = settled(&speculating_engine.handle).await;
+        assert!(stats.speculation.drafts > 0, "{:?}", stats.speculation);
+        assert_eq!(stats.used_blocks, 0, "{stats:?}");
+    }
+    Ok(())
+}
