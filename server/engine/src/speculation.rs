@@ -37,6 +37,9 @@ pub fn propose(tokens: &[u32], max: usize) -> Vec<u32> {
 
 /// Weight of a draft's outcome in a sequence's moving acceptance.
 pub const ACCEPTANCE_SMOOTHING: f64 = 0.3;
+/// What a sequence's acceptance regains each step it does not propose (a retry about every
+/// twenty steps after a run of rejections).
+pub const ACCEPTANCE_RECOVERY: f64 = 0.02;
 
 /// Whether proposing for a sequence is worth its cost, by measured step costs (`costs`: a
 /// decode step's seconds, and each added token's). A step carrying `decoding` sequences makes

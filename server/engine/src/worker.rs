@@ -392,12 +392,16 @@ impl Worker {
             return;
         }
         let costs = self.step_costs.costs();
-        for (&id, active) in &self.active {
+        for (&id, active) in self.active.iter_mut() {
             let params = active.sampler.params();
             if active.constraint.is_some() || params.adjusts_logits() || params.top_n_tokens > 0 {
                 continue;
             }
             if !crate::speculation::pays(active.draft_acceptance, decoding, costs) {
+                // Not now; the estimate recovers step by step, so text that turns to copying
+                // later is tried again.
+                active.draft_acceptance =
+                    (active.draft_acceptance + crate::speculation::ACCEPTANCE_RECOVERY).min(1.0);
                 continue;
             }
             // Never past the budget: the last token the budget allows is the model's own.
