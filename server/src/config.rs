@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// a grammar, logit adjustments (penalties, logit_bias) or top-n alternatives. 0: off.
     #[arg(long, env = "SPECULATE", default_value_t = 0)]
     pub speculate: usize,
+    /// A small model sharing the served model's tokenizer (a directory, .gguf file or hub
+    /// id) that proposes the speculative tokens instead of prompt lookup: its greedy
+    /// continuation of each sequence's last 256 tokens, checked like any proposal (outputs do
+    /// not change). Turns --speculate to 4 when that is unset.
+    #[arg(long, env = "LANTERN_DRAFT_MODEL")]
+    pub draft_model: Option<String>,
     /// Tokens the whole batch may hold in the KV cache (caps the cache).
     #[arg(long, env = "MAX_BATCH_TOTAL_TOKENS")]
     pub max_batch_total_tokens: Option<usize>,
@@ -292,6 +298,8 @@ pub struct ServerConfig {
     pub device: DeviceChoice,
     /// `--data-parallel` as given (`None`: decided once the model is on a device).
     pub data_parallel: Option<usize>,
+    /// `--draft-model`: proposes speculative tokens in every engine.
+    pub draft_model: Option<ModelSource>,
     /// GPUs the platform says the container has (SageMaker's SM_NUM_GPUS).
     pub num_gpus: Option<usize>,
     /// Test-only: the one engine injected faults go to (`None`: all).
@@ -475,6 +483,11 @@ impl ServeArgs {
             ),
             device: DeviceChoice::parse(&self.device).map_err(anyhow::Error::msg)?,
             data_parallel: self.data_parallel.map(|n| n as usize),
+            draft_model: self
+                .draft_model
+                .as_deref()
+                .map(|id| ModelSource::resolve(id, None))
+                .transpose()?,
             num_gpus: self.num_gpus,
             inject_faults_engine: self.inject_step_faults_engine,
             block_size: self.block_size,
@@ -494,7 +507,11 @@ impl ServeArgs {
                     inject_every: self.inject_step_faults,
                 },
                 prefix_caching: self.prefix_caching,
-                speculate: self.speculate,
+                speculate: if self.draft_model.is_some() && self.speculate == 0 {
+                    4
+                } else {
+                    self.speculate
+                },
                 max_decode_stall: (self.max_decode_stall_ms > 0)
                     .then(|| std::time::Duration::from_millis(self.max_decode_stall_ms)),
                 sample_on_device: None,

@@ -95,12 +95,24 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let engines = engine_count(config, &device, memory_before);
     let visible_gpus = visible_gpus(config);
     let mut decoders = vec![model.decoder];
-    for choice in data_parallel::engine_devices(&device, engines, visible_gpus)?
+    let mut drafts = Vec::new();
+    for (index, choice) in data_parallel::engine_devices(&device, engines, visible_gpus)?
         .into_iter()
-        .skip(1)
+        .enumerate()
     {
-        let device = choice.open().map_err(anyhow::Error::msg)?.device;
-        decoders.push(load(&source, &options(&device))?.decoder);
+        let device = if index == 0 {
+            device.clone()
+        } else {
+            let device = choice.open().map_err(anyhow::Error::msg)?.device;
+            decoders.push(load(&source, &options(&device))?.decoder);
+            device
+        };
+        if let Some(draft) = &config.draft_model {
+            let draft = load(draft, &options(&device))
+                .map_err(|e| anyhow::anyhow!("the draft model: {e}"))?;
+            draft.decoder.synchronize()?;
+            drafts.push(draft.decoder);
+        }
     }
     let decoder = &decoders[0];
     let dtype = format!("{:?}", decoder.dtype()).to_lowercase();
@@ -122,12 +134,17 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         decoder.synchronize()?;
     }
     let faults_engine = config.inject_faults_engine;
-    let engine =
-        lantern_engine::start_pool(decoders, &model.tokenizer, &engine_config, |index, c| {
+    let engine = lantern_engine::start_pool(
+        decoders,
+        drafts,
+        &model.tokenizer,
+        &engine_config,
+        |index, c| {
             if faults_engine.is_some_and(|only| only != index) {
                 c.faults.inject_every = None;
             }
-        })?;
+        },
+    )?;
     let content_guard = match config.content_special_tokens {
         ContentSpecialTokens::Text => ContentGuard::new(&model.tokenizer.tokenizer),
         ContentSpecialTokens::Parse => None,

@@ -504,6 +504,13 @@ impl Scheduler {
         true
     }
 
+    /// Whether `id` would take a draft now: running, decoding, without one.
+    pub fn can_propose(&self, id: SequenceId) -> bool {
+        self.sequences.get(&id).is_some_and(|seq| {
+            seq.draft == 0 && seq.computed + 1 == seq.tokens.len() && self.running.contains(&id)
+        })
+    }
+
     /// The proposed tokens `id` carries (0 without a draft).
     pub fn draft_of(&self, id: SequenceId) -> usize {
         self.sequences.get(&id).map_or(0, |s| s.draft)

@@ -23,8 +23,19 @@ pub fn start(
     tokenizer: &TokenizerBundle,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
+    start_with_draft(decoder, None, tokenizer, config)
+}
+
+/// [`start`] with a draft model proposing for speculative decoding (`config.speculate`
+/// tokens) instead of prompt lookup. It must share the model's tokenizer.
+pub fn start_with_draft(
+    decoder: Decoder,
+    draft: Option<Decoder>,
+    tokenizer: &TokenizerBundle,
+    config: &EngineConfig,
+) -> Result<EngineHandle, StartError> {
     let grammar = Grammar::new(tokenizer, decoder.config().vocab_size);
-    start_one(decoder, tokenizer, &grammar, config)
+    start_one(decoder, draft, tokenizer, &grammar, config)
 }
 
 /// Starts one engine per decoder (each on its own device, or sharing the CPU) behind one
@@ -32,6 +43,7 @@ pub fn start(
 /// engine would get. The grammar compiler (and its cache) is shared by all.
 pub fn start_pool(
     decoders: Vec<Decoder>,
+    drafts: Vec<Decoder>,
     tokenizer: &TokenizerBundle,
     config: &EngineConfig,
     configure: impl Fn(usize, &mut EngineConfig),
@@ -46,13 +58,14 @@ pub fn start_pool(
         _ => None,
     };
     let mut engines = Vec::with_capacity(decoders.len());
+    let mut drafts = drafts.into_iter();
     for (index, decoder) in decoders.into_iter().enumerate() {
         let mut engine_config = config.clone();
         if let (Some(blocks), true) = (cpu_share, decoder.device().is_cpu()) {
             engine_config.cache = crate::CacheSize::Blocks(blocks);
         }
         configure(index, &mut engine_config);
-        let engine = start_one(decoder, tokenizer, &grammar, &engine_config)?;
+        let engine = start_one(decoder, drafts.next(), tokenizer, &grammar, &engine_config)?;
         tracing::info!(engine = index, device = engine.device(), "engine ready");
         engines.push(engine);
     }
@@ -82,10 +95,30 @@ impl Grammar {
 
 fn start_one(
     mut decoder: Decoder,
+    draft: Option<Decoder>,
     tokenizer: &TokenizerBundle,
     grammar: &Grammar,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
+    let draft = match draft {
+        Some(draft) if draft.config().vocab_size != decoder.config().vocab_size => {
+            return Err(StartError::Setting(format!(
+                "the draft model's vocabulary ({} tokens) is not the model's ({}): a draft model must share the model's tokenizer",
+                draft.config().vocab_size,
+                decoder.config().vocab_size
+            )))
+        }
+        Some(draft) => Some(
+            crate::draft_model::DraftModel::new(
+                draft,
+                config.block_size,
+                crate::speculation::MAX_SPECULATING_BATCH,
+                config.speculate.clamp(1, crate::speculation::MAX_SPECULATE),
+            )
+            .map_err(|e| StartError::Setting(format!("the draft model's cache: {e}")))?,
+        ),
+        None => None,
+    };
     let scheduler_config = |num_blocks| SchedulerConfig {
         block_size: config.block_size,
         num_blocks,
@@ -147,6 +180,7 @@ fn start_one(
     .with_idle_release(config.release_memory_after_idle)
     .with_step_costs(step_costs, config.max_decode_stall.is_some())
     .with_speculation(config.speculate)
+    .with_draft_model(draft)
     .with_sampling_place(sample_on_device);
     std::thread::Builder::new()
         .name("lantern-engine".into())

@@ -83,6 +83,8 @@ pub(crate) struct Worker {
     /// Tokens proposed per decoding sequence by prompt lookup (`--speculate`); 0: off.
     speculate: usize,
     speculation: SpeculationStats,
+    /// Proposes instead of prompt lookup when given (`--draft-model`).
+    draft_model: Option<crate::draft_model::DraftModel>,
 }
 
 impl Worker {
@@ -116,7 +118,13 @@ impl Worker {
             bound_prefill: false,
             speculate: 0,
             speculation: SpeculationStats::default(),
+            draft_model: None,
         }
+    }
+
+    pub fn with_draft_model(mut self, draft: Option<crate::draft_model::DraftModel>) -> Self {
+        self.draft_model = draft;
+        self
     }
 
     pub fn with_speculation(mut self, tokens: usize) -> Self {
@@ -392,9 +400,14 @@ impl Worker {
             return;
         }
         let costs = self.step_costs.costs();
+        let mut wanted: Vec<(SequenceId, Vec<u32>, usize)> = Vec::new();
         for (&id, active) in self.active.iter_mut() {
             let params = active.sampler.params();
-            if active.constraint.is_some() || params.adjusts_logits() || params.top_n_tokens > 0 {
+            if active.constraint.is_some()
+                || params.adjusts_logits()
+                || params.top_n_tokens > 0
+                || !self.scheduler.can_propose(id)
+            {
                 continue;
             }
             if !crate::speculation::pays(active.draft_acceptance, decoding, costs) {
@@ -414,7 +427,23 @@ impl Worker {
                 .chain(&active.generated)
                 .copied()
                 .collect();
-            let draft = crate::speculation::propose(&context, length.min(room));
+            wanted.push((id, context, length.min(room)));
+        }
+        let proposals: Vec<(SequenceId, Vec<u32>)> = match &mut self.draft_model {
+            // A draft model that fails proposes nothing: the sequences decode plainly.
+            Some(draft) => match draft.propose(&wanted) {
+                Ok(proposals) => proposals.into_iter().collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "the draft model failed; no proposals this step");
+                    Vec::new()
+                }
+            },
+            None => wanted
+                .iter()
+                .map(|(id, context, length)| (*id, crate::speculation::propose(context, *length)))
+                .collect(),
+        };
+        for (id, draft) in proposals {
             if !draft.is_empty() {
                 self.scheduler.propose(id, &draft);
             }

@@ -213,3 +213,58 @@ async fn stop_sequences_grammars_and_block_sizes_keep_their_outputs_under_specul
     }
     Ok(())
 }
+
+/// A tiny Llama (the suites' model is seed 5) on the CPU kernels, as a draft model.
+fn tiny_decoder(seed: u64) -> TestResult<(tempfile::TempDir, lantern_models::Decoder)> {
+    use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
+    let dir = tempfile::tempdir()?;
+    let spec = DummySpec {
+        architecture: lantern_models::Architecture::Llama,
+        size: DummySize::Tiny,
+        seed,
+    };
+    write_dummy_model(spec, dir.path())?;
+    let model = lantern_models::load(
+        &lantern_models::ModelSource::Directory(dir.path().into()),
+        &lantern_models::LoadOptions {
+            kernels: KernelPath::Cpu,
+            dtype: Some(candle_core::DType::F32),
+            ..lantern_models::LoadOptions::cpu()
+        },
+    )?;
+    Ok((dir, model.decoder))
+}
+
+/// A draft model proposes instead of prompt lookup: outputs stay the same; the model as its
+/// own draft has every greedy proposal accepted (its logits are the target's, bit for bit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_model_changes_no_output_and_itself_as_draft_is_always_right() -> TestResult {
+    let requests = repetitive_requests(6, 14);
+    let roomy = config(1024, 512);
+    let (reference, _) = one_by_one(&roomy, &requests).await?;
+    for (draft_seed, always_right) in [(5, true), (6, false)] {
+        // (Its tokenizer is the target's; its own engine is not used.)
+        let engine = tiny_engine_on(&roomy, KernelPath::Cpu)?;
+        let (_draft_dir, draft) = tiny_decoder(draft_seed)?;
+        let (_target_dir, target) = tiny_decoder(5)?;
+        let handle = lantern_engine::start_with_draft(
+            target,
+            Some(draft),
+            &engine.tokenizer,
+            &speculating(&roomy, 4),
+        )?;
+        let mut outcomes = Vec::new();
+        for request in &requests {
+            outcomes.push(run(&handle, request.clone()).await?);
+        }
+        assert_same(&reference, &outcomes, &format!("draft seed {draft_seed}"));
+        let spec = settled(&handle).await.speculation;
+        assert!(spec.drafts > 0, "{spec:?}");
+        if always_right {
+            assert_eq!(spec.accepted_tokens, spec.draft_tokens, "{spec:?}");
+        } else {
+            assert!(spec.accepted_tokens < spec.draft_tokens, "{spec:?}");
+        }
+    }
+    Ok(())
+}
