@@ -391,8 +391,9 @@ impl Worker {
         false
     }
 
-    /// Proposes tokens for every decoding sequence that speculation serves exactly: no
-    /// grammar, no logit adjustments, no alternatives asked, within its token budget.
+    /// Proposes tokens for every decoding sequence where speculation pays, within its token
+    /// budget. Verification chooses each row exactly as plain decoding would (grammar,
+    /// penalties, logit bias, alternatives and all), so every request may take proposals.
     fn propose_drafts(&mut self) {
         let decoding = self.active.len();
         let length = crate::speculation::proposal_length(self.speculate, decoding);
@@ -402,12 +403,7 @@ impl Worker {
         let costs = self.step_costs.costs();
         let mut wanted: Vec<(SequenceId, Vec<u32>, usize)> = Vec::new();
         for (&id, active) in self.active.iter_mut() {
-            let params = active.sampler.params();
-            if active.constraint.is_some()
-                || params.adjusts_logits()
-                || params.top_n_tokens > 0
-                || !self.scheduler.can_propose(id)
-            {
+            if !self.scheduler.can_propose(id) {
                 continue;
             }
             if !crate::speculation::pays(active.draft_acceptance, decoding, costs) {
@@ -457,15 +453,23 @@ impl Worker {
         let choose::Drafted { id, proposed, rows } = draft;
         let mut choices = Vec::new();
         if let Some(active) = self.active.get_mut(&id) {
+            // Each row is chosen as it would be after the tokens before it: penalties see
+            // them (they join `generated` for the loop, and for good in `deliver`), the grammar
+            // has advanced past them, the sampler's stream has moved on by one draw each.
+            let generated = active.generated.len();
             for (position, row) in rows.into_iter().enumerate() {
                 let choice = choose::choose_row(active, row);
                 let stands =
                     choice.failed.is_none() && proposed.get(position) == Some(&choice.token);
+                if stands {
+                    active.generated.push(choice.token);
+                }
                 choices.push(choice);
                 if !stands {
                     break;
                 }
             }
+            active.generated.truncate(generated);
         }
         let accepted = choices.len().saturating_sub(1);
         self.scheduler.settle(id, accepted);

@@ -1,7 +1,8 @@
-//! Speculative decoding by prompt lookup (`speculate`) changes no output: greedy and seeded
-//! sampled requests get the same tokens and log-probabilities, bit for bit on the CPU kernels,
-//! alone and batched, with preemption, chunked prefill and prefix caching; proposals really
-//! run and some stand; and once everything ends no KV block is held.
+//! Speculative decoding (`speculate`: prompt lookup, or a draft model) changes no output:
+//! greedy and seeded sampled requests get the same tokens and log-probabilities, bit for bit on
+//! the CPU kernels, alone and batched, with preemption, chunked prefill, prefix caching, stop
+//! sequences, grammars, penalties, logit bias and alternatives; proposals really run and some
+//! stand; and once everything ends no KV block is held.
 
 mod common;
 
@@ -141,8 +142,8 @@ async fn seeded_sampling_is_the_same_with_and_without_speculation() -> TestResul
     Ok(())
 }
 
-/// Requests for `engine`: the repetitive greedy ones with `stops`, every fourth ignoring EOS,
-/// and two held to a grammar (never speculated) in the same batch.
+/// Requests for `engine`: the repetitive greedy ones with `stops`, penalties, a logit bias,
+/// alternatives, every fourth ignoring EOS, and two held to a grammar, in one batch.
 fn mixed_requests(
     engine: &common::TestEngine,
     stops: &[Vec<String>],
@@ -151,6 +152,16 @@ fn mixed_requests(
     for (i, (request, stop)) in requests.iter_mut().zip(stops).enumerate() {
         request.stop = stop.clone();
         request.ignore_eos = i % 4 == 3;
+        // Penalties, a logit bias and alternatives: each row sees the tokens before it.
+        match i % 4 {
+            0 => request.sampling.repetition_penalty = Some(1.3),
+            1 => request.sampling.frequency_penalty = 0.4,
+            2 => {
+                request.sampling.top_n_tokens = 3;
+                request.sampling.logit_bias = vec![(request.prompt[0], 2.5)];
+            }
+            _ => {}
+        }
     }
     let constraints = engine.handle.constraints()?;
     for seed in 0..2u32 {
@@ -210,6 +221,17 @@ async fn stop_sequences_grammars_and_block_sizes_keep_their_outputs_under_specul
         let stats = settled(&speculating_engine.handle).await;
         assert!(stats.speculation.drafts > 0, "{:?}", stats.speculation);
         assert_eq!(stats.used_blocks, 0, "{stats:?}");
+        // One at a time, every request speculates (alone in its steps).
+        let alone_engine = tiny_engine_on(&speculating(&plain, 4), KernelPath::Cpu)?;
+        let mut alone = Vec::new();
+        for request in mixed_requests(&alone_engine, &stops)? {
+            alone.push(run(&alone_engine.handle, request).await?);
+        }
+        assert_same(
+            &reference,
+            &alone,
+            &format!("block size {block_size}, one at a time"),
+        );
     }
     Ok(())
 }
@@ -240,8 +262,20 @@ fn tiny_decoder(seed: u64) -> TestResult<(tempfile::TempDir, lantern_models::Dec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draft_model_changes_no_output_and_itself_as_draft_is_always_right() -> TestResult {
     let requests = repetitive_requests(6, 14);
+    // Penalized twins: the draft proposes unpenalized tokens, so some stand and some do not,
+    // and each row's penalty must count the tokens accepted before it.
+    let penalized: Vec<GenerateRequest> = requests
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.sampling.frequency_penalty = 0.6;
+            r.max_new_tokens = 60;
+            r
+        })
+        .collect();
     let roomy = config(1024, 512);
     let (reference, _) = one_by_one(&roomy, &requests).await?;
+    let (penalized_reference, _) = one_by_one(&roomy, &penalized).await?;
     for (draft_seed, always_right) in [(5, true), (6, false)] {
         // (Its tokenizer is the target's; its own engine is not used.)
         let engine = tiny_engine_on(&roomy, KernelPath::Cpu)?;
@@ -260,6 +294,15 @@ async fn a_draft_model_changes_no_output_and_itself_as_draft_is_always_right() -
         assert_same(&reference, &outcomes, &format!("draft seed {draft_seed}"));
         let spec = settled(&handle).await.speculation;
         assert!(spec.drafts > 0, "{spec:?}");
+        let mut penalized_outcomes = Vec::new();
+        for request in &penalized {
+            penalized_outcomes.push(run(&handle, request.clone()).await?);
+        }
+        assert_same(
+            &penalized_reference,
+            &penalized_outcomes,
+            &format!("draft seed {draft_seed}, frequency penalty"),
+        );
         if always_right {
             assert_eq!(spec.accepted_tokens, spec.draft_tokens, "{spec:?}");
         } else {
