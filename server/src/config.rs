@@ -68,8 +68,9 @@ pub struct ServeArgs {
     /// Speculative decoding by prompt lookup: up to this many tokens, copied from where the
     /// sequence's last few tokens occurred before (in its prompt or output), are checked per
     /// step; each stands only if it is the token the request would get anyway, so outputs do
-    /// not change. Halved when several sequences decode, off past 4. Serves requests without
-    /// a grammar, logit adjustments (penalties, logit_bias) or top-n alternatives. 0: off.
+    /// not change: each row is chosen as plain decoding would, grammar and penalties
+    /// included. Proposed only while it pays by measured step costs; halved when several
+    /// sequences decode, off past 4. 0: off.
     #[arg(long, env = "SPECULATE", default_value_t = 0)]
     pub speculate: usize,
     /// A small model sharing the served model's tokenizer (a directory, .gguf file or hub
