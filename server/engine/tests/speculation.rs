@@ -116,6 +116,17 @@ async fn greedy_outputs_are_the_same_with_and_without_speculation() -> TestResul
     assert_eq!(stats.used_blocks, 0, "blocks left held: {stats:?}");
     let (chunked, _) = all_at_once(&speculating(&config(1024, 7), 3), &requests).await?;
     assert_same(&reference, &chunked, "speculating, prefill chunks of 7");
+    // The same prompts again on one engine: the second round takes their prefixes (accepted
+    // proposals' blocks among them) from the cache.
+    let twice: Vec<GenerateRequest> = requests.iter().chain(&requests).cloned().collect();
+    let (again, stats) = one_by_one(&speculating(&roomy, 4), &twice).await?;
+    assert_same(&reference, &again[..requests.len()], "first round");
+    assert_same(
+        &reference,
+        &again[requests.len()..],
+        "from the prefix cache",
+    );
+    assert!(stats.prefix_cache.hit_tokens > 0, "{stats:?}");
     Ok(())
 }
 
@@ -238,10 +249,19 @@ async fn stop_sequences_grammars_and_block_sizes_keep_their_outputs_under_specul
 
 /// A tiny Llama (the suites' model is seed 5) on the CPU kernels, as a draft model.
 fn tiny_decoder(seed: u64) -> TestResult<(tempfile::TempDir, lantern_models::Decoder)> {
+    let (dir, model) = tiny_model(lantern_models::Architecture::Llama, seed)?;
+    Ok((dir, model.decoder))
+}
+
+/// A tiny model of `architecture` on the CPU kernels, in f32.
+fn tiny_model(
+    architecture: lantern_models::Architecture,
+    seed: u64,
+) -> TestResult<(tempfile::TempDir, lantern_models::LoadedModel)> {
     use lantern_models::dummy::{write_dummy_model, DummySize, DummySpec};
     let dir = tempfile::tempdir()?;
     let spec = DummySpec {
-        architecture: lantern_models::Architecture::Llama,
+        architecture,
         size: DummySize::Tiny,
         seed,
     };
@@ -254,7 +274,33 @@ fn tiny_decoder(seed: u64) -> TestResult<(tempfile::TempDir, lantern_models::Dec
             ..lantern_models::LoadOptions::cpu()
         },
     )?;
-    Ok((dir, model.decoder))
+    Ok((dir, model))
+}
+
+/// Every family's decoder (its toggles: Qwen3's q/k norms, Phi-3's fused projections and
+/// LongRoPE, Gemma's soft-caps and sliding windows, Mistral's window) verifies the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_gives_the_same_tokens_with_and_without_speculation() -> TestResult {
+    use lantern_models::Architecture::*;
+    let requests = repetitive_requests(4, 15);
+    for architecture in [Mistral, Qwen2, Qwen3, Phi3, Gemma2, Gemma3] {
+        let mut outcomes: Vec<Vec<Outcome>> = Vec::new();
+        let mut drafts = 0;
+        for speculate in [0, 4] {
+            let (_dir, model) = tiny_model(architecture, 8)?;
+            let settings = speculating(&config(1024, 512), speculate);
+            let handle = lantern_engine::start(model.decoder, &model.tokenizer, &settings)?;
+            let mut these = Vec::new();
+            for request in &requests {
+                these.push(run(&handle, request.clone()).await?);
+            }
+            drafts = settled(&handle).await.speculation.drafts;
+            outcomes.push(these);
+        }
+        assert_same(&outcomes[0], &outcomes[1], architecture.name());
+        assert!(drafts > 0, "{}: no draft", architecture.name());
+    }
+    Ok(())
 }
 
 /// A draft model proposes instead of prompt lookup: outputs stay the same; the model as its
