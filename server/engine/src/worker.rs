@@ -54,6 +54,13 @@ struct Active {
     draft_acceptance: f64,
 }
 
+impl Active {
+    /// The prompt and the tokens generated so far.
+    fn context(&self) -> Vec<u32> {
+        self.prompt.iter().chain(&self.generated).copied().collect()
+    }
+}
+
 pub(crate) struct Worker {
     pub decoder: Decoder,
     pub tokenizer: Arc<Tokenizer>,
@@ -417,13 +424,7 @@ impl Worker {
             let room = active
                 .max_new_tokens
                 .saturating_sub(active.generated.len() + 1);
-            let context: Vec<u32> = active
-                .prompt
-                .iter()
-                .chain(&active.generated)
-                .copied()
-                .collect();
-            wanted.push((id, context, length.min(room)));
+            wanted.push((id, active.context(), length.min(room)));
         }
         let proposals: Vec<(SequenceId, Vec<u32>)> = match &mut self.draft_model {
             // A draft model that fails proposes nothing: the sequences decode plainly.

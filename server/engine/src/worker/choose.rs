@@ -212,12 +212,7 @@ impl Worker {
 /// that.
 pub(super) fn choose_row(active: &mut Active, mut row: Vec<f32>) -> Choice {
     let log_probs = log_softmax(&row);
-    let context: Vec<u32> = active
-        .prompt
-        .iter()
-        .chain(&active.generated)
-        .copied()
-        .collect();
+    let context = active.context();
     active
         .sampler
         .adjust_logits(&mut row, &context, &active.generated);
