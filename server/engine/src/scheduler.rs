@@ -136,17 +136,6 @@ pub struct Scheduler {
     prefill_while_decoding: usize,
 }
 
-/// What the prefix cache did so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PrefixCacheStats {
-    /// Admissions that looked their prompt up.
-    pub queries: u64,
-    /// Prompt tokens those admissions could have taken from the cache (all but the last).
-    pub queried_tokens: u64,
-    /// Prompt tokens they took from it.
-    pub hit_tokens: u64,
-}
-
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
@@ -488,74 +477,6 @@ impl Scheduler {
         }
     }
 
-    /// Proposes `draft` tokens to follow `id`'s last one (speculative decoding): the next step
-    /// feeds them with it and wants every row's logits. Only a decoding sequence without a
-    /// draft takes one; false otherwise.
-    pub fn propose(&mut self, id: SequenceId, draft: &[u32]) -> bool {
-        let Some(seq) = self.sequences.get_mut(&id) else {
-            return false;
-        };
-        let decoding = seq.draft == 0 && seq.computed + 1 == seq.tokens.len();
-        if !decoding || draft.is_empty() || !self.running.contains(&id) {
-            return false;
-        }
-        seq.tokens.extend_from_slice(draft);
-        seq.draft = draft.len();
-        true
-    }
-
-    /// Whether `id` would take a draft now: running, decoding, without one.
-    pub fn can_propose(&self, id: SequenceId) -> bool {
-        self.sequences.get(&id).is_some_and(|seq| {
-            seq.draft == 0 && seq.computed + 1 == seq.tokens.len() && self.running.contains(&id)
-        })
-    }
-
-    /// The proposed tokens `id` carries (0 without a draft).
-    pub fn draft_of(&self, id: SequenceId) -> usize {
-        self.sequences.get(&id).map_or(0, |s| s.draft)
-    }
-
-    /// After a step that verified `id`'s draft: the first `accepted` proposed tokens stand
-    /// (their keys and values are in the cache), the rest are forgotten with the blocks only
-    /// they needed; only blocks of accepted tokens are published to the prefix cache.
-    pub fn settle(&mut self, id: SequenceId, accepted: usize) {
-        let Some(seq) = self.sequences.get_mut(&id) else {
-            return;
-        };
-        let base = seq.tokens.len() - seq.draft;
-        let accepted = accepted.min(seq.draft);
-        seq.tokens.truncate(base + accepted);
-        seq.computed = base + accepted;
-        seq.draft = 0;
-        let keep = seq.computed.div_ceil(self.config.block_size);
-        let extra: Vec<u32> = seq.blocks.drain(keep.min(seq.blocks.len())..).collect();
-        for block in extra {
-            if let Err(error) = self.allocator.release(block) {
-                tracing::error!(%error, sequence = id, "block bookkeeping bug");
-            }
-        }
-        self.publish_full_blocks(id);
-    }
-
-    /// Forgets `id`'s proposed tokens before they ran.
-    fn drop_draft(&mut self, id: SequenceId) {
-        if let Some(seq) = self.sequences.get_mut(&id) {
-            let base = seq.tokens.len() - seq.draft;
-            seq.tokens.truncate(base);
-            seq.draft = 0;
-        }
-    }
-
-    /// Whether `id` can have blocks for `take` more tokens from what is free now.
-    fn fits_without_preempting(&self, id: SequenceId, take: usize) -> bool {
-        self.sequences.get(&id).is_some_and(|seq| {
-            self.blocks_for(seq.computed + take)
-                .saturating_sub(seq.blocks.len())
-                <= self.allocator.available()
-        })
-    }
-
     /// Whether every token of `id` is in the cache (its last step's last row is sampled).
     pub fn is_computed(&self, id: SequenceId) -> bool {
         self.sequences
@@ -637,92 +558,9 @@ impl Scheduler {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SchedulerStats {
-    /// Sequences (a request sampling `n` choices has `n`).
-    pub running: usize,
-    pub waiting: usize,
-    /// Requests with a sequence running, and requests whose sequences all wait.
-    pub running_requests: usize,
-    pub waiting_requests: usize,
-    pub used_blocks: usize,
-    /// Blocks a sequence can have: free, or cached and held by none (evicted when needed).
-    pub free_blocks: usize,
-    /// Of `free_blocks`, those holding a cached prefix.
-    pub cached_idle_blocks: usize,
-    pub total_blocks: usize,
-    pub preemptions: u64,
-    pub prefix_cache: PrefixCacheStats,
-    /// Sequences in the last step that ran (filled in by the engine thread).
-    pub last_batch_size: usize,
-    /// Times the idle engine handed its KV pages and step buffers back (engine thread).
-    pub idle_releases: u64,
-    /// Speculative decoding's drafts and what stood of them (engine thread).
-    pub speculation: SpeculationStats,
-}
-
-/// Drafts verified, tokens they proposed, and proposed tokens accepted, since start (vLLM's
-/// `spec_decode` counters).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpeculationStats {
-    pub drafts: u64,
-    pub draft_tokens: u64,
-    pub accepted_tokens: u64,
-    /// Proposals accepted at each position of their draft (0 = the first proposed token).
-    pub accepted_at: [u64; crate::speculation::MAX_SPECULATE],
-}
-
-/// Several engines' statistics as one (a pool's aggregate `lantern_*` series). Every field
-/// is named, so a new one cannot be left out of the sum.
-impl std::ops::AddAssign for SchedulerStats {
-    fn add_assign(&mut self, other: Self) {
-        let Self {
-            running,
-            waiting,
-            running_requests,
-            waiting_requests,
-            used_blocks,
-            free_blocks,
-            cached_idle_blocks,
-            total_blocks,
-            preemptions,
-            prefix_cache:
-                PrefixCacheStats {
-                    queries,
-                    queried_tokens,
-                    hit_tokens,
-                },
-            last_batch_size,
-            idle_releases,
-            speculation,
-        } = other;
-        self.running += running;
-        self.waiting += waiting;
-        self.running_requests += running_requests;
-        self.waiting_requests += waiting_requests;
-        self.used_blocks += used_blocks;
-        self.free_blocks += free_blocks;
-        self.cached_idle_blocks += cached_idle_blocks;
-        self.total_blocks += total_blocks;
-        self.preemptions += preemptions;
-        self.prefix_cache.queries += queries;
-        self.prefix_cache.queried_tokens += queried_tokens;
-        self.prefix_cache.hit_tokens += hit_tokens;
-        self.last_batch_size += last_batch_size;
-        self.idle_releases += idle_releases;
-        self.speculation.drafts += speculation.drafts;
-        self.speculation.draft_tokens += speculation.draft_tokens;
-        self.speculation.accepted_tokens += speculation.accepted_tokens;
-        for (total, add) in self
-            .speculation
-            .accepted_at
-            .iter_mut()
-            .zip(speculation.accepted_at)
-        {
-            *total += add;
-        }
-    }
-}
+mod drafts;
+mod stats;
+pub use stats::{PrefixCacheStats, SchedulerStats, SpeculationStats};
 
 #[cfg(test)]
 mod tests;
