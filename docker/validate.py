@@ -99,6 +99,23 @@ def main():
     assert alarm["MetricName"] == "NoCapacityInvocationFailures"
     assert alarm["Dimensions"] == [{"Name": "InferenceComponentName", "Value": component["InferenceComponentName"]}]
     print("ok inference components: a copy per GPU, scale to zero and back")
+    # LoRA adapters as inference components on the base component, invoked by name.
+    args = deploy.parse_args(["--image", "i", "--role", "arn:aws:iam::123456789012:role/R",
+                              "--hf-model-id", "m", "--inference-components",
+                              "--adapter", "tone=s3://bucket/adapters/tone.tar.gz",
+                              "--adapter", "sql=s3://bucket/adapters/sql.tar.gz"])
+    calls = deploy.requests(args)
+    for call in calls:
+        check(*call)
+    components = [params for _, op, params in calls if op == "CreateInferenceComponent"]
+    base, *adapters = components
+    assert [a["Specification"]["BaseInferenceComponentName"] for a in adapters] == [base["InferenceComponentName"]] * 2
+    assert adapters[0]["Specification"]["Container"]["ArtifactUrl"] == "s3://bucket/adapters/tone.tar.gz"
+    assert "ComputeResourceRequirements" not in adapters[0]["Specification"]
+    for body in invoke.BODIES.values():
+        check("sagemaker-runtime", "InvokeEndpoint",
+              invoke.invoke_params("lantern", body, component=adapters[0]["InferenceComponentName"]))
+    print("ok adapter inference components on the base, invoked by InferenceComponentName")
     # The enum check bites: a value the API does not know is refused.
     try:
         check("application-autoscaling", "PutScalingPolicy", {

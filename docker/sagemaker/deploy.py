@@ -8,10 +8,14 @@ and autoscaling. Two shapes:
   high-resolution metric), scaled to zero copies and zero instances when idle, and back up
   from zero by a step-scaling policy that a CloudWatch alarm on `NoCapacityInvocationFailures`
   (requests that found no copy) triggers. Requests go to the copy with the fewest outstanding.
+  `--adapter NAME=s3://...` (repeatable) adds a LoRA adapter inference component on that base
+  component for each: SageMaker places its artifact beside the base's copies and registers it
+  with Lantern (`POST /adapters`); `invoke.py --component ENDPOINT-NAME` calls one.
 
     python docker/sagemaker/deploy.py --image ECR_IMAGE --role ROLE_ARN --name lantern \
         (--hf-model-id HuggingFaceTB/SmolLM2-135M-Instruct | --model-data s3://bucket/model.tar.gz) \
-        [--inference-components --instance-type ml.g5.12xlarge --gpus 4]
+        [--inference-components --instance-type ml.g5.12xlarge --gpus 4 \
+         [--adapter tone=s3://bucket/adapters/tone.tar.gz ...]]
 
 `--dry-run` builds every request and validates it against botocore's own service models
 without credentials or network (what CI runs).
@@ -103,6 +107,32 @@ def inference_component_requests(args):
     resource_id = f"inference-component/{component}"
     dimension = "sagemaker:inference-component:DesiredCopyCount"
     copies = args.copies or args.gpus or 1
+    return base_component_requests(args, container, production_variant, component, copies) + [
+        adapter_component_request(args, component, adapter) for adapter in args.adapter
+    ] + scaling_requests(args, component, resource_id, dimension, copies)
+
+
+def adapter_component_request(args, base_component, adapter):
+    """A LoRA adapter as an inference component on the base component: no resources of its
+    own, its artifact (a PEFT directory, tarred) placed by SageMaker and registered with the
+    base's containers; invoked by its own InferenceComponentName."""
+    name, url = adapter
+    return ("sagemaker", "CreateInferenceComponent", {
+        "InferenceComponentName": adapter_component_name(args.name, name),
+        "EndpointName": args.name,
+        "Specification": {
+            "BaseInferenceComponentName": base_component,
+            "Container": {"ArtifactUrl": url},
+        },
+    })
+
+
+def adapter_component_name(endpoint, adapter):
+    return f"{endpoint}-{adapter}"
+
+
+def base_component_requests(args, container, production_variant, component, copies):
+    variant = production_variant["VariantName"]
     return [
         ("sagemaker", "CreateModel", {"ModelName": args.name, "ExecutionRoleArn": args.role, "PrimaryContainer": container}),
         ("sagemaker", "CreateEndpointConfig", {
@@ -129,6 +159,12 @@ def inference_component_requests(args):
             },
             "RuntimeConfig": {"CopyCount": copies},
         }),
+    ]
+
+
+def scaling_requests(args, component, resource_id, dimension, copies):
+    """Copies tracked on concurrent requests per copy; from zero on the first refused one."""
+    return [
         ("application-autoscaling", "RegisterScalableTarget", {
             "ServiceNamespace": "sagemaker",
             "ResourceId": resource_id,
@@ -230,6 +266,13 @@ def validate(calls):
             raise SystemExit(f"{service}.{operation}: {report.generate_report()}")
 
 
+def adapter_arg(text):
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith("s3://"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=s3://bucket/key")
+    return name, url
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True)
@@ -257,6 +300,8 @@ def parse_args(argv):
     p.add_argument("--memory-per-copy-mb", type=int, default=8192,
                    help="inference components: host memory each copy reserves (copies x this must fit the "
                         "instance: ml.g5.xlarge has 16 GiB, ml.g5.12xlarge 192 GiB)")
+    p.add_argument("--adapter", action="append", default=[], type=adapter_arg, metavar="NAME=S3_URL",
+                   help="inference components: a LoRA adapter component on the base (repeatable)")
     p.add_argument("--region")
     p.add_argument("--dry-run", action="store_true")
     return p.parse_args(argv)
@@ -264,6 +309,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.adapter and not args.inference_components:
+        raise SystemExit("--adapter needs --inference-components (adapters are inference components)")
     calls = requests(args)
     validate(calls)
     if args.dry_run:

@@ -1,8 +1,10 @@
 """Calling a Lantern endpoint the ways clients already do: the TGI, OpenAI and Bedrock bodies
 with `invoke_endpoint`, and a stream with `invoke_endpoint_with_response_stream`, whose
-payload parts are reassembled into SSE lines and then text.
+payload parts are reassembled into SSE lines and then text. `--component NAME` calls one
+inference component (a LoRA adapter's, made by `deploy.py --adapter`): SageMaker sends it to
+the base's containers with the adapter named in `X-Amzn-SageMaker-Adapter-Identifier`.
 
-    python docker/sagemaker/invoke.py ENDPOINT_NAME
+    python docker/sagemaker/invoke.py ENDPOINT_NAME [--component INFERENCE_COMPONENT_NAME]
 """
 
 import json
@@ -16,10 +18,13 @@ BODIES = {
 }
 
 
-def invoke_params(endpoint, body, stream=False):
+def invoke_params(endpoint, body, stream=False, component=None):
     if stream:
         body = dict(body, stream=True)
-    return {"EndpointName": endpoint, "ContentType": "application/json", "Body": json.dumps(body)}
+    params = {"EndpointName": endpoint, "ContentType": "application/json", "Body": json.dumps(body)}
+    if component:
+        params["InferenceComponentName"] = component
+    return params
 
 
 def text_from_stream(payload_parts):
@@ -41,17 +46,24 @@ def text_from_stream(payload_parts):
     return "".join(text)
 
 
-def main(endpoint):
+def main(endpoint, component=None):
     import boto3
 
     runtime = boto3.client("sagemaker-runtime")
     for name, body in BODIES.items():
-        response = runtime.invoke_endpoint(**invoke_params(endpoint, body))
+        response = runtime.invoke_endpoint(**invoke_params(endpoint, body, component=component))
         print(name, json.loads(response["Body"].read()))
-    stream = runtime.invoke_endpoint_with_response_stream(**invoke_params(endpoint, BODIES["tgi"], stream=True))
+    stream = runtime.invoke_endpoint_with_response_stream(
+        **invoke_params(endpoint, BODIES["tgi"], stream=True, component=component))
     parts = (event["PayloadPart"]["Bytes"] for event in stream["Body"] if "PayloadPart" in event)
     print("stream", text_from_stream(parts))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    arguments = sys.argv[1:]
+    target = None
+    if "--component" in arguments:
+        at = arguments.index("--component")
+        target = arguments[at + 1]
+        del arguments[at:at + 2]
+    main(arguments[0], target)

@@ -31,6 +31,9 @@ pub struct SequenceStep {
     /// Cache blocks of this sequence, in position order; must cover every position.
     pub block_table: Vec<u32>,
     pub logits: LogitsWanted,
+    /// The LoRA adapter the sequence runs under, by the id it was loaded with
+    /// ([`crate::Decoder::add_adapter`]); `None` for the base model.
+    pub adapter: Option<u32>,
 }
 
 /// The portable path's paged KV cache: one slot-major block pool per layer (any device), all

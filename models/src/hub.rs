@@ -42,12 +42,50 @@ fn offline() -> bool {
         .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
+/// The hub cache's directory (`HF_HOME`'s `hub`): snapshots there are symlinks into it.
+pub fn cache_dir() -> PathBuf {
+    Cache::from_env().path().clone()
+}
+
 /// Downloads (or finds in the cache) what a model needs, returning the snapshot directory.
 pub fn fetch(model: &HubModel) -> Result<PathBuf> {
+    fetch_with(model, "config.json", |api_repo, get| {
+        for file in OPTIONAL_FILES {
+            // Absent optional files are normal (a 404); the loader reports what it then lacks.
+            let _ = api_repo.get(file);
+        }
+        match get("model.safetensors.index.json") {
+            Ok(index) => {
+                for shard in crate::load::shard_files(&index)? {
+                    get(&shard)?;
+                }
+            }
+            Err(_) => {
+                get("model.safetensors")?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Downloads (or finds in the cache) a PEFT LoRA adapter repository (`--lora-adapters` with
+/// a hub id), returning its snapshot directory.
+pub fn fetch_adapter(model: &HubModel) -> Result<PathBuf> {
+    fetch_with(model, crate::lora::CONFIG_FILE, |_, get| {
+        get(crate::lora::WEIGHTS_FILE).map(|_| ())
+    })
+}
+
+/// The snapshot directory of `model` holding `first` and whatever `rest` fetches.
+fn fetch_with(
+    model: &HubModel,
+    first: &str,
+    rest: impl FnOnce(&hf_hub::api::sync::ApiRepo, &dyn Fn(&str) -> Result<PathBuf>) -> Result<()>,
+) -> Result<PathBuf> {
     let repo = Repo::with_revision(model.id.clone(), RepoType::Model, model.revision.clone());
     if offline() {
         let cached = Cache::from_env().repo(repo);
-        let config = cached.get("config.json").ok_or_else(|| {
+        let config = cached.get(first).ok_or_else(|| {
             ModelError::Hub(format!(
                 "HF_HUB_OFFLINE is set and `{}` (revision {}) is not in the cache at {}: {}",
                 model.id,
@@ -62,7 +100,7 @@ pub fn fetch(model: &HubModel) -> Result<PathBuf> {
             .ok_or_else(|| ModelError::Hub("cache path has no parent".into()));
     }
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
-    probe(&endpoint, model).map_err(|why| {
+    probe(&endpoint, model, first).map_err(|why| {
         ModelError::Hub(format!(
             "cannot reach {endpoint} to fetch `{}`: {why}; {}",
             model.id,
@@ -81,33 +119,20 @@ pub fn fetch(model: &HubModel) -> Result<PathBuf> {
             .get(file)
             .map_err(|e| ModelError::Hub(format!("`{}`: {file}: {e}", model.id)))
     };
-    let config = get("config.json")?;
-    for file in OPTIONAL_FILES {
-        // Absent optional files are normal (a 404); the loader reports what it then lacks.
-        let _ = api_repo.get(file);
-    }
-    match get("model.safetensors.index.json") {
-        Ok(index) => {
-            for shard in crate::load::shard_files(&index)? {
-                get(&shard)?;
-            }
-        }
-        Err(_) => {
-            get("model.safetensors")?;
-        }
-    }
+    let config = get(first)?;
+    rest(&api_repo, &get)?;
     config
         .parent()
         .map(PathBuf::from)
         .ok_or_else(|| ModelError::Hub("cache path has no parent".into()))
 }
 
-/// Asks the hub for the model's `config.json` headers within [`PROBE_TIMEOUT`], name
+/// Asks the hub for the headers of one of the model's files within [`PROBE_TIMEOUT`], name
 /// resolution included: a hub that is unreachable, or that accepts connections and never
 /// answers, fails here instead of hanging the download (hf-hub's client has no timeout).
-fn probe(endpoint: &str, model: &HubModel) -> Result<(), String> {
+fn probe(endpoint: &str, model: &HubModel, file: &str) -> Result<(), String> {
     let url = format!(
-        "{}/{}/resolve/{}/config.json",
+        "{}/{}/resolve/{}/{file}",
         endpoint.trim_end_matches('/'),
         model.id,
         model.revision
@@ -149,7 +174,7 @@ mod tests {
             id: "org/model".into(),
             revision: "main".into(),
         };
-        let outcome = probe(&format!("http://127.0.0.1:{closed}"), &model);
+        let outcome = probe(&format!("http://127.0.0.1:{closed}"), &model, "config.json");
         assert!(outcome.is_err());
         assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(2));
         let message = hint(&model);

@@ -62,10 +62,15 @@ impl Projection {
         Self::Up,
         Self::Down,
     ];
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// One targetable module name and the projections it covers, in row order.
-fn projections_of(module: &str) -> Option<&'static [Projection]> {
+pub(crate) fn projections_of(module: &str) -> Option<&'static [Projection]> {
     use Projection::*;
     Some(match module {
         "q_proj" => &[Query],
@@ -82,7 +87,7 @@ fn projections_of(module: &str) -> Option<&'static [Projection]> {
 }
 
 /// `(out, in)` of a projection of the base model.
-fn shape_of(projection: Projection, c: &DecoderConfig) -> (usize, usize) {
+pub(crate) fn shape_of(projection: Projection, c: &DecoderConfig) -> (usize, usize) {
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     match projection {
         Projection::Query => (q, c.hidden_size),
@@ -107,6 +112,11 @@ pub struct LoraDelta {
 }
 
 impl LoraDelta {
+    /// `scaling · B`, row-major `[out, rank]`: the factor the decoders multiply by.
+    pub fn scaled_b(&self, scaling: f32) -> Vec<f32> {
+        self.b.iter().map(|&b| scaling * b).collect()
+    }
+
     /// The dense `[out, in]` delta `scaling · B · A` (merging; the tests' oracle).
     pub fn dense(&self, scaling: f32) -> Vec<f32> {
         let mut delta = vec![0.0f32; self.out_features * self.in_features];
@@ -126,6 +136,8 @@ impl LoraDelta {
 pub struct LoraAdapter {
     pub rank: usize,
     pub scaling: f32,
+    /// Every weight was stored in bf16: the CPU kernels keep them so (exactly, half the bytes).
+    pub bf16: bool,
     pub deltas: BTreeMap<(usize, Projection), LoraDelta>,
 }
 
@@ -173,6 +185,9 @@ pub fn load_adapter(
     Ok(LoraAdapter {
         rank: config.rank,
         scaling: config.scaling,
+        bf16: tensors
+            .values()
+            .all(|t| t.dtype() == candle_core::DType::BF16),
         deltas,
     })
 }
@@ -381,6 +396,14 @@ fn read_deltas(
         let mut first_row = 0;
         for &projection in projections {
             let rows = shape_of(projection, base).0;
+            let mut b = b[first_row * rank..(first_row + rows) * rank].to_vec();
+            if base.rope.style == crate::config::RotaryStyle::Interleaved {
+                match projection {
+                    Projection::Query => b = permute_for_interleaved(&b, base.num_heads, rank),
+                    Projection::Key => b = permute_for_interleaved(&b, base.num_kv_heads, rank),
+                    _ => {}
+                }
+            }
             deltas.insert(
                 (layer, projection),
                 LoraDelta {
@@ -390,13 +413,33 @@ fn read_deltas(
                     in_features,
                     out_features: rows,
                     a: a.clone(),
-                    b: b[first_row * rank..(first_row + rows) * rank].to_vec(),
+                    b,
                 },
             );
             first_row += rows;
         }
     }
     Ok(deltas)
+}
+
+/// The base's Q/K rows as llama.cpp's converter stores them in GGUF (for interleaved
+/// rotary): within each head, row `j * half + i` of the checkpoint moves to `2i + j`. An
+/// adapter trained on the checkpoint must have its `B` rows moved the same way.
+fn permute_for_interleaved(b: &[f32], heads: usize, rank: usize) -> Vec<f32> {
+    let head_rows = b.len() / rank / heads;
+    let half = head_rows / 2;
+    let mut permuted = vec![0f32; b.len()];
+    for head in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = head * head_rows + j * half + i;
+                let to = head * head_rows + 2 * i + j;
+                permuted[to * rank..(to + 1) * rank]
+                    .copy_from_slice(&b[from * rank..(from + 1) * rank]);
+            }
+        }
+    }
+    permuted
 }
 
 fn unsupported(field: &'static str, value: &str, why: &'static str) -> AdapterError {

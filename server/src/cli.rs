@@ -26,6 +26,9 @@ enum Command {
     /// Write a complete Hugging Face model directory with seeded random weights and a real
     /// tokenizer: for tests and for load-testing a deployment without downloading weights.
     DummyModel(DummyModelArgs),
+    /// Write a PEFT LoRA adapter directory for a model directory, with seeded random weights:
+    /// for tests and for load-testing adapter serving.
+    DummyAdapter(DummyAdapterArgs),
     /// Load-test a TGI-, OpenAI- or SageMaker-compatible endpoint (this server or another):
     /// TTFT, inter-token and end-to-end latency percentiles and throughput per concurrency or
     /// request rate, as a table, JSON and an HTML report with SVG charts.
@@ -60,6 +63,39 @@ struct DummyModelArgs {
     /// Directory to write (`hf`), or the .gguf file (`gguf`); existing files are overwritten.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct DummyAdapterArgs {
+    /// The model directory (Hugging Face layout, one model.safetensors) the adapter is for.
+    #[arg(long)]
+    base: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// lora_alpha (scaling alpha/r, or alpha/sqrt(r) with --rslora). Unset: twice the rank.
+    #[arg(long)]
+    alpha: Option<f64>,
+    #[arg(long)]
+    rslora: bool,
+    /// Target modules, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    targets: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store the weights in f32 rather than bf16 (what PEFT saves for a bf16 model).
+    #[arg(long)]
+    f32: bool,
+    /// Directory to write (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the base with the adapter merged into its weights (f32) to this directory:
+    /// the oracle the end-to-end tests compare a served adapter with.
+    #[arg(long, hide = true)]
+    merged_into: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +140,27 @@ impl Cli {
             }
             Command::Benchmark(args) => crate::benchmark::run(*args),
             Command::Selftest(args) => crate::selftest::run(args),
+            Command::DummyAdapter(args) => {
+                let spec = lantern_models::dummy::adapter::AdapterSpec {
+                    rank: args.rank,
+                    alpha: args.alpha.unwrap_or(2.0 * args.rank as f64),
+                    rslora: args.rslora,
+                    targets: args.targets,
+                    seed: args.seed,
+                    zero_b: false,
+                    bf16: !args.f32,
+                };
+                lantern_models::dummy::adapter::write_dummy_adapter(&spec, &args.base, &args.out)
+                    .with_context(|| format!("writing a dummy adapter to {}", args.out.display()))?;
+                if let Some(merged) = &args.merged_into {
+                    lantern_models::dummy::adapter::write_merged_model(
+                        &args.base, &args.out, merged,
+                    )
+                    .with_context(|| format!("writing the merged model to {}", merged.display()))?;
+                }
+                tracing::info!(out = %args.out.display(), rank = spec.rank, "dummy adapter written");
+                Ok(())
+            }
             Command::DummyModel(args) => {
                 let spec = DummySpec {
                     architecture: match args.arch {

@@ -199,6 +199,29 @@ pub struct ServeArgs {
     /// With an API key, require it on /metrics too.
     #[arg(long, env = "LANTERN_METRICS_REQUIRE_KEY")]
     pub metrics_require_key: bool,
+    /// LoRA adapters served from the start: NAME=PATH (a PEFT directory) or a hub id (its
+    /// name), comma-separated (TGI's LORA_ADAPTERS). Requests pick one by name: TGI's
+    /// `parameters.adapter_id`, OpenAI's `model`, SageMaker's
+    /// X-Amzn-SageMaker-Adapter-Identifier header. More can be added and removed at run time
+    /// (POST /adapters, DELETE /adapters/NAME; vLLM's /v1/load_lora_adapter).
+    #[arg(long, env = "LORA_ADAPTERS")]
+    pub lora_adapters: Option<String>,
+    /// Directories adapters added at run time may be read from (repeatable, or
+    /// comma-separated). Unset: the directory holding the model's directory or file, and the
+    /// hub cache.
+    #[arg(
+        long = "lora-adapter-root",
+        env = "LANTERN_LORA_ADAPTER_ROOTS",
+        value_delimiter = ','
+    )]
+    pub lora_adapter_roots: Vec<std::path::PathBuf>,
+    /// Adapters loaded in the model at once; a request for another waits while that many
+    /// others run (the least recently used idle one is unloaded for it; pinned ones stay).
+    #[arg(long, env = "LANTERN_MAX_LORAS", default_value_t = lantern_engine::config::DEFAULT_MAX_LORAS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_loras: usize,
+    /// The highest adapter rank accepted.
+    #[arg(long, env = "LANTERN_MAX_LORA_RANK", default_value_t = lantern_engine::config::DEFAULT_MAX_LORA_RANK, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_lora_rank: usize,
 }
 
 /// A setting that must never be printed (the API key): `Debug` shows a placeholder.
@@ -333,6 +356,29 @@ pub struct ServerConfig {
     pub metrics_require_key: bool,
     pub engine: EngineConfig,
     pub sagemaker_batch: Option<SagemakerBatch>,
+    /// `--lora-adapters`: (name, directory or hub id).
+    pub lora_adapters: Vec<(String, String)>,
+    /// `--lora-adapter-root` (empty: the defaults, known once the model is).
+    pub lora_adapter_roots: Vec<std::path::PathBuf>,
+}
+
+/// `--lora-adapters`: `NAME=PATH` pairs or bare hub ids (named by themselves).
+fn parse_lora_adapters(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut adapters: Vec<(String, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, source) = match entry.split_once('=') {
+            Some((name, source)) => (name.trim(), source.trim()),
+            None => (entry, entry),
+        };
+        if name.is_empty() || source.is_empty() {
+            bail!("--lora-adapters: `{entry}` is not NAME=PATH or a hub id");
+        }
+        if adapters.iter().any(|(n, _)| n == name) {
+            bail!("--lora-adapters: `{name}` is given twice");
+        }
+        adapters.push((name.to_string(), source.to_string()));
+    }
+    Ok(adapters)
 }
 
 /// SageMaker Batch Transform settings, reported by `/execution-parameters`.
@@ -516,10 +562,19 @@ impl ServeArgs {
                 max_decode_stall: (self.max_decode_stall_ms > 0)
                     .then(|| std::time::Duration::from_millis(self.max_decode_stall_ms)),
                 sample_on_device: None,
+                max_loras: self.max_loras,
+                max_lora_rank: self.max_lora_rank,
                 release_memory_after_idle: (self.release_memory_after_idle > 0)
                     .then(|| std::time::Duration::from_secs(self.release_memory_after_idle)),
             },
             sagemaker_batch,
+            lora_adapters: self
+                .lora_adapters
+                .as_deref()
+                .map(parse_lora_adapters)
+                .transpose()?
+                .unwrap_or_default(),
+            lora_adapter_roots: self.lora_adapter_roots,
         })
     }
 }
@@ -538,6 +593,20 @@ fn holds_model(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lora_adapters_parse_as_pairs_or_hub_ids() {
+        let parsed = parse_lora_adapters("tone=/adapters/tone, org/sql ,").ok();
+        assert_eq!(
+            parsed,
+            Some(vec![
+                ("tone".to_string(), "/adapters/tone".to_string()),
+                ("org/sql".to_string(), "org/sql".to_string()),
+            ])
+        );
+        assert!(parse_lora_adapters("a=/x,a=/y").is_err());
+        assert!(parse_lora_adapters("=/x").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_units() {

@@ -2,6 +2,7 @@
 //! one of its commands; tests build the HTTP router in-process (`http::router`) around a
 //! loaded model.
 
+pub mod adapters;
 pub mod benchmark;
 pub mod cli;
 pub mod config;

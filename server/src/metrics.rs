@@ -31,6 +31,8 @@ pub struct Metrics {
     /// 1 per healthy engine, 0 per failed one (`engine` label): a pool that lost an engine
     /// still answers `/ping` 200, and this shows the capacity it lost.
     engine_healthy: prometheus::IntGaugeVec,
+    /// Generation requests per LoRA adapter (`adapter` label, the registered name).
+    lora_requests: IntCounterVec,
     /// The engine's load under vLLM's names, rendered after these.
     pub vllm: crate::vllm_metrics::VllmMetrics,
 }
@@ -109,7 +111,16 @@ impl Metrics {
             &["engine"],
         )?;
         registry.register(Box::new(engine_healthy.clone()))?;
+        let lora_requests = IntCounterVec::new(
+            Opts::new(
+                "lantern_lora_requests_total",
+                "Generation requests run under each LoRA adapter",
+            ),
+            &["adapter"],
+        )?;
+        registry.register(Box::new(lora_requests.clone()))?;
         Ok(Self {
+            lora_requests,
             prompt_tokens,
             time_to_first_token: histogram(
                 &registry,
@@ -202,6 +213,11 @@ impl Metrics {
                 .with_label_values(&[&engine.to_string()])
                 .set(i64::from(healthy));
         }
+    }
+
+    /// A request for LoRA adapter `name`.
+    pub fn lora_request(&self, name: &str) {
+        self.lora_requests.with_label_values(&[name]).inc();
     }
 
     /// A request routed to `engine`, its prompt `prompt_tokens` long.

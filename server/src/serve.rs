@@ -2,6 +2,7 @@
 //! load the model in the background while `/ping` answers 503, then serve until SIGTERM and
 //! let requests in flight finish.
 
+use crate::adapters::Adapters;
 use crate::config::{ContentSpecialTokens, ServeArgs, ServerConfig};
 use crate::connections::{self, ConnectionLimits};
 use crate::data_parallel;
@@ -124,6 +125,7 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
     let weight_bytes = decoder.weight_bytes();
     tracing::info!(?weight_formats, ?weight_bytes, engines, "weights ready");
     let family = decoder.config().architecture.name().to_string();
+    let decoder_config = decoder.config().clone();
     let toggles = decoder.config().toggles();
     let mut engine_config = config.engine.clone();
     engine_config.block_size = config
@@ -145,6 +147,7 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
             }
         },
     )?;
+    let adapters = lora_adapters(config, &source, decoder_config)?;
     let content_guard = match config.content_special_tokens {
         ContentSpecialTokens::Text => ContentGuard::new(&model.tokenizer.tokenizer),
         ContentSpecialTokens::Parse => None,
@@ -160,7 +163,55 @@ pub fn load_model(config: &ServerConfig) -> anyhow::Result<ServingModel> {
         weight_bytes,
         family,
         toggles,
+        adapters,
     })
+}
+
+/// The adapter registry: its roots (`--lora-adapter-root`, else the directory holding the
+/// model and the hub cache) and the `--lora-adapters` given at start, each checked against
+/// the model now (a bad one stops the start, naming it).
+fn lora_adapters(
+    config: &ServerConfig,
+    model: &ModelSource,
+    base: lantern_models::DecoderConfig,
+) -> anyhow::Result<std::sync::Arc<Adapters>> {
+    let roots = if config.lora_adapter_roots.is_empty() {
+        let holder = match model {
+            ModelSource::Directory(dir) => dir.parent(),
+            ModelSource::Gguf(file) => file.parent().and_then(|dir| dir.parent()),
+            ModelSource::Hub(_) => None,
+        };
+        holder
+            .map(|p| p.to_path_buf())
+            .into_iter()
+            .chain([lantern_models::hub::cache_dir()])
+            .collect()
+    } else {
+        config.lora_adapter_roots.clone()
+    };
+    let adapters = Adapters::new(
+        base,
+        roots,
+        config.engine.max_lora_rank,
+        config.engine.max_loras,
+    );
+    for (name, source) in &config.lora_adapters {
+        let dir = if std::path::Path::new(source).exists() {
+            source.clone()
+        } else {
+            let hub = lantern_models::hub::HubModel {
+                id: source.clone(),
+                revision: "main".into(),
+            };
+            let dir = lantern_models::hub::fetch_adapter(&hub)
+                .map_err(|e| anyhow::anyhow!("--lora-adapters `{name}`: {e}"))?;
+            dir.to_string_lossy().into_owned()
+        };
+        adapters
+            .register(name, &dir, false, true)
+            .map_err(|e| anyhow::anyhow!("--lora-adapters: {e}"))?;
+    }
+    Ok(std::sync::Arc::new(adapters))
 }
 
 /// GPUs this process may use: those it sees, no more than the platform says it has.

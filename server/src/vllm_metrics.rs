@@ -22,6 +22,15 @@ pub struct CacheConfig {
     pub prefix_caching: bool,
 }
 
+/// The adapters of running and waiting requests (names) and how many may be loaded at
+/// once, for `vllm:lora_requests_info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoraInfo {
+    pub running: Vec<String>,
+    pub waiting: Vec<String>,
+    pub max_lora: usize,
+}
+
 pub struct VllmMetrics {
     registry: Registry,
     /// The served model's name, once it is loaded (the `model_name` label).
@@ -206,19 +215,24 @@ impl VllmMetrics {
 
     /// The text exposition for the engines as `engines` (one entry per engine, in index
     /// order) describe them now; the prefix-cache counters follow each engine's counts.
-    pub fn render(&self, engines: &[(SchedulerStats, CacheConfig)]) -> String {
+    pub fn render(&self, engines: &[(SchedulerStats, CacheConfig)], lora: &LoraInfo) -> String {
         // One info series per engine: an old label set (another block count) is dropped first.
         self.cache_config.reset();
         for (index, (stats, cache)) in engines.iter().enumerate() {
             self.set_engine(index, stats, cache);
         }
-        // No adapters are served yet: empty lists, no adapter slots.
+        // One series, its value the time of the scrape as vLLM's: the label set of the last
+        // scrape is dropped first, so a router never reads a stale adapter list.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.lora_requests.reset();
         self.lora_requests
-            .with_label_values(&["", "", "0"])
+            .with_label_values(&[
+                lora.running.join(","),
+                lora.waiting.join(","),
+                lora.max_lora.to_string(),
+            ])
             .set(now);
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
@@ -305,7 +319,7 @@ mod tests {
             ..Default::default()
         };
         metrics.set_model_name("m");
-        let text = metrics.render(&[(stats, cache.clone())]);
+        let text = metrics.render(&[(stats, cache.clone())], &LoraInfo::default());
         assert!(
             text.contains("vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25"),
             "{text}"
@@ -315,16 +329,19 @@ mod tests {
             "{text}"
         );
         metrics.submitted(1, 7);
-        let again = metrics.render(&[
-            (
-                SchedulerStats {
-                    total_blocks: 9,
-                    ..stats
-                },
-                cache.clone(),
-            ),
-            (stats, cache),
-        ]);
+        let again = metrics.render(
+            &[
+                (
+                    SchedulerStats {
+                        total_blocks: 9,
+                        ..stats
+                    },
+                    cache.clone(),
+                ),
+                (stats, cache),
+            ],
+            &LoraInfo::default(),
+        );
         assert!(
             again.contains("vllm:prompt_tokens_total{engine=\"1\",model_name=\"m\"} 7"),
             "{again}"
@@ -339,5 +356,36 @@ mod tests {
             again.contains("vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 3"),
             "{again}"
         );
+    }
+
+    /// One `lora_requests_info` series, naming the adapters as of this scrape.
+    #[test]
+    fn lora_requests_info_keeps_only_the_latest_label_set() {
+        let metrics = VllmMetrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let busy = LoraInfo {
+            running: vec!["tone".into(), "sql".into()],
+            waiting: vec!["legal".into()],
+            max_lora: 8,
+        };
+        let text = metrics.render(&[], &busy);
+        assert!(
+            text.contains("running_lora_adapters=\"tone,sql\"")
+                && text.contains("waiting_lora_adapters=\"legal\"")
+                && text.contains("max_lora=\"8\""),
+            "{text}"
+        );
+        let idle = metrics.render(
+            &[],
+            &LoraInfo {
+                max_lora: 8,
+                ..LoraInfo::default()
+            },
+        );
+        assert_eq!(
+            idle.matches("vllm:lora_requests_info{").count(),
+            1,
+            "{idle}"
+        );
+        assert!(!idle.contains("tone"), "{idle}");
     }
 }

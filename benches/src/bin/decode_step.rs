@@ -3,7 +3,11 @@
 //! forward pass and the number of heap allocations per step.
 //!
 //!     cargo run --release -p lantern-benches --bin decode_step -- --model DIR_OR_GGUF \
-//!         [--batch 1,32] [--context 160] [--kernels cpu|portable] [--quantized]
+//!         [--batch 1,32] [--context 160] [--kernels cpu|portable] [--quantized] \
+//!         [--adapters DIR,DIR,...]
+//!
+//! With `--adapters` (PEFT LoRA directories), each batch runs twice: the base alone, then the
+//! sequences spread over the adapters in turn (what adapters cost a step).
 
 use clap::Parser;
 use lantern_models::{
@@ -56,6 +60,9 @@ struct Args {
     /// Keep GGUF blocks quantized (the integer kernels) instead of expanding them to f32.
     #[arg(long)]
     quantized: bool,
+    /// LoRA adapter directories: each batch runs again with its sequences spread over them.
+    #[arg(long, value_delimiter = ',')]
+    adapters: Vec<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,26 +90,43 @@ fn main() -> anyhow::Result<()> {
         args.context,
         args.steps
     );
-    println!("| batch | ms/step | tokens/s | allocations/step | phases (ms/step) |");
-    println!("|---:|---:|---:|---:|---|");
+    for (id, dir) in args.adapters.iter().enumerate() {
+        let adapter = lantern_models::lora::load_adapter(dir, decoder.config(), 1024)?;
+        decoder.add_adapter(id as u32, &adapter)?;
+    }
+    println!("| batch | adapters | ms/step | tokens/s | allocations/step | phases (ms/step) |");
+    println!("|---:|---:|---:|---:|---:|---|");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    for &batch in &args.batch {
+    let adapter_counts = if args.adapters.is_empty() {
+        vec![0]
+    } else {
+        vec![0, args.adapters.len()]
+    };
+    let runs: Vec<(usize, usize)> = args
+        .batch
+        .iter()
+        .flat_map(|&batch| adapter_counts.iter().map(move |&a| (batch, a)))
+        .collect();
+    for (batch, adapters) in runs {
+        let adapter_of = |s: usize| (adapters > 0).then(|| (s % adapters) as u32);
         let per_seq = (args.context + args.steps + 1).div_ceil(block_size);
         decoder.allocate_cache(batch * per_seq, block_size)?;
         let tables: Vec<Vec<u32>> = (0..batch)
             .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
             .collect();
         // Prefill every sequence's context, a few sequences per call.
-        for group in tables.chunks(4) {
+        for (first, group) in tables.chunks(4).enumerate() {
             let steps: Vec<SequenceStep> = group
                 .iter()
-                .map(|table| SequenceStep {
+                .enumerate()
+                .map(|(i, table)| SequenceStep {
                     tokens: (0..args.context)
                         .map(|_| rng.random_range(3..vocab))
                         .collect(),
                     context_before: 0,
                     block_table: table.clone(),
                     logits: LogitsWanted::Last,
+                    adapter: adapter_of(first * 4 + i),
                 })
                 .collect();
             decoder.forward(&steps)?;
@@ -110,11 +134,13 @@ fn main() -> anyhow::Result<()> {
         let step_at = |position: usize, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<SequenceStep> {
             tables
                 .iter()
-                .map(|table| SequenceStep {
+                .enumerate()
+                .map(|(s, table)| SequenceStep {
                     tokens: vec![rng.random_range(3..vocab)],
                     context_before: position,
                     block_table: table.clone(),
                     logits: LogitsWanted::Last,
+                    adapter: adapter_of(s),
                 })
                 .collect()
         };
@@ -145,7 +171,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "-".into());
         decoder.record_phases(false);
         println!(
-            "| {batch} | {:.2} | {:.1} | {:.1} | {phases} |",
+            "| {batch} | {adapters} | {:.2} | {:.1} | {:.1} | {phases} |",
             elapsed * 1e3 / measured,
             batch as f64 * measured / elapsed,
             allocations as f64 / measured

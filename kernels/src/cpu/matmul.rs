@@ -25,6 +25,18 @@ pub enum Output {
     Accumulate,
 }
 
+/// Values added to some rows of a product's output after the bias and before the activation
+/// and the residual: a LoRA adapter's `scaling · B A x` for the rows that run under one.
+///
+/// `values` is row-major, `rows x` the product's full width: `n`, or `2n` for a gate/up pair
+/// (the gate's columns, then the up's). Rows whose `rows` entry is `false` are left alone, so
+/// their bits are those of the plain product.
+#[derive(Debug, Clone, Copy)]
+pub struct RowDelta<'a> {
+    pub values: &'a [f32],
+    pub rows: &'a [bool],
+}
+
 /// Row tile and panel group the microkernel uses for `rows` rows on these kernels.
 /// Performance only: every choice computes the same chains.
 pub(super) fn tile_shape(kernels: &Kernels, rows: usize) -> (usize, usize) {
@@ -101,7 +113,60 @@ impl super::CpuKernels {
         output: Output,
         scratch: &mut Vec<f32>,
     ) {
+        self.matmul_with_delta(x, rows, w, out, output, scratch, None);
+    }
+
+    /// [`Self::matmul`], with `delta` added to its rows' chains after the bias and before the
+    /// gate/up activation and the residual add.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_with_delta(
+        &self,
+        x: &[f32],
+        rows: usize,
+        w: &PackedMatrix,
+        out: &mut [f32],
+        output: Output,
+        scratch: &mut Vec<f32>,
+        delta: Option<RowDelta<'_>>,
+    ) {
+        self.product(x, rows, w, out, output, scratch, delta, true);
+    }
+
+    /// [`Self::matmul`] storing its output, all on the calling thread: for products too small
+    /// to be worth a parallel region (a LoRA adapter's), many of which run side by side in
+    /// one. The same bits as [`Self::matmul`].
+    pub fn matmul_on_this_thread(
+        &self,
+        x: &[f32],
+        rows: usize,
+        w: &PackedMatrix,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        self.product(x, rows, w, out, Output::Store, scratch, None, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        x: &[f32],
+        rows: usize,
+        w: &PackedMatrix,
+        out: &mut [f32],
+        output: Output,
+        scratch: &mut Vec<f32>,
+        delta: Option<RowDelta<'_>>,
+        parallel: bool,
+    ) {
         let (k, n) = (w.k, w.n);
+        if let Some(delta) = delta {
+            assert_eq!(delta.rows.len(), rows, "a delta flag per row");
+            assert_eq!(
+                delta.values.len(),
+                rows * w.width(),
+                "delta must be rows x width"
+            );
+        }
         assert_eq!(x.len(), rows * k, "x must be rows x k");
         assert_eq!(out.len(), rows * n, "out must be rows x n");
         if rows == 0 {
@@ -115,7 +180,7 @@ impl super::CpuKernels {
         }
         let scratch = &mut scratch[..needed];
         let threads = rayon::current_num_threads();
-        let chunks = if rows * panels * PANEL * k < PARALLEL_MIN_MACS {
+        let chunks = if !parallel || rows * panels * PANEL * k < PARALLEL_MIN_MACS {
             1
         } else {
             threads * CHUNKS_PER_THREAD
@@ -161,7 +226,7 @@ impl super::CpuKernels {
                     }
                 }
             }
-            epilogue_in_place(kernels, w, first, chunk, stride);
+            epilogue_in_place(kernels, w, first, chunk, stride, delta);
         };
         if chunks == 1 || per_chunk >= panels {
             work((0, scratch));
@@ -174,7 +239,7 @@ impl super::CpuKernels {
         if let Some(quantized) = quantized {
             QUANTIZED_ROWS.set(quantized);
         }
-        write_rows(w, scratch, rows, out, output);
+        write_rows(w, scratch, rows, out, output, parallel);
     }
 }
 
@@ -185,6 +250,7 @@ fn epilogue_in_place(
     first_panel: usize,
     chunk: &mut [f32],
     stride: usize,
+    delta: Option<RowDelta<'_>>,
 ) {
     if let Some(bias) = &w.bias {
         for (p, panel) in chunk.chunks_exact_mut(stride).enumerate() {
@@ -197,6 +263,9 @@ fn epilogue_in_place(
             }
         }
     }
+    if let Some(delta) = delta {
+        add_delta(w, first_panel, chunk, stride, delta);
+    }
     if w.activation.is_gated() {
         for pair in chunk.chunks_exact_mut(2 * stride) {
             let (gate, up) = pair.split_at_mut(stride);
@@ -208,8 +277,47 @@ fn epilogue_in_place(
     }
 }
 
+/// `delta`'s rows added to a thread's panels, still in panel-major order. Stored panel `s` is
+/// output panel `s` of a plain matrix; of a gate/up pair, gate panel `s / 2` (even `s`) or up
+/// panel `s / 2` (odd), whose columns sit `n` further along a delta row.
+fn add_delta(
+    w: &PackedMatrix,
+    first_panel: usize,
+    chunk: &mut [f32],
+    stride: usize,
+    delta: RowDelta<'_>,
+) {
+    let width = w.width();
+    for (p, panel) in chunk.chunks_exact_mut(stride).enumerate() {
+        let stored = first_panel + p;
+        let (panel_index, offset) = if w.activation.is_gated() {
+            (stored / 2, (stored % 2) * w.n)
+        } else {
+            (stored, 0)
+        };
+        let col0 = panel_index * PANEL;
+        let cols = PANEL.min(w.n - col0);
+        let start = offset + col0;
+        for (r, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            if delta.rows[r] {
+                let add = &delta.values[r * width + start..][..cols];
+                for (v, d) in row[..cols].iter_mut().zip(add) {
+                    *v += d;
+                }
+            }
+        }
+    }
+}
+
 /// Panel-major scratch to row-major `out`.
-fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], output: Output) {
+fn write_rows(
+    w: &PackedMatrix,
+    scratch: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    output: Output,
+    parallel: bool,
+) {
     let stride = rows * PANEL;
     let n = w.n;
     // Output panel j lives at stored panel j (plain) or 2j (gate/up: the gate's slot).
@@ -230,7 +338,7 @@ fn write_rows(w: &PackedMatrix, scratch: &[f32], rows: usize, out: &mut [f32], o
             }
         }
     };
-    if rows * n >= 1 << 16 && rows > 1 {
+    if parallel && rows * n >= 1 << 16 && rows > 1 {
         out.par_chunks_mut(n).enumerate().for_each(write_row);
     } else {
         out.chunks_mut(n).enumerate().for_each(write_row);
@@ -321,7 +429,8 @@ pub(crate) mod tests {
             }
         }
 
-        /// Each row of an M-row call equals that row computed alone, at 1, 2 and 3 threads.
+        /// Each row of an M-row call equals that row computed alone, at 1, 2 and 3 threads
+        /// and on the calling thread alone.
         #[test]
         fn rows_do_not_depend_on_batch_mates_or_threads(
             k in prop::sample::select(vec![17usize, 576, 1537]),
@@ -342,6 +451,13 @@ pub(crate) mod tests {
                     "threads {threads} k {k} n {n} rows {rows}"
                 );
             }
+            // On the calling thread only: the same bits.
+            let mut serial = vec![f32::NAN; rows * n];
+            kernels.matmul_on_this_thread(&x, rows, &packed, &mut serial, &mut Vec::new());
+            prop_assert!(
+                serial.iter().map(|v| v.to_bits()).eq(alone.iter().map(|v| v.to_bits())),
+                "on this thread: k {k} n {n} rows {rows}"
+            );
         }
     }
 
@@ -432,6 +548,89 @@ pub(crate) mod tests {
                     "{:?}: {} vs {expected}",
                     kernels.isa(),
                     geglu[i]
+                );
+            }
+        }
+    }
+
+    /// A delta joins its rows' chains after the bias and before the residual add and the
+    /// gate/up activation; rows without one keep the plain product's bits. Panels split
+    /// between threads (n and k large enough to run in parallel) must find their columns.
+    #[test]
+    fn row_deltas_apply_between_bias_and_epilogue() {
+        let (rows, n, k) = (5, 300, 256);
+        let x = random(rows * k, 11);
+        let (w, up_w) = (random(n * k, 12), random(n * k, 13));
+        let bias = random(n, 14);
+        let residual = random(rows * n, 15);
+        let (chains, up_chains) = (
+            reference(&x, rows, &w, n, k),
+            reference(&x, rows, &up_w, n, k),
+        );
+        let delta = random(rows * 2 * n, 16);
+        let with = [true, false, true, true, false];
+        let biased = PackedMatrix::pack(&w, n, k, WeightFormat::F32).with_bias(bias.clone());
+        let gate_up = PackedMatrix::gate_up(
+            PackedMatrix::pack(&w, n, k, WeightFormat::F32),
+            PackedMatrix::pack(&up_w, n, k, WeightFormat::F32),
+        );
+        for kernels in every_isa() {
+            let mut out = residual.clone();
+            let plain_delta: Vec<f32> = (0..rows)
+                .flat_map(|r| delta[r * 2 * n..r * 2 * n + n].to_vec())
+                .collect();
+            pool(2).install(|| {
+                kernels.matmul_with_delta(
+                    &x,
+                    rows,
+                    &biased,
+                    &mut out,
+                    Output::Accumulate,
+                    &mut Vec::new(),
+                    Some(RowDelta {
+                        values: &plain_delta,
+                        rows: &with,
+                    }),
+                )
+            });
+            for i in 0..rows * n {
+                let (r, c) = (i / n, i % n);
+                let chain = chains[i] + bias[c];
+                let expected = if with[r] {
+                    residual[i] + (chain + plain_delta[i])
+                } else {
+                    residual[i] + chain
+                };
+                assert_eq!(out[i].to_bits(), expected.to_bits(), "row {r} col {c}");
+            }
+            let mut swiglu = vec![f32::NAN; rows * n];
+            pool(2).install(|| {
+                kernels.matmul_with_delta(
+                    &x,
+                    rows,
+                    &gate_up,
+                    &mut swiglu,
+                    Output::Store,
+                    &mut Vec::new(),
+                    Some(RowDelta {
+                        values: &delta,
+                        rows: &with,
+                    }),
+                )
+            });
+            for i in 0..rows * n {
+                let (r, c) = (i / n, i % n);
+                let (mut g, mut u) = (chains[i], up_chains[i]);
+                if with[r] {
+                    g += delta[r * 2 * n + c];
+                    u += delta[r * 2 * n + n + c];
+                }
+                let expected = g / (1.0 + exp(-g)) * u;
+                assert_eq!(
+                    swiglu[i].to_bits(),
+                    expected.to_bits(),
+                    "{:?}",
+                    kernels.isa()
                 );
             }
         }

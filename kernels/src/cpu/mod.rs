@@ -30,7 +30,7 @@ pub use elementwise::{RotaryPairing, RotaryTable};
 pub use generic::Bf16;
 pub use isa::Isa;
 pub use kv_blocks::KvBlocks;
-pub use matmul::{GatedActivation, Output, PackedMatrix, WeightFormat};
+pub use matmul::{GatedActivation, Output, PackedMatrix, RowDelta, WeightFormat};
 pub use quant::QuantFormat;
 
 use arch::Kernels;

@@ -183,6 +183,16 @@ impl PackedMatrix {
         self.n
     }
 
+    /// Columns of the chains before the activation: `n`, or `2n` for a gate/up pair (the
+    /// width of a [`super::matmul::RowDelta`]).
+    pub fn width(&self) -> usize {
+        if self.activation.is_gated() {
+            2 * self.n
+        } else {
+            self.n
+        }
+    }
+
     pub fn in_features(&self) -> usize {
         self.k
     }

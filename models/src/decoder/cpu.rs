@@ -12,16 +12,19 @@ use crate::batch::{attention_views, logit_rows, CpuCache, SequenceStep};
 use crate::config::{DecoderConfig, MlpActivation, RopeConfig, RotaryStyle};
 use crate::error::{ModelError, Result};
 use crate::layers::{rotary_frequencies, Linear};
+use crate::lora::{LoraAdapter, Projection};
 use crate::weights::{bias_name, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
     self, AttentionScratch, AttentionShape, CpuKernels, GatedActivation, KvBlocks, Output,
-    PackedMatrix, RotaryPairing, RotaryTable, WeightFormat,
+    PackedMatrix, RotaryPairing, RotaryTable, RowDelta, WeightFormat,
 };
 use lantern_kernels::SequenceAttention;
+use lora::{CpuAdapters, LoraBuffers, RowGroups};
 use weights::Weight;
 
 mod load;
+mod lora;
 mod weights;
 
 #[derive(Debug)]
@@ -100,6 +103,8 @@ struct Step<'a> {
     sequences: &'a [SequenceAttention<'a>],
     rotary: &'a RotaryTable,
     local_rotary: Option<&'a RotaryTable>,
+    /// The rows that run under each adapter.
+    adapters: &'a RowGroups,
 }
 
 /// Buffers a step reuses; they grow to the largest batch seen and stay.
@@ -116,6 +121,7 @@ struct Workspace {
     branch: Vec<f32>,
     scratch: Vec<f32>,
     attention_scratch: AttentionScratch,
+    lora: LoraBuffers,
 }
 
 #[derive(Debug)]
@@ -128,6 +134,7 @@ pub(crate) struct CpuModel {
     rotary: RotaryTable,
     local_rotary: Option<RotaryTable>,
     workspace: Workspace,
+    adapters: CpuAdapters,
 }
 
 impl CpuModel {
@@ -182,6 +189,24 @@ impl CpuModel {
         self.kernels.isa()
     }
 
+    /// Loads `adapter` for steps to name by `id` (replacing one loaded under it).
+    pub fn add_adapter(&mut self, id: u32, adapter: &LoraAdapter) {
+        self.adapters.insert(id, adapter, self.layers.len());
+    }
+
+    pub fn remove_adapter(&mut self, id: u32) -> bool {
+        self.adapters.remove(id)
+    }
+
+    pub fn has_adapter(&self, id: u32) -> bool {
+        self.adapters.contains(id)
+    }
+
+    /// Bytes of the loaded adapters' packed weights.
+    pub fn adapter_bytes(&self) -> usize {
+        self.adapters.bytes()
+    }
+
     /// Bytes of weights held (packed matrices, norms, embedding table).
     pub fn weight_bytes(&self) -> usize {
         let layers: usize = self
@@ -226,6 +251,7 @@ impl CpuModel {
         let mut workspace = std::mem::take(&mut self.workspace);
         let ws = &mut workspace;
         let sequences = attention_views(steps);
+        let adapters = RowGroups::new(steps.iter().map(|s| (s.adapter, s.tokens.len())));
         let mut phases = ws.phases.take();
         let logits = cpu::install(|| -> Result<Vec<f32>> {
             let mut clock = Stopwatch {
@@ -241,9 +267,10 @@ impl CpuModel {
                 sequences: &sequences,
                 rotary: &self.rotary,
                 local_rotary: self.local_rotary.as_ref(),
+                adapters: &adapters,
             };
-            for (layer, blocks) in self.layers.iter().zip(&mut cache.layers) {
-                self.layer(&step, layer, blocks, ws, &mut clock)?;
+            for (index, (layer, blocks)) in self.layers.iter().zip(&mut cache.layers).enumerate() {
+                self.layer(&step, index, layer, blocks, ws, &mut clock)?;
             }
             let logits = self.logits(config, &logit_rows, ws);
             clock.lap(8);
@@ -291,6 +318,7 @@ impl CpuModel {
     fn layer(
         &self,
         step: &Step<'_>,
+        index: usize,
         layer: &CpuLayer,
         blocks: &mut KvBlocks,
         ws: &mut Workspace,
@@ -303,6 +331,7 @@ impl CpuModel {
             sequences,
             rotary,
             local_rotary,
+            adapters,
         } = *step;
         let rotary = match local_rotary {
             Some(local) if layer.local_rotary => local,
@@ -321,13 +350,28 @@ impl CpuModel {
 
         k.rms_norm(&ws.hidden, &layer.attention_norm, eps, &mut ws.normed);
         clock.lap(1);
-        k.matmul(
+        let qkv_parts = [
+            (Projection::Query, 0),
+            (Projection::Key, q_size),
+            (Projection::Value, q_size + kv_size),
+        ];
+        let delta = self.adapters.delta(
+            k,
+            adapters,
+            index,
+            &qkv_parts,
+            qkv_width,
+            &ws.normed,
+            &mut ws.lora,
+        );
+        k.matmul_with_delta(
             &ws.normed,
             rows,
             &layer.qkv,
             &mut ws.qkv,
             Output::Store,
             &mut ws.scratch,
+            delta,
         );
         clock.lap(2);
         // One pass per row: q/k norm, rotary, cache write; queries gathered for attention.
@@ -372,6 +416,15 @@ impl CpuModel {
         )
         .map_err(ModelError::Batch)?;
         clock.lap(4);
+        let delta = self.adapters.delta(
+            k,
+            adapters,
+            index,
+            &[(Projection::Output, 0)],
+            hidden,
+            &ws.attention,
+            &mut ws.lora,
+        );
         add_to_residual(
             k,
             &ws.attention,
@@ -384,19 +437,40 @@ impl CpuModel {
                 branch: &mut ws.branch,
                 scratch: &mut ws.scratch,
             },
+            delta,
         );
         clock.lap(5);
         k.rms_norm(&ws.hidden, &layer.mlp_norm, eps, &mut ws.normed);
         clock.lap(1);
-        k.matmul(
+        let ffn = c.intermediate_size;
+        let delta = self.adapters.delta(
+            k,
+            adapters,
+            index,
+            &[(Projection::Gate, 0), (Projection::Up, ffn)],
+            2 * ffn,
+            &ws.normed,
+            &mut ws.lora,
+        );
+        k.matmul_with_delta(
             &ws.normed,
             rows,
             &layer.gate_up,
             &mut ws.activated,
             Output::Store,
             &mut ws.scratch,
+            delta,
         );
         clock.lap(6);
+        let delta = self.adapters.delta(
+            k,
+            adapters,
+            index,
+            &[(Projection::Down, 0)],
+            hidden,
+            &ws.activated,
+            &mut ws.lora,
+        );
         add_to_residual(
             k,
             &ws.activated,
@@ -409,6 +483,7 @@ impl CpuModel {
                 branch: &mut ws.branch,
                 scratch: &mut ws.scratch,
             },
+            delta,
         );
         clock.lap(7);
         Ok(())
@@ -454,7 +529,9 @@ struct Buffers<'a> {
     scratch: &'a mut Vec<f32>,
 }
 
-/// `hidden += input W^T`, or with a post-norm (Gemma) `hidden += norm(input W^T)`.
+/// `hidden += input W^T (+ delta)`, or with a post-norm (Gemma) `hidden += norm(input W^T
+/// (+ delta))`.
+#[allow(clippy::too_many_arguments)]
 fn add_to_residual(
     k: &CpuKernels,
     input: &[f32],
@@ -463,26 +540,29 @@ fn add_to_residual(
     post_norm: Option<&[f32]>,
     eps: f32,
     buffers: Buffers<'_>,
+    delta: Option<RowDelta<'_>>,
 ) {
     let Some(norm) = post_norm else {
-        k.matmul(
+        k.matmul_with_delta(
             input,
             rows,
             matrix,
             buffers.hidden,
             Output::Accumulate,
             buffers.scratch,
+            delta,
         );
         return;
     };
     buffers.branch.resize(buffers.hidden.len(), 0.0);
-    k.matmul(
+    k.matmul_with_delta(
         input,
         rows,
         matrix,
         buffers.branch,
         Output::Store,
         buffers.scratch,
+        delta,
     );
     k.rms_norm_in_place(buffers.branch, norm, eps);
     for (h, b) in buffers.hidden.iter_mut().zip(buffers.branch.iter()) {

@@ -51,7 +51,7 @@ impl KernelPath {
 #[derive(Debug)]
 enum Execution {
     Portable {
-        model: PortableModel,
+        model: Box<PortableModel>,
         cache: Option<TensorCache>,
     },
     Cpu {
@@ -102,7 +102,7 @@ impl Decoder {
                 ))
             }
             KernelPath::Auto | KernelPath::Portable => Execution::Portable {
-                model: PortableModel::load(&config, weights, dtype, device)?,
+                model: Box::new(PortableModel::load(&config, weights, dtype, device)?),
                 cache: None,
             },
         };
@@ -196,6 +196,41 @@ impl Decoder {
                 let dtype = format!("{:?}", self.dtype).to_lowercase();
                 vec![("all", dtype)]
             }
+        }
+    }
+
+    /// Loads a LoRA adapter (read by [`crate::lora::load_adapter`] for this model's config)
+    /// for steps to name by `id` ([`SequenceStep::adapter`]); replaces one loaded under it.
+    pub fn add_adapter(&mut self, id: u32, adapter: &crate::lora::LoraAdapter) -> Result<()> {
+        match &mut self.execution {
+            Execution::Portable { model, .. } => model.add_adapter(id, adapter, &self.device),
+            Execution::Cpu { model, .. } => {
+                model.add_adapter(id, adapter);
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees the adapter loaded under `id`; `false` if there was none.
+    pub fn remove_adapter(&mut self, id: u32) -> bool {
+        match &mut self.execution {
+            Execution::Portable { model, .. } => model.remove_adapter(id),
+            Execution::Cpu { model, .. } => model.remove_adapter(id),
+        }
+    }
+
+    pub fn has_adapter(&self, id: u32) -> bool {
+        match &self.execution {
+            Execution::Portable { model, .. } => model.has_adapter(id),
+            Execution::Cpu { model, .. } => model.has_adapter(id),
+        }
+    }
+
+    /// Bytes the loaded adapters take.
+    pub fn adapter_bytes(&self) -> usize {
+        match &self.execution {
+            Execution::Portable { model, .. } => model.adapter_bytes(),
+            Execution::Cpu { model, .. } => model.adapter_bytes(),
         }
     }
 
@@ -304,6 +339,15 @@ impl Decoder {
         steps: &[SequenceStep],
         uploads: &dyn lantern_kernels::Uploads,
     ) -> Result<Tensor> {
+        if let Some(id) = steps
+            .iter()
+            .filter_map(|s| s.adapter)
+            .find(|&id| !self.has_adapter(id))
+        {
+            return Err(ModelError::Batch(format!(
+                "a step names adapter {id}, which is not loaded"
+            )));
+        }
         match &mut self.execution {
             Execution::Portable { model, cache } => {
                 let cache = cache.as_ref().ok_or_else(no_cache)?;

@@ -6,17 +6,23 @@ use crate::batch::{attention_views, FlatBatch, SequenceStep, TensorCache};
 use crate::config::{DecoderConfig, MlpActivation};
 use crate::error::Result;
 use crate::layers::{Angles, Linear, RmsNorm, Rotary};
+use crate::lora::{LoraAdapter, Projection};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{
     AttentionNeeds, AttentionParams, LayerKvCache, PagedAttention, StepMetadata, Uploads,
 };
+use lora::{PortableAdapters, StepGroups};
+
+mod lora;
 
 /// What one layer's attention needs from the step (built once per step).
 struct Step<'a> {
     config: &'a DecoderConfig,
     metadata: &'a StepMetadata,
     cache: &'a LayerKvCache,
+    layer: usize,
+    adapters: &'a StepGroups,
 }
 
 #[derive(Debug)]
@@ -62,6 +68,7 @@ pub(crate) struct PortableModel {
     local_rotary: Option<Rotary>,
     /// Chosen per block size (FlashAttention wants blocks of a multiple of 32 tokens).
     dtype: DType,
+    adapters: PortableAdapters,
 }
 
 impl PortableModel {
@@ -133,7 +140,28 @@ impl PortableModel {
             embedding,
             layers,
             lm_head,
+            adapters: PortableAdapters::default(),
         })
+    }
+
+    /// Loads `adapter` for steps to name by `id` (replacing one loaded under it), on the
+    /// model's device and in its dtype.
+    pub fn add_adapter(&mut self, id: u32, adapter: &LoraAdapter, device: &Device) -> Result<()> {
+        let layers = self.layers.len();
+        self.adapters
+            .insert(id, adapter, layers, self.embedding.dtype(), device)
+    }
+
+    pub fn remove_adapter(&mut self, id: u32) -> bool {
+        self.adapters.remove(id)
+    }
+
+    pub fn has_adapter(&self, id: u32) -> bool {
+        self.adapters.contains(id)
+    }
+
+    pub fn adapter_bytes(&self) -> usize {
+        self.adapters.bytes()
     }
 
     /// The attention implementation for a cache of blocks of `block_size` tokens.
@@ -165,6 +193,11 @@ impl PortableModel {
         let batch = FlatBatch::new(steps, config, shape, device, uploads)?;
         let sequences = attention_views(steps);
         let metadata = kernels.prepare(&sequences, shape, device, uploads)?;
+        let adapters = StepGroups::new(
+            steps.iter().map(|s| (s.adapter, s.tokens.len())),
+            device,
+            uploads,
+        )?;
         // Rotary angles depend only on positions: once per step, not per layer.
         let dtype = self.embedding.dtype();
         let angles = self.rotary.angles(&batch.positions, dtype)?;
@@ -183,12 +216,14 @@ impl PortableModel {
                 None => x,
             })
         };
-        for (layer, layer_cache) in self.layers.iter().zip(&cache.layers) {
+        for (index, (layer, layer_cache)) in self.layers.iter().zip(&cache.layers).enumerate() {
             let attention_in = layer.attention_norm.forward(&hidden)?;
             let step = Step {
                 config,
                 metadata: &metadata,
                 cache: layer_cache,
+                layer: index,
+                adapters: &adapters,
             };
             let angles = match (&local_angles, layer.local_rotary) {
                 (Some(local), true) => local,
@@ -199,13 +234,14 @@ impl PortableModel {
             hidden = (hidden + after(&layer.post_attention_norm, attention_out)?)?;
             let mlp_in = layer.mlp_norm.forward(&hidden)?;
             let mlp = &layer.mlp;
-            let gate = mlp.gate.forward(&mlp_in)?;
+            let gate = self.project(&step, Projection::Gate, &mlp.gate, &mlp_in)?;
             let gate = match config.mlp_activation {
                 MlpActivation::Silu => candle_nn::ops::silu(&gate)?,
                 MlpActivation::GeluTanh => gate.gelu()?,
             };
-            let activated = (gate * mlp.up.forward(&mlp_in)?)?;
-            let mlp_out = mlp.down.forward(&activated)?;
+            let up = self.project(&step, Projection::Up, &mlp.up, &mlp_in)?;
+            let activated = (gate * up)?;
+            let mlp_out = self.project(&step, Projection::Down, &mlp.down, &activated)?;
             hidden = (hidden + after(&layer.post_mlp_norm, mlp_out)?)?;
         }
         let vocab = config.vocab_size;
@@ -241,18 +277,17 @@ impl PortableModel {
             Ok(angles.rotate(&t)?)
         };
         let query = heads(
-            attention.query.forward(x)?,
+            self.project(step, Projection::Query, &attention.query, x)?,
             c.num_heads,
             &attention.query_norm,
         )?;
         let key = heads(
-            attention.key.forward(x)?,
+            self.project(step, Projection::Key, &attention.key, x)?,
             c.num_kv_heads,
             &attention.key_norm,
         )?;
-        let value = attention
-            .value
-            .forward(x)?
+        let value = self
+            .project(step, Projection::Value, &attention.value, x)?
             .reshape((n, c.num_kv_heads, c.head_dim))?;
         let params = AttentionParams {
             scale: c.attention_scale,
@@ -260,8 +295,20 @@ impl PortableModel {
             softcap: c.attention_softcap,
         };
         let out = kernels.attend(&query, &key, &value, step.cache, step.metadata, params)?;
-        Ok(attention
-            .output
-            .forward(&out.reshape((n, c.num_heads * c.head_dim))?)?)
+        let out = out.reshape((n, c.num_heads * c.head_dim))?;
+        self.project(step, Projection::Output, &attention.output, &out)
+    }
+
+    /// `linear(x)`, plus the LoRA delta of the rows that run under an adapter.
+    fn project(
+        &self,
+        step: &Step<'_>,
+        projection: Projection,
+        linear: &Linear,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let y = linear.forward(x)?;
+        self.adapters
+            .apply(step.adapters, step.layer, projection, x, y)
     }
 }

@@ -16,6 +16,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, TokenizerBuilder};
 
+pub mod adapter;
 pub mod gguf;
 mod templates;
 pub use templates::chat_template;

@@ -132,6 +132,7 @@ impl Paged {
             context_before,
             block_table: self.tables[seq].clone(),
             logits,
+            adapter: None,
         })
     }
 }

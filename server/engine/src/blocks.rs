@@ -33,6 +33,18 @@ pub fn block_hash(parent: Option<&BlockHash>, tokens: &[u32]) -> BlockHash {
     hasher.finalize().into()
 }
 
+/// The parent of a sequence's first block: none for the base model; for a LoRA adapter, a
+/// hash of its id. Keys and values computed under one adapter are then found only by
+/// prompts that run under the same one (ids are never reused for another adapter).
+pub fn chain_root(adapter: Option<u32>) -> Option<BlockHash> {
+    adapter.map(|id| {
+        let mut hasher = Sha256::new();
+        hasher.update(b"lora adapter");
+        hasher.update(id.to_le_bytes());
+        hasher.finalize().into()
+    })
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BlockError {
     #[error("block {0} released while free (double free)")]

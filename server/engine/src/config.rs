@@ -45,7 +45,16 @@ pub struct EngineConfig {
     /// Choose next tokens on the device the logits are on (`device_sampling.rs`) rather than
     /// copying them to the host. `None`: on when the model runs on a GPU.
     pub sample_on_device: Option<bool>,
+    /// LoRA adapters loaded in the decoder at once (`--max-loras`); requests for others wait.
+    pub max_loras: usize,
+    /// The highest adapter rank served (`--max-lora-rank`).
+    pub max_lora_rank: usize,
 }
+
+/// `--max-loras` by default: adapters resident at once.
+pub const DEFAULT_MAX_LORAS: usize = 8;
+/// `--max-lora-rank` by default: any rank PEFT users commonly train (vLLM's 16 surprises).
+pub const DEFAULT_MAX_LORA_RANK: usize = 256;
 
 /// A failed (or panicking) step fails the sequences it carried and the engine goes on; only
 /// `max_consecutive` failures in a row turn it unhealthy (`/ping` 503, so the platform
@@ -83,6 +92,8 @@ impl Default for EngineConfig {
             )),
             speculate: 0,
             sample_on_device: None,
+            max_loras: DEFAULT_MAX_LORAS,
+            max_lora_rank: DEFAULT_MAX_LORA_RANK,
         }
     }
 }

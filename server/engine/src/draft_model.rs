@@ -78,6 +78,7 @@ impl DraftModel {
                     context_before: 0,
                     block_table: table(slot),
                     logits: LogitsWanted::Last,
+                    adapter: None,
                 }
             })
             .collect();
@@ -103,6 +104,7 @@ impl DraftModel {
                         context_before: fed[index],
                         block_table: table(index),
                         logits: LogitsWanted::Last,
+                        adapter: None,
                     });
                     fed[index] += 1;
                     next_active.push(index);

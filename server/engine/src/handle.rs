@@ -1,6 +1,7 @@
 //! The cloneable [`EngineHandle`] the HTTP layer holds: `submit` returns a stream of events;
 //! dropping the stream cancels the request. The engine is started in `startup.rs`.
 
+use crate::adapters::{AdapterRef, AdapterStats};
 use crate::channel::{Command, Shared};
 use crate::constraint::Constraints;
 use crate::limits::{FieldNames, Refusal, RequestSize};
@@ -141,7 +142,7 @@ impl EngineHandle {
         let (events, receiver) = unbounded_channel();
         let command = Command::Submit {
             id,
-            request,
+            request: Box::new(request),
             leader,
             events,
             submitted_at: Instant::now(),
@@ -186,5 +187,35 @@ impl EngineHandle {
 
     pub fn attention(&self) -> &'static str {
         self.attention
+    }
+
+    /// Asks the engine thread to load `adapter` now (between steps); resolves when it did,
+    /// or with why it could not.
+    pub fn load_adapter(
+        &self,
+        adapter: AdapterRef,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self.commands.send(Command::LoadAdapter { adapter, reply });
+        async move {
+            sent.map_err(|_| "the engine thread has stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the engine thread has stopped".to_string())?
+        }
+    }
+
+    /// Frees adapter `id` in the decoder once the engine thread next takes commands.
+    pub fn unload_adapter(&self, id: u32) {
+        let _ = self.commands.send(Command::UnloadAdapter { id });
+    }
+
+    /// The adapters running, waiting and loaded, as of the last step.
+    pub fn adapter_stats(&self) -> AdapterStats {
+        self.shared
+            .adapters
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 }

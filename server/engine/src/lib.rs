@@ -4,6 +4,7 @@
 //!
 //! This crate has no HTTP dependency: the compiler keeps the HTTP layer out.
 
+pub mod adapters;
 pub mod blocks;
 mod channel;
 pub mod config;
@@ -25,6 +26,7 @@ mod startup;
 pub mod stop;
 mod worker;
 
+pub use adapters::{AdapterRef, AdapterSource, AdapterStats};
 pub use config::{gpu_cache_blocks, CacheSize, EngineConfig, FaultPolicy, GpuMemory, StartError};
 pub use handle::{EngineHandle, EventStream, SubmitError};
 pub use limits::{FieldNames, Limits, Refusal, RequestSize};

@@ -2,6 +2,7 @@
 //! and KV cache, requests routed among them by `routing.rs`. An engine that fails takes
 //! only its own requests down; the pool serves while any engine is healthy.
 
+use crate::adapters::{AdapterRef, AdapterStats};
 use crate::constraint::Constraints;
 use crate::handle::{EngineHandle, EventStream, SubmitError};
 use crate::request::GenerateRequest;
@@ -59,7 +60,11 @@ impl EnginePool {
         loop {
             let usable = |e: usize| !failed[e] && self.engines[e].is_healthy();
             // The first sample's stream holds the route's count; each other one its own.
-            let Some(route) = self.router.choose(&request.prompt, per_sample, usable) else {
+            let adapter = request.adapter.as_ref().map(|a| a.id);
+            let Some(route) = self
+                .router
+                .choose(&request.prompt, adapter, per_sample, usable)
+            else {
                 return Err(SubmitError::Unavailable(
                     "every engine has failed".to_string(),
                 ));
@@ -147,6 +152,37 @@ impl EnginePool {
 
     pub fn attention(&self) -> &'static str {
         self.engines[0].attention()
+    }
+
+    /// Loads `adapter` into every engine's decoder now; the first engine's error if any
+    /// fails (engines that did load it keep it until it is unloaded).
+    pub async fn load_adapter(&self, adapter: &AdapterRef) -> Result<(), String> {
+        let replies: Vec<_> = self
+            .engines
+            .iter()
+            .filter(|e| e.is_healthy())
+            .map(|e| e.load_adapter(adapter.clone()))
+            .collect();
+        for reply in replies {
+            reply.await?;
+        }
+        Ok(())
+    }
+
+    /// Frees adapter `id` in every engine (no request may run under it any more).
+    pub fn unload_adapter(&self, id: u32) {
+        for engine in &self.engines {
+            engine.unload_adapter(id);
+        }
+    }
+
+    /// Every engine's adapter statistics together.
+    pub fn adapter_stats(&self) -> AdapterStats {
+        let mut total = AdapterStats::default();
+        for engine in &self.engines {
+            total += engine.adapter_stats();
+        }
+        total
     }
 }
 

@@ -20,6 +20,8 @@ pub struct GenerateRequest {
     pub prompt_logprobs: bool,
     /// The grammar the output is held to (compiled by `EngineHandle::constraints`).
     pub constraint: Option<Constraint>,
+    /// The LoRA adapter to run under; `None`: the base model.
+    pub adapter: Option<crate::adapters::AdapterRef>,
     /// The request's tracing span: what the engine logs about the request goes in it.
     pub span: tracing::Span,
 }
@@ -34,6 +36,7 @@ impl GenerateRequest {
             ignore_eos: false,
             prompt_logprobs: false,
             constraint: None,
+            adapter: None,
             span: tracing::Span::none(),
         }
     }

@@ -7,7 +7,7 @@
 //! the engine that computed that prefix. Outstanding work is counted here too: a request's
 //! prompt and new-token budget from when it is routed until its event stream is dropped.
 
-use crate::blocks::{block_hash, BlockHash};
+use crate::blocks::{block_hash, chain_root, BlockHash};
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,16 +72,17 @@ impl Router {
     /// Chooses among the engines `usable` allows and counts `work` tokens against the choice
     /// (one decision under the lock, so simultaneous requests see each other's load). The
     /// least loaded wins unless the engine that computed the longest remembered prefix of
-    /// `prompt` is busier than it by no more than the prompt tokens that prefix saves.
-    /// `None` when no engine is usable.
+    /// `prompt` (under `adapter`) is busier than it by no more than the prompt tokens that
+    /// prefix saves. `None` when no engine is usable.
     pub fn choose(
         &self,
         prompt: &[u32],
+        adapter: Option<u32>,
         work: usize,
         usable: impl Fn(usize) -> bool,
     ) -> Option<Route> {
         let hashes = if self.prefix_caching {
-            self.block_hashes(prompt)
+            self.block_hashes(prompt, adapter)
         } else {
             Vec::new()
         };
@@ -121,10 +122,11 @@ impl Router {
     }
 
     /// The chained hashes of the prompt's whole blocks, as the prefix cache names them.
-    fn block_hashes(&self, prompt: &[u32]) -> Vec<BlockHash> {
+    fn block_hashes(&self, prompt: &[u32], adapter: Option<u32>) -> Vec<BlockHash> {
         let mut hashes: Vec<BlockHash> = Vec::with_capacity(prompt.len() / self.block_size);
+        let root = chain_root(adapter);
         for block in prompt.chunks_exact(self.block_size) {
-            let hash = block_hash(hashes.last(), block);
+            let hash = block_hash(hashes.last().or(root.as_ref()), block);
             hashes.push(hash);
         }
         hashes
@@ -144,7 +146,7 @@ mod tests {
         let router = Router::new(3, 4, true);
         let _busy = router.hold(0, 100);
         let _busier = router.hold(1, 200);
-        let route = router.choose(&prompt(1, 10), 5, |_| true);
+        let route = router.choose(&prompt(1, 10), None, 5, |_| true);
         assert_eq!(route.as_ref().map(|r| r.engine), Some(2));
         // The choice counts at once: the next request sees it.
         assert_eq!(router.loads(), vec![100, 200, 5]);
@@ -156,33 +158,59 @@ mod tests {
     fn a_conversations_next_turn_returns_to_its_engine_while_load_allows() {
         let router = Router::new(2, 4, true);
         let first_turn = prompt(7, 12);
-        let first = router.choose(&first_turn, 0, |_| true).map(|r| r.engine);
+        let first = router
+            .choose(&first_turn, None, 0, |_| true)
+            .map(|r| r.engine);
         assert_eq!(first, Some(0));
         // The other engine is now the less loaded one, by less than the 12 cached tokens.
         let _held = router.hold(0, 8);
         let mut second_turn = first_turn.clone();
         second_turn.extend(prompt(8, 9));
-        let route = router.choose(&second_turn, 0, |_| true);
+        let route = router.choose(&second_turn, None, 0, |_| true);
         assert_eq!(route.as_ref().map(|r| r.engine), Some(0));
         assert_eq!(route.map(|r| r.expected_cached_tokens), Some(12));
         // Busier by more than the prefix saves: the load wins, and the prefix moves.
         let _more = router.hold(0, 100);
-        let third = router.choose(&second_turn, 0, |_| true);
+        let third = router.choose(&second_turn, None, 0, |_| true);
         assert_eq!(third.map(|r| r.engine), Some(1));
-        let fourth = router.choose(&second_turn, 0, |_| true);
+        let fourth = router.choose(&second_turn, None, 0, |_| true);
         assert_eq!(fourth.map(|r| r.expected_cached_tokens), Some(20));
         // Without prefix caching there is nothing to return to.
         let uncached = Router::new(2, 4, false);
         let _busy = uncached.hold(0, 1);
         assert_eq!(
-            uncached.choose(&first_turn, 0, |_| true).map(|r| r.engine),
+            uncached
+                .choose(&first_turn, None, 0, |_| true)
+                .map(|r| r.engine),
             Some(1)
         );
         let _busier = uncached.hold(1, 5);
         assert_eq!(
-            uncached.choose(&first_turn, 0, |_| true).map(|r| r.engine),
+            uncached
+                .choose(&first_turn, None, 0, |_| true)
+                .map(|r| r.engine),
             Some(0)
         );
+    }
+
+    /// A prefix computed under an adapter is that adapter's: the same prompt under another
+    /// (or the base) expects nothing cached.
+    #[test]
+    fn prefixes_are_remembered_per_adapter() {
+        let router = Router::new(2, 4, true);
+        let turn = prompt(3, 12);
+        let first = router.choose(&turn, Some(7), 0, |_| true);
+        assert_eq!(first.map(|r| r.engine), Some(0));
+        let same = router.choose(&turn, Some(7), 0, |_| true);
+        assert_eq!(same.map(|r| r.expected_cached_tokens), Some(12));
+        for other in [Some(8), None] {
+            let route = router.choose(&turn, other, 0, |_| true);
+            assert_eq!(
+                route.map(|r| r.expected_cached_tokens),
+                Some(0),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
@@ -198,12 +226,12 @@ mod tests {
         let _busy = (router.hold(0, 150), router.hold(1, 100), router.hold(2, 0));
         // B lands on engine 2; C, sharing B's first two blocks, on engine 1 (engine 2 is too
         // busy by then), which now holds those two blocks.
-        let _b = router.choose(&b, 200, |_| true);
+        let _b = router.choose(&b, None, 200, |_| true);
         assert_eq!(_b.as_ref().map(|r| r.engine), Some(2));
-        let c_route = router.choose(&c, 0, |_| true);
+        let c_route = router.choose(&c, None, 0, |_| true);
         assert_eq!(c_route.map(|r| r.engine), Some(1));
         // Engine 2 fails: B's deepest blocks point at it, the shared two at engine 1.
-        let again = router.choose(&b, 0, |e| e != 2);
+        let again = router.choose(&b, None, 0, |e| e != 2);
         assert_eq!(again.as_ref().map(|r| r.engine), Some(1));
         assert_eq!(again.map(|r| r.expected_cached_tokens), Some(8));
     }
@@ -212,9 +240,15 @@ mod tests {
     fn unusable_engines_are_never_chosen() {
         let router = Router::new(2, 4, true);
         let p = prompt(3, 8);
-        assert_eq!(router.choose(&p, 0, |_| true).map(|r| r.engine), Some(0));
-        assert_eq!(router.choose(&p, 0, |e| e != 0).map(|r| r.engine), Some(1));
-        assert!(router.choose(&p, 0, |_| false).is_none());
+        assert_eq!(
+            router.choose(&p, None, 0, |_| true).map(|r| r.engine),
+            Some(0)
+        );
+        assert_eq!(
+            router.choose(&p, None, 0, |e| e != 0).map(|r| r.engine),
+            Some(1)
+        );
+        assert!(router.choose(&p, None, 0, |_| false).is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! the number of sequences holding it; a scheduled sequence's blocks cover every position it
 //! will have; a cached block's hash is that of its tokens and their prefix.
 
-use crate::blocks::{block_hash, BlockAllocator, BlockHash};
+use crate::blocks::{block_hash, chain_root, BlockAllocator, BlockHash};
 pub use crate::limits::Refusal;
 use crate::limits::{FieldNames, Limits, RequestSize};
 use lantern_models::{LogitsWanted, SequenceStep};
@@ -88,6 +88,8 @@ struct Sequence {
     /// Proposed tokens at the end of `tokens` (speculative decoding), fed with the last real
     /// one in a single step and kept only as far as they are accepted ([`Scheduler::settle`]).
     draft: usize,
+    /// The LoRA adapter it runs under (the decoder's id); `None` for the base model.
+    adapter: Option<u32>,
 }
 
 /// How a sequence is to be run, beyond its tokens.
@@ -100,6 +102,8 @@ pub struct SequenceOptions {
     /// Every prompt token's logits are wanted: the prompt is computed whole (no cache
     /// lookup), though its blocks are still published.
     pub prompt_logprobs: bool,
+    /// The LoRA adapter it runs under (the decoder's id). Its cached prefixes are its own.
+    pub adapter: Option<u32>,
 }
 
 /// One scheduled sequence of a step.
@@ -134,6 +138,8 @@ pub struct Scheduler {
     prefix_cache: PrefixCacheStats,
     /// See [`Scheduler::set_prefill_while_decoding`].
     prefill_while_decoding: usize,
+    /// See [`Scheduler::set_max_adapters`].
+    max_adapters: usize,
 }
 
 impl Scheduler {
@@ -147,6 +153,7 @@ impl Scheduler {
             preemptions: 0,
             prefix_cache: PrefixCacheStats::default(),
             prefill_while_decoding: usize::MAX,
+            max_adapters: usize::MAX,
         }
     }
 
@@ -198,6 +205,7 @@ impl Scheduler {
                 leader: options.leader,
                 logits_until,
                 draft: 0,
+                adapter: options.adapter,
             },
         );
         self.waiting.insert(id);
@@ -269,13 +277,13 @@ impl Scheduler {
                 self.waiting.remove(&id);
                 continue;
             };
-            if self.waits_for_leader(seq) {
+            if self.waits_for_leader(seq) || !self.adapter_fits(seq.adapter) {
                 continue;
             }
             let prefix = if seq.logits_until > 0 {
                 Vec::new()
             } else {
-                self.cached_prefix(&seq.tokens)
+                self.cached_prefix(&seq.tokens, seq.adapter)
             };
             // Cached blocks no one holds count as available until this sequence holds them.
             let taken_from_idle = prefix
@@ -307,6 +315,50 @@ impl Scheduler {
         plan
     }
 
+    /// Caps the distinct LoRA adapters running at once (the decoder holds that many): a
+    /// waiting request for another adapter waits, and those behind it go ahead.
+    pub fn set_max_adapters(&mut self, adapters: usize) {
+        self.max_adapters = adapters.max(1);
+    }
+
+    /// Whether a sequence under `adapter` can join the running ones.
+    fn adapter_fits(&self, adapter: Option<u32>) -> bool {
+        let Some(adapter) = adapter else {
+            return true;
+        };
+        let running = self.running_adapters();
+        running.contains(&adapter) || running.len() < self.max_adapters
+    }
+
+    /// The adapters of the running sequences, each once.
+    pub fn running_adapters(&self) -> Vec<u32> {
+        let mut running: Vec<u32> = self
+            .running
+            .iter()
+            .filter_map(|id| self.sequences.get(id)?.adapter)
+            .collect();
+        running.sort_unstable();
+        running.dedup();
+        running
+    }
+
+    /// The adapters of the waiting sequences, each once.
+    pub fn waiting_adapters(&self) -> Vec<u32> {
+        let mut waiting: Vec<u32> = self
+            .waiting
+            .iter()
+            .filter_map(|id| self.sequences.get(id)?.adapter)
+            .collect();
+        waiting.sort_unstable();
+        waiting.dedup();
+        waiting
+    }
+
+    /// The adapter sequence `id` runs under.
+    pub fn adapter_of(&self, id: SequenceId) -> Option<u32> {
+        self.sequences.get(&id)?.adapter
+    }
+
     /// Caps the prompt tokens a step prefills while sequences are decoding (the
     /// configuration's `max_batch_prefill_tokens` caps it too).
     pub fn set_prefill_while_decoding(&mut self, tokens: usize) {
@@ -328,15 +380,16 @@ impl Scheduler {
 
     /// The longest run of cached blocks holding a prefix of `tokens`, leaving the last token
     /// to compute; with each block its hash. Empty when prefix caching is off.
-    fn cached_prefix(&self, tokens: &[u32]) -> Vec<(u32, BlockHash)> {
+    fn cached_prefix(&self, tokens: &[u32], adapter: Option<u32>) -> Vec<(u32, BlockHash)> {
         let mut prefix: Vec<(u32, BlockHash)> = Vec::new();
         if !self.config.prefix_caching {
             return prefix;
         }
         let size = self.config.block_size;
         let matchable = tokens.len().saturating_sub(1) / size;
+        let root = chain_root(adapter);
         for chunk in tokens.chunks_exact(size).take(matchable) {
-            let hash = block_hash(prefix.last().map(|(_, h)| h), chunk);
+            let hash = block_hash(prefix.last().map(|(_, h)| h).or(root.as_ref()), chunk);
             match self.allocator.lookup(&hash, chunk) {
                 Some(block) => prefix.push((block, hash)),
                 None => break,
@@ -389,7 +442,8 @@ impl Scheduler {
             ) else {
                 return;
             };
-            let hash = block_hash(seq.hashes.last(), tokens);
+            let root = chain_root(seq.adapter);
+            let hash = block_hash(seq.hashes.last().or(root.as_ref()), tokens);
             self.allocator.publish(block, hash, tokens, depth);
             seq.hashes.push(hash);
         }
@@ -453,6 +507,7 @@ impl Scheduler {
                 tokens: seq.tokens[seq.computed..end].to_vec(),
                 context_before: seq.computed,
                 block_table: seq.blocks.clone(),
+                adapter: seq.adapter,
                 logits: if seq.computed < seq.logits_until || seq.draft > 0 {
                     LogitsWanted::All
                 } else if end == seq.tokens.len() {

@@ -160,6 +160,7 @@ fn start_one(
             free_blocks: num_blocks,
             ..Default::default()
         }),
+        adapters: Mutex::new(Default::default()),
     });
     let (commands, receiver) = std::sync::mpsc::channel();
     let vocab_size = decoder.config().vocab_size;
@@ -181,7 +182,8 @@ fn start_one(
     .with_step_costs(step_costs, config.max_decode_stall.is_some())
     .with_speculation(config.speculate)
     .with_draft_model(draft)
-    .with_sampling_place(sample_on_device);
+    .with_sampling_place(sample_on_device)
+    .with_adapters(config.max_loras, config.max_lora_rank);
     std::thread::Builder::new()
         .name("lantern-engine".into())
         .spawn(move || worker.run())
@@ -234,6 +236,7 @@ fn warm_up(
             context_before: 0,
             block_table: ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect(),
             logits: LogitsWanted::Last,
+            adapter: None,
         })
         .collect();
     let started = Instant::now();

@@ -25,6 +25,7 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
+mod adapters;
 mod choose;
 mod choose_on_device;
 mod speculate;
@@ -53,6 +54,8 @@ struct Active {
     span: tracing::Span,
     /// Moving share of its proposed tokens that stood (speculation.rs), from 1.
     draft_acceptance: f64,
+    /// The LoRA adapter it runs under.
+    adapter: Option<crate::adapters::AdapterRef>,
 }
 
 impl Active {
@@ -93,6 +96,8 @@ pub(crate) struct Worker {
     speculation: SpeculationStats,
     /// Proposes instead of prompt lookup when given (`--draft-model`).
     draft_model: Option<crate::draft_model::DraftModel>,
+    /// The LoRA adapters loaded in the decoder.
+    adapters: adapters::ResidentAdapters,
 }
 
 impl Worker {
@@ -127,7 +132,15 @@ impl Worker {
             speculate: 0,
             speculation: SpeculationStats::default(),
             draft_model: None,
+            adapters: adapters::ResidentAdapters::new(usize::MAX, usize::MAX),
         }
+    }
+
+    /// At most `max` adapters loaded at once, of ranks up to `max_rank`.
+    pub fn with_adapters(mut self, max: usize, max_rank: usize) -> Self {
+        self.adapters = adapters::ResidentAdapters::new(max, max_rank);
+        self.scheduler.set_max_adapters(self.adapters.max());
+        self
     }
 
     pub fn with_draft_model(mut self, draft: Option<crate::draft_model::DraftModel>) -> Self {
@@ -219,13 +232,25 @@ impl Worker {
     }
 
     fn accept(&mut self, command: Command) {
-        let Command::Submit {
-            id,
-            request,
-            leader,
-            events,
-            submitted_at,
-        } = command;
+        let (id, request, leader, events, submitted_at) = match command {
+            Command::Submit {
+                id,
+                request,
+                leader,
+                events,
+                submitted_at,
+            } => (id, *request, leader, events, submitted_at),
+            Command::LoadAdapter { adapter, reply } => {
+                let _ = reply.send(self.load_adapter(&adapter, &[]));
+                self.publish_stats();
+                return;
+            }
+            Command::UnloadAdapter { id } => {
+                self.unload_adapter(id);
+                self.publish_stats();
+                return;
+            }
+        };
         if !self.shared.healthy.load(Ordering::Acquire) {
             let _ = events.send(Event::Failed("the engine is unhealthy".into()));
             return;
@@ -233,6 +258,7 @@ impl Worker {
         let options = SequenceOptions {
             leader,
             prompt_logprobs: request.prompt_logprobs,
+            adapter: request.adapter.as_ref().map(|a| a.id),
         };
         if let Err(refusal) =
             self.scheduler
@@ -260,6 +286,7 @@ impl Worker {
                 allowed: None,
                 span: request.span,
                 draft_acceptance: 1.0,
+                adapter: request.adapter,
             },
         );
     }
@@ -284,7 +311,7 @@ impl Worker {
             self.propose_drafts();
         }
         let plan = self.scheduler.schedule();
-        if plan.steps.is_empty() {
+        if plan.steps.is_empty() || !self.load_adapters_of(&plan) {
             return Ok(());
         }
         let started = Instant::now();
@@ -510,6 +537,9 @@ impl Worker {
                 speculation: self.speculation,
                 ..self.scheduler.stats()
             };
+        }
+        if let Ok(mut adapters) = self.shared.adapters.lock() {
+            *adapters = self.adapter_stats();
         }
     }
 }

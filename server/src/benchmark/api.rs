@@ -61,6 +61,9 @@ pub struct Generation {
     pub ignore_eos: bool,
     /// Merged into every body last, for server-specific parameters.
     pub extra_body: Map<String, Value>,
+    /// Requests name the model their work item names, if any (off for a compared server
+    /// given its own `--compare-model`).
+    pub per_request_models: bool,
 }
 
 /// What one streamed event says.
@@ -87,11 +90,20 @@ impl Api {
         }
     }
 
-    pub fn body(self, prompt: &Prompt, max_tokens: Option<u32>, settings: &Generation) -> Value {
+    /// A request's body. `model` (the work item's, when it names one) is OpenAI's `model`,
+    /// or TGI's `parameters.adapter_id`.
+    pub fn body(
+        self,
+        prompt: &Prompt,
+        max_tokens: Option<u32>,
+        model: Option<&str>,
+        settings: &Generation,
+    ) -> Value {
+        let named = model.filter(|_| settings.per_request_models);
         let mut body = match self {
             Api::OpenaiChat | Api::OpenaiCompletions => {
                 let mut body = json!({
-                    "model": settings.model,
+                    "model": named.unwrap_or(&settings.model),
                     "stream": true,
                     "stream_options": {"include_usage": true},
                     "temperature": settings.temperature,
@@ -125,6 +137,9 @@ impl Api {
                 }
                 if settings.ignore_eos {
                     parameters["ignore_eos"] = json!(true);
+                }
+                if let Some(adapter) = named {
+                    parameters["adapter_id"] = json!(adapter);
                 }
                 let mut body = json!({"inputs": prompt.as_text(), "parameters": parameters});
                 if self == Api::Sagemaker {
@@ -232,32 +247,47 @@ mod tests {
             temperature: 0.0,
             ignore_eos: true,
             extra_body: Map::new(),
+            per_request_models: true,
         }
     }
 
     #[test]
     fn bodies_follow_each_api() {
         let prompt = Prompt::Text("hi".into());
-        let chat = Api::OpenaiChat.body(&prompt, Some(5), &settings());
+        let chat = Api::OpenaiChat.body(&prompt, Some(5), None, &settings());
         assert_eq!(chat["messages"][0]["content"], "hi");
         assert_eq!(chat["max_tokens"], 5);
         assert_eq!(chat["stream_options"]["include_usage"], true);
-        let completions = Api::OpenaiCompletions.body(&prompt, None, &settings());
+        let completions = Api::OpenaiCompletions.body(&prompt, None, None, &settings());
         assert_eq!(completions["prompt"], "hi");
         assert!(completions.get("max_tokens").is_none());
-        let tgi = Api::Tgi.body(&prompt, Some(7), &settings());
+        let tgi = Api::Tgi.body(&prompt, Some(7), None, &settings());
         assert_eq!(tgi["parameters"]["max_new_tokens"], 7);
         assert_eq!(tgi["parameters"]["do_sample"], false);
         assert!(tgi.get("stream").is_none());
         assert_eq!(
-            Api::Sagemaker.body(&prompt, Some(7), &settings())["stream"],
+            Api::Sagemaker.body(&prompt, Some(7), None, &settings())["stream"],
             true
         );
         let mut extra = settings();
         extra.extra_body.insert("top_k".into(), json!(3));
         assert_eq!(
-            Api::OpenaiCompletions.body(&prompt, None, &extra)["top_k"],
+            Api::OpenaiCompletions.body(&prompt, None, None, &extra)["top_k"],
             3
+        );
+        // A request naming its own model (an adapter): OpenAI's `model`, TGI's `adapter_id`;
+        // not for a server given one model for all its requests.
+        let named = Api::OpenaiCompletions.body(&prompt, None, Some("tone"), &settings());
+        assert_eq!(named["model"], "tone");
+        let named = Api::Tgi.body(&prompt, None, Some("tone"), &settings());
+        assert_eq!(named["parameters"]["adapter_id"], "tone");
+        let fixed = Generation {
+            per_request_models: false,
+            ..settings()
+        };
+        assert_eq!(
+            Api::OpenaiChat.body(&prompt, None, Some("tone"), &fixed)["model"],
+            "m"
         );
     }
 

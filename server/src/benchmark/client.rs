@@ -81,6 +81,9 @@ pub struct Target {
 pub struct WorkItem {
     pub prompt: Prompt,
     pub max_tokens: Option<u32>,
+    /// The model (or LoRA adapter) this request names, when the workload spreads requests
+    /// over several (`--model a,b,c`, a dataset line's `"model"`).
+    pub model: Option<String>,
 }
 
 /// Whether requests share connections.
@@ -163,9 +166,12 @@ impl Client {
             target.base_url.trim_end_matches('/'),
             target.endpoint_path.as_deref().unwrap_or(target.api.path())
         );
-        let body = target
-            .api
-            .body(&item.prompt, item.max_tokens, &target.generation);
+        let body = target.api.body(
+            &item.prompt,
+            item.max_tokens,
+            item.model.as_deref(),
+            &target.generation,
+        );
         let response = self
             .http
             .post(url)

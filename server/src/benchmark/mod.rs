@@ -45,9 +45,12 @@ pub struct BenchmarkArgs {
     /// `/v1/completions`), for gateways that expose an endpoint elsewhere (`/prod/invoke`).
     #[arg(long)]
     endpoint_path: Option<String>,
-    /// The `model` field of OpenAI requests; default: the first of the server's `/v1/models`.
-    #[arg(long)]
-    model: Option<String>,
+    /// The `model` field of OpenAI requests (TGI's `parameters.adapter_id`); default: the
+    /// first of the server's `/v1/models`. Several, comma-separated: requests take them in
+    /// turn (a base and its LoRA adapters, mixed uniformly); a `--prompts` line's `"model"`
+    /// wins.
+    #[arg(long, value_delimiter = ',')]
+    model: Vec<String>,
     /// The server's name in tables and charts; default: the URL's host and port.
     #[arg(long)]
     label: Option<String>,
@@ -57,7 +60,8 @@ pub struct BenchmarkArgs {
     /// The second server's request format; default: `--api`.
     #[arg(long, value_enum)]
     compare_api: Option<Api>,
-    /// The second server's `model` field; default: the first of its `/v1/models`.
+    /// The second server's `model` field, for all its requests; default: the first of its
+    /// `/v1/models`, each request naming its own model as `--model` spreads them.
     #[arg(long)]
     compare_model: Option<String>,
     /// The second server's name in tables and charts; default: its host and port.
@@ -189,6 +193,12 @@ async fn run_async(args: BenchmarkArgs) -> anyhow::Result<()> {
         turns: args.turns,
         prompts_file: args.prompts.clone(),
         seed: args.seed,
+        // One model needs no spreading: every request names the server's.
+        models: if args.model.len() > 1 {
+            args.model.clone()
+        } else {
+            Vec::new()
+        },
     };
     let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -340,18 +350,19 @@ fn targets(args: &BenchmarkArgs) -> anyhow::Result<Vec<Target>> {
             _ => bail!("--extra-body must be a JSON object"),
         },
     };
-    let generation = |model: &Option<String>| Generation {
-        model: model.clone().unwrap_or_default(),
+    let generation = |model: Option<&String>, per_request_models: bool| Generation {
+        model: model.cloned().unwrap_or_default(),
         temperature: args.temperature,
         ignore_eos: args.ignore_eos && !args.free_output,
         extra_body: extra_body.clone(),
+        per_request_models,
     };
     let mut targets = vec![Target {
         label: args.label.clone().unwrap_or_else(|| host_of(&args.url)),
         base_url: args.url.clone(),
         endpoint_path: args.endpoint_path.clone(),
         api: args.api,
-        generation: generation(&args.model),
+        generation: generation(args.model.first(), true),
         headers: headers.clone(),
     }];
     if let Some(url) = &args.compare {
@@ -364,7 +375,7 @@ fn targets(args: &BenchmarkArgs) -> anyhow::Result<Vec<Target>> {
             base_url: url.clone(),
             endpoint_path: None,
             api: args.compare_api.unwrap_or(args.api),
-            generation: generation(&args.compare_model),
+            generation: generation(args.compare_model.as_ref(), args.compare_model.is_none()),
             headers,
         });
     }

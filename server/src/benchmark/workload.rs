@@ -46,6 +46,9 @@ pub struct WorkloadSpec {
     pub turns: usize,
     pub prompts_file: Option<PathBuf>,
     pub seed: u64,
+    /// Models (or LoRA adapters) to spread requests over, in turn; a dataset line's own
+    /// `"model"` wins.
+    pub models: Vec<String>,
 }
 
 /// One unit of work for a client: a request, and for conversations the user turns that follow
@@ -71,6 +74,7 @@ impl Job {
         WorkItem {
             prompt: Prompt::Chat(messages),
             max_tokens: previous.max_tokens,
+            model: previous.model.clone(),
         }
     }
 }
@@ -200,12 +204,31 @@ pub fn build(
     let item = |prompt| WorkItem {
         prompt,
         max_tokens: spec.output_len,
+        model: None,
     };
+    let mut jobs = build_prompts(spec, count, tokens, &mut rng, item)?;
+    if !spec.models.is_empty() {
+        for (index, job) in jobs.iter_mut().enumerate() {
+            job.first
+                .model
+                .get_or_insert_with(|| spec.models[index % spec.models.len()].clone());
+        }
+    }
+    Ok(jobs)
+}
+
+fn build_prompts(
+    spec: &WorkloadSpec,
+    count: usize,
+    tokens: &mut dyn TokenCount,
+    rng: &mut ChaCha8Rng,
+    item: impl Fn(Prompt) -> WorkItem,
+) -> anyhow::Result<Vec<Job>> {
     Ok(match spec.dataset {
         Dataset::Random => (0..count)
             .map(|_| Job {
                 first: item(Prompt::Text(text_of_length(
-                    &mut rng,
+                    rng,
                     spec.input_len,
                     tokens,
                 ))),
@@ -213,10 +236,10 @@ pub fn build(
             })
             .collect(),
         Dataset::SharedPrefix => {
-            let system = text_of_length(&mut rng, spec.prefix_len, tokens);
+            let system = text_of_length(rng, spec.prefix_len, tokens);
             (0..count)
                 .map(|_| {
-                    let question = text_of_length(&mut rng, spec.input_len, tokens);
+                    let question = text_of_length(rng, spec.input_len, tokens);
                     let system = Message {
                         role: "system".into(),
                         content: system.clone(),
@@ -233,7 +256,7 @@ pub fn build(
             (0..count.div_ceil(turns))
                 .map(|_| {
                     let mut questions: Vec<String> = (0..turns)
-                        .map(|_| text_of_length(&mut rng, spec.input_len, tokens))
+                        .map(|_| text_of_length(rng, spec.input_len, tokens))
                         .collect();
                     let first = questions.remove(0);
                     Job {
@@ -245,7 +268,7 @@ pub fn build(
         }
         Dataset::Edit | Dataset::Summarize => (0..count)
             .map(|_| {
-                let (document, length) = document_of_length(&mut rng, spec.input_len, tokens);
+                let (document, length) = document_of_length(rng, spec.input_len, tokens);
                 let (task, room) = if spec.dataset == Dataset::Edit {
                     (
                         "Repeat the text below exactly as it is, word for word, except that every \"sequence\" becomes \"stream\". Write nothing else.",
@@ -261,6 +284,7 @@ pub fn build(
                     first: WorkItem {
                         prompt: Prompt::Chat(vec![user(format!("{task}\n\n{document}"))]),
                         max_tokens: spec.output_len.or(Some(room as u32)),
+                        model: None,
                     },
                     follow_ups: Vec::new(),
                 }
@@ -366,6 +390,7 @@ struct JsonlLine {
     prompt: Option<String>,
     messages: Option<Vec<Message>>,
     max_tokens: Option<u32>,
+    model: Option<String>,
 }
 
 fn read_jsonl(path: &PathBuf, output_len: Option<u32>) -> anyhow::Result<Vec<WorkItem>> {
@@ -387,6 +412,7 @@ fn read_jsonl(path: &PathBuf, output_len: Option<u32>) -> anyhow::Result<Vec<Wor
         items.push(WorkItem {
             prompt,
             max_tokens: parsed.max_tokens.or(output_len),
+            model: parsed.model,
         });
     }
     Ok(items)
@@ -426,6 +452,7 @@ mod tests {
             turns: 3,
             prompts_file: None,
             seed: 7,
+            models: Vec::new(),
         }
     }
 
@@ -538,5 +565,32 @@ mod tests {
         std::fs::write(&path, "{\"text\": 1}\n").unwrap_or_else(|e| panic!("{e}"));
         let error = build(&s, 1, &mut NoCount).err().map(|e| format!("{e:#}"));
         assert!(error.is_some_and(|e| e.contains("line 1")));
+    }
+
+    /// `--model a,b,c`: requests take the models in turn; a line's own `"model"` wins.
+    #[test]
+    fn requests_spread_over_models_unless_a_line_names_its_own() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("p.jsonl");
+        let lines = "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"model\": \"sql\"}\n";
+        std::fs::write(&path, lines).unwrap_or_else(|e| panic!("{e}"));
+        let mut s = spec(Dataset::Jsonl);
+        s.prompts_file = Some(path);
+        s.models = vec!["base".into(), "tone".into(), "legal".into()];
+        let models: Vec<Option<String>> = build(&s, 4, &mut NoCount)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|job| job.first.model)
+            .collect();
+        let named = |m: &str| Some(m.to_string());
+        assert_eq!(
+            models,
+            [named("base"), named("sql"), named("legal"), named("sql")]
+        );
+        let mut random = spec(Dataset::Random);
+        random.models = vec!["x".into(), "y".into()];
+        let jobs = build(&random, 4, &mut NoCount).unwrap_or_default();
+        let spread: Vec<_> = jobs.iter().map(|j| j.first.model.clone()).collect();
+        assert_eq!(spread, [named("x"), named("y"), named("x"), named("y")]);
     }
 }

@@ -32,6 +32,15 @@ pub enum ApiError {
     Generation(String),
     #[error("{0}")]
     NotFound(String),
+    /// A name already taken (an adapter registered twice).
+    #[error("{0}")]
+    Conflict(String),
+    /// A path outside the directories the server may read.
+    #[error("{0}")]
+    Forbidden(String),
+    /// An adapter that cannot be served (its files, config or shapes): SageMaker's 424.
+    #[error("{0}")]
+    BadAdapter(String),
     #[error(
         "a valid API key is required: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
     )]
@@ -67,6 +76,9 @@ impl ApiError {
             Self::Generation(_) => "generation",
             Self::NotFound(_) => "not_found",
             Self::Unauthorized => "unauthorized",
+            Self::Conflict(_) => "conflict",
+            Self::Forbidden(_) => "forbidden",
+            Self::BadAdapter(_) => "invalid_adapter",
         }
     }
 
@@ -83,6 +95,9 @@ impl ApiError {
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadAdapter(_) => StatusCode::FAILED_DEPENDENCY,
         }
     }
 
@@ -103,6 +118,8 @@ impl ApiError {
                     Self::Generation(_) => "api_error",
                     Self::NotFound(_) => "not_found_error",
                     Self::Unauthorized => "authentication_error",
+                    Self::Forbidden(_) => "permission_error",
+                    Self::Conflict(_) | Self::BadAdapter(_) => "invalid_request_error",
                     Self::Validation { .. } | Self::BodyTimeout | Self::UnsupportedMediaType(_) => {
                         "invalid_request_error"
                     }

@@ -4,7 +4,9 @@
 use super::drive::{drive, Driven};
 use super::error::ApiError;
 use super::ranges::{in_range, Bounds};
+use super::sagemaker::ADAPTER_HEADER;
 use super::state::{AppState, ServingModel};
+use crate::adapters::AdapterUse;
 use lantern_engine::constraint::{Constraint, Grammar};
 use lantern_engine::{
     Completion, EventStream, FieldNames, FinishReason, GenerateRequest, Limits, RequestSize,
@@ -46,6 +48,8 @@ pub struct Params {
     pub logit_bias: Vec<(u32, f32)>,
     /// How the request's API names the fields a limit refers to.
     pub fields: FieldNames,
+    /// The LoRA adapter to run under.
+    pub adapter: AdapterChoice,
 }
 
 /// Whitespace between the tokens of JSON under a JSON grammar (a Lantern extension of TGI's
@@ -86,7 +90,87 @@ pub struct Prepared {
     /// Sequences sampled from the prompt (at least 1).
     pub samples: usize,
     /// Held until the response is complete.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Admission,
+}
+
+/// What a request holds until its response is complete: its in-flight slot, and its adapter
+/// (which cannot be unregistered while a request runs under it).
+pub struct Admission {
+    _slot: OwnedSemaphorePermit,
+    adapter: Option<AdapterUse>,
+}
+
+/// Which LoRA adapter a request asked for, and how.
+#[derive(Debug, Clone, Default)]
+pub enum AdapterChoice {
+    /// None named: the base model (or SageMaker's adapter header, on `/invocations`).
+    #[default]
+    Base,
+    /// An adapter by name (TGI's `parameters.adapter_id`); the base's own name means the base.
+    Named { name: String, field: &'static str },
+    /// OpenAI's `model`: the base's served name or an adapter's. Any name while no adapter
+    /// is registered (clients send all sorts); once one is, an unknown name is a 404, so
+    /// that a typo never reaches the base silently.
+    Model(String),
+}
+
+/// The adapter `choice` (or SageMaker's header, which `/invocations` passes down) names,
+/// held for the request; counted in `lantern_lora_requests_total`.
+fn choose_adapter(
+    state: &AppState,
+    model: &ServingModel,
+    choice: AdapterChoice,
+) -> Result<Option<AdapterUse>, ApiError> {
+    let registry = &model.adapters;
+    let known = || {
+        let names = registry.names();
+        if names.is_empty() {
+            "no adapter is registered".to_string()
+        } else {
+            format!("the adapters are {}", names.join(", "))
+        }
+    };
+    let header = super::sagemaker::adapter_header();
+    let (name, field) = match (choice, header) {
+        (AdapterChoice::Named { name, field }, Some(header)) if name != header => {
+            return Err(ApiError::validation(
+                format!("`{field}` names adapter `{name}`, the {ADAPTER_HEADER} header `{header}`: name one"),
+                field,
+            ))
+        }
+        (_, Some(header)) => {
+            let Some(held) = registry.acquire(&header) else {
+                return Err(ApiError::NotFound(format!(
+                    "the adapter {header} was not found ({ADAPTER_HEADER}): {}",
+                    known()
+                )));
+            };
+            state.metrics.lora_request(&header);
+            return Ok(Some(held));
+        }
+        (AdapterChoice::Base, None) => return Ok(None),
+        (AdapterChoice::Named { name, .. }, None) if name == model.name => return Ok(None),
+        (AdapterChoice::Named { name, field }, None) => (name, field),
+        (AdapterChoice::Model(name), None) if name == model.name || !registry.any() => {
+            return Ok(None)
+        }
+        (AdapterChoice::Model(name), None) => {
+            let Some(held) = registry.acquire(&name) else {
+                return Err(ApiError::NotFound(format!(
+                    "the model `{name}` does not exist: this server serves `{}`, and {}",
+                    model.name,
+                    known()
+                )));
+            };
+            state.metrics.lora_request(&name);
+            return Ok(Some(held));
+        }
+    };
+    let held = registry.acquire(&name).ok_or_else(|| {
+        ApiError::validation(format!("unknown adapter `{name}`: {}", known()), field)
+    })?;
+    state.metrics.lora_request(&name);
+    Ok(Some(held))
 }
 
 /// Runs CPU-heavy request preparation (tokenizing, rendering chat templates) on the blocking
@@ -339,7 +423,11 @@ pub async fn prepare(
             Some(compile(&model, grammar, field, config.max_grammar_compile).await?)
         }
     };
-    let permit = state.admit()?;
+    let adapter = choose_adapter(state, &model, params.adapter)?;
+    let permit = Admission {
+        _slot: state.admit()?,
+        adapter,
+    };
     Ok(Prepared {
         samples: params.samples.max(1),
         request: GenerateRequest {
@@ -350,6 +438,7 @@ pub async fn prepare(
             ignore_eos: params.ignore_eos,
             prompt_logprobs: params.prompt_logprobs,
             constraint,
+            adapter: permit.adapter.as_ref().map(|held| held.adapter().clone()),
             span: tracing::Span::current(),
         },
         prompt_tokens,

@@ -1,6 +1,7 @@
 //! The HTTP layer: it validates, submits to the engine and shapes events into each API's
 //! responses. One module per wire schema.
 
+mod adapters;
 pub mod api_key;
 mod bedrock;
 pub mod body;
@@ -185,7 +186,18 @@ async fn metrics(State(state): State<AppState>) -> String {
                 (engine.stats(), cache)
             })
             .collect();
-        text.push_str(&state.metrics.vllm.render(&engines));
+        let adapters = model.engine.adapter_stats();
+        let names = |ids: &[u32]| -> Vec<String> {
+            ids.iter()
+                .filter_map(|&id| model.adapters.name_of(id))
+                .collect()
+        };
+        let lora = crate::vllm_metrics::LoraInfo {
+            running: names(&adapters.running),
+            waiting: names(&adapters.waiting),
+            max_lora: model.adapters.max_loras(),
+        };
+        text.push_str(&state.metrics.vllm.render(&engines, &lora));
     }
     text
 }

@@ -3,7 +3,7 @@
 //! `temperature: 0` means greedy, as OpenAI clients expect.
 
 use super::error::{ApiError, Flavor};
-use super::generate::{combined, Generated, Params};
+use super::generate::{combined, AdapterChoice, Generated, Params};
 use super::sse::json_event;
 use super::state::AppState;
 use axum::extract::State;
@@ -189,6 +189,10 @@ impl Common {
             top_n_tokens: "top_logprobs",
         };
         Ok(Params {
+            adapter: self
+                .model
+                .clone()
+                .map_or(AdapterChoice::Base, AdapterChoice::Model),
             fields,
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: Some(
@@ -289,7 +293,15 @@ impl StreamHeader {
 
 pub async fn models(State(state): State<AppState>) -> Response {
     match state.model() {
-        Ok(model) => Json(json!({"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "lantern"}]})).into_response(),
+        Ok(model) => {
+            // vLLM's listing: the base, then each adapter with the base as its parent.
+            let base = json!({"id": model.name, "object": "model", "created": 0, "owned_by": "lantern", "root": model.name, "parent": null});
+            let adapters = model.adapters.list().into_iter().map(|listed| {
+                json!({"id": listed.adapter.name, "object": "model", "created": 0, "owned_by": "lantern", "root": listed.src, "parent": model.name})
+            });
+            let data: Vec<Value> = std::iter::once(base).chain(adapters).collect();
+            Json(json!({"object": "list", "data": data})).into_response()
+        }
         Err(e) => e.into_response_as(Flavor::OpenAi),
     }
 }

@@ -2,6 +2,7 @@
 //! (schemars derives their JSON schemas), and the paths from the router's own route table
 //! (`routes.rs`), so the document cannot drift from the code.
 
+use super::adapters::{LoadLoraAdapterRequest, RegisterAdapterRequest, UnloadLoraAdapterRequest};
 use super::bedrock::MessagesRequest;
 use super::openai::{ChatRequest, CompletionRequest};
 use super::routes::{operations, Answers, BodySchema};
@@ -23,6 +24,18 @@ pub fn document() -> Value {
         ("chat", generator.subschema_for::<ChatRequest>()),
         ("completion", generator.subschema_for::<CompletionRequest>()),
         ("messages", generator.subschema_for::<MessagesRequest>()),
+        (
+            "register_adapter",
+            generator.subschema_for::<RegisterAdapterRequest>(),
+        ),
+        (
+            "load_lora",
+            generator.subschema_for::<LoadLoraAdapterRequest>(),
+        ),
+        (
+            "unload_lora",
+            generator.subschema_for::<UnloadLoraAdapterRequest>(),
+        ),
     ];
     let schema = |name: &str| -> Value {
         schemas
@@ -41,6 +54,9 @@ pub fn document() -> Value {
         BodySchema::Invocations => json!({"anyOf": [
             schema("tgi"), schema("chat"), schema("completion"), schema("messages"),
         ]}),
+        BodySchema::RegisterAdapter => schema("register_adapter"),
+        BodySchema::LoadLoraAdapter => schema("load_lora"),
+        BodySchema::UnloadLoraAdapter => schema("unload_lora"),
     };
     let error = json!({"description": "Error: TGI shape {\"error\", \"error_type\"}; on /v1, OpenAI's {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"});
     let mut paths = Map::new();
@@ -59,8 +75,23 @@ pub fn document() -> Value {
                 "303": {"description": "To the chat page, /ui"},
                 "404": not_found,
             }),
+            Answers::AdapterMessage => json!({
+                "200": {"description": "Done: a text message (`Adapter <name> registered`, ...)"},
+                "400": error, "403": error, "404": error, "408": error, "409": error,
+                "413": error, "415": error, "424": error, "503": error,
+            }),
         };
         let mut operation = json!({"summary": op.summary, "responses": responses});
+        // Path parameters: `{name}` segments.
+        let parameters: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
+        }
         if let Some(body) = op.body {
             let schema = body_schema(body);
             operation["requestBody"] =

@@ -3,7 +3,7 @@
 //! neither can have a route the other lacks.
 
 use super::pipeline::serve;
-use super::{metrics, openai, openapi, sagemaker, tgi, ui, AppState};
+use super::{adapters, metrics, openai, openapi, sagemaker, tgi, ui, AppState};
 use axum::extract::State;
 use axum::handler::Handler;
 use axum::routing::{on, MethodFilter, MethodRouter};
@@ -12,6 +12,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 pub enum Verb {
     Get,
     Post,
+    Delete,
 }
 
 impl Verb {
@@ -19,6 +20,7 @@ impl Verb {
         match self {
             Verb::Get => "get",
             Verb::Post => "post",
+            Verb::Delete => "delete",
         }
     }
 
@@ -26,6 +28,7 @@ impl Verb {
         match self {
             Verb::Get => MethodFilter::GET,
             Verb::Post => MethodFilter::POST,
+            Verb::Delete => MethodFilter::DELETE,
         }
     }
 }
@@ -39,6 +42,11 @@ pub enum BodySchema {
     Completion,
     /// Any of TGI, OpenAI chat, OpenAI completion or Bedrock Messages (`/invocations`).
     Invocations,
+    /// SageMaker's adapter registration.
+    RegisterAdapter,
+    /// vLLM's adapter load and unload.
+    LoadLoraAdapter,
+    UnloadLoraAdapter,
 }
 
 /// One method of one path.
@@ -62,6 +70,9 @@ pub enum Answers {
     File(&'static str),
     /// `GET /`: a redirect to the chat page (404 with `--ui false`).
     RedirectToPage,
+    /// The adapter routes: a text message on success; refusals as 400, 403 (outside the
+    /// adapter roots), 404, 409 (a name taken) or 424 (an adapter that cannot be served).
+    AdapterMessage,
 }
 
 fn op<H, T>(
@@ -82,6 +93,24 @@ where
         body,
         answers: Answers::Json,
         handler: on(verb.filter(), handler),
+    }
+}
+
+/// An adapter route (its answers: [`Answers::AdapterMessage`]).
+fn adapter_op<H, T>(
+    path: &'static str,
+    verb: Verb,
+    summary: &'static str,
+    body: Option<BodySchema>,
+    handler: H,
+) -> Operation
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    Operation {
+        answers: Answers::AdapterMessage,
+        ..op(path, verb, summary, body, handler)
     }
 }
 
@@ -116,6 +145,11 @@ pub fn operations() -> Vec<Operation> {
         op("/v1/completions", Post, "OpenAI completions", Some(Completion), serve::<openai::Completions>),
         op("/v1/models", Get, "OpenAI model list", None, openai::models),
         op("/openapi.json", Get, "This document", None, openapi::openapi_json),
+        adapter_op("/adapters", Post, "Register a LoRA adapter (SageMaker adapter inference components): a local directory under the adapter roots, checked against the model", Some(RegisterAdapter), adapters::register_sagemaker),
+        op("/adapters", Get, "The registered LoRA adapters", None, adapters::list),
+        adapter_op("/adapters/{adapter_name}", Delete, "Unregister a LoRA adapter once its running requests finish", None, adapters::unregister_sagemaker),
+        adapter_op("/v1/load_lora_adapter", Post, "vLLM: register and load a LoRA adapter", Some(LoadLoraAdapter), adapters::load_vllm),
+        adapter_op("/v1/unload_lora_adapter", Post, "vLLM: unregister a LoRA adapter once its running requests finish", Some(UnloadLoraAdapter), adapters::unload_vllm),
         Operation {
             answers: Answers::RedirectToPage,
             ..op("/", Get, "Sent on to the chat page, /ui (generation at the root is POST /)", None, ui::root)

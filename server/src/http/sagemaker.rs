@@ -18,6 +18,20 @@ use lantern_engine::Completion;
 use serde_json::{json, Value};
 
 const CUSTOM_ATTRIBUTES: &str = "x-amzn-sagemaker-custom-attributes";
+/// The adapter inference component an invocation is for (AWS's container standard for
+/// adapter inference components); its alias, for messages.
+pub const ADAPTER_HEADER: &str = "X-Amzn-SageMaker-Adapter-Identifier";
+pub const ADAPTER_ALIAS_HEADER: &str = "X-Amzn-SageMaker-Adapter-Alias";
+
+tokio::task_local! {
+    /// The adapter header of the invocation being answered, for whichever schema its body is.
+    static INVOCATION_ADAPTER: Option<String>;
+}
+
+/// The adapter the current `/invocations` request names by header, if any.
+pub fn adapter_header() -> Option<String> {
+    INVOCATION_ADAPTER.try_with(Clone::clone).ok().flatten()
+}
 
 pub async fn ping(State(state): State<AppState>) -> StatusCode {
     if state.is_healthy() {
@@ -95,6 +109,11 @@ pub async fn invocations(
         inference_id,
         "invocation"
     );
+    let adapter = headers
+        .get(ADAPTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
     let outcome = async {
         let kind = body_kind(&headers)?;
         let raw = bytes(body, state.config.max_payload_bytes)?;
@@ -103,7 +122,10 @@ pub async fn invocations(
             BodyKind::JsonLines => batch_transform(&state, &raw).await,
         })
     };
-    let mut response = outcome.await.unwrap_or_else(IntoResponse::into_response);
+    let mut response = INVOCATION_ADAPTER
+        .scope(adapter, outcome)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     if let Some(attributes) = attributes {
         // SageMaker relays this header to the caller (and drops others): echo theirs, plus
         // the request's token counts and timings.

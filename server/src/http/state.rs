@@ -29,6 +29,8 @@ pub struct ServingModel {
     /// Keeps special-token text in chat message content as text; `None` with
     /// `--content-special-tokens parse` or a tokenizer without special tokens.
     pub content_guard: Option<lantern_models::chat_prompt::ContentGuard>,
+    /// The LoRA adapters requests may name.
+    pub adapters: Arc<crate::adapters::Adapters>,
 }
 
 impl ServingModel {

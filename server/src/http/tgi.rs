@@ -3,7 +3,9 @@
 //! `[{"generated_text": ...}]`, the HF inference toolkit's shape).
 
 use super::error::{ApiError, Flavor};
-use super::generate::{encode, prepare, Generated, JsonWhitespace, Params, Prepared, Prompt};
+use super::generate::{
+    encode, prepare, AdapterChoice, Generated, JsonWhitespace, Params, Prepared, Prompt,
+};
 use super::pipeline::{answer, Answer, Api};
 use super::sse::{json_event, StreamFormat};
 use super::state::AppState;
@@ -29,6 +31,10 @@ pub struct TgiRequest {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct TgiParameters {
+    /// A LoRA adapter to generate with, by the name it was registered under (the base
+    /// model's name, or none, for the base).
+    #[serde(default)]
+    pub adapter_id: Option<String>,
     #[schemars(range(min = 1))]
     #[serde(default, deserialize_with = "super::body::whole_opt")]
     pub max_new_tokens: Option<usize>,
@@ -163,6 +169,13 @@ impl TgiParameters {
                 .as_ref()
                 .map(|g| g.grammar().map(|g| (g, "parameters.grammar")))
                 .transpose()?,
+            adapter: match &self.adapter_id {
+                Some(name) => AdapterChoice::Named {
+                    name: name.clone(),
+                    field: "parameters.adapter_id",
+                },
+                None => AdapterChoice::Base,
+            },
             ..Params::default()
         })
     }
@@ -401,6 +414,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     let model = state.model()?;
     let c = &state.config;
     let devices = model.engine.devices();
+    let adapters = model.engine.adapter_stats();
     Ok(Json(json!({
         "model_id": model.name,
         "model_dtype": model.dtype,
@@ -423,6 +437,11 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         "max_batch_total_tokens": c.engine.max_batch_total_tokens,
         "router": "lantern",
         "version": env!("CARGO_PKG_VERSION"),
+        "lora_adapters": model.adapters.names(),
+        "max_loras": c.engine.max_loras,
+        "max_lora_rank": c.engine.max_lora_rank,
+        "lora_adapters_loaded": adapters.loaded.len(),
+        "lora_adapter_bytes": adapters.bytes,
     })))
 }
 

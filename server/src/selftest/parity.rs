@@ -82,6 +82,7 @@ fn run_steps(decoder: &mut Decoder, block_size: usize) -> anyhow::Result<Vec<Vec
             context_before: 0,
             block_table: tables[s].clone(),
             logits: LogitsWanted::All,
+            adapter: None,
         })
         .collect();
     let mut out = vec![rows(&decoder.forward(&steps)?)?];

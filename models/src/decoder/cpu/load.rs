@@ -147,6 +147,7 @@ impl CpuModel {
                 .as_ref()
                 .map(|rope| rotary_table(rope, c.head_dim, pairing)),
             workspace: Workspace::default(),
+            adapters: Default::default(),
         })
     }
 }

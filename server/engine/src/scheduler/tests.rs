@@ -333,7 +333,7 @@ fn a_seeded_workload_of_100k_operations_keeps_every_invariant() {
                     q.tokens.len(),
                     q.computed,
                     q.blocks.len(),
-                    s.cached_prefix(&q.tokens).len()
+                    s.cached_prefix(&q.tokens, q.adapter).len()
                 )
             });
             panic!("stalled: {:?} {detail:?}", s.stats());
@@ -497,6 +497,7 @@ fn requests_are_counted_once_however_many_samples_they_have() {
     let sample = |leader| SequenceOptions {
         leader,
         prompt_logprobs: false,
+        adapter: None,
     };
     for (id, leader) in [(0, None), (1, Some(0)), (2, Some(0))] {
         s.add_with(id, prompt.clone(), 4, sample(leader))
@@ -560,4 +561,36 @@ fn a_settled_draft_keeps_what_stood_and_publishes_no_rejected_token() {
     let plan = s.schedule();
     assert_eq!(plan.steps[0].step.tokens, vec![50]);
     assert_eq!(plan.steps[0].step.context_before, 8);
+}
+
+/// With room for one adapter, a request for a second waits while the first runs (requests
+/// for the base and for the running adapter go ahead of it), and runs once it is done.
+#[test]
+fn requests_for_more_adapters_than_fit_wait_their_turn() {
+    let mut s = Scheduler::new(config(64));
+    s.set_max_adapters(1);
+    let under = |adapter| SequenceOptions {
+        adapter,
+        ..SequenceOptions::default()
+    };
+    for (id, adapter) in [(0, Some(5)), (1, Some(6)), (2, None), (3, Some(5))] {
+        s.add_with(id, vec![1, 2, 3], 4, under(adapter))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let plan = s.schedule();
+    let admitted: Vec<SequenceId> = plan.steps.iter().map(|step| step.id).collect();
+    assert_eq!(admitted, [0, 2, 3]);
+    assert!(plan
+        .steps
+        .iter()
+        .all(|step| step.step.adapter == s.adapter_of(step.id)));
+    assert_eq!(s.running_adapters(), [5]);
+    assert_eq!(s.waiting_adapters(), [6]);
+    s.complete(&plan);
+    for id in [0, 3] {
+        s.remove(id);
+    }
+    let plan = s.schedule();
+    assert!(plan.admitted.contains(&1));
+    assert_eq!(s.running_adapters(), [6]);
 }

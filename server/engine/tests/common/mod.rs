@@ -34,6 +34,8 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         max_decode_stall: None,
         speculate: 0,
         sample_on_device: None,
+        max_loras: lantern_engine::config::DEFAULT_MAX_LORAS,
+        max_lora_rank: lantern_engine::config::DEFAULT_MAX_LORA_RANK,
     }
 }
 
