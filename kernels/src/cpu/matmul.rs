@@ -10,6 +10,8 @@
 
 use super::arch::{Kernels, TileTable, MAX_ROWS, PANEL_GROUPS};
 use super::generic::{Weight, PANEL};
+use super::low_rank::add_low_rank;
+pub use super::low_rank::{LowRankGroup, LowRankPart};
 use super::packed::{Activation, PanelData};
 pub use super::packed::{GatedActivation, PackedMatrix, WeightFormat};
 use super::quant::QuantizedRows;
@@ -23,18 +25,6 @@ pub enum Output {
     Store,
     /// `out += x W^T + b` (a residual connection folded into the product).
     Accumulate,
-}
-
-/// Values added to some rows of a product's output after the bias and before the activation
-/// and the residual: a LoRA adapter's `scaling · B A x` for the rows that run under one.
-///
-/// `values` is row-major, `rows x` the product's full width: `n`, or `2n` for a gate/up pair
-/// (the gate's columns, then the up's). Rows whose `rows` entry is `false` are left alone, so
-/// their bits are those of the plain product.
-#[derive(Debug, Clone, Copy)]
-pub struct RowDelta<'a> {
-    pub values: &'a [f32],
-    pub rows: &'a [bool],
 }
 
 /// Row tile and panel group the microkernel uses for `rows` rows on these kernels.
@@ -113,13 +103,14 @@ impl super::CpuKernels {
         output: Output,
         scratch: &mut Vec<f32>,
     ) {
-        self.matmul_with_delta(x, rows, w, out, output, scratch, None);
+        self.matmul_with_low_rank(x, rows, w, out, output, scratch, &[]);
     }
 
-    /// [`Self::matmul`], with `delta` added to its rows' chains after the bias and before the
-    /// gate/up activation and the residual add.
+    /// [`Self::matmul`], with each group's low-rank product (`low_rank.rs`: LoRA adapters)
+    /// added to its rows' chains after the bias and before the gate/up activation and the
+    /// residual add.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_with_delta(
+    pub fn matmul_with_low_rank(
         &self,
         x: &[f32],
         rows: usize,
@@ -127,9 +118,9 @@ impl super::CpuKernels {
         out: &mut [f32],
         output: Output,
         scratch: &mut Vec<f32>,
-        delta: Option<RowDelta<'_>>,
+        low_rank: &[LowRankGroup<'_>],
     ) {
-        self.product(x, rows, w, out, output, scratch, delta, true);
+        self.product(x, rows, w, out, output, scratch, low_rank, true);
     }
 
     /// [`Self::matmul`] storing its output, all on the calling thread: for products too small
@@ -143,7 +134,7 @@ impl super::CpuKernels {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        self.product(x, rows, w, out, Output::Store, scratch, None, false);
+        self.product(x, rows, w, out, Output::Store, scratch, &[], false);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -155,17 +146,12 @@ impl super::CpuKernels {
         out: &mut [f32],
         output: Output,
         scratch: &mut Vec<f32>,
-        delta: Option<RowDelta<'_>>,
+        low_rank: &[LowRankGroup<'_>],
         parallel: bool,
     ) {
         let (k, n) = (w.k, w.n);
-        if let Some(delta) = delta {
-            assert_eq!(delta.rows.len(), rows, "a delta flag per row");
-            assert_eq!(
-                delta.values.len(),
-                rows * w.width(),
-                "delta must be rows x width"
-            );
+        for group in low_rank {
+            group.check(rows, w.width());
         }
         assert_eq!(x.len(), rows * k, "x must be rows x k");
         assert_eq!(out.len(), rows * n, "out must be rows x n");
@@ -226,7 +212,7 @@ impl super::CpuKernels {
                     }
                 }
             }
-            epilogue_in_place(kernels, w, first, chunk, stride, delta);
+            epilogue_in_place(kernels, w, first, chunk, stride, low_rank);
         };
         if chunks == 1 || per_chunk >= panels {
             work((0, scratch));
@@ -250,7 +236,7 @@ fn epilogue_in_place(
     first_panel: usize,
     chunk: &mut [f32],
     stride: usize,
-    delta: Option<RowDelta<'_>>,
+    low_rank: &[LowRankGroup<'_>],
 ) {
     if let Some(bias) = &w.bias {
         for (p, panel) in chunk.chunks_exact_mut(stride).enumerate() {
@@ -263,8 +249,8 @@ fn epilogue_in_place(
             }
         }
     }
-    if let Some(delta) = delta {
-        add_delta(w, first_panel, chunk, stride, delta);
+    if !low_rank.is_empty() {
+        add_low_rank(kernels, w, first_panel, chunk, stride, low_rank);
     }
     if w.activation.is_gated() {
         for pair in chunk.chunks_exact_mut(2 * stride) {
@@ -272,38 +258,6 @@ fn epilogue_in_place(
             match w.activation {
                 Activation::GeGluTanh => super::generic::gelu_tanh_mul(gate, up),
                 _ => (kernels.silu_mul)(gate, up),
-            }
-        }
-    }
-}
-
-/// `delta`'s rows added to a thread's panels, still in panel-major order. Stored panel `s` is
-/// output panel `s` of a plain matrix; of a gate/up pair, gate panel `s / 2` (even `s`) or up
-/// panel `s / 2` (odd), whose columns sit `n` further along a delta row.
-fn add_delta(
-    w: &PackedMatrix,
-    first_panel: usize,
-    chunk: &mut [f32],
-    stride: usize,
-    delta: RowDelta<'_>,
-) {
-    let width = w.width();
-    for (p, panel) in chunk.chunks_exact_mut(stride).enumerate() {
-        let stored = first_panel + p;
-        let (panel_index, offset) = if w.activation.is_gated() {
-            (stored / 2, (stored % 2) * w.n)
-        } else {
-            (stored, 0)
-        };
-        let col0 = panel_index * PANEL;
-        let cols = PANEL.min(w.n - col0);
-        let start = offset + col0;
-        for (r, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-            if delta.rows[r] {
-                let add = &delta.values[r * width + start..][..cols];
-                for (v, d) in row[..cols].iter_mut().zip(add) {
-                    *v += d;
-                }
             }
         }
     }
@@ -553,12 +507,14 @@ pub(crate) mod tests {
         }
     }
 
-    /// A delta joins its rows' chains after the bias and before the residual add and the
-    /// gate/up activation; rows without one keep the plain product's bits. Panels split
-    /// between threads (n and k large enough to run in parallel) must find their columns.
+    /// Low-rank products join their rows' chains after the bias and before the residual
+    /// add and the gate/up activation, bit for bit `chain + bias + scaling · (low B^T)` with
+    /// `low B^T` one FMA chain; rows without one keep the plain product's bits. Panels split
+    /// between threads (n and k large enough to run in parallel) find their columns, in f32
+    /// and bf16, whether a part lines up with the output panels or starts inside one.
     #[test]
-    fn row_deltas_apply_between_bias_and_epilogue() {
-        let (rows, n, k) = (5, 300, 256);
+    fn low_rank_products_apply_between_bias_and_epilogue() {
+        let (rows, n, k, rank) = (11, 300, 256, 5);
         let x = random(rows * k, 11);
         let (w, up_w) = (random(n * k, 12), random(n * k, 13));
         let bias = random(n, 14);
@@ -567,71 +523,123 @@ pub(crate) mod tests {
             reference(&x, rows, &w, n, k),
             reference(&x, rows, &up_w, n, k),
         );
-        let delta = random(rows * 2 * n, 16);
-        let with = [true, false, true, true, false];
         let biased = PackedMatrix::pack(&w, n, k, WeightFormat::F32).with_bias(bias.clone());
         let gate_up = PackedMatrix::gate_up(
             PackedMatrix::pack(&w, n, k, WeightFormat::F32),
             PackedMatrix::pack(&up_w, n, k, WeightFormat::F32),
         );
-        for kernels in every_isa() {
-            let mut out = residual.clone();
-            let plain_delta: Vec<f32> = (0..rows)
-                .flat_map(|r| delta[r * 2 * n..r * 2 * n + n].to_vec())
+        let members = [0usize, 3, 4, 5, 6, 7, 8, 9, 10];
+        // Parts: columns 0..96 (lines up), 96..203 (starts inside a panel? no: 96 = 6 x 16;
+        // ends inside one) and, for the gate/up pair, the up half from n.
+        let b_values: Vec<Vec<f32>> = (0..3).map(|i| random(300 * rank, 20 + i)).collect();
+        let lows: Vec<Vec<f32>> = (0..3)
+            .map(|i| random(members.len() * rank, 30 + i))
+            .collect();
+        for format in [WeightFormat::F32, WeightFormat::Bf16] {
+            // bf16 B: the reference reads the values the packed matrix holds.
+            let b_exact: Vec<Vec<f32>> = b_values
+                .iter()
+                .map(|b| match format {
+                    WeightFormat::Bf16 => b.iter().map(|&v| Bf16::from_f32(v).to_f32()).collect(),
+                    _ => b.clone(),
+                })
                 .collect();
-            pool(2).install(|| {
-                kernels.matmul_with_delta(
-                    &x,
-                    rows,
-                    &biased,
-                    &mut out,
-                    Output::Accumulate,
-                    &mut Vec::new(),
-                    Some(RowDelta {
-                        values: &plain_delta,
-                        rows: &with,
-                    }),
-                )
-            });
-            for i in 0..rows * n {
-                let (r, c) = (i / n, i % n);
-                let chain = chains[i] + bias[c];
-                let expected = if with[r] {
-                    residual[i] + (chain + plain_delta[i])
-                } else {
-                    residual[i] + chain
-                };
-                assert_eq!(out[i].to_bits(), expected.to_bits(), "row {r} col {c}");
-            }
-            let mut swiglu = vec![f32::NAN; rows * n];
-            pool(2).install(|| {
-                kernels.matmul_with_delta(
-                    &x,
-                    rows,
-                    &gate_up,
-                    &mut swiglu,
-                    Output::Store,
-                    &mut Vec::new(),
-                    Some(RowDelta {
-                        values: &delta,
-                        rows: &with,
-                    }),
-                )
-            });
-            for i in 0..rows * n {
-                let (r, c) = (i / n, i % n);
-                let (mut g, mut u) = (chains[i], up_chains[i]);
-                if with[r] {
-                    g += delta[r * 2 * n + c];
-                    u += delta[r * 2 * n + n + c];
+            let spans = [(0usize, 96usize), (96, 107), (n + 5, 250)];
+            let packed_b: Vec<PackedMatrix> = spans
+                .iter()
+                .zip(&b_exact)
+                .map(|(&(_, len), b)| PackedMatrix::pack(&b[..len * rank], len, rank, format))
+                .collect();
+            let scaling = 0.75f32;
+            // The expected addend at (row, full-width column).
+            let addend = |member: usize, column: usize, parts: &[usize]| -> f32 {
+                for &i in parts {
+                    let (start, len) = spans[i];
+                    if (start..start + len).contains(&column) {
+                        let o = column - start;
+                        let mut acc = 0f32;
+                        for kk in 0..rank {
+                            acc =
+                                lows[i][member * rank + kk].mul_add(b_exact[i][o * rank + kk], acc);
+                        }
+                        return scaling * acc;
+                    }
                 }
-                let expected = g / (1.0 + exp(-g)) * u;
-                assert_eq!(
-                    swiglu[i].to_bits(),
-                    expected.to_bits(),
-                    "{:?}",
-                    kernels.isa()
-                );
+                0.0
+            };
+            let group = |parts: &[usize]| LowRankGroup {
+                rows: &members,
+                scaling,
+                parts: parts
+                    .iter()
+                    .map(|&i| LowRankPart {
+                        column: spans[i].0,
+                        b: &packed_b[i],
+                        low: &lows[i],
+                    })
+                    .collect(),
+            };
+            for kernels in every_isa() {
+                let mut out = residual.clone();
+                let plain = [group(&[0, 1])];
+                pool(2).install(|| {
+                    kernels.matmul_with_low_rank(
+                        &x,
+                        rows,
+                        &biased,
+                        &mut out,
+                        Output::Accumulate,
+                        &mut Vec::new(),
+                        &plain,
+                    )
+                });
+                for i in 0..rows * n {
+                    let (r, c) = (i / n, i % n);
+                    let chain = chains[i] + bias[c];
+                    let expected = match members.iter().position(|&m| m == r) {
+                        Some(m) if addend(m, c, &[0, 1]) != 0.0 => {
+                            residual[i] + (chain + addend(m, c, &[0, 1]))
+                        }
+                        _ => residual[i] + chain,
+                    };
+                    assert_eq!(
+                        out[i].to_bits(),
+                        expected.to_bits(),
+                        "{format:?} row {r} col {c}"
+                    );
+                }
+                let gated = [group(&[0, 2])];
+                let mut swiglu = vec![f32::NAN; rows * n];
+                pool(2).install(|| {
+                    kernels.matmul_with_low_rank(
+                        &x,
+                        rows,
+                        &gate_up,
+                        &mut swiglu,
+                        Output::Store,
+                        &mut Vec::new(),
+                        &gated,
+                    )
+                });
+                for i in 0..rows * n {
+                    let (r, c) = (i / n, i % n);
+                    let (mut g, mut u) = (chains[i], up_chains[i]);
+                    if let Some(m) = members.iter().position(|&m| m == r) {
+                        if c < 96 {
+                            g += addend(m, c, &[0]);
+                        }
+                        if (5..255).contains(&c) {
+                            u += addend(m, n + c, &[2]);
+                        }
+                    }
+                    let expected = g / (1.0 + exp(-g)) * u;
+                    assert_eq!(
+                        swiglu[i].to_bits(),
+                        expected.to_bits(),
+                        "{format:?} {:?} row {r} col {c}",
+                        kernels.isa()
+                    );
+                }
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod elementwise;
 mod generic;
 pub mod isa;
 mod kv_blocks;
+mod low_rank;
 pub mod matmul;
 mod packed;
 mod peaks;
@@ -30,7 +31,7 @@ pub use elementwise::{RotaryPairing, RotaryTable};
 pub use generic::Bf16;
 pub use isa::Isa;
 pub use kv_blocks::KvBlocks;
-pub use matmul::{GatedActivation, Output, PackedMatrix, RowDelta, WeightFormat};
+pub use matmul::{GatedActivation, LowRankGroup, LowRankPart, Output, PackedMatrix, WeightFormat};
 pub use quant::QuantFormat;
 
 use arch::Kernels;

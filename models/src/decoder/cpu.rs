@@ -16,8 +16,8 @@ use crate::lora::{LoraAdapter, Projection};
 use crate::weights::{bias_name, WeightSource};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::cpu::{
-    self, AttentionScratch, AttentionShape, CpuKernels, GatedActivation, KvBlocks, Output,
-    PackedMatrix, RotaryPairing, RotaryTable, RowDelta, WeightFormat,
+    self, AttentionScratch, AttentionShape, CpuKernels, GatedActivation, KvBlocks, LowRankGroup,
+    Output, PackedMatrix, RotaryPairing, RotaryTable, WeightFormat,
 };
 use lantern_kernels::SequenceAttention;
 use lora::{CpuAdapters, LoraBuffers, RowGroups};
@@ -355,23 +355,17 @@ impl CpuModel {
             (Projection::Key, q_size),
             (Projection::Value, q_size + kv_size),
         ];
-        let delta = self.adapters.delta(
-            k,
-            adapters,
-            index,
-            &qkv_parts,
-            qkv_width,
-            &ws.normed,
-            &mut ws.lora,
-        );
-        k.matmul_with_delta(
+        let low_rank =
+            self.adapters
+                .low_rank(k, adapters, index, &qkv_parts, &ws.normed, &mut ws.lora);
+        k.matmul_with_low_rank(
             &ws.normed,
             rows,
             &layer.qkv,
             &mut ws.qkv,
             Output::Store,
             &mut ws.scratch,
-            delta,
+            &low_rank,
         );
         clock.lap(2);
         // One pass per row: q/k norm, rotary, cache write; queries gathered for attention.
@@ -416,12 +410,11 @@ impl CpuModel {
         )
         .map_err(ModelError::Batch)?;
         clock.lap(4);
-        let delta = self.adapters.delta(
+        let low_rank = self.adapters.low_rank(
             k,
             adapters,
             index,
             &[(Projection::Output, 0)],
-            hidden,
             &ws.attention,
             &mut ws.lora,
         );
@@ -437,37 +430,35 @@ impl CpuModel {
                 branch: &mut ws.branch,
                 scratch: &mut ws.scratch,
             },
-            delta,
+            &low_rank,
         );
         clock.lap(5);
         k.rms_norm(&ws.hidden, &layer.mlp_norm, eps, &mut ws.normed);
         clock.lap(1);
         let ffn = c.intermediate_size;
-        let delta = self.adapters.delta(
+        let low_rank = self.adapters.low_rank(
             k,
             adapters,
             index,
             &[(Projection::Gate, 0), (Projection::Up, ffn)],
-            2 * ffn,
             &ws.normed,
             &mut ws.lora,
         );
-        k.matmul_with_delta(
+        k.matmul_with_low_rank(
             &ws.normed,
             rows,
             &layer.gate_up,
             &mut ws.activated,
             Output::Store,
             &mut ws.scratch,
-            delta,
+            &low_rank,
         );
         clock.lap(6);
-        let delta = self.adapters.delta(
+        let low_rank = self.adapters.low_rank(
             k,
             adapters,
             index,
             &[(Projection::Down, 0)],
-            hidden,
             &ws.activated,
             &mut ws.lora,
         );
@@ -483,7 +474,7 @@ impl CpuModel {
                 branch: &mut ws.branch,
                 scratch: &mut ws.scratch,
             },
-            delta,
+            &low_rank,
         );
         clock.lap(7);
         Ok(())
@@ -529,8 +520,8 @@ struct Buffers<'a> {
     scratch: &'a mut Vec<f32>,
 }
 
-/// `hidden += input W^T (+ delta)`, or with a post-norm (Gemma) `hidden += norm(input W^T
-/// (+ delta))`.
+/// `hidden += input W^T (+ low rank)`, or with a post-norm (Gemma) `hidden += norm(input W^T
+/// (+ low rank))`.
 #[allow(clippy::too_many_arguments)]
 fn add_to_residual(
     k: &CpuKernels,
@@ -540,29 +531,29 @@ fn add_to_residual(
     post_norm: Option<&[f32]>,
     eps: f32,
     buffers: Buffers<'_>,
-    delta: Option<RowDelta<'_>>,
+    low_rank: &[LowRankGroup<'_>],
 ) {
     let Some(norm) = post_norm else {
-        k.matmul_with_delta(
+        k.matmul_with_low_rank(
             input,
             rows,
             matrix,
             buffers.hidden,
             Output::Accumulate,
             buffers.scratch,
-            delta,
+            low_rank,
         );
         return;
     };
     buffers.branch.resize(buffers.hidden.len(), 0.0);
-    k.matmul_with_delta(
+    k.matmul_with_low_rank(
         input,
         rows,
         matrix,
         buffers.branch,
         Output::Store,
         buffers.scratch,
-        delta,
+        low_rank,
     );
     k.rms_norm_in_place(buffers.branch, norm, eps);
     for (h, b) in buffers.hidden.iter_mut().zip(buffers.branch.iter()) {

@@ -1,13 +1,13 @@
 //! LoRA adapters on the CPU kernels: each adapter's `A` and `B` packed (bf16 when stored so,
-//! else f32), and per product the delta `scaling · B A x` of every row that runs under an
-//! adapter, computed group by group (the rows of one adapter gathered into one product) and
-//! added by the base product between its bias and its epilogue (`RowDelta`).
+//! else f32). Per product, the rows of each adapter are gathered and multiplied by its `A`;
+//! the base product then adds `scaling · B (A x)` to those rows between its bias and its
+//! epilogue (`LowRankGroup`, computed on the panels each of its threads owns).
 //!
-//! Each row's delta is two packed products of that row alone (their bits do not depend on the
-//! row count), so a request's output does not depend on which adapters share its step.
+//! Each row's addend is two FMA-chain products of that row alone (their bits do not depend on
+//! the row count), so a request's output does not depend on which adapters share its step.
 
 use crate::lora::{LoraAdapter, Projection};
-use lantern_kernels::cpu::{CpuKernels, PackedMatrix, RowDelta, WeightFormat};
+use lantern_kernels::cpu::{CpuKernels, LowRankGroup, LowRankPart, PackedMatrix, WeightFormat};
 use std::collections::HashMap;
 
 /// One projection's low-rank pair.
@@ -75,88 +75,76 @@ impl CpuAdapters {
             .sum()
     }
 
-    /// The delta of one product: `parts` are the projections it stacks with the column each
-    /// starts at, `width` its full width, `x` its `(rows, in)` input. `None` when no row of
-    /// the step runs under an adapter that has one of these projections in `layer`.
-    ///
-    /// The low-rank products are small: they run one adapter after another on the calling
-    /// thread (a parallel region per product and adapter cost more in wake-ups than the
-    /// arithmetic, measured). Only the rows under an adapter are written.
-    #[allow(clippy::too_many_arguments)]
-    pub fn delta<'b>(
-        &self,
+    /// The low-rank addends of one product: `parts` are the projections it stacks with the
+    /// column each starts at, `x` its `(rows, in)` input. Each adapter's `A x` for its rows is
+    /// computed here, on the calling thread (small products: a parallel region each would
+    /// cost more in wake-ups than the arithmetic); `B (A x)` is computed by the product's own
+    /// threads, in its epilogue (`LowRankGroup`). Empty when no row of the step runs under an
+    /// adapter with one of these projections in `layer`.
+    pub fn low_rank<'b>(
+        &'b self,
         kernels: &CpuKernels,
-        groups: &RowGroups,
+        groups: &'b RowGroups,
         layer: usize,
         parts: &[(Projection, usize)],
-        width: usize,
         x: &[f32],
         buffers: &'b mut LoraBuffers,
-    ) -> Option<RowDelta<'b>> {
-        let rows = groups.rows;
-        let inp = x.len() / rows.max(1);
-        let LoraBuffers {
-            values,
-            flags,
-            gathered,
-            low,
-            product,
-            scratch,
-        } = buffers;
-        let mut any = false;
-        for (id, members) in &groups.by_adapter {
+    ) -> Vec<LowRankGroup<'b>> {
+        let inp = x.len() / groups.rows.max(1);
+        // (group, its adapter's pair and column) for every pair the product has.
+        let mut work: Vec<(usize, &'b LowRank, usize)> = Vec::new();
+        for (g, (id, _)) in groups.by_adapter.iter().enumerate() {
             let Some(adapter) = self.by_id.get(id) else {
                 continue;
             };
-            let pairs = parts.iter().enumerate().map(|(i, &(projection, column))| {
-                let end = parts.get(i + 1).map_or(width, |&(_, next)| next);
-                (
-                    adapter.layers[layer][projection.index()].as_ref(),
-                    column,
-                    end,
-                )
-            });
-            if pairs.clone().all(|(pair, _, _)| pair.is_none()) {
-                continue;
-            }
-            if !any {
-                any = true;
-                // Rows without an adapter are never read: no need to clear them.
-                values.resize(rows * width, 0.0);
-                flags.clear();
-                flags.resize(rows, false);
-            }
-            let count = members.len();
-            gathered.clear();
-            for &r in members {
-                gathered.extend_from_slice(&x[r * inp..(r + 1) * inp]);
-                flags[r] = true;
-            }
-            for (pair, column, end) in pairs {
-                let Some(pair) = pair else {
-                    // A projection this adapter leaves alone: a zero delta.
-                    for &r in members {
-                        values[r * width + column..r * width + end].fill(0.0);
-                    }
-                    continue;
-                };
-                let (rank, out) = (pair.down.out_features(), pair.up.out_features());
-                low.resize(count * rank, 0.0);
-                kernels.matmul_on_this_thread(gathered, count, &pair.down, low, scratch);
-                product.resize(count * out, 0.0);
-                kernels.matmul_on_this_thread(low, count, &pair.up, product, scratch);
-                for (i, &r) in members.iter().enumerate() {
-                    let dst = &mut values[r * width + column..][..out];
-                    for (d, &p) in dst.iter_mut().zip(&product[i * out..(i + 1) * out]) {
-                        *d = adapter.scaling * p;
-                    }
+            for &(projection, column) in parts {
+                if let Some(pair) = adapter.layers[layer][projection.index()].as_ref() {
+                    work.push((g, pair, column));
                 }
             }
         }
-        any.then_some(RowDelta {
-            values,
-            rows: flags,
-        })
+        if work.is_empty() {
+            return Vec::new();
+        }
+        let LoraBuffers {
+            gathered,
+            lows,
+            scratch,
+        } = buffers;
+        if lows.len() < work.len() {
+            lows.resize_with(work.len(), Vec::new);
+        }
+        let mut gathered_for = usize::MAX;
+        for (&(g, pair, _), low) in work.iter().zip(lows.iter_mut()) {
+            let members = &groups.by_adapter[g].1;
+            if gathered_for != g {
+                gathered.clear();
+                for &r in members {
+                    gathered.extend_from_slice(&x[r * inp..(r + 1) * inp]);
+                }
+                gathered_for = g;
+            }
+            low.resize(members.len() * pair.down.out_features(), 0.0);
+            kernels.matmul_on_this_thread(gathered, members.len(), &pair.down, low, scratch);
+        }
+        let mut addends: Vec<LowRankGroup<'b>> = Vec::new();
+        for (&(g, pair, column), low) in work.iter().zip(lows.iter()) {
+            let (id, members) = &groups.by_adapter[g];
+            let part = LowRankPart {
+                column,
+                b: &pair.up,
+                low,
+            };
+            match addends.last_mut() {
+                Some(last) if std::ptr::eq(last.rows, members.as_slice()) => last.parts.push(part),
+                _ => addends.push(LowRankGroup {
+                    rows: members,
+                    scaling: self.by_id.get(id).map_or(0.0, |a| a.scaling),
+                    parts: vec![part],
+                }),
+            }
+        }
+        addends
     }
 }
 
@@ -189,13 +177,11 @@ impl RowGroups {
     }
 }
 
-/// The buffers the deltas reuse from product to product.
+/// What computing the addends reuses from product to product: the gathered rows of one
+/// adapter, each pair's `A x`, the kernels' scratch.
 #[derive(Debug, Default)]
 pub(super) struct LoraBuffers {
-    values: Vec<f32>,
-    flags: Vec<bool>,
     gathered: Vec<f32>,
-    low: Vec<f32>,
-    product: Vec<f32>,
+    lows: Vec<Vec<f32>>,
     scratch: Vec<f32>,
 }
