@@ -205,16 +205,21 @@ async fn every_documented_operation_is_served() {
             .map(|m| m.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default()
         {
+            // A path parameter gets a value; a handler may answer 404 for it (no such
+            // adapter), in its JSON error shape, which an unrouted path does not have.
+            let concrete = path.replace("{adapter_name}", "absent");
             let answer = send(
                 &app,
                 &method.to_uppercase(),
-                &path,
+                &concrete,
                 "application/json",
                 "{}",
             )
             .await;
+            let handler_not_found =
+                answer.status == StatusCode::NOT_FOUND && answer.body["error"].is_string();
             assert!(
-                answer.status != StatusCode::NOT_FOUND
+                (answer.status != StatusCode::NOT_FOUND || handler_not_found)
                     && answer.status != StatusCode::METHOD_NOT_ALLOWED,
                 "{method} {path}: {}",
                 answer.status

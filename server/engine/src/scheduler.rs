@@ -332,26 +332,21 @@ impl Scheduler {
 
     /// The adapters of the running sequences, each once.
     pub fn running_adapters(&self) -> Vec<u32> {
-        let mut running: Vec<u32> = self
-            .running
-            .iter()
-            .filter_map(|id| self.sequences.get(id)?.adapter)
-            .collect();
-        running.sort_unstable();
-        running.dedup();
-        running
+        self.adapters_of(self.running.iter())
     }
 
     /// The adapters of the waiting sequences, each once.
     pub fn waiting_adapters(&self) -> Vec<u32> {
-        let mut waiting: Vec<u32> = self
-            .waiting
-            .iter()
+        self.adapters_of(self.waiting.iter())
+    }
+
+    fn adapters_of<'a>(&self, ids: impl Iterator<Item = &'a SequenceId>) -> Vec<u32> {
+        let mut adapters: Vec<u32> = ids
             .filter_map(|id| self.sequences.get(id)?.adapter)
             .collect();
-        waiting.sort_unstable();
-        waiting.dedup();
-        waiting
+        adapters.sort_unstable();
+        adapters.dedup();
+        adapters
     }
 
     /// The adapter sequence `id` runs under.

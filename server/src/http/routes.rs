@@ -75,6 +75,13 @@ pub enum Answers {
     AdapterMessage,
 }
 
+impl Operation {
+    /// The same operation, documented as answering `answers`.
+    fn answering(self, answers: Answers) -> Self {
+        Self { answers, ..self }
+    }
+}
+
 fn op<H, T>(
     path: &'static str,
     verb: Verb,
@@ -96,31 +103,10 @@ where
     }
 }
 
-/// An adapter route (its answers: [`Answers::AdapterMessage`]).
-fn adapter_op<H, T>(
-    path: &'static str,
-    verb: Verb,
-    summary: &'static str,
-    body: Option<BodySchema>,
-    handler: H,
-) -> Operation
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    Operation {
-        answers: Answers::AdapterMessage,
-        ..op(path, verb, summary, body, handler)
-    }
-}
-
 /// A `GET` of one of the chat page's files.
 fn file(asset: &'static ui::Asset, summary: &'static str) -> Operation {
     let handler = move |State(state): State<AppState>| async move { asset.response(&state) };
-    Operation {
-        answers: Answers::File(asset.media_type),
-        ..op(asset.path, Verb::Get, summary, None, handler)
-    }
+    op(asset.path, Verb::Get, summary, None, handler).answering(Answers::File(asset.media_type))
 }
 
 /// Every operation the server serves.
@@ -145,15 +131,13 @@ pub fn operations() -> Vec<Operation> {
         op("/v1/completions", Post, "OpenAI completions", Some(Completion), serve::<openai::Completions>),
         op("/v1/models", Get, "OpenAI model list", None, openai::models),
         op("/openapi.json", Get, "This document", None, openapi::openapi_json),
-        adapter_op("/adapters", Post, "Register a LoRA adapter (SageMaker adapter inference components): a local directory under the adapter roots, checked against the model", Some(RegisterAdapter), adapters::register_sagemaker),
+        op("/adapters", Post, "Register a LoRA adapter (SageMaker adapter inference components): a local directory under the adapter roots, checked against the model", Some(RegisterAdapter), adapters::register_sagemaker).answering(Answers::AdapterMessage),
         op("/adapters", Get, "The registered LoRA adapters", None, adapters::list),
-        adapter_op("/adapters/{adapter_name}", Delete, "Unregister a LoRA adapter once its running requests finish", None, adapters::unregister_sagemaker),
-        adapter_op("/v1/load_lora_adapter", Post, "vLLM: register and load a LoRA adapter", Some(LoadLoraAdapter), adapters::load_vllm),
-        adapter_op("/v1/unload_lora_adapter", Post, "vLLM: unregister a LoRA adapter once its running requests finish", Some(UnloadLoraAdapter), adapters::unload_vllm),
-        Operation {
-            answers: Answers::RedirectToPage,
-            ..op("/", Get, "Sent on to the chat page, /ui (generation at the root is POST /)", None, ui::root)
-        },
+        op("/adapters/{adapter_name}", Delete, "Unregister a LoRA adapter once its running requests finish", None, adapters::unregister_sagemaker).answering(Answers::AdapterMessage),
+        op("/v1/load_lora_adapter", Post, "vLLM: register and load a LoRA adapter", Some(LoadLoraAdapter), adapters::load_vllm).answering(Answers::AdapterMessage),
+        op("/v1/unload_lora_adapter", Post, "vLLM: unregister a LoRA adapter once its running requests finish", Some(UnloadLoraAdapter), adapters::unload_vllm).answering(Answers::AdapterMessage),
+        op("/", Get, "Sent on to the chat page, /ui (generation at the root is POST /)", None, ui::root)
+            .answering(Answers::RedirectToPage),
         file(&ui::PAGE, "The chat page (HTML; --ui false turns it off)"),
         file(&ui::SCRIPT, "The chat page's script"),
         file(&ui::STYLE, "The chat page's style"),
