@@ -28,7 +28,11 @@ fn load_dir(dir: &Path, kernels: KernelPath) -> TestResult<Decoder> {
     let options = LoadOptions {
         dtype: Some(DType::F32),
         kernels,
-        device: Device::Cpu,
+        // The portable path on the suites' device (`LANTERN_TEST_DEVICE=cuda` on a GPU).
+        device: match kernels {
+            KernelPath::Cpu => Device::Cpu,
+            _ => common::test_device(),
+        },
         ..LoadOptions::cpu()
     };
     Ok(load(&ModelSource::Directory(dir.to_path_buf()), &options)?.decoder)

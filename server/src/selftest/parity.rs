@@ -3,7 +3,9 @@
 //! partial), then eight decode steps of all three, every step's logits compared. f32 must
 //! agree within 1e-3 (other summation orders on a GPU); bf16 rounds every product, so it is
 //! judged by the argmax agreeing with the f32 reference on at least 90% of rows, and its
-//! largest difference is reported.
+//! largest difference is reported. Then the same with a LoRA adapter (rank 8, all seven
+//! projections) under the first and last sequences beside the base under the middle one:
+//! mixed adapters in one step on the device against the CPU reference.
 
 use super::{block_size, tiny};
 use candle_core::{DType, Device, Tensor};
@@ -27,11 +29,11 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
             KernelPath::Portable,
         )?;
         let mut reference = reference;
-        let expected = run_steps(&mut reference.decoder, 16)?;
+        let expected = run_steps(&mut reference.decoder, 16, NO_ADAPTERS)?;
         for dtype in [DType::F32, DType::BF16] {
             let mut model = super::load_on(dir.path(), device, Some(dtype), KernelPath::Auto)?;
             let block = block_size(&model);
-            let got = run_steps(&mut model.decoder, block)?;
+            let got = run_steps(&mut model.decoder, block, NO_ADAPTERS)?;
             let (max_diff, top1) = compare(&expected, &got)?;
             let pass = match dtype {
                 DType::F32 => max_diff <= F32_TOLERANCE,
@@ -51,11 +53,57 @@ pub fn run(device: &Device) -> anyhow::Result<Vec<Value>> {
             }));
         }
     }
+    lines.push(lora_parity(device)?);
     Ok(lines)
 }
 
+const NO_ADAPTERS: [Option<u32>; 3] = [None; 3];
+const ADAPTER: u32 = 1;
+
+/// The tiny Llama with an adapter on every projection, sequences mixed with the base, on the
+/// device in f32 against the CPU's portable reference.
+fn lora_parity(device: &Device) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let base = dir.path().join("base");
+    let adapter_dir = dir.path().join("adapter");
+    let mut reference = tiny(
+        Architecture::Llama,
+        &base,
+        &Device::Cpu,
+        DType::F32,
+        KernelPath::Portable,
+    )?;
+    let spec = lantern_models::dummy::adapter::AdapterSpec::all_projections(8, 3);
+    lantern_models::dummy::adapter::write_dummy_adapter(&spec, &base, &adapter_dir)?;
+    let adapter =
+        lantern_models::lora::load_adapter(&adapter_dir, reference.decoder.config(), 256)?;
+    let mixed = [Some(ADAPTER), None, Some(ADAPTER)];
+    reference.decoder.add_adapter(ADAPTER, &adapter)?;
+    let expected = run_steps(&mut reference.decoder, 16, mixed)?;
+    let mut model = super::load_on(&base, device, Some(DType::F32), KernelPath::Auto)?;
+    model.decoder.add_adapter(ADAPTER, &adapter)?;
+    let block = block_size(&model);
+    let got = run_steps(&mut model.decoder, block, mixed)?;
+    let (max_diff, top1) = compare(&expected, &got)?;
+    Ok(json!({
+        "check": "parity_lora",
+        "family": Architecture::Llama.name(),
+        "dtype": "f32",
+        "device": lantern_kernels::device_choice::name(device),
+        "kernels": model.decoder.kernels_name(),
+        "adapter_bytes": model.decoder.adapter_bytes(),
+        "max_abs_diff": max_diff,
+        "top1_agreement": top1,
+        "pass": max_diff <= F32_TOLERANCE,
+    }))
+}
+
 /// Logits of every step, as f32 rows on the host.
-fn run_steps(decoder: &mut Decoder, block_size: usize) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
+fn run_steps(
+    decoder: &mut Decoder,
+    block_size: usize,
+    adapters: [Option<u32>; 3],
+) -> anyhow::Result<Vec<Vec<Vec<f32>>>> {
     let total: usize = PROMPTS.iter().map(|p| p + DECODE_STEPS).sum();
     let blocks_each: Vec<usize> = PROMPTS
         .iter()
@@ -82,7 +130,7 @@ fn run_steps(decoder: &mut Decoder, block_size: usize) -> anyhow::Result<Vec<Vec
             context_before: 0,
             block_table: tables[s].clone(),
             logits: LogitsWanted::All,
-            adapter: None,
+            adapter: adapters[s],
         })
         .collect();
     let mut out = vec![rows(&decoder.forward(&steps)?)?];
