@@ -49,7 +49,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Downloads (or finds in the cache) what a model needs, returning the snapshot directory.
 pub fn fetch(model: &HubModel) -> Result<PathBuf> {
-    fetch_with(model, "config.json", |api_repo, get| {
+    fetch_with(model, "config.json", hint(model), |api_repo, get| {
         for file in OPTIONAL_FILES {
             // Absent optional files are normal (a 404); the loader reports what it then lacks.
             let _ = api_repo.get(file);
@@ -71,15 +71,21 @@ pub fn fetch(model: &HubModel) -> Result<PathBuf> {
 /// Downloads (or finds in the cache) a PEFT LoRA adapter repository (`--lora-adapters` with
 /// a hub id), returning its snapshot directory.
 pub fn fetch_adapter(model: &HubModel) -> Result<PathBuf> {
-    fetch_with(model, crate::lora::CONFIG_FILE, |_, get| {
+    let hint = format!(
+        "download it where the hub is reachable (e.g. `hf download {} --local-dir DIR`) and give `--lora-adapters NAME=DIR`, or set HF_HOME to a cache that holds it",
+        model.id
+    );
+    fetch_with(model, crate::lora::CONFIG_FILE, hint, |_, get| {
         get(crate::lora::WEIGHTS_FILE).map(|_| ())
     })
 }
 
-/// The snapshot directory of `model` holding `first` and whatever `rest` fetches.
+/// The snapshot directory of `model` holding `first` and whatever `rest` fetches; `hint`
+/// says what to do when the hub cannot give them.
 fn fetch_with(
     model: &HubModel,
     first: &str,
+    hint: String,
     rest: impl FnOnce(&hf_hub::api::sync::ApiRepo, &dyn Fn(&str) -> Result<PathBuf>) -> Result<()>,
 ) -> Result<PathBuf> {
     let repo = Repo::with_revision(model.id.clone(), RepoType::Model, model.revision.clone());
@@ -91,7 +97,7 @@ fn fetch_with(
                 model.id,
                 model.revision,
                 Cache::from_env().path().display(),
-                hint(model)
+                hint
             ))
         })?;
         return config
@@ -102,9 +108,8 @@ fn fetch_with(
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
     probe(&endpoint, model, first).map_err(|why| {
         ModelError::Hub(format!(
-            "cannot reach {endpoint} to fetch `{}`: {why}; {}",
+            "cannot reach {endpoint} to fetch `{}`: {why}; {hint}",
             model.id,
-            hint(model)
         ))
     })?;
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());

@@ -584,3 +584,52 @@ fn adding_and_removing_adapters_under_32_clients_loses_nothing() {
         .collect();
     assert_eq!(names, ["a"], "{listing}");
 }
+
+/// `--lora-adapters` with a bare hub id: found in the hub cache (offline here; a reachable hub
+/// would fill the cache the same way), named by its id, and the cache is an adapter root.
+#[test]
+fn a_hub_id_adapter_comes_from_the_hub_cache() {
+    let place = Place::new();
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let repo = home.path().join("hub").join("models--org--tone");
+    let snapshot = repo.join("snapshots").join("0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap_or_else(|e| panic!("{e}"));
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(place.root.path().join("a").join(file), snapshot.join(file))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let base = place.path("base");
+    let home_path = text(home.path());
+    let server = Server::start(
+        &[
+            "serve",
+            "--model-id",
+            &base,
+            "--kv-cache-memory",
+            "32Mi",
+            "--lora-adapters",
+            "org/tone",
+        ],
+        &[("HF_HOME", home_path.as_str()), ("HF_HUB_OFFLINE", "1")],
+        0,
+    );
+    let by_id = generate(
+        &server,
+        "the river runs",
+        body!({"max_new_tokens": 8, "adapter_id": "org/tone"}),
+    );
+    // The same adapter registered from the cache's snapshot (the cache is a root).
+    let (status, reply) = server.post(
+        "/v1/load_lora_adapter",
+        &body!({"lora_name": "local", "lora_path": text(&snapshot)}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let local = generate(
+        &server,
+        "the river runs",
+        body!({"max_new_tokens": 8, "adapter_id": "local"}),
+    );
+    assert_eq!(by_id["generated_text"], local["generated_text"]);
+}
