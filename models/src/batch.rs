@@ -7,7 +7,7 @@
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use lantern_kernels::cpu::KvBlocks;
+use lantern_kernels::cpu::{KvBlocks, KvDtype};
 use lantern_kernels::{KvCacheShape, LayerKvCache, PagedAttention, SequenceAttention, Uploads};
 
 /// Which positions of a sequence need logits this step.
@@ -65,7 +65,8 @@ impl TensorCache {
     }
 }
 
-/// The CPU kernels' paged KV cache: one `[kv_head][block][slot][head_dim]` f32 pool per layer.
+/// The CPU kernels' paged KV cache: one `[kv_head][block][slot][head_dim]` pool per layer, in
+/// f32, f16 or bf16.
 #[derive(Debug)]
 pub(crate) struct CpuCache {
     pub shape: KvCacheShape,
@@ -73,9 +74,9 @@ pub(crate) struct CpuCache {
 }
 
 impl CpuCache {
-    pub fn new(config: &DecoderConfig, shape: KvCacheShape) -> Result<Self> {
+    pub fn new(config: &DecoderConfig, shape: KvCacheShape, dtype: KvDtype) -> Result<Self> {
         let layers = (0..config.num_layers)
-            .map(|_| KvBlocks::new(shape))
+            .map(|_| KvBlocks::with_dtype(shape, dtype))
             .collect::<std::result::Result<_, String>>()
             .map_err(ModelError::Batch)?;
         Ok(Self { shape, layers })

@@ -22,7 +22,7 @@ pub mod weights;
 pub use batch::{LogitsWanted, SequenceStep};
 pub use chat::{ChatMessage, ChatTemplate, TemplateToolCall};
 pub use config::{Architecture, DecoderConfig};
-pub use decoder::{Decoder, KernelPath};
+pub use decoder::{Decoder, KernelPath, KvDtype};
 pub use error::{ModelError, Result};
 pub use lantern_kernels::cpu::QuantFormat;
 pub use load::{load, Dequantize, LoadOptions, LoadedModel, ModelSource};

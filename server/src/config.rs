@@ -94,6 +94,17 @@ pub struct ServeArgs {
     /// max_new_tokens when a request gives none (capped by what fits in max_total_tokens).
     #[arg(long, env = "LANTERN_DEFAULT_MAX_NEW_TOKENS", default_value_t = 256)]
     pub default_max_new_tokens: usize,
+    /// What the KV cache stores keys and values as: auto (f16 on the CPU kernels, as
+    /// llama.cpp; the weights' dtype on the portable path and GPUs), f32, f16, bf16. Half
+    /// precision halves the cache's memory (twice the tokens in the same bytes) and the bytes
+    /// attention reads; values are rounded to nearest even when written.
+    #[arg(
+        long,
+        env = "LANTERN_KV_CACHE_DTYPE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub kv_cache_dtype: KvCacheDtypeArg,
     /// KV cache size in bytes (suffixes K, M, G, Ki, Mi, Gi). Unset: 30% of free memory on
     /// CPU; on a GPU, what --gpu-memory-utilization leaves.
     #[arg(long, env = "LANTERN_KV_CACHE_MEMORY", value_parser = parse_bytes)]
@@ -257,6 +268,17 @@ pub enum DtypeArg {
     Bfloat16,
     #[value(alias = "f16")]
     Float16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDtypeArg {
+    Auto,
+    #[value(alias = "float32")]
+    F32,
+    #[value(alias = "float16")]
+    F16,
+    #[value(alias = "bfloat16")]
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -564,6 +586,12 @@ impl ServeArgs {
                 sample_on_device: None,
                 max_loras: self.max_loras,
                 max_lora_rank: self.max_lora_rank,
+                kv_cache_dtype: match self.kv_cache_dtype {
+                    KvCacheDtypeArg::Auto => None,
+                    KvCacheDtypeArg::F32 => Some(lantern_models::KvDtype::F32),
+                    KvCacheDtypeArg::F16 => Some(lantern_models::KvDtype::F16),
+                    KvCacheDtypeArg::Bf16 => Some(lantern_models::KvDtype::Bf16),
+                },
                 release_memory_after_idle: (self.release_memory_after_idle > 0)
                     .then(|| std::time::Duration::from_secs(self.release_memory_after_idle)),
             },

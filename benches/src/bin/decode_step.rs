@@ -60,6 +60,9 @@ struct Args {
     /// Keep GGUF blocks quantized (the integer kernels) instead of expanding them to f32.
     #[arg(long)]
     quantized: bool,
+    /// What the KV cache stores: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    kv_cache_dtype: String,
     /// LoRA adapter directories: each batch runs again with its sequences spread over them.
     #[arg(long, value_delimiter = ',')]
     adapters: Vec<std::path::PathBuf>,
@@ -80,13 +83,17 @@ fn main() -> anyhow::Result<()> {
     };
     let mut model = load(&ModelSource::resolve(&args.model, None)?, &options)?;
     let decoder = &mut model.decoder;
+    let kv_dtype = lantern_models::KvDtype::parse(&args.kv_cache_dtype)
+        .ok_or_else(|| anyhow::anyhow!("--kv-cache-dtype is f32, f16 or bf16"))?;
+    decoder.set_kv_cache_dtype(kv_dtype)?;
     let vocab = decoder.config().vocab_size as u32;
     let block_size = args.block_size;
     println!(
-        "model {} ({}), kernels {}, block size {block_size}, context {} + {} steps",
+        "model {} ({}), kernels {}, KV cache {}, block size {block_size}, context {} + {} steps",
         args.model,
         decoder.config().architecture.name(),
         decoder.kernels_name(),
+        decoder.kv_cache_dtype_name(),
         args.context,
         args.steps
     );

@@ -9,9 +9,9 @@
 //! by the sum. A row's result therefore depends only on its query, its position and the keys it
 //! sees: not on chunking, block size or placement, batch-mates or thread count.
 
-use super::arch::{prefetch, MAX_GROUP};
-use super::generic::LANES;
-use super::kv_blocks::KvBlocks;
+use super::arch::{prefetch, AttentionKernels, MAX_GROUP};
+use super::generic::{Weight, LANES};
+use super::kv_blocks::{KvBlocks, KvPool};
 use super::CpuKernels;
 use crate::SequenceAttention;
 use rayon::prelude::*;
@@ -111,7 +111,42 @@ impl CpuKernels {
             let (seq, position) = row_info[row];
             let q = &query[(row * heads + head * group) * d..][..item];
             let table = sequences[seq as usize].block_table;
-            self.attend_row(cache, q, head, table, position as usize, shape, out);
+            let row = Row {
+                cache,
+                head,
+                table,
+                position: position as usize,
+                shape,
+            };
+            let k = self.kernels;
+            match (&cache.key, &cache.value) {
+                (KvPool::F32(keys), KvPool::F32(values)) => {
+                    let reader = InPlace {
+                        keys,
+                        values,
+                        attention: &k.attention_f32,
+                    };
+                    row.attend(k, &reader, q, out)
+                }
+                (KvPool::Bf16(keys), KvPool::Bf16(values)) => {
+                    let reader = InPlace {
+                        keys,
+                        values,
+                        attention: &k.attention_bf16,
+                    };
+                    row.attend(k, &reader, q, out)
+                }
+                (KvPool::F16(keys), KvPool::F16(values)) => {
+                    let reader = Widened {
+                        keys,
+                        values,
+                        attention: &k.attention_f32,
+                        widen: k.widen_f16,
+                    };
+                    row.attend(k, &reader, q, out)
+                }
+                _ => {} // keys and values are made with one element type (`KvBlocks::with_dtype`)
+            }
         };
         if out.len() >= 2 * item && rayon::current_num_threads() > 1 {
             out.par_chunks_mut(item).enumerate().for_each(attend);
@@ -120,20 +155,34 @@ impl CpuKernels {
         }
         Ok(())
     }
+}
 
-    /// One query row of one KV head's group (`q`: `group x d`) into `out` (`group x d`).
-    #[allow(clippy::too_many_arguments)]
-    fn attend_row(
+/// One query row of one KV head, and where its keys are.
+struct Row<'a> {
+    cache: &'a KvBlocks,
+    head: usize,
+    table: &'a [u32],
+    position: usize,
+    shape: AttentionShape,
+}
+
+impl Row<'_> {
+    /// The row's `group` query heads (`q`: `group x d`) into `out` (`group x d`), its keys
+    /// and values read through `reader`.
+    fn attend(
         &self,
-        cache: &KvBlocks,
+        k: &super::arch::Kernels,
+        reader: &impl RunReader,
         q: &[f32],
-        head: usize,
-        table: &[u32],
-        position: usize,
-        shape: AttentionShape,
         out: &mut [f32],
     ) {
-        let k = self.kernels;
+        let Row {
+            cache,
+            head,
+            table,
+            position,
+            shape,
+        } = *self;
         let (d, bs) = (shape.head_dim, cache.shape.block_size);
         let group = q.len() / d;
         let first = shape
@@ -167,19 +216,16 @@ impl CpuKernels {
             // Keep the next runs' keys and values on their way from memory.
             let mut ahead = runs().skip(PREFETCH_RUNS);
             for (at, len) in runs().take(PREFETCH_RUNS).map(|(at, _, len)| (at, len)) {
-                prefetch(&cache.key[at..at + len * d]);
-                prefetch(&cache.value[at..at + len * d]);
+                reader.prefetch(at..at + len * d);
             }
             for (at, j, len) in runs() {
                 if let Some((next, _, next_len)) = ahead.next() {
-                    prefetch(&cache.key[next..next + next_len * d]);
-                    prefetch(&cache.value[next..next + next_len * d]);
+                    reader.prefetch(next..next + next_len * d);
                 }
-                let keys = &cache.key[at..at + len * d];
                 for (g0, size) in subgroups.clone() {
                     let q = &q[g0 * d..(g0 + size) * d];
                     let out = &mut scores[g0 * visible + j..];
-                    (k.scores[size - 1])(q, d, keys, shape.scale, out, visible);
+                    reader.scores(size, q, d, at..at + len * d, shape.scale, out, visible);
                 }
             }
             if let Some(cap) = shape.softcap {
@@ -192,17 +238,142 @@ impl CpuKernels {
             }
             out.fill(0.0);
             for (at, j, len) in runs() {
-                let values = &cache.value[at..at + len * d];
                 for (g0, size) in subgroups.clone() {
                     let probs = &scores[g0 * visible + j..];
                     let out = &mut out[g0 * d..(g0 + size) * d];
-                    (k.accumulate[size - 1])(probs, visible, d, values, out);
+                    reader.accumulate(size, probs, visible, d, at..at + len * d, out);
                 }
             }
             for (o, &sum) in out.chunks_exact_mut(d).zip(sums.iter()) {
                 let inv = 1.0 / sum;
                 o.iter_mut().for_each(|v| *v *= inv);
             }
+        });
+    }
+}
+
+/// How a row reads runs of its keys and values (`range`: elements of the pool).
+trait RunReader {
+    fn prefetch(&self, range: std::ops::Range<usize>);
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        &self,
+        heads: usize,
+        q: &[f32],
+        d: usize,
+        range: std::ops::Range<usize>,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    );
+    fn accumulate(
+        &self,
+        heads: usize,
+        probs: &[f32],
+        stride: usize,
+        d: usize,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    );
+}
+
+/// Keys and values read where they are, widened by the kernels as they load them (f32;
+/// bf16, whose widening is a shift).
+struct InPlace<'a, W> {
+    keys: &'a [W],
+    values: &'a [W],
+    attention: &'a AttentionKernels<W>,
+}
+
+impl<W: Weight> RunReader for InPlace<'_, W> {
+    fn prefetch(&self, range: std::ops::Range<usize>) {
+        prefetch(&self.keys[range.clone()]);
+        prefetch(&self.values[range]);
+    }
+
+    fn scores(
+        &self,
+        heads: usize,
+        q: &[f32],
+        d: usize,
+        range: std::ops::Range<usize>,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        (self.attention.scores[heads - 1])(q, d, &self.keys[range], scale, out, stride);
+    }
+
+    fn accumulate(
+        &self,
+        heads: usize,
+        probs: &[f32],
+        stride: usize,
+        d: usize,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        (self.attention.accumulate[heads - 1])(probs, stride, d, &self.values[range], out);
+    }
+}
+
+thread_local! {
+    /// A run of f16 keys or values widened to f32, reused across runs and calls.
+    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// f16 keys and values: each run widened in bulk by the hardware's conversion (it stays in
+/// L1), then read by the f32 kernels. The widening is exact, so the result is the f32
+/// kernels' on the rounded values.
+struct Widened<'a> {
+    keys: &'a [half::f16],
+    values: &'a [half::f16],
+    attention: &'a AttentionKernels<f32>,
+    widen: fn(&[half::f16], &mut [f32]),
+}
+
+impl Widened<'_> {
+    fn with_run<R>(&self, run: &[half::f16], work: impl FnOnce(&[f32]) -> R) -> R {
+        WIDENED.with_borrow_mut(|buffer| {
+            buffer.resize(run.len(), 0.0);
+            (self.widen)(run, buffer);
+            work(buffer)
+        })
+    }
+}
+
+impl RunReader for Widened<'_> {
+    fn prefetch(&self, range: std::ops::Range<usize>) {
+        prefetch(&self.keys[range.clone()]);
+        prefetch(&self.values[range]);
+    }
+
+    fn scores(
+        &self,
+        heads: usize,
+        q: &[f32],
+        d: usize,
+        range: std::ops::Range<usize>,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        self.with_run(&self.keys[range], |keys| {
+            (self.attention.scores[heads - 1])(q, d, keys, scale, out, stride)
+        });
+    }
+
+    fn accumulate(
+        &self,
+        heads: usize,
+        probs: &[f32],
+        stride: usize,
+        d: usize,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        self.with_run(&self.values[range], |values| {
+            (self.attention.accumulate[heads - 1])(probs, stride, d, values, out)
         });
     }
 }

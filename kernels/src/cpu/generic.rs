@@ -52,6 +52,69 @@ impl Weight for Bf16 {
     }
 }
 
+/// An IEEE half (a KV-cache element, `--kv-cache-dtype f16`), widened without branches so
+/// that the vectoriser keeps it in lanes: the exponent and mantissa bits moved into place
+/// and scaled by 2^112 (exact for normal and subnormal values), infinities and NaNs patched.
+impl Weight for half::f16 {
+    const ZERO: Self = half::f16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        let h = u32::from(self.to_bits());
+        let sign = (h & 0x8000) << 16;
+        let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000); // 2^112
+        let special = (h & 0x7c00) == 0x7c00;
+        let patched = if special {
+            0x7f80_0000 | ((h & 0x03ff) << 13)
+        } else {
+            magnitude.to_bits()
+        };
+        f32::from_bits(sign | patched)
+    }
+}
+
+/// f16 to f32, element by element (the scalar path; the x86 ones use the hardware's).
+pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = Weight::to_f32(s);
+    }
+}
+
+/// A bfloat16 KV-cache element (`--kv-cache-dtype bf16`); widening is exact.
+impl Weight for half::bf16 {
+    const ZERO: Self = half::bf16::ZERO;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
+/// A KV-cache element: narrowed from f32 on write (round to nearest even), widened exactly
+/// on read.
+pub trait KvElement: Weight + bytemuck::Pod {
+    fn from_f32(value: f32) -> Self;
+}
+
+impl KvElement for f32 {
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl KvElement for half::f16 {
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        half::f16::from_f32(value)
+    }
+}
+
+impl KvElement for half::bf16 {
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        half::bf16::from_f32(value)
+    }
+}
+
 /// The matmul microkernel: `MR` rows of `x` (row-major, `k` columns) times `P` consecutive
 /// packed panels (`[k][PANEL]` each). Writes the raw FMA chains, panel `p` rows `r` at
 /// `out[p * out_stride + r * PANEL..][..PANEL]`.
@@ -155,10 +218,10 @@ fn reduce_lanes(acc: [f32; LANES]) -> f32 {
 /// that `G * KEYS` dot products are in flight; each is one dot product in [`LANES`]
 /// fixed lanes (element `i` in lane `i % LANES`) reduced by a fixed tree.
 #[inline(always)]
-pub fn scores<const G: usize, const KEYS: usize>(
+pub fn scores<W: Weight, const G: usize, const KEYS: usize>(
     q: &[f32],
     d: usize,
-    keys: &[f32],
+    keys: &[W],
     scale: f32,
     scores: &mut [f32],
     stride: usize,
@@ -169,12 +232,12 @@ pub fn scores<const G: usize, const KEYS: usize>(
     let (keys, _) = keys.as_chunks::<LANES>();
     let mut j = 0;
     while j + KEYS <= n {
-        let k: [&[[f32; LANES]]; KEYS] =
+        let k: [&[[W; LANES]]; KEYS] =
             std::array::from_fn(|i| &keys[(j + i) * lanes..(j + i + 1) * lanes]);
         let mut acc = [[[0f32; LANES]; KEYS]; G];
         for c in 0..lanes {
             for i in 0..KEYS {
-                let kc: [f32; LANES] = k[i][c];
+                let kc: [f32; LANES] = widen(&k[i][c]);
                 for g in 0..G {
                     let qc: [f32; LANES] = q[g][c];
                     for l in 0..LANES {
@@ -195,7 +258,7 @@ pub fn scores<const G: usize, const KEYS: usize>(
         for g in 0..G {
             let mut acc = [0f32; LANES];
             for c in 0..lanes {
-                let (kc, qc) = (k[c], q[g][c]);
+                let (kc, qc) = (widen(&k[c]), q[g][c]);
                 for l in 0..LANES {
                     acc[l] = qc[l].mul_add(kc[l], acc[l]);
                 }
@@ -204,6 +267,11 @@ pub fn scores<const G: usize, const KEYS: usize>(
         }
         j += 1;
     }
+}
+
+#[inline(always)]
+fn widen<W: Weight, const N: usize>(values: &[W; N]) -> [f32; N] {
+    std::array::from_fn(|l| values[l].to_f32())
 }
 
 /// Replaces each score by `e^(s - max)` and returns their sum (fixed lanes, fixed tree).
@@ -228,31 +296,31 @@ pub fn exp_and_sum(scores: &mut [f32], max: f32) -> f32 {
 /// heads. Columns are done 16 (then 8) at a time with the `G` partial outputs in registers;
 /// each output element is still one FMA chain over `j` in order.
 #[inline(always)]
-pub fn accumulate<const G: usize>(
+pub fn accumulate<W: Weight, const G: usize>(
     probs: &[f32],
     stride: usize,
     d: usize,
-    values: &[f32],
+    values: &[W],
     out: &mut [f32],
 ) {
     let n = values.len() / d;
     let p: [&[f32]; G] = std::array::from_fn(|g| &probs[g * stride..g * stride + n]);
     let mut c0 = 0;
     while c0 + 2 * LANES <= d {
-        accumulate_columns::<G, { 2 * LANES }>(&p, d, values, out, c0);
+        accumulate_columns::<W, G, { 2 * LANES }>(&p, d, values, out, c0);
         c0 += 2 * LANES;
     }
     while c0 + LANES <= d {
-        accumulate_columns::<G, LANES>(&p, d, values, out, c0);
+        accumulate_columns::<W, G, LANES>(&p, d, values, out, c0);
         c0 += LANES;
     }
 }
 
 #[inline(always)]
-fn accumulate_columns<const G: usize, const W: usize>(
+fn accumulate_columns<V: Weight, const G: usize, const W: usize>(
     p: &[&[f32]; G],
     d: usize,
-    values: &[f32],
+    values: &[V],
     out: &mut [f32],
     c0: usize,
 ) {
@@ -263,7 +331,7 @@ fn accumulate_columns<const G: usize, const W: usize>(
             .unwrap_or([0.0; W]);
     }
     for (j, value) in values.chunks_exact(d).enumerate() {
-        let v: [f32; W] = value[c0..c0 + W].try_into().unwrap_or([0.0; W]);
+        let v: [f32; W] = std::array::from_fn(|l| value[c0 + l].to_f32());
         for g in 0..G {
             let pj = p[g][j];
             for l in 0..W {

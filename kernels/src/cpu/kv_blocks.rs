@@ -3,49 +3,168 @@
 //! have consecutive ids reads one long run per head (measured: 24 -> 16 ms of attention per
 //! decode step at 32 sequences, against `[block][kv_head][slot][head_dim]`).
 
+use super::generic::KvElement;
 use crate::KvCacheShape;
 
-/// Zeroed f32 memory that costs nothing until written: an anonymous mapping, whose pages the
-/// OS supplies zeroed on first touch. (A `vec![0.0; n]` is only lazy when the allocator
-/// happens to map it fresh: glibc raises its mmap threshold after large frees, as model
-/// loading does, and then zeroes heap memory eagerly; a 256 MiB cache was resident at start.)
-pub(super) struct ZeroedF32 {
-    map: Option<memmap2::MmapMut>,
+/// What a KV cache stores each key and value element as (`--kv-cache-dtype`). Half
+/// precision halves the cache's memory and the bytes attention reads; values are rounded to
+/// nearest even when written and widened exactly when read, so a row's result still depends
+/// only on its own keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
 }
 
-impl ZeroedF32 {
-    fn new(len: usize, what: &str) -> Result<Self, String> {
-        if len == 0 {
-            return Ok(Self { map: None });
+impl KvDtype {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "f32" | "float32" => Some(Self::F32),
+            "f16" | "float16" => Some(Self::F16),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            _ => None,
         }
-        let bytes = len
-            .checked_mul(4)
-            .ok_or_else(|| format!("the {what} cache of {len} floats overflows"))?;
-        let map = memmap2::MmapMut::map_anon(bytes)
-            .map_err(|e| format!("cannot allocate the {what} cache ({len} floats): {e}"))?;
-        Ok(Self { map: Some(map) })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
     }
 }
 
-impl std::ops::Deref for ZeroedF32 {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // Mappings are page-aligned and hold whole floats, so the cast cannot fail.
+/// Zeroed memory that costs nothing until written: an anonymous mapping, whose pages the OS
+/// supplies zeroed on first touch. (A `vec![0.0; n]` is only lazy when the allocator happens
+/// to map it fresh: glibc raises its mmap threshold after large frees, as model loading does,
+/// and then zeroes heap memory eagerly; a 256 MiB cache was resident at start.)
+pub(super) struct Zeroed<T> {
+    map: Option<memmap2::MmapMut>,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Zeroed<T> {
+    fn new(len: usize, what: &str) -> Result<Self, String> {
+        let element = std::marker::PhantomData;
+        if len == 0 {
+            return Ok(Self { map: None, element });
+        }
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| format!("the {what} cache of {len} elements overflows"))?;
+        let map = memmap2::MmapMut::map_anon(bytes)
+            .map_err(|e| format!("cannot allocate the {what} cache ({len} elements): {e}"))?;
+        Ok(Self {
+            map: Some(map),
+            element,
+        })
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for Zeroed<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // Mappings are page-aligned and hold whole elements, so the cast cannot fail.
         self.map.as_deref().map_or(&[], bytemuck::cast_slice)
     }
 }
 
-impl std::ops::DerefMut for ZeroedF32 {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: bytemuck::Pod> std::ops::DerefMut for Zeroed<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         self.map
             .as_deref_mut()
             .map_or(&mut [], bytemuck::cast_slice_mut)
     }
 }
 
-impl std::fmt::Debug for ZeroedF32 {
+impl<T> std::fmt::Debug for Zeroed<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ZeroedF32({} floats)", self.len())
+        let bytes = self.map.as_ref().map_or(0, |m| m.len());
+        write!(f, "Zeroed({bytes} bytes)")
+    }
+}
+
+/// One pool (keys or values) in the element type of its cache.
+#[derive(Debug)]
+pub(super) enum KvPool {
+    F32(Zeroed<f32>),
+    F16(Zeroed<half::f16>),
+    Bf16(Zeroed<half::bf16>),
+}
+
+impl KvPool {
+    fn new(dtype: KvDtype, len: usize, what: &str) -> Result<Self, String> {
+        Ok(match dtype {
+            KvDtype::F32 => Self::F32(Zeroed::new(len, what)?),
+            KvDtype::F16 => Self::F16(Zeroed::new(len, what)?),
+            KvDtype::Bf16 => Self::Bf16(Zeroed::new(len, what)?),
+        })
+    }
+
+    fn dtype(&self) -> KvDtype {
+        match self {
+            Self::F32(_) => KvDtype::F32,
+            Self::F16(_) => KvDtype::F16,
+            Self::Bf16(_) => KvDtype::Bf16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(p) => p.len(),
+            Self::F16(p) => p.len(),
+            Self::Bf16(p) => p.len(),
+        }
+    }
+
+    /// `values` narrowed into `at..`.
+    fn store(&mut self, at: usize, values: &[f32]) {
+        fn narrow<T: KvElement>(pool: &mut [T], at: usize, values: &[f32]) {
+            for (slot, &v) in pool[at..at + values.len()].iter_mut().zip(values) {
+                *slot = T::from_f32(v);
+            }
+        }
+        match self {
+            Self::F32(p) => p[at..at + values.len()].copy_from_slice(values),
+            Self::F16(p) => narrow(p, at, values),
+            Self::Bf16(p) => narrow(p, at, values),
+        }
+    }
+
+    /// `len` elements at `at` copied from `other` (the same element type).
+    fn copy_from(&mut self, other: &Self, at: usize, len: usize) {
+        match (self, other) {
+            (Self::F32(to), Self::F32(from)) => {
+                to[at..at + len].copy_from_slice(&from[at..at + len])
+            }
+            (Self::F16(to), Self::F16(from)) => {
+                to[at..at + len].copy_from_slice(&from[at..at + len])
+            }
+            (Self::Bf16(to), Self::Bf16(from)) => {
+                to[at..at + len].copy_from_slice(&from[at..at + len])
+            }
+            _ => {}
+        }
+    }
+
+    /// Element `i` widened.
+    #[cfg(test)]
+    pub(super) fn get(&self, i: usize) -> f32 {
+        match self {
+            Self::F32(p) => p[i],
+            Self::F16(p) => p[i].to_f32(),
+            Self::Bf16(p) => p[i].to_f32(),
+        }
     }
 }
 
@@ -53,13 +172,18 @@ impl std::fmt::Debug for ZeroedF32 {
 #[derive(Debug)]
 pub struct KvBlocks {
     pub(super) shape: KvCacheShape,
-    pub(super) key: ZeroedF32,
-    pub(super) value: ZeroedF32,
+    pub(super) key: KvPool,
+    pub(super) value: KvPool,
 }
 
 impl KvBlocks {
-    /// A zeroed pool; fails instead of aborting when the memory can't be had.
+    /// A zeroed f32 pool; fails instead of aborting when the memory can't be had.
     pub fn new(shape: KvCacheShape) -> Result<Self, String> {
+        Self::with_dtype(shape, KvDtype::F32)
+    }
+
+    /// A zeroed pool of `dtype` elements.
+    pub fn with_dtype(shape: KvCacheShape, dtype: KvDtype) -> Result<Self, String> {
         let len = shape
             .num_blocks
             .checked_mul(shape.block_size)
@@ -68,9 +192,13 @@ impl KvBlocks {
             .ok_or_else(|| format!("KV cache shape {shape:?} overflows"))?;
         Ok(Self {
             shape,
-            key: ZeroedF32::new(len, "key")?,
-            value: ZeroedF32::new(len, "value")?,
+            key: KvPool::new(dtype, len, "key")?,
+            value: KvPool::new(dtype, len, "value")?,
         })
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        self.key.dtype()
     }
 
     /// Hands the pool's pages back to the OS: fresh zero mappings replace the old, into which
@@ -78,10 +206,11 @@ impl KvBlocks {
     /// resident. Every other block's content is gone: call it only while no sequence holds
     /// them (an idle engine). If new mappings cannot be had, the old ones stay.
     pub fn release_pages(&mut self, keep: &[u32]) {
-        let len = self.key.len();
-        let (Ok(mut key), Ok(mut value)) =
-            (ZeroedF32::new(len, "key"), ZeroedF32::new(len, "value"))
-        else {
+        let (len, dtype) = (self.key.len(), self.dtype());
+        let (Ok(mut key), Ok(mut value)) = (
+            KvPool::new(dtype, len, "key"),
+            KvPool::new(dtype, len, "value"),
+        ) else {
             return;
         };
         let run = self.shape.block_size * self.shape.head_dim;
@@ -91,8 +220,8 @@ impl KvBlocks {
         {
             for head in 0..self.shape.num_kv_heads {
                 let at = self.offset(block as usize, head, 0);
-                key[at..at + run].copy_from_slice(&self.key[at..at + run]);
-                value[at..at + run].copy_from_slice(&self.value[at..at + run]);
+                key.copy_from(&self.key, at, run);
+                value.copy_from(&self.value, at, run);
             }
         }
         self.key = key;
@@ -119,7 +248,8 @@ impl KvBlocks {
         Ok(block)
     }
 
-    /// Stores one token's keys and values (`num_kv_heads * head_dim` each) at `position`.
+    /// Stores one token's keys and values (`num_kv_heads * head_dim` each) at `position`,
+    /// narrowed to the cache's element type.
     pub fn write(
         &mut self,
         block_table: &[u32],
@@ -135,8 +265,8 @@ impl KvBlocks {
         let slot = position % self.shape.block_size;
         for h in 0..heads {
             let at = self.offset(block, h, slot);
-            self.key[at..at + d].copy_from_slice(&key[h * d..(h + 1) * d]);
-            self.value[at..at + d].copy_from_slice(&value[h * d..(h + 1) * d]);
+            self.key.store(at, &key[h * d..(h + 1) * d]);
+            self.value.store(at, &value[h * d..(h + 1) * d]);
         }
         Ok(())
     }
@@ -156,6 +286,8 @@ mod tests {
         };
         let mut blocks = KvBlocks::new(shape).unwrap_or_else(|e| panic!("{e}"));
         let len = blocks.key.len();
+        let read =
+            |pool: &KvPool, at: usize| -> Vec<f32> { (at..at + 8).map(|i| pool.get(i)).collect() };
         let token: Vec<f32> = (1..=16).map(|v| v as f32).collect();
         let table = [2u32, 0];
         // Position 2 lands in block 2, position 17 in block 0.
@@ -168,16 +300,16 @@ mod tests {
         blocks.release_pages(&[2]);
         assert_eq!(blocks.key.len(), len);
         assert_eq!(blocks.value.len(), len);
-        assert_eq!(&blocks.key[kept..kept + 8], &token[8..]);
-        assert_eq!(&blocks.value[kept..kept + 8], &token[8..]);
+        assert_eq!(read(&blocks.key, kept), &token[8..]);
+        assert_eq!(read(&blocks.value, kept), &token[8..]);
         // Block 0's token is gone: only block 2's 16 values per pool remain.
-        let written = |pool: &[f32]| pool.iter().filter(|v| **v != 0.0).count();
+        let written = |pool: &KvPool| (0..pool.len()).filter(|&i| pool.get(i) != 0.0).count();
         assert_eq!(written(&blocks.key), 16);
         assert_eq!(written(&blocks.value), 16);
         blocks
             .write(&table, 17, &token, &token)
             .unwrap_or_else(|e| panic!("{e}"));
         let at = blocks.offset(0, 1, 1);
-        assert_eq!(&blocks.value[at..at + 8], &token[8..]);
+        assert_eq!(read(&blocks.value, at), &token[8..]);
     }
 }

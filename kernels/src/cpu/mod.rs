@@ -30,7 +30,7 @@ pub use attention::{AttentionScratch, AttentionShape};
 pub use elementwise::{RotaryPairing, RotaryTable};
 pub use generic::Bf16;
 pub use isa::Isa;
-pub use kv_blocks::KvBlocks;
+pub use kv_blocks::{KvBlocks, KvDtype};
 pub use matmul::{GatedActivation, LowRankGroup, LowRankPart, Output, PackedMatrix, WeightFormat};
 pub use quant::QuantFormat;
 

@@ -17,6 +17,7 @@ use crate::error::{ModelError, Result};
 use crate::weights::WeightSource;
 use candle_core::{DType, Device, Tensor};
 use cpu::CpuModel;
+pub use lantern_kernels::cpu::KvDtype;
 use lantern_kernels::KvCacheShape;
 use portable::PortableModel;
 
@@ -57,6 +58,8 @@ enum Execution {
     Cpu {
         model: Box<CpuModel>,
         cache: Option<CpuCache>,
+        /// What the cache stores keys and values as (f32 unless set).
+        kv_dtype: KvDtype,
     },
 }
 
@@ -95,6 +98,7 @@ impl Decoder {
             KernelPath::Cpu if device.is_cpu() => Execution::Cpu {
                 model: Box::new(CpuModel::load(&config, weights, dtype)?),
                 cache: None,
+                kv_dtype: KvDtype::F32,
             },
             KernelPath::Cpu => {
                 return Err(ModelError::Kernels(
@@ -146,8 +150,48 @@ impl Decoder {
     fn cache_dtype(&self) -> DType {
         match self.execution {
             Execution::Portable { .. } => self.dtype,
-            Execution::Cpu { .. } => DType::F32,
+            Execution::Cpu { kv_dtype, .. } => match kv_dtype {
+                KvDtype::F32 => DType::F32,
+                KvDtype::F16 => DType::F16,
+                KvDtype::Bf16 => DType::BF16,
+            },
         }
+    }
+
+    /// What the KV cache stores keys and values as: `float32`, `float16`, `bfloat16` (vLLM's
+    /// `cache_dtype` spelling).
+    pub fn kv_cache_dtype_name(&self) -> String {
+        match self.cache_dtype() {
+            DType::F16 => "float16".into(),
+            DType::BF16 => "bfloat16".into(),
+            DType::F32 => "float32".into(),
+            other => format!("{other:?}").to_lowercase(),
+        }
+    }
+
+    /// Stores the CPU kernels' KV cache as `dtype` from the next [`Self::allocate_cache`]
+    /// (half precision: half the memory and the bytes attention reads; values rounded to
+    /// nearest even on write). The portable path keeps keys in the weights' dtype: asking it
+    /// for another is an error.
+    pub fn set_kv_cache_dtype(&mut self, dtype: KvDtype) -> Result<()> {
+        let weights_f32 = self.cache_dtype() == DType::F32;
+        match &mut self.execution {
+            Execution::Cpu { kv_dtype, .. } => {
+                *kv_dtype = dtype;
+                Ok(())
+            }
+            Execution::Portable { .. } if weights_f32 && dtype == KvDtype::F32 => Ok(()),
+            Execution::Portable { .. } => Err(ModelError::Kernels(format!(
+                "a {} KV cache is for the CPU kernels; the portable path keeps keys and values in the weights' dtype ({:?})",
+                dtype.name(),
+                self.dtype
+            ))),
+        }
+    }
+
+    /// Whether the CPU kernels run the forward pass.
+    pub fn runs_cpu_kernels(&self) -> bool {
+        matches!(self.execution, Execution::Cpu { .. })
     }
 
     fn cache_shape(&self, num_blocks: usize, block_size: usize) -> KvCacheShape {
@@ -247,7 +291,7 @@ impl Decoder {
     /// written pages to the OS, keeping the keys and values of the blocks in `keep` (cached
     /// prefixes; the other blocks hold nothing). The portable path's tensors stay as they are.
     pub fn release_idle_memory(&mut self, keep: &[u32]) {
-        if let Execution::Cpu { model, cache } = &mut self.execution {
+        if let Execution::Cpu { model, cache, .. } = &mut self.execution {
             model.release_workspace();
             if let Some(cache) = cache {
                 cache.release_idle_memory(keep);
@@ -284,9 +328,11 @@ impl Decoder {
                     attention,
                 )?);
             }
-            Execution::Cpu { cache, .. } => {
+            Execution::Cpu {
+                cache, kv_dtype, ..
+            } => {
                 *cache = None;
-                *cache = Some(CpuCache::new(&self.config, shape)?);
+                *cache = Some(CpuCache::new(&self.config, shape, *kv_dtype)?);
             }
         }
         Ok(())
@@ -353,7 +399,7 @@ impl Decoder {
                 let cache = cache.as_ref().ok_or_else(no_cache)?;
                 model.forward(&self.config, steps, cache, &self.device, uploads)
             }
-            Execution::Cpu { model, cache } => {
+            Execution::Cpu { model, cache, .. } => {
                 let cache = cache.as_mut().ok_or_else(no_cache)?;
                 model.forward(&self.config, steps, cache)
             }

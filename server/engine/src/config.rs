@@ -49,6 +49,9 @@ pub struct EngineConfig {
     pub max_loras: usize,
     /// The highest adapter rank served (`--max-lora-rank`).
     pub max_lora_rank: usize,
+    /// What the KV cache stores keys and values as (`--kv-cache-dtype`). `None`: f16 on the
+    /// CPU kernels, the weights' dtype on the portable path.
+    pub kv_cache_dtype: Option<lantern_models::KvDtype>,
 }
 
 /// `--max-loras` by default: adapters resident at once.
@@ -94,6 +97,7 @@ impl Default for EngineConfig {
             sample_on_device: None,
             max_loras: DEFAULT_MAX_LORAS,
             max_lora_rank: DEFAULT_MAX_LORA_RANK,
+            kv_cache_dtype: None,
         }
     }
 }

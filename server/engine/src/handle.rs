@@ -68,6 +68,8 @@ pub struct EngineHandle {
     /// `flash-attn`, `portable`), for logs and `/info`.
     pub(crate) device: String,
     pub(crate) attention: &'static str,
+    /// What the KV cache stores keys and values as (`float32`, `float16`, `bfloat16`).
+    pub(crate) kv_cache_dtype: String,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -187,6 +189,10 @@ impl EngineHandle {
 
     pub fn attention(&self) -> &'static str {
         self.attention
+    }
+
+    pub fn kv_cache_dtype(&self) -> &str {
+        &self.kv_cache_dtype
     }
 
     /// Asks the engine thread to load `adapter` now (between steps); resolves when it did,

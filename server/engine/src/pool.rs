@@ -154,6 +154,11 @@ impl EnginePool {
         self.engines[0].attention()
     }
 
+    /// What the KV caches store keys and values as (every engine alike).
+    pub fn kv_cache_dtype(&self) -> &str {
+        self.engines[0].kv_cache_dtype()
+    }
+
     /// Loads `adapter` into every engine's decoder now; the first engine's error if any
     /// fails (engines that did load it keep it until it is unloaded).
     pub async fn load_adapter(&self, adapter: &AdapterRef) -> Result<(), String> {

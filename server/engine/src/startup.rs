@@ -100,6 +100,22 @@ fn start_one(
     grammar: &Grammar,
     config: &EngineConfig,
 ) -> Result<EngineHandle, StartError> {
+    // Keys and values in half precision on the CPU kernels unless set otherwise (llama.cpp's
+    // default): before the cache is sized, which the element size halves.
+    let kv_dtype = match (config.kv_cache_dtype, decoder.runs_cpu_kernels()) {
+        (Some(dtype), _) => Some(dtype),
+        (None, true) => Some(lantern_models::KvDtype::F16),
+        (None, false) => None,
+    };
+    if let Some(dtype) = kv_dtype {
+        decoder.set_kv_cache_dtype(dtype)?;
+    }
+    let mut draft = draft;
+    if let (Some(dtype), Some(draft)) = (kv_dtype, draft.as_mut()) {
+        if draft.runs_cpu_kernels() {
+            draft.set_kv_cache_dtype(dtype)?;
+        }
+    }
     let draft = match draft {
         Some(draft) if draft.config().vocab_size != decoder.config().vocab_size => {
             return Err(StartError::Setting(format!(
@@ -165,6 +181,7 @@ fn start_one(
     let (commands, receiver) = std::sync::mpsc::channel();
     let vocab_size = decoder.config().vocab_size;
     let cache_attention = decoder.attention_name();
+    let kv_cache_dtype = decoder.kv_cache_dtype_name();
     let device = lantern_kernels::device_choice::name(decoder.device());
     let sample_on_device = config
         .sample_on_device
@@ -192,6 +209,7 @@ fn start_one(
         num_blocks,
         block_size = config.block_size,
         kv_cache_tokens = num_blocks * config.block_size,
+        kv_cache_dtype = %kv_cache_dtype,
         attention = cache_attention,
         device = %device,
         "engine started"
@@ -205,6 +223,7 @@ fn start_one(
         constraints: grammar.constraints.clone(),
         device,
         attention: cache_attention,
+        kv_cache_dtype,
     })
 }
 

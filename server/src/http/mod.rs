@@ -167,12 +167,7 @@ async fn metrics(State(state): State<AppState>) -> String {
     }
     let mut text = state.metrics.render(stats);
     if let Some(model) = &model {
-        // The CPU kernels keep keys and values in f32; the portable path in the weights'.
-        let cache_dtype = if model.engine.attention() == "cpu" {
-            "float32".to_string()
-        } else {
-            model.dtype.clone()
-        };
+        let cache_dtype = model.engine.kv_cache_dtype().to_string();
         let engines: Vec<_> = model
             .engine
             .engines()

@@ -428,6 +428,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         "engine_devices": devices,
         "attention": model.engine.attention(),
         "kv_cache_tokens": model.engine.kv_cache_tokens(),
+        "kv_cache_dtype": model.engine.kv_cache_dtype(),
         "kv_block_size": model.engine.limits().block_size,
         "max_concurrent_requests": c.max_concurrent_requests,
         "max_stop_sequences": c.max_stop_sequences,

@@ -19,6 +19,57 @@ fn quant_tile(isa: Isa) -> QuantTileFn {
     }
 }
 
+/// Widening f16 to f32 in bulk with the hardware conversion (a KV cache in f16): AVX-512F's
+/// 16 lanes, or F16C's 8 beside AVX2; the scalar loop elsewhere. The same bits either way.
+fn widen_f16(isa: Isa) -> fn(&[half::f16], &mut [f32]) {
+    use std::arch::is_x86_feature_detected as has;
+    match isa {
+        Isa::Avx512 if has!("avx512f") => widen_f16_avx512,
+        Isa::Avx512 | Isa::Avx2 if has!("f16c") && has!("avx") => widen_f16_f16c,
+        _ => crate::cpu::generic::widen_f16,
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+fn widen_f16_avx512_in(src: &[half::f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps, _mm512_storeu_ps};
+    let n = src.len().min(dst.len());
+    let whole = n / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: `i + 16 <= n` elements of both slices; unaligned loads and stores.
+        unsafe {
+            let halves = _mm256_loadu_si256(src.as_ptr().add(i).cast::<__m256i>());
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(halves));
+        }
+    }
+    crate::cpu::generic::widen_f16(&src[whole..n], &mut dst[whole..n]);
+}
+
+fn widen_f16_avx512(src: &[half::f16], dst: &mut [f32]) {
+    // SAFETY: `widen_f16` hands this out only where the CPU has AVX-512F.
+    unsafe { widen_f16_avx512_in(src, dst) }
+}
+
+#[target_feature(enable = "avx,f16c")]
+fn widen_f16_f16c_in(src: &[half::f16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let whole = n / 8 * 8;
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= n` elements of both slices; unaligned loads and stores.
+        unsafe {
+            let halves = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(halves));
+        }
+    }
+    crate::cpu::generic::widen_f16(&src[whole..n], &mut dst[whole..n]);
+}
+
+fn widen_f16_f16c(src: &[half::f16], dst: &mut [f32]) {
+    // SAFETY: `widen_f16` hands this out only where the CPU has AVX and F16C.
+    unsafe { widen_f16_f16c_in(src, dst) }
+}
+
 /// One ISA's module: `#[target_feature]` instances of every generic kernel, each behind a safe
 /// wrapper that only [`table`] hands out, after checking the CPU.
 macro_rules! isa_kernels {
@@ -56,27 +107,27 @@ macro_rules! isa_kernels {
             }
 
             #[target_feature(enable = $features)]
-            fn scores_in<const G: usize, const KEYS: usize>(
+            fn scores_in<W: Weight, const G: usize, const KEYS: usize>(
                 q: &[f32],
                 d: usize,
-                k: &[f32],
+                k: &[W],
                 scale: f32,
                 out: &mut [f32],
                 s: usize,
             ) {
-                g::scores::<G, KEYS>(q, d, k, scale, out, s)
+                g::scores::<W, G, KEYS>(q, d, k, scale, out, s)
             }
 
-            fn scores<const G: usize, const KEYS: usize>(
+            fn scores<W: Weight, const G: usize, const KEYS: usize>(
                 q: &[f32],
                 d: usize,
-                k: &[f32],
+                k: &[W],
                 scale: f32,
                 out: &mut [f32],
                 s: usize,
             ) {
                 // SAFETY: only `table()` hands this out, after checking the CPU has the features.
-                unsafe { scores_in::<G, KEYS>(q, d, k, scale, out, s) }
+                unsafe { scores_in::<W, G, KEYS>(q, d, k, scale, out, s) }
             }
 
             #[target_feature(enable = $features)]
@@ -85,25 +136,25 @@ macro_rules! isa_kernels {
             }
 
             #[target_feature(enable = $features)]
-            fn accumulate_in<const G: usize>(
+            fn accumulate_in<W: Weight, const G: usize>(
                 p: &[f32],
                 s: usize,
                 d: usize,
-                v: &[f32],
+                v: &[W],
                 out: &mut [f32],
             ) {
-                g::accumulate::<G>(p, s, d, v, out)
+                g::accumulate::<W, G>(p, s, d, v, out)
             }
 
-            fn accumulate<const G: usize>(
+            fn accumulate<W: Weight, const G: usize>(
                 p: &[f32],
                 s: usize,
                 d: usize,
-                v: &[f32],
+                v: &[W],
                 out: &mut [f32],
             ) {
                 // SAFETY: only `table()` hands this out, after checking the CPU has the features.
-                unsafe { accumulate_in::<G>(p, s, d, v, out) }
+                unsafe { accumulate_in::<W, G>(p, s, d, v, out) }
             }
 
             #[target_feature(enable = $features)]
@@ -126,7 +177,6 @@ macro_rules! isa_kernels {
                 if !$isa.is_supported() {
                     return None;
                 }
-                let (scores, accumulate) = attention_tables!(scores, accumulate);
                 // SAFETY (every closure below): the check above passed, so the CPU executes
                 // the `#[target_feature]` functions they call.
                 Some(Kernels {
@@ -134,13 +184,14 @@ macro_rules! isa_kernels {
                     tile_f32: tile_table!(tile, f32),
                     tile_bf16: tile_table!(tile, Bf16),
                     silu_mul: |gate, up| unsafe { silu_mul_in(gate, up) },
-                    scores,
+                    attention_f32: attention_tables!(scores, accumulate, f32),
+                    attention_bf16: attention_tables!(scores, accumulate, half::bf16),
                     exp_and_sum: |s, max| unsafe { exp_and_sum_in(s, max) },
-                    accumulate,
                     sum_squares: |x| unsafe { sum_squares_in(x) },
                     sum_exp: |x, max| unsafe { sum_exp_in(x, max) },
                     scale_by_weight: |x, inv, w, out| unsafe { scale_by_weight_in(x, inv, w, out) },
                     quant_tile: super::quant_tile($isa),
+                    widen_f16: super::widen_f16($isa),
                 })
             }
         }
@@ -153,9 +204,10 @@ isa_kernels!(avx512, Isa::Avx512, "avx512f,avx2,fma");
 /// Asks the CPU to start loading `data` into the caches (every 64-byte line); no effect on
 /// results. Attention reads K/V runs of a few KB scattered over the block pool: the hardware
 /// prefetchers stop at page boundaries, so the kernel asks for the next runs ahead of time.
-pub fn prefetch(data: &[f32]) {
+pub fn prefetch<T>(data: &[T]) {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    for line in data.chunks(16) {
+    let per_line = (64 / std::mem::size_of::<T>().max(1)).max(1);
+    for line in data.chunks(per_line) {
         // SAFETY: prefetching never faults or writes; the pointer comes from a live slice.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>()) };
     }

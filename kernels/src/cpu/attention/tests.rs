@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::attention_metadata::slots_of;
-use crate::cpu::Isa;
+use crate::cpu::{Isa, KvDtype};
 use crate::{
     AttentionParams, KvCacheShape, LayerKvCache, PagedAttention, Portable, SequenceAttention,
 };
@@ -54,16 +54,23 @@ fn sequence(h: Heads, context: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Sequ
 }
 
 /// A cache holding every sequence's whole context, blocks handed out in shuffled order.
-fn cached(h: Heads, seqs: &[&Sequence], block_size: usize, seed: u64) -> (KvBlocks, Vec<Vec<u32>>) {
+fn cached(
+    h: Heads,
+    seqs: &[&Sequence],
+    block_size: usize,
+    seed: u64,
+    dtype: KvDtype,
+) -> (KvBlocks, Vec<Vec<u32>>) {
     let needed: usize = seqs.iter().map(|s| s.context.div_ceil(block_size)).sum();
     let mut free: Vec<u32> = (0..needed as u32 + 3).collect();
     free.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let mut blocks = match KvBlocks::new(KvCacheShape {
+    let shape = KvCacheShape {
         num_blocks: free.len(),
         block_size,
         num_kv_heads: h.kv_heads,
         head_dim: h.d,
-    }) {
+    };
+    let mut blocks = match KvBlocks::with_dtype(shape, dtype) {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
@@ -92,7 +99,19 @@ fn run_cpu(
     ranges: &[(usize, usize)],
     block_size: usize,
 ) -> Vec<Vec<f32>> {
-    let (blocks, tables) = cached(h, seqs, block_size, block_size as u64 + 11);
+    run_cpu_as(kernels, h, seqs, ranges, block_size, KvDtype::F32)
+}
+
+/// [`run_cpu`] over a cache of `dtype` elements.
+fn run_cpu_as(
+    kernels: CpuKernels,
+    h: Heads,
+    seqs: &[&Sequence],
+    ranges: &[(usize, usize)],
+    block_size: usize,
+    dtype: KvDtype,
+) -> Vec<Vec<f32>> {
+    let (blocks, tables) = cached(h, seqs, block_size, block_size as u64 + 11, dtype);
     let width = h.heads * h.d;
     let mut query = Vec::new();
     let mut rows = Vec::new();
@@ -351,7 +370,7 @@ fn bad_shapes_and_block_tables_are_errors_not_panics() {
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let s = sequence(h, 5, &mut rng);
-    let (blocks, _) = cached(h, &[&s], 4, 0);
+    let (blocks, _) = cached(h, &[&s], 4, 0, KvDtype::F32);
     let kernels = CpuKernels::scalar();
     let mut out = vec![0f32; 64];
     let q = vec![0f32; 64];
@@ -387,4 +406,87 @@ fn bad_shapes_and_block_tables_are_errors_not_panics() {
             &mut scratch
         )
         .is_err());
+}
+
+/// A half-precision cache holds each key and value rounded to nearest even and attention
+/// widens them exactly: on every ISA its rows are bit for bit those of an f32 cache holding
+/// the rounded values (tiny values included: f16 subnormals), so parity is the rounding's and
+/// rows stay independent of their batch mates, chunking and blocks as in f32.
+#[test]
+fn half_precision_caches_read_exactly_the_rounded_values() {
+    let h = Heads {
+        heads: 8,
+        kv_heads: 2,
+        d: 64,
+        window: None,
+        softcap: None,
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut seqs: Vec<Sequence> = [37usize, 5, 70]
+        .iter()
+        .map(|&n| sequence(h, n, &mut rng))
+        .collect();
+    for (i, v) in seqs[0].key.iter_mut().enumerate().step_by(7) {
+        *v *= 1e-6 * (i % 5) as f32; // below f16's smallest normal (6.1e-5)
+    }
+    let refs: Vec<&Sequence> = seqs.iter().collect();
+    let ranges = [(30, 37), (0, 5), (69, 70)];
+    for (dtype, round) in [
+        (
+            KvDtype::F16,
+            (|v: f32| half::f16::from_f32(v).to_f32()) as fn(f32) -> f32,
+        ),
+        (KvDtype::Bf16, |v: f32| half::bf16::from_f32(v).to_f32()),
+    ] {
+        let rounded: Vec<Sequence> = seqs
+            .iter()
+            .map(|s| Sequence {
+                key: s.key.iter().map(|&v| round(v)).collect(),
+                value: s.value.iter().map(|&v| round(v)).collect(),
+                query: s.query.clone(),
+                context: s.context,
+            })
+            .collect();
+        let rounded_refs: Vec<&Sequence> = rounded.iter().collect();
+        for isa in Isa::supported() {
+            let Some(kernels) = CpuKernels::for_isa(isa) else {
+                continue;
+            };
+            let half = run_cpu_as(kernels, h, &refs, &ranges, 16, dtype);
+            let exact = run_cpu(kernels, h, &rounded_refs, &ranges, 16);
+            let bits = |rows: &Vec<Vec<f32>>| -> Vec<u32> {
+                rows.iter().flatten().map(|v| v.to_bits()).collect()
+            };
+            assert_eq!(bits(&half), bits(&exact), "{dtype:?} on {isa:?}");
+            // Alone, in another block size: the same bits.
+            let alone = run_cpu_as(kernels, h, &refs[2..], &ranges[2..], 4, dtype);
+            assert_eq!(
+                bits(&alone),
+                bits(&half[2..].to_vec()),
+                "{dtype:?} alone on {isa:?}"
+            );
+        }
+    }
+}
+
+/// Every ISA's f16 widening (the hardware's bulk conversion, the scalar branch-free one)
+/// equals `half`'s for every bit pattern (NaNs as NaNs).
+#[test]
+fn f16_widening_is_exact_for_every_value() {
+    let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+    for isa in Isa::supported() {
+        let Some(kernels) = CpuKernels::for_isa(isa) else {
+            continue;
+        };
+        let mut widened = vec![0f32; all.len()];
+        (kernels.kernels.widen_f16)(&all, &mut widened);
+        for (value, ours) in all.iter().zip(&widened) {
+            let theirs = value.to_f32();
+            assert!(
+                ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()),
+                "{isa:?} {:#06x}: {ours} vs {theirs}",
+                value.to_bits()
+            );
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub fn config(blocks: usize, prefill: usize) -> EngineConfig {
         sample_on_device: None,
         max_loras: lantern_engine::config::DEFAULT_MAX_LORAS,
         max_lora_rank: lantern_engine::config::DEFAULT_MAX_LORA_RANK,
+        kv_cache_dtype: None,
     }
 }
 
