@@ -112,22 +112,10 @@ pub struct LoraDelta {
 }
 
 impl LoraDelta {
-    /// `scaling · B`, row-major `[out, rank]`: the factor the decoders multiply by.
+    /// `scaling · B`, row-major `[out, rank]` (the portable path multiplies by it; the CPU
+    /// kernels scale their product instead).
     pub fn scaled_b(&self, scaling: f32) -> Vec<f32> {
         self.b.iter().map(|&b| scaling * b).collect()
-    }
-
-    /// The dense `[out, in]` delta `scaling · B · A` (merging; the tests' oracle).
-    pub fn dense(&self, scaling: f32) -> Vec<f32> {
-        let mut delta = vec![0.0f32; self.out_features * self.in_features];
-        for (o, row) in delta.chunks_exact_mut(self.in_features).enumerate() {
-            for r in 0..self.rank {
-                let weight = scaling * self.b[o * self.rank + r];
-                let a = &self.a[r * self.in_features..(r + 1) * self.in_features];
-                row.iter_mut().zip(a).for_each(|(d, &a)| *d += weight * a);
-            }
-        }
-        delta
     }
 }
 
@@ -139,16 +127,6 @@ pub struct LoraAdapter {
     /// Every weight was stored in bf16: the CPU kernels keep them so (exactly, half the bytes).
     pub bf16: bool,
     pub deltas: BTreeMap<(usize, Projection), LoraDelta>,
-}
-
-impl LoraAdapter {
-    /// Bytes its deltas take (`/info`'s adapter memory).
-    pub fn bytes(&self) -> usize {
-        self.deltas
-            .values()
-            .map(|d| 4 * (d.a.len() + d.b.len()))
-            .sum()
-    }
 }
 
 /// What `adapter_config.json` says, once checked.

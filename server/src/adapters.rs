@@ -163,7 +163,7 @@ impl Adapters {
         trusted: bool,
     ) -> Result<AdapterRef, RegistryError> {
         let name = name.trim();
-        if name.is_empty() || name.len() > 256 || name.contains(['/', '\\']) && !trusted {
+        if name.is_empty() || name.len() > 256 || (!trusted && name.contains(['/', '\\'])) {
             return Err(RegistryError::Invalid(
                 "`name` must be 1 to 256 characters, without slashes".into(),
             ));

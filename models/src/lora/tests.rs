@@ -117,21 +117,6 @@ fn an_adapter_on_all_seven_projections_is_read_with_its_scaling() -> TestResult 
 }
 
 #[test]
-fn the_dense_delta_is_scaling_times_b_times_a() {
-    let delta = LoraDelta {
-        layer: 0,
-        projection: Projection::Query,
-        rank: 2,
-        in_features: 3,
-        out_features: 2,
-        a: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        b: vec![1.0, 0.0, 0.5, 2.0],
-    };
-    // B·A = [[1,2,3], [0.5+8, 1+10, 1.5+12]].
-    assert_eq!(delta.dense(2.0), vec![2.0, 4.0, 6.0, 17.0, 22.0, 27.0]);
-}
-
-#[test]
 fn fused_projections_are_split_by_rows_of_b() -> TestResult {
     let c = base(Architecture::Phi3)?;
     let (q, kv, h, i) = (

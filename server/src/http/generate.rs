@@ -131,7 +131,9 @@ fn choose_adapter(
         }
     };
     let header = super::sagemaker::adapter_header();
-    let (name, field) = match (choice, header) {
+    // The adapter named, and how its absence is answered in the request's terms.
+    type Unknown = Box<dyn FnOnce(String) -> ApiError>;
+    let (name, unknown): (String, Unknown) = match (choice, header) {
         (AdapterChoice::Named { name, field }, Some(header)) if name != header => {
             return Err(ApiError::validation(
                 format!("`{field}` names adapter `{name}`, the {ADAPTER_HEADER} header `{header}`: name one"),
@@ -139,36 +141,29 @@ fn choose_adapter(
             ))
         }
         (_, Some(header)) => {
-            let Some(held) = registry.acquire(&header) else {
-                return Err(ApiError::NotFound(format!(
-                    "the adapter {header} was not found ({ADAPTER_HEADER}): {}",
-                    known()
-                )));
-            };
-            state.metrics.lora_request(&header);
-            return Ok(Some(held));
+            let message = format!("the adapter {header} was not found ({ADAPTER_HEADER})");
+            (header, Box::new(move |known| ApiError::NotFound(format!("{message}: {known}"))))
         }
         (AdapterChoice::Base, None) => return Ok(None),
-        (AdapterChoice::Named { name, .. }, None) if name == model.name => return Ok(None),
-        (AdapterChoice::Named { name, field }, None) => (name, field),
-        (AdapterChoice::Model(name), None) if name == model.name || !registry.any() => {
+        (AdapterChoice::Named { name, .. } | AdapterChoice::Model(name), None)
+            if name == model.name =>
+        {
             return Ok(None)
         }
+        (AdapterChoice::Model(_), None) if !registry.any() => return Ok(None),
+        (AdapterChoice::Named { name, field }, None) => {
+            let message = format!("unknown adapter `{name}`");
+            (name, Box::new(move |known| ApiError::validation(format!("{message}: {known}"), field)))
+        }
         (AdapterChoice::Model(name), None) => {
-            let Some(held) = registry.acquire(&name) else {
-                return Err(ApiError::NotFound(format!(
-                    "the model `{name}` does not exist: this server serves `{}`, and {}",
-                    model.name,
-                    known()
-                )));
-            };
-            state.metrics.lora_request(&name);
-            return Ok(Some(held));
+            let message = format!(
+                "the model `{name}` does not exist: this server serves `{}`",
+                model.name
+            );
+            (name, Box::new(move |known| ApiError::NotFound(format!("{message}, and {known}"))))
         }
     };
-    let held = registry.acquire(&name).ok_or_else(|| {
-        ApiError::validation(format!("unknown adapter `{name}`: {}", known()), field)
-    })?;
+    let held = registry.acquire(&name).ok_or_else(|| unknown(known()))?;
     state.metrics.lora_request(&name);
     Ok(Some(held))
 }
