@@ -7,6 +7,9 @@ use lantern_engine::{CacheSize, EngineConfig, FaultPolicy};
 use lantern_kernels::device_choice::{DeviceChoice, CPU_BLOCK_SIZE};
 use lantern_models::{Dequantize, KernelPath, ModelSource, QuantFormat};
 use std::path::Path;
+use values::{parse_bytes, parse_lora_adapters};
+
+mod values;
 
 /// Served when no model is named and `/opt/ml/model` holds none.
 pub const DEFAULT_MODEL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -315,29 +318,6 @@ pub enum DequantizeArg {
     Off,
 }
 
-/// `2G`, `512Mi`, `1000000`.
-fn parse_bytes(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: usize = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size"))?;
-    let scale = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KB" => 1_000,
-        "M" | "MB" => 1_000_000,
-        "G" | "GB" => 1_000_000_000,
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}`")),
-    };
-    Ok(number * scale)
-}
-
 /// Settings after resolution and validation.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -382,25 +362,6 @@ pub struct ServerConfig {
     pub lora_adapters: Vec<(String, String)>,
     /// `--lora-adapter-root` (empty: the defaults, known once the model is).
     pub lora_adapter_roots: Vec<std::path::PathBuf>,
-}
-
-/// `--lora-adapters`: `NAME=PATH` pairs or bare hub ids (named by themselves).
-fn parse_lora_adapters(text: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let mut adapters: Vec<(String, String)> = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (name, source) = match entry.split_once('=') {
-            Some((name, source)) => (name.trim(), source.trim()),
-            None => (entry, entry),
-        };
-        if name.is_empty() || source.is_empty() {
-            bail!("--lora-adapters: `{entry}` is not NAME=PATH or a hub id");
-        }
-        if adapters.iter().any(|(n, _)| n == name) {
-            bail!("--lora-adapters: `{name}` is given twice");
-        }
-        adapters.push((name.to_string(), source.to_string()));
-    }
-    Ok(adapters)
 }
 
 /// SageMaker Batch Transform settings, reported by `/execution-parameters`.
@@ -619,28 +580,4 @@ fn holds_model(dir: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lora_adapters_parse_as_pairs_or_hub_ids() {
-        let parsed = parse_lora_adapters("tone=/adapters/tone, org/sql ,").ok();
-        assert_eq!(
-            parsed,
-            Some(vec![
-                ("tone".to_string(), "/adapters/tone".to_string()),
-                ("org/sql".to_string(), "org/sql".to_string()),
-            ])
-        );
-        assert!(parse_lora_adapters("a=/x,a=/y").is_err());
-        assert!(parse_lora_adapters("=/x").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
-        assert_eq!(parse_bytes("512Mi"), Ok(512 << 20));
-        assert_eq!(parse_bytes("1000"), Ok(1000));
-        assert!(parse_bytes("lots").is_err());
-    }
-}
+mod tests;
