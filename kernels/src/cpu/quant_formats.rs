@@ -33,10 +33,9 @@ pub enum QuantFormat {
 /// How a format's integers sit in a panel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
-    /// Two 4-bit values per byte, 0..=15.
-    Nibbles,
-    /// One unsigned value per byte, 0..=63.
-    Bytes,
+    /// Unsigned values of 4 + `high_bits` bits: the low 4 as two nibbles a byte, each higher
+    /// bit in a bit plane of its own (Q4: 0, Q5: 1, Q6_K: 2).
+    Nibbles { high_bits: usize },
     /// One signed value per byte, -128..=127 (Q8_0).
     SignedBytes,
 }
@@ -49,6 +48,19 @@ pub struct Block32 {
     pub d: f32,
     pub m: f32,
     pub sub: [i32; 2],
+    /// Q4_K/Q5_K: the factors of `d` and `m`, which panels store instead of them.
+    pub split: Option<SplitScales>,
+}
+
+/// A Q4_K/Q5_K sub-block's scale and minimum as the file holds them: `d = super_d · sc` and
+/// `m = super_m · m6` (`super_m` is the super-block's `−dmin`), products exact in f32 (an
+/// f16 times a 6-bit integer), so storing the factors loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitScales {
+    pub super_d: f32,
+    pub super_m: f32,
+    pub sc: u8,
+    pub m6: u8,
 }
 
 impl QuantFormat {
@@ -120,10 +132,13 @@ impl QuantFormat {
 
     pub fn encoding(self) -> Encoding {
         match self {
-            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => Encoding::Nibbles,
-            QuantFormat::Q5_0 | QuantFormat::Q5_1 | QuantFormat::Q5K | QuantFormat::Q6K => {
-                Encoding::Bytes
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q4K => {
+                Encoding::Nibbles { high_bits: 0 }
             }
+            QuantFormat::Q5_0 | QuantFormat::Q5_1 | QuantFormat::Q5K => {
+                Encoding::Nibbles { high_bits: 1 }
+            }
+            QuantFormat::Q6K => Encoding::Nibbles { high_bits: 2 },
             QuantFormat::Q8_0 => Encoding::SignedBytes,
         }
     }
@@ -146,9 +161,9 @@ impl QuantFormat {
         )
     }
 
-    /// Scales (and minimums) kept as f32 in panels: the K formats' `d·sc`, which f16 cannot
-    /// hold. The others keep the file's f16 bits.
-    pub fn f32_scales(self) -> bool {
+    /// Scales and minimums held as a super-block factor times a 6-bit integer (Q4_K, Q5_K):
+    /// see [`SplitScales`]. The others' are the file's f16 values.
+    pub fn split_scales(self) -> bool {
         matches!(self, QuantFormat::Q4K | QuantFormat::Q5K)
     }
 
@@ -169,6 +184,7 @@ impl QuantFormat {
             d: half_at(0),
             m: 0.0,
             sub: [1, 1],
+            split: None,
         };
         if matches!(self, QuantFormat::Q4_1 | QuantFormat::Q5_1) {
             decoded.m = half_at(2);
@@ -199,9 +215,16 @@ impl QuantFormat {
             }
             QuantFormat::Q4K | QuantFormat::Q5K => {
                 // Sub-blocks 2c and 2c+1 share 32 bytes of nibbles: low nibbles, then high.
-                let (sc, m) = k_scale_min(&block[4..16], index);
-                decoded.d = half_at(0) * f32::from(sc);
-                decoded.m = -(half_at(2) * f32::from(m));
+                let (sc, m6) = k_scale_min(&block[4..16], index);
+                let split = SplitScales {
+                    super_d: half_at(0),
+                    super_m: -half_at(2),
+                    sc,
+                    m6,
+                };
+                decoded.d = split.super_d * f32::from(sc);
+                decoded.m = split.super_m * f32::from(m6);
+                decoded.split = Some(split);
                 let (qs, high_bits) = if self == QuantFormat::Q4K {
                     (&block[16..144], None)
                 } else {

@@ -355,3 +355,23 @@ fn q8_0_extremes_survive_the_sign_trick() {
     let reference = product(CpuKernels::scalar(), &x, 3, &w);
     assert_every_isa_gives(&reference, &x, 3, &w);
 }
+
+/// Panels stream what the file holds: every format as many bytes as its GGUF blocks, but
+/// Q4_K/Q5_K, whose 6-bit scales and minimums take a byte each (an eighth of a bit more a
+/// weight than the file's 12 packed bytes per 256 values).
+#[test]
+fn panels_take_the_bytes_of_the_file() {
+    let (n, k) = (48, 512);
+    for format in QuantFormat::ALL {
+        let data = random_gguf(format, n, k, 9, false);
+        let panels = QuantPanels::from_gguf(format, &data, n, k).unwrap_or_else(|e| panic!("{e}"));
+        let extra = if format.split_scales() { n * k / 64 } else { 0 };
+        assert_eq!(panels.bytes.len(), data.len() + extra, "{}", format.name());
+        assert_eq!(
+            panels.bytes.capacity(),
+            panels.bytes.len(),
+            "{}",
+            format.name()
+        );
+    }
+}

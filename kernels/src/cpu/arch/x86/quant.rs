@@ -30,9 +30,10 @@ fn checked_rows(
     assert!(x.scales.len() >= rows * blocks && x.sums.len() >= rows * blocks);
     assert!(x.scaled_sums.len() >= rows * blocks && x.half_sums.len() >= 2 * rows * blocks);
     assert!(
-        panel.len() >= blocks * format.panel_block_bytes(),
-        "a whole panel"
+        blocks.is_multiple_of(format.group_blocks()),
+        "whole groups of blocks"
     );
+    assert!(panel.len() >= format.panel_bytes(blocks), "a whole panel");
     assert!(out.len() >= rows * ROWS, "room for every row");
     rows
 }
@@ -50,14 +51,14 @@ pub fn tile_avx512_vnni(
     unsafe {
         use QuantFormat::*;
         let kernel = match format {
-            Q4_0 => avx512_vnni::<0, false, false, false>,
-            Q4_1 => avx512_vnni::<0, true, false, false>,
-            Q5_0 => avx512_vnni::<1, false, false, false>,
-            Q5_1 => avx512_vnni::<1, true, false, false>,
-            Q8_0 => avx512_vnni::<2, false, false, false>,
-            Q4K => avx512_vnni::<0, true, true, false>,
-            Q5K => avx512_vnni::<1, true, true, false>,
-            Q6K => avx512_vnni::<1, false, false, true>,
+            Q4_0 => avx512_vnni::<4, false, false, false>,
+            Q4_1 => avx512_vnni::<4, true, false, false>,
+            Q5_0 => avx512_vnni::<5, false, false, false>,
+            Q5_1 => avx512_vnni::<5, true, false, false>,
+            Q8_0 => avx512_vnni::<8, false, false, false>,
+            Q4K => avx512_vnni::<4, true, true, false>,
+            Q5K => avx512_vnni::<5, true, true, false>,
+            Q6K => avx512_vnni::<6, false, false, true>,
         };
         kernel(format, x, rows, blocks, panel, out)
     }
@@ -70,23 +71,24 @@ pub fn tile_avx2(format: QuantFormat, x: QuantRows, blocks: usize, panel: &[u8],
     unsafe {
         use QuantFormat::*;
         let kernel = match format {
-            Q4_0 => avx2::<0, false, false, false>,
-            Q4_1 => avx2::<0, true, false, false>,
-            Q5_0 => avx2::<1, false, false, false>,
-            Q5_1 => avx2::<1, true, false, false>,
-            Q8_0 => avx2::<2, false, false, false>,
-            Q4K => avx2::<0, true, true, false>,
-            Q5K => avx2::<1, true, true, false>,
-            Q6K => avx2::<1, false, false, true>,
+            Q4_0 => avx2::<4, false, false, false>,
+            Q4_1 => avx2::<4, true, false, false>,
+            Q5_0 => avx2::<5, false, false, false>,
+            Q5_1 => avx2::<5, true, false, false>,
+            Q8_0 => avx2::<8, false, false, false>,
+            Q4K => avx2::<4, true, true, false>,
+            Q5K => avx2::<5, true, true, false>,
+            Q6K => avx2::<6, false, false, true>,
         };
         kernel(format, x, rows, blocks, panel, out)
     }
 }
 
-/// `ENCODING`: 0 nibbles, 1 unsigned bytes, 2 signed bytes (Q8_0); `F32`: scales and
-/// minimums stored as f32 (else f16); `SUB`: Q6_K's sub-scales.
+/// `BITS`: 4, 5 or 6 (nibbles and bit planes) or 8 (Q8_0's signed bytes); `MIN`: a minimum
+/// per block; `SPLIT`: scales and minimums as super-block f16 times 6-bit integers (Q4_K,
+/// Q5_K); `SUB`: Q6_K's super-block scale and integer sub-scales.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn avx512_vnni<const ENCODING: u8, const MIN: bool, const F32: bool, const SUB: bool>(
+unsafe fn avx512_vnni<const BITS: u8, const MIN: bool, const SPLIT: bool, const SUB: bool>(
     format: QuantFormat,
     x: QuantRows,
     rows: usize,
@@ -94,57 +96,77 @@ unsafe fn avx512_vnni<const ENCODING: u8, const MIN: bool, const F32: bool, cons
     panel: &[u8],
     out: &mut [f32],
 ) {
-    let block_bytes = format.panel_block_bytes();
     let integers = format.integers_offset();
+    let planes = format.high_bits_offset();
     // vpdpbusd multiplies unsigned by signed bytes: Q8_0's signed weights go in shifted by
     // 128 (w ^ 0x80), and 128·Σq comes off again, exactly.
-    let offset = format.offset() + if ENCODING == 2 { 128 } else { 0 };
+    let offset = format.offset() + if BITS == 8 { 128 } else { 0 };
     let low_nibbles = _mm512_set1_epi8(0x0F);
     let sign_bit = _mm512_set1_epi8(i8::MIN);
+    let to_f32 =
+        |bytes: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())));
     let mut first = 0;
     while first < rows {
         let count = (rows - first).min(ROWS_PER_PASS);
         let mut acc = [_mm512_setzero_ps(); ROWS_PER_PASS];
+        let (mut super_d, mut super_m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..blocks {
-            let block = panel.as_ptr().add(b * block_bytes);
-            let scales = |at: usize| {
-                if F32 {
-                    _mm512_loadu_ps(block.add(at).cast())
-                } else {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(block.add(at).cast()))
+            if (SPLIT || SUB) && b % format.group_blocks() == 0 {
+                let header = panel.as_ptr().add(format.header_at(b));
+                super_d = _mm512_cvtph_ps(_mm256_loadu_si256(header.cast()));
+                if SPLIT {
+                    super_m = _mm512_cvtph_ps(_mm256_loadu_si256(header.add(2 * ROWS).cast()));
                 }
-            };
-            let d = scales(0);
-            let m = if MIN {
-                scales(format.mins_offset())
+            }
+            let block = panel.as_ptr().add(format.block_at(b));
+            // Exact products (an f16 times a 6-bit integer): the reference's `d` and `m`.
+            let (d, m) = if SPLIT {
+                (
+                    _mm512_mul_ps(super_d, to_f32(block)),
+                    _mm512_mul_ps(super_m, to_f32(block.add(ROWS))),
+                )
+            } else if SUB {
+                (super_d, _mm512_setzero_ps())
             } else {
-                _mm512_setzero_ps()
+                let half = |at: usize| _mm512_cvtph_ps(_mm256_loadu_si256(block.add(at).cast()));
+                (
+                    half(0),
+                    if MIN {
+                        half(2 * ROWS)
+                    } else {
+                        _mm512_setzero_ps()
+                    },
+                )
             };
             let sub = if SUB {
-                let at = block.add(format.sub_scales_offset());
                 [
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(at.cast())),
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(at.add(ROWS).cast())),
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(block.cast())),
+                    _mm512_cvtepi8_epi32(_mm_loadu_si128(block.add(ROWS).cast())),
                 ]
             } else {
                 [_mm512_setzero_si512(); 2]
             };
             let ints = block.add(integers);
             let mut w = [_mm512_setzero_si512(); 8];
-            if ENCODING == 0 {
+            if BITS == 8 {
+                for (group, w) in w.iter_mut().enumerate() {
+                    let bytes = _mm512_loadu_si512(ints.add(64 * group).cast());
+                    *w = _mm512_xor_si512(bytes, sign_bit);
+                }
+            } else {
                 for g in 0..4 {
                     let packed = _mm512_loadu_si512(ints.add(64 * g).cast());
                     w[2 * g] = _mm512_and_si512(packed, low_nibbles);
                     w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low_nibbles);
                 }
-            } else {
-                for (group, w) in w.iter_mut().enumerate() {
-                    let bytes = _mm512_loadu_si512(ints.add(64 * group).cast());
-                    *w = if ENCODING == 2 {
-                        _mm512_xor_si512(bytes, sign_bit)
-                    } else {
-                        bytes
-                    };
+                // Each bit plane's word is a byte mask: add the bit where it is set.
+                for plane in 0..usize::from(BITS - 4) {
+                    let bit = _mm512_set1_epi8(16 << plane);
+                    let words = block.add(planes + 64 * plane).cast::<u64>();
+                    for (group, w) in w.iter_mut().enumerate() {
+                        let mask = _cvtu64_mask64(words.add(group).read_unaligned());
+                        *w = _mm512_mask_add_epi8(*w, mask, *w, bit);
+                    }
                 }
             }
             for (i, acc) in acc.iter_mut().enumerate().take(count) {
@@ -184,7 +206,7 @@ unsafe fn avx512_vnni<const ENCODING: u8, const MIN: bool, const F32: bool, cons
 
 /// As [`avx512_vnni`], for rows 0-7 and 8-15 of a panel in turn.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2<const ENCODING: u8, const MIN: bool, const F32: bool, const SUB: bool>(
+unsafe fn avx2<const BITS: u8, const MIN: bool, const SPLIT: bool, const SUB: bool>(
     format: QuantFormat,
     x: QuantRows,
     rows: usize,
@@ -192,34 +214,61 @@ unsafe fn avx2<const ENCODING: u8, const MIN: bool, const F32: bool, const SUB: 
     panel: &[u8],
     out: &mut [f32],
 ) {
-    let block_bytes = format.panel_block_bytes();
     let integers = format.integers_offset();
+    let planes = format.high_bits_offset();
     let offset = format.offset();
     let low_nibbles = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
+    // Byte `i` of a bit plane's 32-bit half-word, spread to bytes: `i / 8` picks the byte,
+    // `1 << (i % 8)` the bit.
+    let spread = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let bit_of_byte = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
     // Rows 0-7 of a panel are the first 32 bytes of each 64-byte group, rows 8-15 the rest.
     for half in 0..2 {
+        let to_f32 = |bytes: *const u8| {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                bytes.add(8 * half).cast(),
+            )))
+        };
         let mut first = 0;
         while first < rows {
             let count = (rows - first).min(ROWS_PER_PASS);
             let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
+            let (mut super_d, mut super_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for b in 0..blocks {
-                let block = panel.as_ptr().add(b * block_bytes);
-                let scales = |at: usize| {
-                    if F32 {
-                        _mm256_loadu_ps(block.add(at + 32 * half).cast())
-                    } else {
-                        _mm256_cvtph_ps(_mm_loadu_si128(block.add(at + 16 * half).cast()))
+                if (SPLIT || SUB) && b % format.group_blocks() == 0 {
+                    let header = panel.as_ptr().add(format.header_at(b) + 16 * half);
+                    super_d = _mm256_cvtph_ps(_mm_loadu_si128(header.cast()));
+                    if SPLIT {
+                        super_m = _mm256_cvtph_ps(_mm_loadu_si128(header.add(2 * ROWS).cast()));
                     }
-                };
-                let d = scales(0);
-                let m = if MIN {
-                    scales(format.mins_offset())
+                }
+                let block = panel.as_ptr().add(format.block_at(b));
+                let (d, m) = if SPLIT {
+                    (
+                        _mm256_mul_ps(super_d, to_f32(block)),
+                        _mm256_mul_ps(super_m, to_f32(block.add(ROWS))),
+                    )
+                } else if SUB {
+                    (super_d, _mm256_setzero_ps())
                 } else {
-                    _mm256_setzero_ps()
+                    let half = |at: usize| {
+                        _mm256_cvtph_ps(_mm_loadu_si128(block.add(at + 16 * half).cast()))
+                    };
+                    (
+                        half(0),
+                        if MIN {
+                            half(2 * ROWS)
+                        } else {
+                            _mm256_setzero_ps()
+                        },
+                    )
                 };
                 let sub = if SUB {
-                    let at = block.add(format.sub_scales_offset() + 8 * half);
+                    let at = block.add(8 * half);
                     [
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.cast())),
                         _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(ROWS).cast())),
@@ -229,16 +278,30 @@ unsafe fn avx2<const ENCODING: u8, const MIN: bool, const F32: bool, const SUB: 
                 };
                 let ints = block.add(integers + 32 * half);
                 let mut w = [_mm256_setzero_si256(); 8];
-                if ENCODING == 0 {
+                if BITS == 8 {
+                    for (group, w) in w.iter_mut().enumerate() {
+                        *w = _mm256_loadu_si256(ints.add(64 * group).cast());
+                    }
+                } else {
                     for g in 0..4 {
                         let packed = _mm256_loadu_si256(ints.add(64 * g).cast());
                         w[2 * g] = _mm256_and_si256(packed, low_nibbles);
                         w[2 * g + 1] =
                             _mm256_and_si256(_mm256_srli_epi16::<4>(packed), low_nibbles);
                     }
-                } else {
-                    for (group, w) in w.iter_mut().enumerate() {
-                        *w = _mm256_loadu_si256(ints.add(64 * group).cast());
+                    for plane in 0..usize::from(BITS - 4) {
+                        let bit = _mm256_set1_epi8(16 << plane);
+                        let words = block.add(planes + 64 * plane + 4 * half).cast::<u32>();
+                        for (group, w) in w.iter_mut().enumerate() {
+                            // 32 bits (this half's rows) to 32 bytes of 0xFF or 0.
+                            let word = words.add(2 * group).read_unaligned() as i32;
+                            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word), spread);
+                            let set = _mm256_cmpeq_epi8(
+                                _mm256_and_si256(bytes, bit_of_byte),
+                                bit_of_byte,
+                            );
+                            *w = _mm256_or_si256(*w, _mm256_and_si256(set, bit));
+                        }
                     }
                 }
                 for (i, acc) in acc.iter_mut().enumerate().take(count) {
@@ -249,7 +312,7 @@ unsafe fn avx2<const ENCODING: u8, const MIN: bool, const F32: bool, const SUB: 
                         let four = _mm256_set1_epi32(q.add(group).read_unaligned());
                         // u·q pairs stay within i16: |u| <= 63 here (2·63·127 < 2^15), and for
                         // Q8_0 the sign trick gives |w|·(±q) <= 128·127 per product.
-                        let pairs = if ENCODING == 2 {
+                        let pairs = if BITS == 8 {
                             _mm256_maddubs_epi16(_mm256_abs_epi8(*w), _mm256_sign_epi8(four, *w))
                         } else {
                             _mm256_maddubs_epi16(*w, four)
