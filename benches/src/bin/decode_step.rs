@@ -114,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .flat_map(|&batch| adapter_counts.iter().map(move |&a| (batch, a)))
         .collect();
+    let mut single_step = None;
     for (batch, adapters) in runs {
         let adapter_of = |s: usize| (adapters > 0).then(|| (s % adapters) as u32);
         let per_seq = (args.context + args.steps + 1).div_ceil(block_size);
@@ -166,6 +167,9 @@ fn main() -> anyhow::Result<()> {
             drop(logits);
         }
         let measured = (args.steps - 1) as f64;
+        if (batch, adapters) == (1, 0) {
+            single_step = Some(elapsed / measured);
+        }
         let phases = decoder
             .phase_times()
             .map(|(phases, steps)| {
@@ -186,6 +190,17 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(bytes) = decoder.weight_bytes() {
         println!("weights read per step: {:.1} MB", bytes as f64 / 1e6);
+        if let Some(seconds) = single_step {
+            // The bound of a one-sequence step: every weight byte read once, at the rate a
+            // plain read of a buffer larger than the caches reaches on the same threads.
+            let threads = lantern_kernels::cpu::pool().map_or(1, |p| p.current_num_threads());
+            let probe = lantern_benches::read_bandwidth(threads, 1.0);
+            let rate = bytes as f64 / seconds / 1e9;
+            println!(
+                "one sequence: {rate:.1} GB/s of weights, {:.0}% of the read probe ({probe:.1} GB/s on {threads} threads, measured now)",
+                100.0 * rate / probe
+            );
+        }
     }
     Ok(())
 }

@@ -12,6 +12,12 @@ use std::arch::x86_64::*;
 /// Activation rows per pass over a panel block: the block's integers are decoded once per pass.
 const ROWS_PER_PASS: usize = 4;
 
+/// How far ahead of the block being decoded the kernels ask for weight bytes. A decode step
+/// streams every panel once from memory, and the hardware prefetcher alone left a quarter of
+/// the bandwidth unused: on the 1B Q4_K_M a one-row step took 39 ms without, 29-30 ms with
+/// 2-8 KiB ahead, 33 ms with 1 KiB (`decode_step`, 2 threads).
+const PREFETCH_AHEAD: usize = 4096;
+
 /// Panics unless every access the kernels make is in bounds; returns the row count.
 fn checked_rows(
     format: QuantFormat,
@@ -84,6 +90,16 @@ pub fn tile_avx2(format: QuantFormat, x: QuantRows, blocks: usize, panel: &[u8],
     }
 }
 
+/// Asks for the cache lines one block's worth of bytes past `block`, [`PREFETCH_AHEAD`] on.
+/// A hint only: the addresses may lie past the panel, and prefetches never fault.
+#[inline(always)]
+unsafe fn prefetch_ahead(format: QuantFormat, block: *const u8) {
+    let ahead = block.wrapping_add(PREFETCH_AHEAD);
+    for line in (0..format.panel_block_bytes()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+    }
+}
+
 /// `BITS`: 4, 5 or 6 (nibbles and bit planes) or 8 (Q8_0's signed bytes); `MIN`: a minimum
 /// per block; `SPLIT`: scales and minimums as super-block f16 times 6-bit integers (Q4_K,
 /// Q5_K); `SUB`: Q6_K's super-block scale and integer sub-scales.
@@ -119,6 +135,7 @@ unsafe fn avx512_vnni<const BITS: u8, const MIN: bool, const SPLIT: bool, const 
                 }
             }
             let block = panel.as_ptr().add(format.block_at(b));
+            prefetch_ahead(format, block);
             // Exact products (an f16 times a 6-bit integer): the reference's `d` and `m`.
             let (d, m) = if SPLIT {
                 (
@@ -247,6 +264,10 @@ unsafe fn avx2<const BITS: u8, const MIN: bool, const SPLIT: bool, const SUB: bo
                     }
                 }
                 let block = panel.as_ptr().add(format.block_at(b));
+                if half == 0 {
+                    // The second half finds the panel in cache.
+                    prefetch_ahead(format, block);
+                }
                 let (d, m) = if SPLIT {
                     (
                         _mm256_mul_ps(super_d, to_f32(block)),
