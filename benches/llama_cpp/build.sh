@@ -78,6 +78,10 @@ export GIT_CEILING_DIRECTORIES="$WORK"
 #    binary is self-contained (standalone default is shared libs in build/bin).
 #  - GGML_NATIVE=ON: -march=native. Fine here: the binary is only a local
 #    benchmark peer on this machine, never shipped elsewhere.
+#  - No AMX (-mno-amx-*, which win over -march=native whatever their order):
+#    the Xeon VMs this runs on list amx_tile in /proc/cpuinfo, yet llama-server
+#    built with AMX died of SIGILL at its first `tilezero` (2026-12-07). AMX
+#    only serves ggml's batched products; Lantern uses none either.
 #  - LLAMA_BUILD_SERVER=ON (tools must be ON for the server subdirectory);
 #    tests, examples and the unified `llama` app are off (less to configure).
 #  - Curl: this llama.cpp version no longer uses libcurl at all (LLAMA_CURL is
@@ -97,6 +101,8 @@ CMAKE_FLAGS=(
     -DCMAKE_BUILD_TYPE=Release
     -DBUILD_SHARED_LIBS=OFF
     -DGGML_NATIVE=ON
+    "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     -DLLAMA_BUILD_SERVER=ON
     -DLLAMA_BUILD_TOOLS=ON
     -DLLAMA_BUILD_TESTS=OFF

@@ -19,6 +19,9 @@ use rayon::prelude::*;
 struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     rows: Vec<usize>,
+    /// The kernels to measure: the CPU's best (default), or avx2 / scalar where it has them.
+    #[arg(long)]
+    isa: Option<String>,
     #[command(flatten)]
     measure: ShapeArgs,
 }
@@ -52,7 +55,14 @@ fn product_time(kernels: CpuKernels, w: &PackedMatrix, rows: usize, seconds: f64
 fn main() -> anyhow::Result<()> {
     lantern_models::pin_thread_count();
     let args = Args::parse();
-    let kernels = CpuKernels::active();
+    let kernels = match &args.isa {
+        None => CpuKernels::active(),
+        Some(name) => cpu::Isa::ALL
+            .into_iter()
+            .find(|isa| isa.name() == name)
+            .and_then(CpuKernels::for_isa)
+            .ok_or_else(|| anyhow::anyhow!("no {name} kernels on this CPU"))?,
+    };
     let threads = cpu::pool().map_or(1, |p| p.current_num_threads());
     let bandwidth = read_bandwidth(threads, 1.0);
     println!(

@@ -9,8 +9,14 @@
 use crate::cpu::quant::{QuantFormat, QuantRows, BLOCK, ROWS};
 use std::arch::x86_64::*;
 
-/// Activation rows per pass over a panel block: the block's integers are decoded once per pass.
-const ROWS_PER_PASS: usize = 4;
+/// Activation rows per pass over a panel block (AVX2): the block's integers are decoded once per
+/// pass, and sixteen registers hold the decoded groups and four accumulators.
+const ROWS_PER_PASS_AVX2: usize = 4;
+
+/// AVX-512 has the registers for twice as many rows per pass (8 accumulators beside the 8
+/// decoded groups): half the decoding work per row at batch sizes of 8 and up. Measured on a
+/// 16384x2048 product at 32 rows: Q4_K 4.15 -> 3.05 ms, Q6_K 5.80 -> 4.34 ms.
+const ROWS_PER_PASS_AVX512: usize = 8;
 
 /// How far ahead of the block being decoded the kernels ask for weight bytes. A decode step
 /// streams every panel once from memory, and the hardware prefetcher alone left a quarter of
@@ -123,8 +129,8 @@ unsafe fn avx512_vnni<const BITS: u8, const MIN: bool, const SPLIT: bool, const 
         |bytes: *const u8| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.cast())));
     let mut first = 0;
     while first < rows {
-        let count = (rows - first).min(ROWS_PER_PASS);
-        let mut acc = [_mm512_setzero_ps(); ROWS_PER_PASS];
+        let count = (rows - first).min(ROWS_PER_PASS_AVX512);
+        let mut acc = [_mm512_setzero_ps(); ROWS_PER_PASS_AVX512];
         let (mut super_d, mut super_m) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..blocks {
             if (SPLIT || SUB) && b % format.group_blocks() == 0 {
@@ -252,8 +258,8 @@ unsafe fn avx2<const BITS: u8, const MIN: bool, const SPLIT: bool, const SUB: bo
         };
         let mut first = 0;
         while first < rows {
-            let count = (rows - first).min(ROWS_PER_PASS);
-            let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS];
+            let count = (rows - first).min(ROWS_PER_PASS_AVX2);
+            let mut acc = [_mm256_setzero_ps(); ROWS_PER_PASS_AVX2];
             let (mut super_d, mut super_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for b in 0..blocks {
                 if (SPLIT || SUB) && b % format.group_blocks() == 0 {
