@@ -365,3 +365,24 @@ fn exp_is_accurate_over_the_softmax_range() {
     assert!(worst < 4e-7, "worst relative error {worst}");
     assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
 }
+
+/// Every ISA's vectorised `exp_and_sum` writes the bits of the scalar `exp`, element by
+/// element, and the sum in the fixed lane order: softmax is the same on every CPU.
+#[test]
+fn exp_and_sum_is_the_scalar_exp_on_every_isa() {
+    let scores: Vec<f32> = random(1003, 9).iter().map(|v| v * 120.0).collect();
+    let max = scores.iter().copied().fold(f32::MIN, f32::max);
+    let want: Vec<u32> = scores.iter().map(|&s| exp(s - max).to_bits()).collect();
+    let mut sums = Vec::new();
+    for isa in Isa::ALL {
+        let Some(kernels) = CpuKernels::for_isa(isa) else {
+            continue;
+        };
+        let mut got = scores.clone();
+        let sum = (kernels.kernels.exp_and_sum)(&mut got, max);
+        let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, want, "{isa:?}");
+        sums.push(sum.to_bits());
+    }
+    assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
+}
