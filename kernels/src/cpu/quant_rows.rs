@@ -16,12 +16,21 @@ pub struct QuantizedRows {
     pub scaled_sums: Vec<f32>,
 }
 
-/// `value` rounded to the nearest integer, ties to even, for |value| < 2^22: adding and
-/// subtracting 1.5·2^23 leaves no fraction bits. Two plain IEEE additions, so the same on
-/// every CPU and vectorisable (`f32::round` is a libm call on baseline x86-64).
-fn round_to_nearest_even(value: f32) -> f32 {
+/// `value · inverse` rounded to the nearest integer (ties to even) and clamped to ±127.
+/// Adding 1.5·2^23 leaves no fraction bits: one plain IEEE addition rounds, the same on every
+/// CPU, and the integer is read from the sum's low mantissa bits. Integer arithmetic
+/// throughout, so the loop vectorises (`f32::round` is a libm call on baseline x86-64, and a
+/// float-to-integer `as` is a saturating conversion that kept the loop scalar).
+#[inline(always)]
+fn quantize_value(value: f32, inverse: f32) -> i8 {
     const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
-    (value + SHIFT) - SHIFT
+                                     // NaN gives 0, as `as i8` did; clamped first so the sum stays in [2^23, 2^24), where
+                                     // the mantissa holds it exactly.
+    let scaled = value * inverse;
+    let scaled = if scaled.is_nan() { 0.0 } else { scaled };
+    let shifted = scaled.clamp(-127.5, 127.5) + SHIFT;
+    let q = (shifted.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+    q.clamp(-127, 127) as i8
 }
 
 /// A view of some rows of [`QuantizedRows`].
@@ -57,9 +66,15 @@ impl QuantizedRows {
                 (0.0, 0.0)
             };
             let mut halves = [0i32; 2];
-            for (j, (q, v)) in q.iter_mut().zip(block).enumerate() {
-                *q = round_to_nearest_even(v * inverse).clamp(-127.0, 127.0) as i8;
-                halves[j / 16] += i32::from(*q);
+            for ((q, v), half) in q
+                .chunks_exact_mut(16)
+                .zip(block.chunks_exact(16))
+                .zip(&mut halves)
+            {
+                for (q, v) in q.iter_mut().zip(v) {
+                    *q = quantize_value(*v, inverse);
+                }
+                *half = q.iter().map(|&q| i32::from(q)).sum();
             }
             let sum = halves[0] + halves[1];
             self.scales[b] = scale;
@@ -78,6 +93,35 @@ impl QuantizedRows {
             sums: &self.sums[first * blocks..(first + count) * blocks],
             half_sums: &self.half_sums[2 * first * blocks..2 * (first + count) * blocks],
             scaled_sums: &self.scaled_sums[first * blocks..(first + count) * blocks],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bit arithmetic is the plain formula: round half to even, clamp to ±127, NaN to 0.
+    #[test]
+    fn quantized_values_are_rounded_ties_to_even_and_clamped() {
+        let plain = |x: f32| x.round_ties_even().clamp(-127.0, 127.0) as i8;
+        let mut values: Vec<f32> = (-2600..=2600).map(|i| i as f32 * 0.05).collect();
+        values.extend([
+            126.5,
+            127.5,
+            -127.5,
+            128.0,
+            1e9,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        values.extend([f32::NAN, 0.5, 1.5, 2.5, -0.5, -1.5, 1e-30, -0.0]);
+        for x in values {
+            assert_eq!(quantize_value(x, 1.0), plain(x), "{x}");
+        }
+        for (value, inverse) in [(0.3f32, 127.0 / 0.9f32), (-2.0, 63.5), (1e-3, 1.27e5)] {
+            assert_eq!(quantize_value(value, inverse), plain(value * inverse));
         }
     }
 }
