@@ -159,6 +159,19 @@ pub fn tile<W: Weight, const MR: usize, const P: usize>(
     }
 }
 
+/// 1.5·2^23: added to a value below 2^22 in magnitude, it leaves no fraction bits, so one
+/// plain IEEE addition rounds to the nearest integer (ties to even), the same on every CPU.
+pub const ROUND_SHIFT: f32 = 12_582_912.0;
+
+/// The integer `n` of a sum `n + ROUND_SHIFT`: such a sum lies in [2^23, 2^24), where its low
+/// mantissa bits are `n + 2^22`. Integer arithmetic, so loops around it vectorise; a
+/// float-to-integer `as` is a saturating conversion that kept them scalar (about 3 ns an
+/// element for `exp`).
+#[inline(always)]
+pub fn shifted_integer(shifted: f32) -> i32 {
+    (shifted.to_bits() as i32).wrapping_sub(ROUND_SHIFT.to_bits() as i32)
+}
+
 /// `e^x` in f32 from a Cody-Waite reduction and a degree-7 polynomial: within 2 ulp of the true
 /// value over the clamped range, branch-free so it vectorises, and the same bits on every ISA.
 /// Inputs below -87.3 give about 1e-38 rather than 0 (harmless for softmax and SiLU).
@@ -167,11 +180,9 @@ pub fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer (ties to even).
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let rounded = x * LOG2_E + ROUND;
-    let n = rounded - ROUND;
+    let rounded = x * LOG2_E + ROUND_SHIFT;
+    let n = rounded - ROUND_SHIFT;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p: f32 = 1.0 / 5040.0;
     for c in [
@@ -185,11 +196,7 @@ pub fn exp(x: f32) -> f32 {
     ] {
         p = p.mul_add(r, c);
     }
-    // `rounded` lies in [2^23, 2^24), where its low mantissa bits are `n + 2^22`: integer
-    // arithmetic on the bits gives `n` exactly. (`n as i32` would be a saturating conversion,
-    // which kept the whole function from vectorising: 3 ns an element.)
-    let n_int = (rounded.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    let scale = f32::from_bits(((shifted_integer(rounded) + 127) as u32) << 23);
     p * scale
 }
 

@@ -1,6 +1,7 @@
 //! Activations for the quantized products: rows quantized per block of 32 to 8-bit integers,
 //! with each block's scale, integer sum and scaled sum (see `NUMERICS.md`).
 
+use super::generic::{shifted_integer, ROUND_SHIFT};
 use super::quant::BLOCK;
 
 /// Activation rows quantized per block of 32: `x ≈ scale·q` with `q` in -127..=127.
@@ -16,20 +17,14 @@ pub struct QuantizedRows {
     pub scaled_sums: Vec<f32>,
 }
 
-/// `value · inverse` rounded to the nearest integer (ties to even) and clamped to ±127.
-/// Adding 1.5·2^23 leaves no fraction bits: one plain IEEE addition rounds, the same on every
-/// CPU, and the integer is read from the sum's low mantissa bits. Integer arithmetic
-/// throughout, so the loop vectorises (`f32::round` is a libm call on baseline x86-64, and a
-/// float-to-integer `as` is a saturating conversion that kept the loop scalar).
+/// `value · inverse` rounded to the nearest integer (ties to even) and clamped to ±127, NaN to
+/// 0 (as `as i8` gives), in arithmetic that vectorises: see [`shifted_integer`].
 #[inline(always)]
 fn quantize_value(value: f32, inverse: f32) -> i8 {
-    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
-                                     // NaN gives 0, as `as i8` did; clamped first so the sum stays in [2^23, 2^24), where
-                                     // the mantissa holds it exactly.
     let scaled = value * inverse;
     let scaled = if scaled.is_nan() { 0.0 } else { scaled };
-    let shifted = scaled.clamp(-127.5, 127.5) + SHIFT;
-    let q = (shifted.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+    // Clamped first so the sum stays where its mantissa holds the integer exactly.
+    let q = shifted_integer(scaled.clamp(-127.5, 127.5) + ROUND_SHIFT);
     q.clamp(-127, 127) as i8
 }
 
